@@ -1,0 +1,266 @@
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::model::DeviceSpec;
+use crate::testing::{TinyModel, write_tiny_gguf};
+
+/// One tiny model file for every test in this module.
+fn tiny_model() -> Arc<Model> {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-engine-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tiny.gguf");
+        write_tiny_gguf(&path, TinyModel::default()).expect("write tiny gguf");
+        path
+    });
+    Arc::new(Model::load(path, "tiny", DeviceSpec::Cpu).expect("load tiny model"))
+}
+
+fn engine(slots: usize, max_waiting: usize) -> Engine {
+    Engine::start(
+        tiny_model(),
+        EngineConfig {
+            slots,
+            max_waiting,
+            prefill_chunk: 16,
+        },
+    )
+    .expect("engine starts")
+}
+
+fn request(prompt: &str, max_tokens: u32) -> Request {
+    Request {
+        request_id: prompt.into(),
+        model: "tiny".into(),
+        messages: vec![Message::new("user", prompt)],
+        max_tokens,
+        ignore_eos: true,
+        ..Request::default()
+    }
+}
+
+/// Collects a stream to its end: (text, finish or error, number of deltas).
+async fn collect(mut rx: UnboundedReceiver<Event>) -> (String, Result<Finished, RunError>, Option<u32>) {
+    let mut text = String::new();
+    let mut prompt_tokens = None;
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Started { prompt_tokens: p, .. } => prompt_tokens = Some(p),
+            Event::Delta { text: t, .. } => text.push_str(&t),
+            Event::Finished(f) => return (text, Ok(f), prompt_tokens),
+            Event::Failed(e) => return (text, Err(e), prompt_tokens),
+        }
+    }
+    (text, Err(RunError::Stopped), prompt_tokens)
+}
+
+#[test]
+fn the_tiny_model_describes_itself() {
+    let model = tiny_model();
+    assert_eq!(model.description.architecture, "llama");
+    assert_eq!(model.description.quantization, "Q8_0");
+    assert_eq!(model.description.context_length, 1024);
+    assert!(model.is_end_of_generation(2));
+    let prompt = model
+        .prompt_tokens(&[Message::new("user", "hi")])
+        .expect("prompt");
+    assert_eq!(prompt[0], 1, "starts with <|im_start|>");
+}
+
+#[tokio::test]
+async fn greedy_generation_is_deterministic_and_counts_tokens() {
+    let engine = engine(2, 2);
+    let a = collect(engine.submit(request("the answer", 12)).expect("admitted")).await;
+    let b = collect(engine.submit(request("the answer", 12)).expect("admitted")).await;
+    let finished = a.1.clone().expect("finished");
+    assert_eq!(finished.reason, FinishReason::Length);
+    assert_eq!(finished.usage.completion_tokens, 12);
+    assert_eq!(Some(finished.usage.prompt_tokens), a.2);
+    assert!(finished.timings.time_to_first_token <= finished.timings.total);
+    assert_eq!(a.0, b.0, "greedy decoding gives the same text twice");
+    // The load is published after the scheduler round that sent the last event.
+    let mut load = engine.load();
+    for _ in 0..100 {
+        if load.generation_tokens_total == 24 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        load = engine.load();
+    }
+    assert_eq!(load.generation_tokens_total, 24);
+    assert!(load.busy_seconds_total > 0.0);
+    assert_eq!((load.running, load.waiting), (0, 0));
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_text() {
+    let engine = engine(1, 4);
+    let sampled = |seed| {
+        let mut r = request("sample me", 24);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 40,
+            seed: Some(seed),
+        };
+        r
+    };
+    let a = collect(engine.submit(sampled(1)).expect("admitted")).await.0;
+    let b = collect(engine.submit(sampled(1)).expect("admitted")).await.0;
+    let c = collect(engine.submit(sampled(2)).expect("admitted")).await.0;
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[tokio::test]
+async fn stop_sequences_cut_the_text() {
+    let engine = engine(1, 1);
+    let (full, _, _) = collect(engine.submit(request("stop test", 60)).expect("admitted")).await;
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "need some text to cut: {full:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let expected_prefix = &full[..full.find(&stop).expect("stop occurs")];
+    let mut r = request("stop test", 60);
+    r.stop = vec![stop.clone()];
+    let (cut, finished, _) = collect(engine.submit(r).expect("admitted")).await;
+    let finished = finished.expect("finished");
+    assert_eq!(cut, expected_prefix);
+    assert_eq!(finished.reason, FinishReason::Stop);
+    assert_eq!(finished.stop_sequence.as_deref(), Some(stop.as_str()));
+}
+
+#[tokio::test]
+async fn streams_are_interleaved_fairly() {
+    let engine = engine(2, 0);
+    let a = engine.submit(request("first stream", 600)).expect("admitted");
+    let b = engine.submit(request("second stream", 600)).expect("admitted");
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    let (a, b) = (a.1.expect("a finished"), b.1.expect("b finished"));
+    // Round-robin: the second request starts long before the first ends, and both end close together.
+    assert!(
+        b.timings.time_to_first_token < a.timings.total / 4.0,
+        "{a:?} {b:?}"
+    );
+    assert!(
+        (a.timings.total - b.timings.total).abs() < a.timings.total / 4.0,
+        "{a:?} {b:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_worker_refuses_with_the_counts() {
+    let engine = engine(1, 1);
+    let first = engine.submit(request("long one", 200)).expect("runs");
+    let second = engine.submit(request("queued", 4)).expect("waits");
+    let third = engine.submit(request("refused", 4));
+    match third {
+        Err(SubmitError::Full {
+            running,
+            waiting,
+            limit,
+        }) => assert_eq!((running + waiting, limit), (2, 2)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    let (a, b) = tokio::join!(collect(first), collect(second));
+    assert!(a.1.is_ok() && b.1.is_ok());
+    // Room again once they are done.
+    assert!(
+        collect(engine.submit(request("later", 2)).expect("admitted"))
+            .await
+            .1
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_stream_frees_its_slot() {
+    let engine = engine(1, 1);
+    let mut first = engine.submit(request("to be cancelled", 240)).expect("runs");
+    assert!(matches!(first.recv().await, Some(Event::Started { .. })));
+    drop(first);
+    let started = Instant::now();
+    let (_, second, _) = collect(engine.submit(request("next", 4)).expect("admitted")).await;
+    let second = second.expect("finished");
+    assert!(
+        second.timings.queue < 0.5,
+        "waited {}s for a cancelled request",
+        second.timings.queue
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(engine.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn deadlines_end_running_and_waiting_requests() {
+    let engine = engine(1, 1);
+    let mut running = request("deadline running", 240);
+    running.deadline = Some(Instant::now() + Duration::from_millis(30));
+    let mut waiting = request("deadline waiting", 4);
+    waiting.deadline = Some(Instant::now() + Duration::from_millis(1));
+    let a = engine.submit(running).expect("runs");
+    let b = engine.submit(waiting).expect("waits");
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    assert!(matches!(a.1, Err(RunError::DeadlineExceeded { .. })), "{:?}", a.1);
+    assert!(
+        matches!(b.1, Err(RunError::DeadlineExceeded { generated: 0 })),
+        "{:?}",
+        b.1
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_before_any_work() {
+    let engine = engine(1, 1);
+    let huge = "word ".repeat(2_000);
+    match engine.submit(request(&huge, 0)) {
+        Err(SubmitError::InvalidArgument(m)) => assert!(m.contains("context window"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    match engine.submit(request("short", 10_000)) {
+        Err(SubmitError::InvalidArgument(m)) => assert!(m.contains("max_tokens (10000)"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let mut hot = request("x", 1);
+    hot.sampling.temperature = 7.0;
+    assert!(matches!(engine.submit(hot), Err(SubmitError::InvalidArgument(m)) if m.contains("temperature")));
+    let mut empty = request("x", 1);
+    empty.messages.clear();
+    assert!(matches!(engine.submit(empty), Err(SubmitError::InvalidArgument(m)) if m.contains("messages")));
+    let mut other = request("x", 1);
+    other.model = "gpt-4o".into();
+    assert!(matches!(
+        engine.submit(other),
+        Err(SubmitError::UnknownModel { .. })
+    ));
+    assert_eq!(engine.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn draining_refuses_new_work_and_finishes_admitted_work() {
+    let engine = engine(1, 2);
+    let admitted = engine.submit(request("admitted", 30)).expect("runs");
+    engine.drain();
+    assert_eq!(
+        engine.submit(request("late", 3)).expect_err("draining"),
+        SubmitError::Draining
+    );
+    assert_eq!(engine.load().state, EngineState::Draining);
+    assert!(collect(admitted).await.1.is_ok());
+    assert_eq!(engine.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn stopping_fails_what_is_left() {
+    let engine = engine(1, 1);
+    let a = engine.submit(request("long", 240)).expect("runs");
+    let b = engine.submit(request("queued", 240)).expect("waits");
+    engine.stop();
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    assert!(matches!(a.1, Err(RunError::Stopped) | Ok(_)), "{:?}", a.1);
+    assert_eq!(b.1, Err(RunError::Stopped));
+}

@@ -1,0 +1,128 @@
+//! The engine on the real demo model (SmolLM2-135M-Instruct, Q4_1), fetched into the cache when missing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_engine::gguf::{self, GgufMetadata};
+use sluice_engine::tokenizer::Tokenizer;
+use sluice_engine::{DeviceSpec, Engine, EngineConfig, Event, FinishReason, Message, Model, Request};
+
+#[expect(clippy::expect_used, reason = "test helper")]
+fn demo_model() -> PathBuf {
+    sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)
+        .expect("the demo model is needed for this test (fetched with pip into the cache)")
+}
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[test]
+fn token_ids_match_the_reference_tokenizer() {
+    let path = demo_model();
+    let (content, _) = gguf::open(&path).expect("open gguf");
+    let meta = GgufMetadata::from_content(&content, &path).expect("metadata");
+    assert_eq!(meta.pre_tokenizer, sluice_engine::tokenizer::PreTokenizer::SmolLm);
+    let tokenizer = Tokenizer::new(&meta.vocabulary, meta.pre_tokenizer).expect("tokenizer");
+    let fixture: Fixture = serde_json::from_str(include_str!("../../../tests/fixtures/smollm2-tokens.json"))
+        .expect("fixture parses");
+    assert!(fixture.cases.len() >= 15);
+    let mut mismatches = Vec::new();
+    for case in &fixture.cases {
+        let got = tokenizer.encode(&case.text);
+        if got != case.ids {
+            mismatches.push(format!(
+                "{:?}\n  want {:?}\n  got  {:?}",
+                case.text, case.ids, got
+            ));
+        }
+        // Bytes the vocabulary has no token for (some control characters) are dropped, so only other
+        // texts decode back whole.
+        if !case.text.chars().any(|c| c.is_control() && !"\t\n\r".contains(c)) {
+            assert_eq!(
+                tokenizer.decode(&got),
+                strip_specials(&case.text),
+                "decode of {:?}",
+                case.text
+            );
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+fn strip_specials(s: &str) -> String {
+    ["<|im_start|>", "<|im_end|>"]
+        .iter()
+        .fold(s.to_owned(), |acc, t| acc.replace(t, ""))
+}
+
+#[test]
+fn metadata_describes_the_demo_model() {
+    let path = demo_model();
+    let model = Model::load(&path, sluice_models::DEMO_MODEL_ID, DeviceSpec::Cpu).expect("load");
+    let d = &model.description;
+    assert_eq!(
+        (d.architecture.as_str(), d.quantization.as_str()),
+        ("llama", "Q4_1")
+    );
+    // The model declares 8,192 positions; candle's RoPE table stops at 4,096.
+    assert_eq!(d.context_length, 4096);
+    assert!(
+        (130_000_000..140_000_000).contains(&d.parameters),
+        "{}",
+        d.parameters
+    );
+    assert!(model.is_end_of_generation(2), "<|im_end|> ends a turn");
+    // The GGUF's template adds SmolLM's default system prompt when the first message is not a system one.
+    let ids = model
+        .prompt_tokens(&[Message::new("user", "Hi")])
+        .expect("prompt");
+    let text = model.tokenizer.decode(&ids);
+    assert!(
+        text.contains("You are a helpful AI assistant named SmolLM"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn greedy_answer_names_tokyo() {
+    let model = Arc::new(Model::load(&demo_model(), "smollm2-135m-instruct", DeviceSpec::Cpu).expect("load"));
+    let engine = Engine::start(model, EngineConfig::default()).expect("engine");
+    let mut events = engine
+        .submit(Request {
+            model: "smollm2-135m-instruct".into(),
+            messages: vec![Message::new("user", "What is the capital of Japan?")],
+            max_tokens: 24,
+            ..Request::default()
+        })
+        .expect("admitted");
+    let mut text = String::new();
+    let mut finished = None;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Delta { text: t, .. } => text.push_str(&t),
+            Event::Finished(f) => finished = Some(f),
+            Event::Failed(e) => panic!("failed: {e}"),
+            Event::Started { .. } => {}
+        }
+    }
+    assert!(text.contains("Tokyo"), "{text:?}");
+    let finished = finished.expect("finished");
+    assert_eq!(
+        finished.reason,
+        FinishReason::Stop,
+        "the short answer ends its turn: {text:?}"
+    );
+}
