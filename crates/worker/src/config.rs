@@ -1,0 +1,457 @@
+//! The worker's configuration: a YAML file and command-line flags, checked in two steps
+//! ([`RawWorkerConfig`] as written, then [`WorkerConfig`] with every value parsed and checked) before
+//! anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_engine::DeviceSpec;
+
+/// The worker's settings as written in a YAML file or given as flags. Every field is optional: flags
+/// override the file, and defaults fill the rest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkerConfig {
+    /// GGUF file to serve; the demo model when absent.
+    pub model: Option<PathBuf>,
+    /// Id clients use for the model; the demo model's id, or the file name without `.gguf`.
+    pub model_id: Option<String>,
+    /// gRPC address.
+    pub listen: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint; `"off"` disables it.
+    pub metrics_listen: Option<String>,
+    /// Requests that run at once.
+    pub slots: Option<u32>,
+    /// Requests that may wait for a slot.
+    pub max_waiting: Option<u32>,
+    /// Prompt tokens per scheduler step.
+    pub prefill_chunk: Option<u32>,
+    /// `cpu` or `cuda:N`.
+    pub device: Option<String>,
+    /// Identity reported in `GetInfo`; defaults to the host name and port.
+    pub worker_id: Option<String>,
+    /// Seconds that in-flight requests get to finish after SIGTERM.
+    pub drain_grace_seconds: Option<u64>,
+    pub tls: Option<RawTls>,
+}
+
+/// TLS settings as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain of the worker.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the worker.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A GGUF file on disk.
+    File(PathBuf),
+    /// The demo model, fetched into the cache when missing.
+    Demo,
+}
+
+/// TLS material, read from disk.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("TlsConfig")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+/// The worker's validated settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub model: ModelSource,
+    pub model_id: String,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub slots: usize,
+    pub max_waiting: usize,
+    pub prefill_chunk: usize,
+    pub device: DeviceSpec,
+    pub worker_id: Option<String>,
+    pub drain_grace: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_SLOTS: u32 = 4;
+pub const DEFAULT_MAX_WAITING: u32 = 16;
+pub const DEFAULT_PREFILL_CHUNK: u32 = 64;
+pub const DEFAULT_DRAIN_GRACE_SECONDS: u64 = 30;
+const MAX_SLOTS: u32 = 256;
+
+/// A configuration problem: where (file, line, key) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{key}: {message}", location(file.as_deref(), *line))]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    /// Dotted key path (`tls.cert`), or the flag (`--slots`).
+    pub key: String,
+    pub message: String,
+}
+
+fn location(file: Option<&Path>, line: Option<usize>) -> String {
+    match (file, line) {
+        (Some(f), Some(l)) => format!("{}:{l}: ", f.display()),
+        (Some(f), None) => format!("{}: ", f.display()),
+        (None, _) => String::new(),
+    }
+}
+
+impl RawWorkerConfig {
+    /// Parses a YAML file. Errors name the file, the line and the key.
+    pub fn from_yaml_file(path: &Path) -> Result<(Self, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let raw = Self::from_yaml_str(&text).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            ..e
+        })?;
+        Ok((raw, text))
+    }
+
+    /// Parses YAML text.
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            let message = inner.to_string();
+            // serde_yaml appends " at line L column C"; the location is reported separately.
+            let message = match message.find(" at line ") {
+                Some(i) => message[..i].to_owned(),
+                None => message,
+            };
+            // It also starts nested messages with the parent's path ("tls: unknown field"); the key path
+            // is reported on its own.
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_owned(),
+                _ => message,
+            };
+            ConfigError {
+                file: None,
+                line,
+                key: if key == "." { "(document)".into() } else { key },
+                message,
+            }
+        })
+    }
+
+    /// Fills unset fields of `self` (flags) from `file`.
+    pub fn or(self, file: RawWorkerConfig) -> Self {
+        Self {
+            model: self.model.or(file.model),
+            model_id: self.model_id.or(file.model_id),
+            listen: self.listen.or(file.listen),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            slots: self.slots.or(file.slots),
+            max_waiting: self.max_waiting.or(file.max_waiting),
+            prefill_chunk: self.prefill_chunk.or(file.prefill_chunk),
+            device: self.device.or(file.device),
+            worker_id: self.worker_id.or(file.worker_id),
+            drain_grace_seconds: self.drain_grace_seconds.or(file.drain_grace_seconds),
+            tls: match (self.tls, file.tls) {
+                (Some(a), Some(b)) => Some(RawTls {
+                    cert: a.cert.or(b.cert),
+                    key: a.key.or(b.key),
+                    client_ca: a.client_ca.or(b.client_ca),
+                }),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    /// Checks and converts every value. `file` and `text` locate errors in a config file.
+    pub fn validate(self, file: Option<&Path>, text: Option<&str>) -> Result<WorkerConfig, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.map(Path::to_owned),
+            line: text.and_then(|t| line_of(t, key)),
+            key: key.into(),
+            message,
+        };
+        let addr = |key: &str, value: &str| -> Result<SocketAddr, ConfigError> {
+            value.parse().map_err(|e| {
+                err(
+                    key,
+                    format!("{value:?} is not an address like 127.0.0.1:50051 ({e})"),
+                )
+            })
+        };
+
+        let model = match self.model {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(err("model", format!("{} is not a readable file", path.display())));
+                }
+                ModelSource::File(path)
+            }
+            None => ModelSource::Demo,
+        };
+        let model_id = match (self.model_id, &model) {
+            (Some(id), _) => id,
+            (None, ModelSource::Demo) => sluice_models::DEMO_MODEL_ID.into(),
+            (None, ModelSource::File(path)) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_lowercase())
+                .unwrap_or_default(),
+        };
+        if model_id.is_empty()
+            || model_id.len() > 128
+            || !model_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+        {
+            return Err(err(
+                "model_id",
+                format!("{model_id:?} must be 1 to 128 characters of letters, digits and - _ . : /"),
+            ));
+        }
+        let listen = addr("listen", self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let metrics_listen = match self.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
+            "off" => None,
+            value => Some(addr("metrics_listen", value)?),
+        };
+        let slots = self.slots.unwrap_or(DEFAULT_SLOTS);
+        if !(1..=MAX_SLOTS).contains(&slots) {
+            return Err(err(
+                "slots",
+                format!("must be between 1 and {MAX_SLOTS}, got {slots}"),
+            ));
+        }
+        let max_waiting = self.max_waiting.unwrap_or(DEFAULT_MAX_WAITING);
+        if max_waiting > 100_000 {
+            return Err(err(
+                "max_waiting",
+                format!("must be at most 100000, got {max_waiting}"),
+            ));
+        }
+        let prefill_chunk = self.prefill_chunk.unwrap_or(DEFAULT_PREFILL_CHUNK);
+        if !(1..=4096).contains(&prefill_chunk) {
+            return Err(err(
+                "prefill_chunk",
+                format!("must be between 1 and 4096, got {prefill_chunk}"),
+            ));
+        }
+        let device: DeviceSpec = self
+            .device
+            .as_deref()
+            .unwrap_or("cpu")
+            .parse()
+            .map_err(|e: String| err("device", e))?;
+        if !device.is_supported() {
+            return Err(err(
+                "device",
+                format!("{device} needs a build with the `cuda` feature"),
+            ));
+        }
+        let drain_grace =
+            Duration::from_secs(self.drain_grace_seconds.unwrap_or(DEFAULT_DRAIN_GRACE_SECONDS));
+        let tls = match self.tls {
+            None => None,
+            Some(RawTls {
+                cert: None,
+                key: None,
+                client_ca: None,
+            }) => None,
+            Some(RawTls {
+                cert: Some(cert),
+                key: Some(key),
+                client_ca,
+            }) => {
+                let read = |k: &str, p: &Path| {
+                    std::fs::read(p).map_err(|e| err(k, format!("cannot read {}: {e}", p.display())))
+                };
+                Some(TlsConfig {
+                    cert_pem: read("tls.cert", &cert)?,
+                    key_pem: read("tls.key", &key)?,
+                    client_ca_pem: client_ca.map(|p| read("tls.client_ca", &p)).transpose()?,
+                })
+            }
+            Some(RawTls { cert: None, .. }) => {
+                return Err(err(
+                    "tls.cert",
+                    "TLS needs a certificate (tls.cert) with its key".into(),
+                ));
+            }
+            Some(RawTls { key: None, .. }) => {
+                return Err(err(
+                    "tls.key",
+                    "TLS needs a private key (tls.key) with the certificate".into(),
+                ));
+            }
+        };
+        Ok(WorkerConfig {
+            model,
+            model_id,
+            listen,
+            metrics_listen,
+            slots: slots as usize,
+            max_waiting: max_waiting as usize,
+            prefill_chunk: prefill_chunk as usize,
+            device,
+            worker_id: self.worker_id,
+            drain_grace,
+            tls,
+        })
+    }
+}
+
+/// The 1-based line where a dotted key is set in YAML text, found by walking the keys' indentation.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let mut parts = dotted.split('.').peekable();
+    let mut want = parts.next()?;
+    let mut min_indent = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with('#') || indent < min_indent {
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix(want)
+            && rest.trim_start().starts_with(':')
+        {
+            match parts.next() {
+                None => return Some(i + 1),
+                Some(next) => {
+                    want = next;
+                    min_indent = indent + 1;
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_empty_file() {
+        let c = RawWorkerConfig::from_yaml_str("")
+            .expect("parses")
+            .validate(None, None)
+            .expect("valid");
+        assert_eq!(c.model, ModelSource::Demo);
+        assert_eq!(c.model_id, "smollm2-135m-instruct");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(
+            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        assert_eq!((c.slots, c.max_waiting, c.device), (4, 16, DeviceSpec::Cpu));
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let text = "slots: 2\nlisten: 127.0.0.1:1\nslotz: 3\n";
+        let e = RawWorkerConfig::from_yaml_str(text).expect_err("unknown key");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("unknown field `slotz`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = RawWorkerConfig::from_yaml_str("slots: many\n").expect_err("bad type");
+        assert_eq!(e.key, "slots");
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn invalid_values_name_file_line_and_key() {
+        let text = "listen: 127.0.0.1:1\ntls:\n  key: /k.pem\n";
+        let raw = RawWorkerConfig::from_yaml_str(text).expect("parses");
+        let e = raw
+            .validate(Some(Path::new("w.yaml")), Some(text))
+            .expect_err("no cert");
+        assert_eq!(
+            e.to_string(),
+            "w.yaml:2: tls.cert: TLS needs a certificate (tls.cert) with its key"
+        );
+
+        let text = "# comment\nslots: 0\n";
+        let raw = RawWorkerConfig::from_yaml_str(text).expect("parses");
+        let e = raw
+            .validate(Some(Path::new("w.yaml")), Some(text))
+            .expect_err("zero slots");
+        assert_eq!(e.to_string(), "w.yaml:2: slots: must be between 1 and 256, got 0");
+
+        let text = "device: tpu:0\n";
+        let e = RawWorkerConfig::from_yaml_str(text)
+            .expect("parses")
+            .validate(None, Some(text))
+            .expect_err("tpu");
+        assert!(e.message.contains("unknown device"), "{e}");
+
+        let text = "listen: localhost\n";
+        let e = RawWorkerConfig::from_yaml_str(text)
+            .expect("parses")
+            .validate(None, Some(text))
+            .expect_err("addr");
+        assert_eq!(e.key, "listen");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = RawWorkerConfig::from_yaml_str("slots: 2\nmax_waiting: 5\n").expect("parses");
+        let flags = RawWorkerConfig {
+            slots: Some(8),
+            ..RawWorkerConfig::default()
+        };
+        let c = flags.or(file).validate(None, None).expect("valid");
+        assert_eq!((c.slots, c.max_waiting), (8, 5));
+    }
+
+    #[test]
+    fn a_missing_model_file_is_refused() {
+        let raw = RawWorkerConfig {
+            model: Some("/no/such/model.gguf".into()),
+            ..RawWorkerConfig::default()
+        };
+        let e = raw.validate(None, None).expect_err("missing");
+        assert_eq!(e.key, "model");
+    }
+
+    #[test]
+    fn the_model_id_defaults_to_the_file_stem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("My-Model.Q8_0.gguf");
+        std::fs::write(&path, b"x").expect("write");
+        let raw = RawWorkerConfig {
+            model: Some(path),
+            ..RawWorkerConfig::default()
+        };
+        assert_eq!(raw.validate(None, None).expect("valid").model_id, "my-model.q8_0");
+    }
+}

@@ -1,0 +1,273 @@
+//! Running the worker: listeners, model loading in the background, health, metrics, and the drain on
+//! shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use sluice_engine::{DeviceSpec, Engine, EngineConfig, Model};
+use sluice_proto::v1;
+use sluice_proto::v1::worker_server::WorkerServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::config::{ModelSource, WorkerConfig};
+use crate::metrics::WorkerMetrics;
+use crate::service::{Phase, WorkerIdentity, WorkerService, WorkerState};
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fetch the demo model: {0}")]
+    Fetch(#[from] sluice_models::FetchError),
+    #[error("cannot load the model: {0}")]
+    Load(#[from] sluice_engine::LoadError),
+    #[error("cannot start the engine: {0}")]
+    Engine(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("gRPC server: {0}")]
+    Serve(tonic::transport::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Addresses the worker actually bound (with port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains: health turns NOT_SERVING, no new requests are
+/// admitted, in-flight requests get `config.drain_grace` to finish, and the function returns.
+///
+/// `on_bound` is called once the listeners are bound, before the model is loaded.
+pub async fn run(
+    config: WorkerConfig,
+    registry: prometheus::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), WorkerError> {
+    let metrics = WorkerMetrics::new(registry)?;
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| WorkerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let identity = WorkerIdentity {
+        worker_id: config
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), grpc_addr.port())),
+        device: device_info(config.device),
+        model_id: config.model_id.clone(),
+        slots: config.slots as u32,
+        max_waiting: config.max_waiting as u32,
+    };
+    let state = WorkerState::new(identity, metrics);
+
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, state.clone()).await?),
+        None => None,
+    };
+    on_bound(BoundAddrs {
+        grpc: grpc_addr,
+        metrics: metrics_addr,
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, false).await;
+    tokio::spawn(follow_health(state.clone(), health));
+
+    // Load the model in the background so health checks answer (NOT_SERVING) meanwhile.
+    let (load_failed_tx, load_failed_rx) = oneshot::channel::<WorkerError>();
+    {
+        let state = state.clone();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || match load_engine(&config) {
+            Ok(engine) => {
+                let d = &engine.model().description;
+                tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, "model loaded; serving");
+                state.set_engine(Arc::new(engine));
+            }
+            Err(e) => {
+                let _ = load_failed_tx.send(e);
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    {
+        let state = state.clone();
+        let grace = config.drain_grace;
+        tokio::spawn(async move {
+            shutdown.await;
+            let in_flight = state.drain();
+            tracing::info!(in_flight, grace_seconds = grace.as_secs(), "draining");
+            let left = state.wait_idle(grace).await;
+            if left > 0 {
+                tracing::warn!(left, "drain grace period over; stopping with requests in flight");
+            }
+            if let Some(engine) = state.engine() {
+                engine.stop();
+            }
+            state.stop();
+            let _ = stop_tx.send(());
+        });
+    }
+
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        server = server.tls_config(tls_config).map_err(WorkerError::Tls)?;
+    }
+    let router = server
+        .add_service(health_service)
+        .add_service(WorkerServer::new(WorkerService::new(state.clone())));
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::select! {
+        result = serve => result.map_err(WorkerError::Serve)?,
+        Ok(error) = load_failed_rx => return Err(error),
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
+    let path = match &config.model {
+        ModelSource::File(path) => path.clone(),
+        ModelSource::Demo => sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?,
+    };
+    tracing::info!(path = %path.display(), device = %config.device, "loading model");
+    let model = Model::load(&path, &config.model_id, config.device)?;
+    let engine_config = EngineConfig {
+        slots: config.slots,
+        max_waiting: config.max_waiting,
+        prefill_chunk: config.prefill_chunk,
+    };
+    Engine::start(Arc::new(model), engine_config).map_err(WorkerError::Engine)
+}
+
+const WORKER_SERVICE: &str = "sluice.worker.v1.Worker";
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(WORKER_SERVICE, status).await;
+}
+
+/// Keeps the health service in step with the worker's phase: SERVING only when ready.
+async fn follow_health(state: Arc<WorkerState>, health: tonic_health::server::HealthReporter) {
+    let mut phase = state.watch_phase();
+    loop {
+        let serving = *phase.borrow_and_update() == Phase::Ready;
+        set_health(&health, serving).await;
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_metrics(addr: SocketAddr, state: Arc<WorkerState>) -> Result<SocketAddr, WorkerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WorkerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Bind { addr, source })?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let state = state.clone();
+            async move {
+                if let Some(engine) = state.engine() {
+                    state.metrics.observe_load(&engine.load());
+                }
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    state.metrics.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+fn device_info(device: DeviceSpec) -> v1::Device {
+    match device {
+        DeviceSpec::Cpu => {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let name = cpuinfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .and_then(|r| r.split_once(':'))
+                        .map(|(_, v)| v.trim())
+                })
+                .unwrap_or("cpu")
+                .to_owned();
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            let memory_kib: u64 = meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            v1::Device {
+                kind: "cpu".into(),
+                name,
+                memory_bytes: memory_kib * 1024,
+                ordinal: 0,
+            }
+        }
+        DeviceSpec::Cuda(n) => v1::Device {
+            kind: "cuda".into(),
+            name: format!("cuda:{n}"),
+            memory_bytes: 0,
+            ordinal: n as u32,
+        },
+    }
+}
