@@ -35,7 +35,7 @@ async fn serves_the_demo_model_and_describes_itself() {
     );
     assert_eq!(
         (model.context_length, model.slots, model.max_waiting),
-        (4096, 3, 5)
+        (8192, 3, 5)
     );
 }
 

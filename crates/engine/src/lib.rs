@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod llama;
 pub mod model;
 pub mod sampler;
 pub mod scheduler;
@@ -18,6 +19,7 @@ pub mod text;
 pub mod tokenizer;
 
 pub use error::{LoadError, RunError, SubmitError};
+pub use llama::WeightFormat;
 pub use model::{DeviceSpec, Model, ModelDescription};
 pub use sampler::SamplingParams;
 pub use scheduler::{

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use candle_core::Device;
 
 use crate::error::LoadError;
 use crate::gguf::{self, GgufMetadata};
+use crate::llama::{BatchItem, KvCache, LlamaWeights, WeightFormat};
 use crate::template::{CHATML_TEMPLATE, ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -87,13 +87,12 @@ pub struct Model {
     /// Tokens that end a turn.
     end_of_generation: Vec<u32>,
     bos: Option<u32>,
-    weights: ModelWeights,
-    device: Device,
+    weights: LlamaWeights,
 }
 
 impl Model {
     /// Loads a llama-family GGUF file.
-    pub fn load(path: &Path, id: &str, device: DeviceSpec) -> Result<Self, LoadError> {
+    pub fn load(path: &Path, id: &str, device: DeviceSpec, weights: WeightFormat) -> Result<Self, LoadError> {
         let (content, mut reader) = gguf::open(path)?;
         let meta = GgufMetadata::from_content(&content, path)?;
         let tokenizer = Tokenizer::new(&meta.vocabulary, meta.pre_tokenizer)?;
@@ -140,14 +139,20 @@ impl Model {
         }
 
         let device_handle = device.open()?;
-        let weights = ModelWeights::from_gguf(content, &mut reader, &device_handle)
-            .map_err(|e| LoadError::Weights(e.to_string()))?;
+        let weights = LlamaWeights::load(
+            &content,
+            &mut reader,
+            &device_handle,
+            meta.context_length,
+            weights,
+        )
+        .map_err(|e| LoadError::Weights(e.to_string()))?;
 
         let description = ModelDescription {
             id: id.to_owned(),
             architecture: meta.architecture.clone(),
             quantization: meta.quantization.clone(),
-            context_length: meta.context_length.min(MAX_SEQ_LEN),
+            context_length: meta.context_length,
             parameters: meta.parameters,
         };
         Ok(Self {
@@ -157,7 +162,6 @@ impl Model {
             end_of_generation,
             bos: meta.add_bos_token.then_some(meta.bos_token_id).flatten(),
             weights,
-            device: device_handle,
         })
     }
 
@@ -183,35 +187,13 @@ impl Model {
         &self.end_of_generation
     }
 
-    /// A fresh sequence with its own (empty) KV cache, sharing the weights.
-    pub fn new_sequence(&self) -> Sequence {
-        Sequence {
-            weights: self.weights.clone(),
-            device: self.device.clone(),
-        }
-    }
-}
-
-/// One slot's view of the model: the shared weights and a private KV cache.
-#[derive(Debug)]
-pub struct Sequence {
-    weights: ModelWeights,
-    device: Device,
-}
-
-impl Sequence {
-    /// Feeds `tokens` at positions `start..start + tokens.len()` and returns the logits after the last one.
-    pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, String> {
-        let mut run = || -> candle_core::Result<Vec<f32>> {
-            let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-            let logits = self.weights.forward(&input, start)?;
-            logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()
-        };
-        run().map_err(|e| e.to_string())
+    /// Runs one forward pass over every item (continuous batching; see [`crate::llama`]).
+    pub fn forward(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>, String> {
+        self.weights.forward(items).map_err(|e| e.to_string())
     }
 
-    /// Empties the KV cache for the next request.
-    pub fn reset(&mut self) {
-        self.weights.clear_kv_cache();
+    /// An empty KV cache for a new sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::default()
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{RunError, SubmitError};
-use crate::model::{Model, Sequence};
+use crate::llama::{BatchItem, KvCache};
+use crate::model::Model;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::template::Message;
 use crate::text::TextStream;
@@ -376,7 +377,7 @@ struct Active {
 
 #[derive(Debug)]
 struct Slot {
-    sequence: Sequence,
+    cache: KvCache,
     active: Option<Active>,
 }
 
@@ -414,7 +415,7 @@ impl Scheduler {
     fn new(shared: Arc<Shared>) -> Self {
         let slots = (0..shared.config.slots)
             .map(|_| Slot {
-                sequence: shared.model.new_sequence(),
+                cache: shared.model.new_cache(),
                 active: None,
             })
             .collect();
@@ -443,26 +444,24 @@ impl Scheduler {
                 decode_seconds: 0.0,
                 generated_tokens: 0,
             };
-            for i in 0..self.slots.len() {
-                let slot = &mut self.slots[i];
-                let Some(active) = slot.active.as_mut() else {
+            let outcomes = self.round(&mut round);
+            for (slot, outcome) in self.slots.iter_mut().zip(outcomes) {
+                let Some(Step::Done(last_event)) = outcome else {
                     continue;
                 };
-                let outcome = step(&self.shared, &mut slot.sequence, active, &mut round);
-                if let Step::Done(last_event) = outcome {
-                    let service = active.admitted.elapsed().as_secs_f64();
-                    self.service_seconds = if self.service_seconds == 0.0 {
-                        service
-                    } else {
-                        0.8 * self.service_seconds + 0.2 * service
-                    };
-                    slot.sequence.reset();
-                    lock(&self.shared.queue).running -= 1;
-                    if let Some(active) = slot.active.take()
-                        && let Some(event) = last_event
-                    {
-                        let _ = active.job.events.send(event);
-                    }
+                let Some(active) = slot.active.take() else {
+                    continue;
+                };
+                let service = active.admitted.elapsed().as_secs_f64();
+                self.service_seconds = if self.service_seconds == 0.0 {
+                    service
+                } else {
+                    0.8 * self.service_seconds + 0.2 * service
+                };
+                slot.cache.clear();
+                lock(&self.shared.queue).running -= 1;
+                if let Some(event) = last_event {
+                    let _ = active.job.events.send(event);
                 }
             }
             self.busy_seconds += round_start.elapsed().as_secs_f64();
@@ -605,57 +604,125 @@ impl Scheduler {
     }
 }
 
-/// Advances one request by one step: a prompt chunk, or one generated token.
-fn step(shared: &Shared, sequence: &mut Sequence, active: &mut Active, round: &mut Round) -> Step {
+impl Scheduler {
+    /// One round: every running request advances by one step (a prompt chunk or one token), all of them
+    /// in a single forward pass. Returns each slot's outcome (`None` for an empty slot).
+    fn round(&mut self, round: &mut Round) -> Vec<Option<Step>> {
+        let shared = self.shared.clone();
+        let mut outcomes: Vec<Option<Step>> = self.slots.iter().map(|_| None).collect();
+        for (slot, outcome) in self.slots.iter_mut().zip(outcomes.iter_mut()) {
+            if let Some(active) = slot.active.as_mut() {
+                *outcome = check_alive(active);
+            }
+        }
+
+        // Plan each live request's share of the pass.
+        let chunk = shared.config.prefill_chunk;
+        let mut items = Vec::new();
+        let mut owners = Vec::new();
+        let (mut prompt_tokens, mut decode_tokens) = (0usize, 0usize);
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            let Slot { cache, active } = slot;
+            let Some(active) = active.as_ref() else { continue };
+            let prompt_len = active.job.prompt.len();
+            let (tokens, logits) = if active.prefilled < prompt_len {
+                let end = (active.prefilled + chunk).min(prompt_len);
+                prompt_tokens += end - active.prefilled;
+                (&active.job.prompt[active.prefilled..end], end == prompt_len)
+            } else {
+                match active.last.as_ref() {
+                    Some(last) => {
+                        decode_tokens += 1;
+                        (std::slice::from_ref(last), true)
+                    }
+                    None => {
+                        outcomes[i] = Some(Step::Done(Some(model_error("no token to continue from".into()))));
+                        continue;
+                    }
+                }
+            };
+            items.push(BatchItem {
+                tokens,
+                cache,
+                logits,
+            });
+            owners.push(i);
+        }
+        if items.is_empty() {
+            return outcomes;
+        }
+        let planned: Vec<usize> = items.iter().map(|item| item.tokens.len()).collect();
+        let started = Instant::now();
+        let results = shared.model.forward(&mut items);
+        drop(items);
+        let seconds = started.elapsed().as_secs_f64();
+        let total = (prompt_tokens + decode_tokens).max(1) as f64;
+        round.prompt_tokens += prompt_tokens as u64;
+        round.prompt_seconds += seconds * prompt_tokens as f64 / total;
+        round.decode_tokens += decode_tokens as u64;
+        round.decode_seconds += seconds * decode_tokens as f64 / total;
+
+        let mut results = match results {
+            Ok(results) => results.into_iter(),
+            Err(e) => {
+                tracing::error!(error = %e, "model execution failed");
+                for i in owners {
+                    outcomes[i] = Some(Step::Done(Some(model_error(e.clone()))));
+                }
+                return outcomes;
+            }
+        };
+        for (i, n) in owners.into_iter().zip(planned) {
+            let logits = results.next().flatten();
+            let Some(active) = self.slots[i].active.as_mut() else {
+                continue;
+            };
+            let prefill = active.prefilled < active.job.prompt.len();
+            if prefill {
+                active.prefilled += n;
+                active.prefill_seconds += seconds * n as f64 / total;
+            }
+            outcomes[i] = Some(match logits {
+                Some(logits) => advance(&shared, active, &logits, round),
+                None if prefill => Step::Continue,
+                None => Step::Done(Some(model_error("the model returned no logits".into()))),
+            });
+        }
+        outcomes
+    }
+}
+
+/// Ends a request whose client went away or whose deadline passed.
+fn check_alive(active: &Active) -> Option<Step> {
     if active.job.events.is_closed() {
         tracing::debug!(request_id = %active.job.request_id, "cancelled by the client");
-        return Step::Done(None);
+        return Some(Step::Done(None));
     }
     if active.job.deadline.is_some_and(|d| d <= Instant::now()) {
-        return Step::Done(Some(Event::Failed(RunError::DeadlineExceeded {
+        return Some(Step::Done(Some(Event::Failed(RunError::DeadlineExceeded {
             generated: active.generated,
-        })));
+        }))));
     }
+    None
+}
+
+fn model_error(error: String) -> Event {
+    Event::Failed(RunError::Model(error))
+}
+
+/// Takes the next token from the logits after a request's last position, and streams what it adds.
+fn advance(shared: &Shared, active: &mut Active, logits: &[f32], round: &mut Round) -> Step {
     let model = &shared.model;
-    let started = Instant::now();
     let prompt_len = active.job.prompt.len();
-    let (logits, prefill) = if active.prefilled < prompt_len {
-        let end = (active.prefilled + shared.config.prefill_chunk).min(prompt_len);
-        let chunk = &active.job.prompt[active.prefilled..end];
-        let logits = sequence.forward(chunk, active.prefilled);
-        let seconds = started.elapsed().as_secs_f64();
-        round.prompt_tokens += chunk.len() as u64;
-        round.prompt_seconds += seconds;
-        active.prefill_seconds += seconds;
-        active.prefilled = end;
-        if end < prompt_len {
-            return match logits {
-                Ok(_) => Step::Continue,
-                Err(e) => fail_model(active, e),
-            };
-        }
-        (logits, true)
-    } else {
-        let Some(last) = active.last else {
-            return fail_model(active, "no token to continue from".into());
-        };
-        let position = prompt_len + active.generated as usize - 1;
-        (sequence.forward(&[last], position), false)
-    };
-    let logits = match logits {
-        Ok(l) => l,
-        Err(e) => return fail_model(active, e),
-    };
     let banned: &[u32] = if active.job.ignore_eos {
         model.end_of_generation()
     } else {
         &[]
     };
-    let token = active.sampler.sample(&logits, banned);
-    if !prefill {
-        round.decode_tokens += 1;
-        round.decode_seconds += started.elapsed().as_secs_f64();
-    }
+    let token = active.sampler.sample(logits, banned);
     if active.first_token.is_none() {
         active.first_token = Some(Instant::now());
     }
@@ -719,11 +786,6 @@ fn finish(active: &mut Active, reason: FinishReason, stop_sequence: Option<Strin
     };
     tracing::debug!(request_id = %active.job.request_id, ?finished, "finished");
     Step::Done(Some(Event::Finished(finished)))
-}
-
-fn fail_model(active: &mut Active, error: String) -> Step {
-    tracing::error!(request_id = %active.job.request_id, %error, "model execution failed");
-    Step::Done(Some(Event::Failed(RunError::Model(error))))
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use sluice_engine::gguf::{self, GgufMetadata};
 use sluice_engine::tokenizer::Tokenizer;
-use sluice_engine::{DeviceSpec, Engine, EngineConfig, Event, FinishReason, Message, Model, Request};
+use sluice_engine::{
+    DeviceSpec, Engine, EngineConfig, Event, FinishReason, Message, Model, Request, WeightFormat,
+};
 
 #[expect(clippy::expect_used, reason = "test helper")]
 fn demo_model() -> PathBuf {
@@ -71,14 +73,20 @@ fn strip_specials(s: &str) -> String {
 #[test]
 fn metadata_describes_the_demo_model() {
     let path = demo_model();
-    let model = Model::load(&path, sluice_models::DEMO_MODEL_ID, DeviceSpec::Cpu).expect("load");
+    let model = Model::load(
+        &path,
+        sluice_models::DEMO_MODEL_ID,
+        DeviceSpec::Cpu,
+        WeightFormat::Auto,
+    )
+    .expect("load");
     let d = &model.description;
     assert_eq!(
         (d.architecture.as_str(), d.quantization.as_str()),
         ("llama", "Q4_1")
     );
-    // The model declares 8,192 positions; candle's RoPE table stops at 4,096.
-    assert_eq!(d.context_length, 4096);
+    // The model's declared window (candle's own llama stops at 4,096 positions).
+    assert_eq!(d.context_length, 8192);
     assert!(
         (130_000_000..140_000_000).contains(&d.parameters),
         "{}",
@@ -96,9 +104,68 @@ fn metadata_describes_the_demo_model() {
     );
 }
 
+#[test]
+fn the_batched_forward_pass_matches_candles_llama_on_the_demo_model() {
+    use candle_core::{Device, Tensor};
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    use sluice_engine::llama::{BatchItem, KvCache, LlamaWeights, argmax, max_abs_diff};
+
+    let path = demo_model();
+    let model = Model::load(&path, "m", DeviceSpec::Cpu, WeightFormat::Native).expect("load");
+    let prompt = model
+        .prompt_tokens(&[Message::new("user", "What is the capital of Japan?")])
+        .expect("prompt");
+    let (content, mut reader) = gguf::open(&path).expect("open");
+    let ours =
+        LlamaWeights::load(&content, &mut reader, &Device::Cpu, 8192, WeightFormat::Native).expect("ours");
+    let (content, mut reader) = gguf::open(&path).expect("open");
+    let mut reference = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("reference");
+    let mut cache = KvCache::default();
+    let mut token_ids = prompt.clone();
+    let mut start = 0;
+    for step in 0..6 {
+        let input = Tensor::new(&token_ids[start..], &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("input");
+        let want: Vec<f32> = reference
+            .forward(&input, start)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1())
+            .expect("reference");
+        let mut items = [BatchItem {
+            tokens: &token_ids[start..],
+            cache: &mut cache,
+            logits: true,
+        }];
+        let got = ours
+            .forward(&mut items)
+            .expect("ours")
+            .pop()
+            .flatten()
+            .expect("logits");
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 2e-2, "step {step}: logits differ by {diff}");
+        assert_eq!(
+            argmax(&got),
+            argmax(&want),
+            "step {step}: the greedy token differs"
+        );
+        start = token_ids.len();
+        token_ids.push(argmax(&want) as u32);
+    }
+}
+
 #[tokio::test]
 async fn greedy_answer_names_tokyo() {
-    let model = Arc::new(Model::load(&demo_model(), "smollm2-135m-instruct", DeviceSpec::Cpu).expect("load"));
+    let model = Arc::new(
+        Model::load(
+            &demo_model(),
+            "smollm2-135m-instruct",
+            DeviceSpec::Cpu,
+            WeightFormat::Auto,
+        )
+        .expect("load"),
+    );
     let engine = Engine::start(model, EngineConfig::default()).expect("engine");
     let mut events = engine
         .submit(Request {

@@ -18,7 +18,7 @@ fn tiny_model() -> Arc<Model> {
         write_tiny_gguf(&path, TinyModel::default()).expect("write tiny gguf");
         path
     });
-    Arc::new(Model::load(path, "tiny", DeviceSpec::Cpu).expect("load tiny model"))
+    Arc::new(Model::load(path, "tiny", DeviceSpec::Cpu, crate::WeightFormat::Auto).expect("load tiny model"))
 }
 
 fn engine(slots: usize, max_waiting: usize) -> Engine {

@@ -1,0 +1,193 @@
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use candle_transformers::models::quantized_llama::ModelWeights;
+
+use super::*;
+use crate::gguf;
+use crate::testing::{TinyModel, write_tiny_gguf};
+
+fn tiny_path() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-llama-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tiny.gguf");
+        write_tiny_gguf(&path, TinyModel::default()).expect("write tiny gguf");
+        path
+    })
+}
+
+fn ours(path: &Path) -> LlamaWeights {
+    let (content, mut reader) = gguf::open(path).expect("open");
+    LlamaWeights::load(&content, &mut reader, &Device::Cpu, 1024, WeightFormat::Native).expect("load")
+}
+
+fn reference(path: &Path) -> ModelWeights {
+    let (content, mut reader) = gguf::open(path).expect("open");
+    ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("reference loads")
+}
+
+fn reference_logits(model: &mut ModelWeights, tokens: &[u32], start: usize) -> Vec<f32> {
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
+    model
+        .forward(&input, start)
+        .and_then(|l| l.squeeze(0))
+        .and_then(|l| l.to_vec1())
+        .expect("reference forward")
+}
+
+fn one(model: &LlamaWeights, cache: &mut KvCache, tokens: &[u32]) -> Vec<f32> {
+    let mut items = [BatchItem {
+        tokens,
+        cache,
+        logits: true,
+    }];
+    model
+        .forward(&mut items)
+        .expect("forward")
+        .pop()
+        .flatten()
+        .expect("logits")
+}
+
+#[test]
+fn matches_candles_reference_on_prefill_chunks_and_decode() {
+    let path = tiny_path();
+    let model = ours(path);
+    let mut reference = reference(path);
+    let prompt: Vec<u32> = (3..40).collect();
+    let mut cache = KvCache::default();
+    // Prefill in two chunks, against the reference in one pass.
+    let mut items = [BatchItem {
+        tokens: &prompt[..20],
+        cache: &mut cache,
+        logits: false,
+    }];
+    assert_eq!(model.forward(&mut items).expect("first chunk"), vec![None]);
+    let ours_logits = one(&model, &mut cache, &prompt[20..]);
+    let want = reference_logits(&mut reference, &prompt, 0);
+    assert!(
+        max_abs_diff(&ours_logits, &want) < 1e-3,
+        "prefill differs by {}",
+        max_abs_diff(&ours_logits, &want)
+    );
+    assert_eq!(cache.len(), prompt.len());
+    // Then decode steps.
+    let mut token = argmax(&want) as u32;
+    for step in 0..8 {
+        let got = one(&model, &mut cache, &[token]);
+        let want = reference_logits(&mut reference, &[token], prompt.len() + step);
+        assert!(
+            max_abs_diff(&got, &want) < 1e-3,
+            "decode step {step} differs by {}",
+            max_abs_diff(&got, &want)
+        );
+        token = argmax(&want) as u32;
+    }
+}
+
+#[test]
+fn a_batch_gives_each_sequence_what_it_would_get_alone() {
+    let model = ours(tiny_path());
+    let prompts: [Vec<u32>; 3] = [(3..30).collect(), (50..55).collect(), (100..140).collect()];
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = KvCache::default();
+            one(&model, &mut cache, p)
+        })
+        .collect();
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+    let mut items: Vec<BatchItem<'_>> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, cache)| BatchItem {
+            tokens: p,
+            cache,
+            logits: true,
+        })
+        .collect();
+    let together = model.forward(&mut items).expect("batch");
+    for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
+        let got = got.as_ref().expect("logits");
+        assert!(
+            max_abs_diff(got, want) < 1e-4,
+            "sequence {i} differs by {}",
+            max_abs_diff(got, want)
+        );
+    }
+    // Mixed round: one sequence decodes while another starts its prompt.
+    let mut fresh = KvCache::default();
+    let next = [7u32];
+    let mut items = [
+        BatchItem {
+            tokens: &next,
+            cache: &mut caches[0],
+            logits: true,
+        },
+        BatchItem {
+            tokens: &prompts[1],
+            cache: &mut fresh,
+            logits: true,
+        },
+    ];
+    let mixed = model.forward(&mut items).expect("mixed");
+    let mut solo = KvCache::default();
+    one(&model, &mut solo, &prompts[0]);
+    let want = one(&model, &mut solo, &next);
+    assert!(max_abs_diff(mixed[0].as_ref().expect("logits"), &want) < 1e-4);
+    assert!(max_abs_diff(mixed[1].as_ref().expect("logits"), &alone[1]) < 1e-4);
+}
+
+#[test]
+fn positions_past_the_table_are_refused() {
+    let (content, mut reader) = gguf::open(tiny_path()).expect("open");
+    let model =
+        LlamaWeights::load(&content, &mut reader, &Device::Cpu, 16, WeightFormat::Native).expect("load");
+    let mut cache = KvCache::default();
+    let tokens: Vec<u32> = (3..20).collect();
+    let mut items = [BatchItem {
+        tokens: &tokens,
+        cache: &mut cache,
+        logits: true,
+    }];
+    assert!(model.forward(&mut items).is_err());
+    assert_eq!(cache.len(), 0, "nothing was appended");
+}
+
+#[test]
+fn quantized_rows_decode_like_candle_dequantizes() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let data: Vec<f32> = (0..4 * 64)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+        .collect();
+    let t = Tensor::from_vec(data, (4, 64), &Device::Cpu).expect("tensor");
+    for dtype in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::F16,
+        GgmlDType::F32,
+    ] {
+        let q = QTensor::quantize(&t, dtype).expect("quantize");
+        let want = q
+            .dequantize(&Device::Cpu)
+            .and_then(|d| d.to_vec2::<f32>())
+            .expect("dequantize");
+        let embedding = Embedding::new(&q, 64, &Device::Cpu).expect("embedding");
+        assert!(
+            matches!(embedding, Embedding::Quantized { .. }),
+            "{dtype:?} stays quantized"
+        );
+        let got = embedding
+            .lookup(&[2, 0], &Device::Cpu)
+            .and_then(|r| r.to_vec2::<f32>())
+            .expect("lookup");
+        assert_eq!(got[0], want[2], "{dtype:?}");
+        assert_eq!(got[1], want[0], "{dtype:?}");
+    }
+}
