@@ -50,7 +50,10 @@ fn config_files_are_checked_with_file_line_and_key() {
     std::fs::write(&bad, "slots: 2\ntls:\n  cert: a.pem\n  kee: b.pem\n").expect("write");
     let (code, _, err) = run(&["worker", "--config", bad.to_str().expect("utf8"), "--check"]);
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains(":4: tls.kee: unknown field `kee`, expected one of"), "{err}");
+    assert!(
+        err.contains(":4: tls.kee: unknown field `kee`, expected one of"),
+        "{err}"
+    );
 
     let good = dir.path().join("good.yaml");
     std::fs::write(

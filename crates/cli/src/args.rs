@@ -57,6 +57,10 @@ pub struct WorkerArgs {
     /// Device: cpu or cuda:N [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
+    /// Weights in memory: auto (Q4_1 layers re-quantized to Q8_0 on CPU, 2.5x faster prompts) or native
+    /// [default: auto].
+    #[arg(long, value_name = "FORMAT")]
+    pub weight_format: Option<String>,
     /// Worker identity in GetInfo [default: host name and port].
     #[arg(long, value_name = "ID")]
     pub worker_id: Option<String>,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_engine::DeviceSpec;
+use sluice_engine::{DeviceSpec, WeightFormat};
 
 /// The worker's settings as written in a YAML file or given as flags. Every field is optional: flags
 /// override the file, and defaults fill the rest.
@@ -30,6 +30,8 @@ pub struct RawWorkerConfig {
     pub prefill_chunk: Option<u32>,
     /// `cpu` or `cuda:N`.
     pub device: Option<String>,
+    /// `auto` (Q4_1 layers re-quantized to Q8_0 on CPU, where that is much faster) or `native`.
+    pub weight_format: Option<String>,
     /// Identity reported in `GetInfo`; defaults to the host name and port.
     pub worker_id: Option<String>,
     /// Seconds that in-flight requests get to finish after SIGTERM.
@@ -88,6 +90,7 @@ pub struct WorkerConfig {
     pub max_waiting: usize,
     pub prefill_chunk: usize,
     pub device: DeviceSpec,
+    pub weight_format: WeightFormat,
     pub worker_id: Option<String>,
     pub drain_grace: Duration,
     pub tls: Option<TlsConfig>,
@@ -178,6 +181,7 @@ impl RawWorkerConfig {
             max_waiting: self.max_waiting.or(file.max_waiting),
             prefill_chunk: self.prefill_chunk.or(file.prefill_chunk),
             device: self.device.or(file.device),
+            weight_format: self.weight_format.or(file.weight_format),
             worker_id: self.worker_id.or(file.worker_id),
             drain_grace_seconds: self.drain_grace_seconds.or(file.drain_grace_seconds),
             tls: match (self.tls, file.tls) {
@@ -274,6 +278,12 @@ impl RawWorkerConfig {
                 format!("{device} needs a build with the `cuda` feature"),
             ));
         }
+        let weight_format: WeightFormat = self
+            .weight_format
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(|e: String| err("weight_format", e))?;
         let drain_grace =
             Duration::from_secs(self.drain_grace_seconds.unwrap_or(DEFAULT_DRAIN_GRACE_SECONDS));
         let tls = match self.tls {
@@ -319,6 +329,7 @@ impl RawWorkerConfig {
             max_waiting: max_waiting as usize,
             prefill_chunk: prefill_chunk as usize,
             device,
+            weight_format,
             worker_id: self.worker_id,
             drain_grace,
             tls,
@@ -326,11 +337,13 @@ impl RawWorkerConfig {
     }
 }
 
-/// The 1-based line where a dotted key is set in YAML text, found by walking the keys' indentation.
+/// The 1-based line where a dotted key is set in YAML text, found by walking the keys' indentation; for
+/// a key that is not written (a missing `tls.cert`), the line of its deepest parent that is.
 fn line_of(text: &str, dotted: &str) -> Option<usize> {
-    let mut parts = dotted.split('.').peekable();
+    let mut parts = dotted.split('.');
     let mut want = parts.next()?;
     let mut min_indent = 0usize;
+    let mut found = None;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
@@ -340,8 +353,9 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
         if let Some(rest) = trimmed.strip_prefix(want)
             && rest.trim_start().starts_with(':')
         {
+            found = Some(i + 1);
             match parts.next() {
-                None => return Some(i + 1),
+                None => return found,
                 Some(next) => {
                     want = next;
                     min_indent = indent + 1;
@@ -349,7 +363,7 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
             }
         }
     }
-    None
+    found
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
         ModelSource::Demo => sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?,
     };
     tracing::info!(path = %path.display(), device = %config.device, "loading model");
-    let model = Model::load(&path, &config.model_id, config.device)?;
+    let model = Model::load(&path, &config.model_id, config.device, config.weight_format)?;
     let engine_config = EngineConfig {
         slots: config.slots,
         max_waiting: config.max_waiting,

@@ -17,6 +17,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         max_waiting: args.max_waiting,
         prefill_chunk: args.prefill_chunk,
         device: args.device,
+        weight_format: args.weight_format,
         worker_id: args.worker_id,
         drain_grace_seconds: args.drain_grace_seconds,
         tls: (args.tls_cert.is_some() || args.tls_key.is_some() || args.tls_client_ca.is_some()).then_some(
