@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::error::LoadError;
-use crate::tokenizer::{PreTokenizer, Vocabulary};
+use crate::tokenizer::{PreTokenizer, TokenizerModel, Vocabulary};
 
 /// What the engine needs from a GGUF file's metadata.
 #[derive(Debug, Clone)]
@@ -67,11 +67,21 @@ impl GgufMetadata {
             as usize;
 
         let tokenizer_model = string("tokenizer.ggml.model").unwrap_or_default();
-        if tokenizer_model != "gpt2" {
-            return Err(LoadError::Unsupported(format!(
-                "tokenizer.ggml.model {tokenizer_model:?}; only byte-level BPE (\"gpt2\") tokenizers are supported"
-            )));
-        }
+        let model = match tokenizer_model.as_str() {
+            "gpt2" => TokenizerModel::Gpt2,
+            "llama" => TokenizerModel::Spm,
+            other => {
+                return Err(LoadError::Unsupported(format!(
+                    "tokenizer.ggml.model {other:?}; supported: \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)"
+                )));
+            }
+        };
+        let scores = md
+            .get("tokenizer.ggml.scores")
+            .and_then(|v| v.to_vec().ok())
+            .map(|values| values.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect())
+            .unwrap_or_default();
+        let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
         let tokens = string_array(md, "tokenizer.ggml.tokens")
             .ok_or_else(|| format_err("no tokenizer.ggml.tokens".into()))?;
         let merges = string_array(md, "tokenizer.ggml.merges").unwrap_or_default();
@@ -108,6 +118,9 @@ impl GgufMetadata {
             name: string("general.name"),
             context_length,
             vocabulary: Vocabulary {
+                model,
+                scores,
+                add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
                 tokens,
                 token_types,
                 merges,
@@ -117,10 +130,8 @@ impl GgufMetadata {
             bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
             eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
             eot_token_id: token_id("tokenizer.ggml.eot_token_id"),
-            add_bos_token: md
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.to_bool().ok())
-                .unwrap_or(false),
+            // llama.cpp's default: SentencePiece vocabularies start with BOS unless they say otherwise.
+            add_bos_token: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == TokenizerModel::Spm),
             chat_template: string("tokenizer.chat_template"),
             quantization,
             parameters,

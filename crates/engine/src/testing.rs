@@ -22,6 +22,9 @@ pub struct TinyModel {
     pub feed_forward: usize,
     pub context_length: u32,
     pub seed: u64,
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`, no chat template) instead of the
+    /// byte-level BPE one.
+    pub sentencepiece: bool,
 }
 
 impl Default for TinyModel {
@@ -34,6 +37,7 @@ impl Default for TinyModel {
             feed_forward: 128,
             context_length: 1024,
             seed: 7,
+            sentencepiece: false,
         }
     }
 }
@@ -59,9 +63,41 @@ pub fn vocabulary() -> (Vec<String>, Vec<i32>) {
     (tokens, types)
 }
 
+/// A tiny SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens, then pieces with scores.
+pub fn sentencepiece_vocabulary() -> (Vec<String>, Vec<i32>, Vec<f32>) {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].iter().map(|s| s.to_string()).collect();
+    let mut types = vec![2, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    for piece in [
+        "\u{2581}the",
+        "\u{2581}",
+        "t",
+        "h",
+        "e",
+        "a",
+        "n",
+        "d",
+        "he",
+        "\u{2581}a",
+    ] {
+        tokens.push(piece.to_owned());
+        types.push(1);
+    }
+    let scores = (0..tokens.len()).map(|i| -(i as f32) / 100.0).collect();
+    (tokens, types, scores)
+}
+
 /// Writes a tiny llama GGUF (Q8_0 weights) to `path`.
 pub fn write_tiny_gguf(path: &Path, shape: TinyModel) -> candle_core::Result<()> {
-    let (tokens, types) = vocabulary();
+    let (tokens, types, scores) = if shape.sentencepiece {
+        sentencepiece_vocabulary()
+    } else {
+        let (tokens, types) = vocabulary();
+        (tokens, types, Vec::new())
+    };
     let vocab = tokens.len();
     let mut rng = StdRng::seed_from_u64(shape.seed);
     let mut tensor = |dims: &[usize], scale: f32| -> candle_core::Result<QTensor> {
@@ -114,7 +150,7 @@ pub fn write_tiny_gguf(path: &Path, shape: TinyModel) -> candle_core::Result<()>
     }
 
     let string = |s: &str| Value::String(s.to_owned());
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", string("llama")),
         ("general.name", string("tiny-test")),
         ("llama.context_length", Value::U32(shape.context_length)),
@@ -126,25 +162,47 @@ pub fn write_tiny_gguf(path: &Path, shape: TinyModel) -> candle_core::Result<()>
         ("llama.rope.dimension_count", Value::U32(head_dim as u32)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.rope.freq_base", Value::F32(10000.0)),
-        ("tokenizer.ggml.model", string("gpt2")),
-        ("tokenizer.ggml.pre", string("smollm")),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(tokens.iter().map(|t| string(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges",
-            Value::Array(MERGES.iter().map(|m| string(m)).collect()),
-        ),
-        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
-        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-        ("tokenizer.chat_template", string(CHATML_TEMPLATE)),
     ];
+    if shape.sentencepiece {
+        metadata.extend([
+            ("tokenizer.ggml.model", string("llama")),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.iter().map(|t| string(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                Value::Array(scores.into_iter().map(Value::F32).collect()),
+            ),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ]);
+    } else {
+        metadata.extend([
+            ("tokenizer.ggml.model", string("gpt2")),
+            ("tokenizer.ggml.pre", string("smollm")),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.iter().map(|t| string(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                Value::Array(MERGES.iter().map(|m| string(m)).collect()),
+            ),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+            ("tokenizer.chat_template", string(CHATML_TEMPLATE)),
+        ]);
+    }
     let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);

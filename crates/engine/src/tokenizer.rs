@@ -13,6 +13,10 @@ use regex::Regex;
 
 use crate::error::LoadError;
 
+mod spm;
+
+use spm::Spm;
+
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
@@ -64,9 +68,24 @@ impl PreTokenizer {
     }
 }
 
-/// The vocabulary and merges of a byte-level BPE model, as stored in GGUF metadata.
+/// Which tokenizer algorithm a vocabulary is for (`tokenizer.ggml.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenizerModel {
+    /// Byte-level BPE with merges (`gpt2`): SmolLM, Llama 3, Qwen, ...
+    #[default]
+    Gpt2,
+    /// SentencePiece-style BPE with scores (`llama`): Llama 2, TinyLlama, Mistral 7B, ...
+    Spm,
+}
+
+/// The vocabulary of a model, as stored in GGUF metadata.
 #[derive(Debug, Clone, Default)]
 pub struct Vocabulary {
+    pub model: TokenizerModel,
+    /// Scores of the tokens (SentencePiece merges by them).
+    pub scores: Vec<f32>,
+    /// Whether SentencePiece puts a space before the text (`tokenizer.ggml.add_space_prefix`).
+    pub add_space_prefix: bool,
     /// Token strings, in id order, in the byte-level encoding (`Ġ` for a space, ...).
     pub tokens: Vec<String>,
     /// llama.cpp token types, one per token; empty means every token is normal.
@@ -92,6 +111,8 @@ pub struct Tokenizer {
     /// Whether a token is special (control or user-defined): never produced by BPE, skipped in output.
     is_special: Vec<bool>,
     by_text: HashMap<String, u32>,
+    /// The SentencePiece encoder, for `llama` vocabularies.
+    spm: Option<Spm>,
 }
 
 impl Tokenizer {
@@ -113,6 +134,8 @@ impl Tokenizer {
             let special = kind == TOKEN_TYPE_CONTROL || kind == TOKEN_TYPE_USER_DEFINED;
             let bytes = if special {
                 text.as_bytes().to_vec()
+            } else if vocab.model == TokenizerModel::Spm {
+                Spm::token_bytes(text, kind)
             } else {
                 let mut out = Vec::with_capacity(text.len());
                 for c in text.chars() {
@@ -138,8 +161,16 @@ impl Tokenizer {
         // Some vocabularies lack a few bytes that never occur in their training text (SmolLM2 has no token
         // for 0x04, 0xC0, 0xFF and others). Such a byte gets a placeholder id that takes part in no merge and
         // is dropped from the output, as the reference tokenizers do.
+        let spm = (vocab.model == TokenizerModel::Spm).then(|| {
+            Spm::new(
+                &vocab.tokens,
+                &vocab.scores,
+                &vocab.token_types,
+                vocab.add_space_prefix,
+            )
+        });
         let mut byte_ids = [u32::MAX; 256];
-        let mut found = 0;
+        let mut found = if spm.is_some() { 256 } else { 0 };
         for (b, c) in byte_encoder().iter().enumerate() {
             match by_text.get(&c.to_string()) {
                 Some(id) => {
@@ -156,7 +187,8 @@ impl Tokenizer {
         }
 
         let mut merges = HashMap::with_capacity(vocab.merges.len());
-        for (rank, merge) in vocab.merges.iter().enumerate() {
+        let bpe_merges: &[String] = if spm.is_some() { &[] } else { &vocab.merges };
+        for (rank, merge) in bpe_merges.iter().enumerate() {
             let Some((left, right)) = merge.split_once(' ') else {
                 return Err(LoadError::Tokenizer(format!(
                     "merge {rank} ({merge:?}) is not \"left right\""
@@ -198,6 +230,7 @@ impl Tokenizer {
             token_bytes,
             is_special,
             by_text,
+            spm,
         })
     }
 
@@ -221,16 +254,23 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let mut start = 0;
+        // SentencePiece puts a space at the start of the text and after each special token.
+        let mut after_special = true;
         if let Some(specials) = &self.specials {
             for m in specials.find_iter(text) {
-                self.encode_ordinary(&text[start..m.start()], &mut ids);
+                if m.start() > start {
+                    self.encode_fragment(&text[start..m.start()], after_special, &mut ids);
+                }
                 if let Some(id) = self.special_ids.get(m.as_str()) {
                     ids.push(*id);
                 }
+                after_special = true;
                 start = m.end();
             }
         }
-        self.encode_ordinary(&text[start..], &mut ids);
+        if start < text.len() {
+            self.encode_fragment(&text[start..], after_special, &mut ids);
+        }
         ids
     }
 
@@ -251,6 +291,13 @@ impl Tokenizer {
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn encode_fragment(&self, text: &str, after_special: bool, out: &mut Vec<u32>) {
+        match &self.spm {
+            Some(spm) => spm.encode(text, after_special, out),
+            None => self.encode_ordinary(text, out),
+        }
     }
 
     fn encode_ordinary(&self, text: &str, out: &mut Vec<u32>) {

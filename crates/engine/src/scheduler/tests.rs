@@ -264,3 +264,29 @@ async fn stopping_fails_what_is_left() {
     assert!(matches!(a.1, Err(RunError::Stopped) | Ok(_)), "{:?}", a.1);
     assert_eq!(b.1, Err(RunError::Stopped));
 }
+
+#[tokio::test]
+async fn a_sentencepiece_model_without_a_template_loads_and_generates() {
+    let dir = std::env::temp_dir().join(format!("sluice-spm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("tiny-spm.gguf");
+    write_tiny_gguf(
+        &path,
+        TinyModel {
+            sentencepiece: true,
+            ..TinyModel::default()
+        },
+    )
+    .expect("write");
+    let model = Model::load(&path, "spm", DeviceSpec::Cpu, crate::WeightFormat::Auto).expect("load");
+    let prompt = model
+        .prompt_tokens(&[Message::new("user", "the")])
+        .expect("prompt");
+    assert_eq!(prompt[0], 1, "SentencePiece models start with <s>");
+    assert!(model.is_end_of_generation(2), "</s> ends a turn");
+    let engine = Engine::start(Arc::new(model), EngineConfig::default()).expect("engine");
+    let mut r = request("the", 6);
+    r.model = "spm".into();
+    let (_, finished, _) = collect(engine.submit(r).expect("admitted")).await;
+    assert_eq!(finished.expect("finished").usage.completion_tokens, 6);
+}

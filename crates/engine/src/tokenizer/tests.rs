@@ -9,6 +9,7 @@ fn tiny() -> Tokenizer {
             tokens,
             token_types,
             merges,
+            ..Vocabulary::default()
         },
         PreTokenizer::SmolLm,
     )
@@ -45,6 +46,7 @@ fn smollm_splits_every_digit_even_with_a_merge_for_them() {
                 tokens,
                 token_types,
                 merges,
+                ..Vocabulary::default()
             },
             PreTokenizer::Gpt2,
         )
@@ -123,6 +125,7 @@ fn bytes_without_a_token_are_dropped_without_breaking_merges_around_them() {
             tokens,
             token_types,
             merges,
+            ..Vocabulary::default()
         },
         PreTokenizer::SmolLm,
     )
@@ -137,6 +140,7 @@ fn a_vocabulary_without_byte_tokens_is_refused() {
         tokens: vec!["a".into(), "b".into()],
         token_types: vec![],
         merges: vec![],
+        ..Vocabulary::default()
     };
     let err = Tokenizer::new(&vocab, PreTokenizer::Gpt2).expect_err("refused");
     assert!(err.to_string().contains("only 2 of 256 bytes"), "{err}");
@@ -149,6 +153,7 @@ fn a_merge_naming_an_unknown_token_is_refused() {
         tokens,
         token_types,
         merges: vec!["x y".into()],
+        ..Vocabulary::default()
     };
     let err = Tokenizer::new(&vocab, PreTokenizer::Gpt2).expect_err("refused");
     assert!(err.to_string().contains("merge 0"), "{err}");
@@ -160,4 +165,64 @@ fn llama3_keeps_newline_runs_whole() {
     assert_eq!(split_pieces(&re, "a\n\nb", true), vec!["a", "\n\n", "b"]);
     assert_eq!(split_pieces(&re, "a   b", true), vec!["a", "  ", " b"]);
     assert_eq!(split_pieces(&re, "12345", true), vec!["123", "45"]);
+}
+
+#[derive(serde::Deserialize)]
+struct SpmFixture {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    token_types: Vec<i32>,
+    cases: Vec<SpmCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct SpmCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+fn spm_fixture() -> (SpmFixture, Tokenizer) {
+    let fixture: SpmFixture =
+        serde_json::from_str(include_str!("../../../../tests/fixtures/tiny-spm-tokens.json"))
+            .expect("fixture");
+    let vocab = Vocabulary {
+        model: TokenizerModel::Spm,
+        scores: fixture.scores.clone(),
+        add_space_prefix: true,
+        tokens: fixture.tokens.clone(),
+        token_types: fixture.token_types.clone(),
+        merges: vec![],
+    };
+    let tokenizer = Tokenizer::new(&vocab, PreTokenizer::Gpt2).expect("spm tokenizer");
+    (fixture, tokenizer)
+}
+
+#[test]
+fn sentencepiece_ids_match_llama_cpp() {
+    let (fixture, t) = spm_fixture();
+    assert!(fixture.cases.len() >= 10);
+    for case in &fixture.cases {
+        let got = t.encode(&case.text);
+        let names = |ids: &[u32]| {
+            ids.iter()
+                .map(|i| fixture.tokens[*i as usize].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&got), names(&case.ids), "{:?}", case.text);
+    }
+}
+
+#[test]
+fn sentencepiece_decodes_spaces_and_bytes() {
+    let (_, t) = spm_fixture();
+    for text in [
+        "hello world",
+        "東京 and 大阪",
+        "emoji 🦀 falls back",
+        "tabs\tand\nnewlines",
+    ] {
+        let decoded = t.decode(&t.encode(text));
+        // The space SentencePiece puts in front comes back as a leading space.
+        assert_eq!(decoded, format!(" {text}"), "{text:?}");
+    }
 }
