@@ -18,7 +18,8 @@ from llama_cpp import Llama
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--prompt-ids", required=True, help="JSON file: {long: [...], short: [...], banned: [...]}")
+    p.add_argument("--prompt-ids", required=True,
+                   help="JSON file: {long: [...], short: [...], text: [...], banned: [...]}")
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
@@ -55,6 +56,20 @@ def main() -> None:
     for _ in range(args.repeat):
         _, first = prefill(ids["short"])
         decode_runs.append(decode(first, args.decode))
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before a second model is loaded
+    # Perplexity of the same tokens, every position's logits from one pass.
+    scorer = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=args.threads,
+                   n_threads_batch=args.threads, logits_all=True, verbose=False)
+    text = ids["text"]
+    scorer.eval(text)
+    nll = 0.0
+    for i in range(len(text) - 1):
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(scorer._ctx.ctx, i), shape=(n_vocab,))
+        row = row.astype(np.float64)
+        m = row.max()
+        nll += m + np.log(np.exp(row - m).sum()) - row[text[i + 1]]
+    perplexity = float(np.exp(nll / (len(text) - 1)))
+
     prefill_s = sorted(prefill_runs)[len(prefill_runs) // 2]
     decode_s = sorted(decode_runs)[len(decode_runs) // 2]
     print(json.dumps({
@@ -64,7 +79,8 @@ def main() -> None:
         "prompt_tokens_per_second": len(ids["long"]) / prefill_s,
         "time_to_first_token_seconds": prefill_s,
         "decode_tokens_per_second": (args.decode - 1) / decode_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss,
+        "perplexity": perplexity,
     }))
 
 

@@ -6,7 +6,9 @@
 //!
 //! Figures: prompt tokens/s (one prompt of about 400 tokens, one forward pass); time to first token for that
 //! prompt; decode tokens/s for one stream (128 tokens, greedy, end of turn banned); aggregate decode tokens/s
-//! with 4 and 8 concurrent streams (all tokens / wall time); peak RSS of this process with 8 slots.
+//! with 4 and 8 concurrent streams (all tokens / wall time); peak RSS of this process with 8 slots; and,
+//! so that speed is never read without quality, perplexity on the same tokens of a fixed English text.
+//! `SLUICE_WEIGHT_FORMAT` (auto, throughput, native) picks the engine's weight format.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +18,18 @@ use std::time::Instant;
 use sluice_engine::{DeviceSpec, Engine, EngineConfig, Event, Message, Model, Request};
 
 const DECODE_TOKENS: u32 = 128;
+
+/// Plain prose for the perplexity check: both engines score exactly these tokens.
+const PERPLEXITY_TEXT: &str = "The river town woke slowly in winter. Before dawn the baker lit his ovens, and the smell \
+of bread drifted down the empty street towards the water. Fishermen checked their nets by lantern light, talking \
+quietly about the ice that had formed overnight along the banks. By eight o'clock the school bell rang, and \
+children in heavy coats ran across the square, leaving long tracks in the fresh snow. The library opened at \
+nine. Its keeper, an old woman who had read most of the books on its shelves, wrote the date on a small \
+blackboard by the door and put the kettle on the stove. Farmers came in from the hills to sell eggs, cheese and \
+firewood at the market, and the town hall clock, which had been five minutes slow for as long as anyone could \
+remember, struck the hour a little late. In the afternoon the light faded early. Shops closed one by one, the \
+ferry made its last crossing, and the windows of the houses glowed yellow against the dark blue sky. At night \
+the only sounds were the wind in the pines and, now and then, the creak of the ice moving on the river.";
 const REPEAT: usize = 3;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -38,7 +52,9 @@ fn main() -> BenchResult<()> {
     let long_ids = model.prompt_tokens(&long)?;
     let short_ids = model.prompt_tokens(&short)?;
 
-    let peer = run_llama_cpp(&path, &long_ids, &short_ids, model.end_of_generation());
+    let text_ids = model.tokenizer.encode(PERPLEXITY_TEXT);
+    let peer = run_llama_cpp(&path, &long_ids, &short_ids, &text_ids, model.end_of_generation());
+    let perplexity = perplexity(&model, &text_ids)?;
 
     let request = |messages: &[Message], max_tokens: u32| Request {
         model: "bench".into(),
@@ -97,7 +113,8 @@ fn main() -> BenchResult<()> {
     let ttft = median(&mut ttft);
     let decode_tps = median(&mut decode);
     println!(
-        "\nSluice engine vs llama.cpp, SmolLM2-135M-Instruct Q4_1, {} threads",
+        "\nSluice engine ({:?} weights) vs llama.cpp, SmolLM2-135M-Instruct Q4_1, {} threads",
+        weight_format(),
         threads()
     );
     println!(
@@ -139,6 +156,12 @@ fn main() -> BenchResult<()> {
         peer_value("peak_rss_bytes").map(|b| b / 1048576.0),
     );
     row("model load (s)", load_seconds, peer_value("load_seconds"));
+    println!(
+        "{:<34} {:>14} {:>14}",
+        format!("perplexity ({} tokens of prose)", text_ids.len()),
+        format!("{perplexity:.3}"),
+        peer_value("perplexity").map_or_else(|| "n/a".to_owned(), |p| format!("{p:.3}"))
+    );
     if peer.is_none() {
         println!("\nllama.cpp: not run (set LLAMA_CPP_PYTHON to a Python with llama-cpp-python installed)");
     } else {
@@ -156,6 +179,24 @@ fn weight_format() -> sluice_engine::WeightFormat {
         .ok()
         .and_then(|f| f.parse().ok())
         .unwrap_or_default()
+}
+
+/// Perplexity of the model on `ids`, one position at a time (as decoding runs).
+fn perplexity(model: &Model, ids: &[u32]) -> BenchResult<f64> {
+    let mut cache = model.new_cache();
+    let mut nll = 0f64;
+    for (t, next) in ids.iter().zip(&ids[1..]) {
+        let mut items = [sluice_engine::llama::BatchItem {
+            tokens: std::slice::from_ref(t),
+            cache: &mut cache,
+            logits: true,
+        }];
+        let logits = model.forward(&mut items)?.pop().flatten().ok_or("no logits")?;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = f64::from(max) + logits.iter().map(|l| f64::from(l - max).exp()).sum::<f64>().ln();
+        nll += log_sum - f64::from(logits[*next as usize]);
+    }
+    Ok((nll / (ids.len() - 1) as f64).exp())
 }
 
 fn run_one(engine: &Engine, request: Request) -> BenchResult<sluice_engine::Finished> {
@@ -191,11 +232,17 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn run_llama_cpp(model: &Path, long: &[u32], short: &[u32], banned: &[u32]) -> Option<serde_json::Value> {
+fn run_llama_cpp(
+    model: &Path,
+    long: &[u32],
+    short: &[u32],
+    text: &[u32],
+    banned: &[u32],
+) -> Option<serde_json::Value> {
     let python = std::env::var("LLAMA_CPP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench_llama_cpp.py");
     let ids = std::env::temp_dir().join(format!("sluice-bench-ids-{}.json", std::process::id()));
-    let payload = serde_json::json!({ "long": long, "short": short, "banned": banned });
+    let payload = serde_json::json!({ "long": long, "short": short, "text": text, "banned": banned });
     std::fs::write(&ids, payload.to_string()).ok()?;
     let output = Command::new(&python)
         .arg(script)

@@ -78,7 +78,7 @@ fn matches_candles_reference_on_prefill_chunks_and_decode() {
     assert_eq!(cache.len(), prompt.len());
     // Then decode steps.
     let mut token = argmax(&want) as u32;
-    for step in 0..8 {
+    for step in 0..60 {
         let got = one(&model, &mut cache, &[token]);
         let want = reference_logits(&mut reference, &[token], prompt.len() + step);
         assert!(
@@ -190,4 +190,98 @@ fn quantized_rows_decode_like_candle_dequantizes() {
         assert_eq!(got[0], want[2], "{dtype:?}");
         assert_eq!(got[1], want[0], "{dtype:?}");
     }
+}
+
+#[test]
+fn matches_the_reference_with_smollm2s_attention_shape() {
+    let dir = std::env::temp_dir().join(format!("sluice-llama-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("shape.gguf");
+    let shape = TinyModel {
+        hidden: 576,
+        heads: 9,
+        kv_heads: 3,
+        feed_forward: 256,
+        layers: 2,
+        ..TinyModel::default()
+    };
+    write_tiny_gguf(&path, shape).expect("write");
+    let model = ours(&path);
+    let mut reference = reference(&path);
+    let prompt: Vec<u32> = (3..60).collect();
+    let mut cache = KvCache::default();
+    let got = one(&model, &mut cache, &prompt);
+    let want = reference_logits(&mut reference, &prompt, 0);
+    assert!(
+        max_abs_diff(&got, &want) < 1e-3,
+        "prefill differs by {}",
+        max_abs_diff(&got, &want)
+    );
+    let mut token = argmax(&want) as u32;
+    for step in 0..20 {
+        let got = one(&model, &mut cache, &[token]);
+        let want = reference_logits(&mut reference, &[token], prompt.len() + step);
+        assert!(
+            max_abs_diff(&got, &want) < 1e-3,
+            "decode step {step} differs by {}",
+            max_abs_diff(&got, &want)
+        );
+        token = argmax(&want) as u32;
+    }
+}
+
+#[test]
+fn padded_q8_0_weights_give_what_zero_padded_weights_give() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let (rows, k) = (32, 96);
+    let w: Vec<f32> = (0..rows * k)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 17.0)
+        .collect();
+    let x: Vec<f32> = (0..3 * k).map(|i| ((i * 29 % 89) as f32 - 44.0) / 11.0).collect();
+    let weight = Tensor::from_vec(w.clone(), (rows, k), &Device::Cpu).expect("w");
+    let input = Tensor::from_vec(x, (3, k), &Device::Cpu).expect("x");
+    let linear = Linear::new(
+        QTensor::quantize(&weight, GgmlDType::Q8_0).expect("q"),
+        WeightFormat::Throughput,
+    )
+    .expect("linear");
+    if !q8_0_repack_kernel() {
+        assert_eq!(linear.padded_k, k, "no padding where candle has no kernel for it");
+        return;
+    }
+    assert_eq!(linear.padded_k, 256);
+    let padded: Vec<f32> = w
+        .chunks(k)
+        .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, 256 - k)))
+        .collect();
+    let padded = Tensor::from_vec(padded, (rows, 256), &Device::Cpu).expect("padded");
+    let reference =
+        QMatMul::from_qtensor(QTensor::quantize(&padded, GgmlDType::Q8_0).expect("q")).expect("reference");
+    let want = reference
+        .forward(&input.pad_with_zeros(1, 0, 256 - k).expect("pad"))
+        .expect("reference forward");
+    let got = linear.forward(&input).expect("forward");
+    assert_eq!(
+        got.to_vec2::<f32>().expect("got"),
+        want.to_vec2::<f32>().expect("want")
+    );
+    // The other formats never pad.
+    for format in [WeightFormat::Auto, WeightFormat::Native] {
+        let plain =
+            Linear::new(QTensor::quantize(&weight, GgmlDType::Q8_0).expect("q"), format).expect("plain");
+        assert_eq!(plain.padded_k, k);
+    }
+}
+
+#[test]
+fn weight_formats_parse_by_name() {
+    assert_eq!("auto".parse::<WeightFormat>(), Ok(WeightFormat::Auto));
+    assert_eq!("throughput".parse::<WeightFormat>(), Ok(WeightFormat::Throughput));
+    assert_eq!("native".parse::<WeightFormat>(), Ok(WeightFormat::Native));
+    assert!(
+        "fast"
+            .parse::<WeightFormat>()
+            .expect_err("unknown")
+            .contains("throughput")
+    );
 }
