@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod model;
 pub mod sampler;

@@ -16,18 +16,22 @@ use std::borrow::Cow;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
+
+use crate::kernels::Q8Matrix;
 use half::f16;
 
 /// How layer weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As stored, except Q4_1 layer weights on CPU, which are re-quantized to Q8_0 at load: candle 0.11 has
-    /// no SIMD kernel for Q4_1 on x86 (its dot product is scalar code), while Q8_0 has AVX2 kernels. Q8_0's
-    /// grid (255 levels per block of 32) is about 8 times finer than Q4_1's (16 levels); measured on the
-    /// demo model, perplexity rises 1.5% for 2.5 times faster prompts and 1.8 times faster decoding.
+    /// no SIMD kernel for Q4_1 on x86 (its dot product is scalar code). Q8_0's grid (255 levels per block of
+    /// 32) is about 8 times finer than Q4_1's (16 levels); measured on the demo model, perplexity stays
+    /// within 1.5% of llama.cpp's. Q8_0 weights then run on Sluice's own kernel ([`crate::kernels`]), which
+    /// reuses each weight block across the streams of a round.
     #[default]
     Auto,
-    /// `Auto`, and Q8_0 weights padded to an input width candle's VNNI kernel accepts (see [`Linear`]):
+    /// Q4_1 re-quantized as in `Auto`, and Q8_0 weights padded to an input width candle's VNNI kernel
+    /// accepts (see [`Linear`]) instead of running on Sluice's kernel:
     /// on CPUs with AVX-512 VNNI or AVX-VNNI, prompts and batches of streams run about twice as fast again,
     /// while a single stream decodes about 15% slower, the kernel's coarser activation rounding costs
     /// another 1.6% of perplexity, and candle keeps a repacked copy of the weights (+190 MB on the demo
@@ -93,10 +97,18 @@ struct Layer {
 /// rounds activations in blocks of 256 values instead of 32, which is where the accuracy goes.
 #[derive(Debug)]
 struct Linear {
-    matmul: QMatMul,
+    kernel: Kernel,
     /// Input width as stored, and as the kernel sees it.
     k: usize,
     padded_k: usize,
+}
+
+/// Who multiplies.
+#[derive(Debug)]
+enum Kernel {
+    Candle(QMatMul),
+    /// Our Q8_0 kernel, which reuses weights across the rows of a batch (see [`crate::kernels`]).
+    Q8(Q8Matrix),
 }
 
 /// The block size candle's repacked x86 kernels need the input width to be a multiple of.
@@ -125,9 +137,18 @@ impl Linear {
             && !k.is_multiple_of(REPACK_K)
             && rows.is_multiple_of(16)
             && q8_0_repack_kernel();
+        let own =
+            format == WeightFormat::Auto && weight.dtype() == GgmlDType::Q8_0 && weight.device().is_cpu();
+        if own && let Some(matrix) = Q8Matrix::from_ggml(&weight.data()?, rows, k) {
+            return Ok(Self {
+                kernel: Kernel::Q8(matrix),
+                k,
+                padded_k: k,
+            });
+        }
         if !pad {
             return Ok(Self {
-                matmul: QMatMul::from_qtensor(weight)?,
+                kernel: Kernel::Candle(QMatMul::from_qtensor(weight)?),
                 k,
                 padded_k: k,
             });
@@ -144,15 +165,41 @@ impl Linear {
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), &weight.device(), GgmlDType::Q8_0)?;
         let matmul = QMatMul::from_qtensor(QTensor::new(storage, (rows, padded_k))?)?;
-        Ok(Self { matmul, k, padded_k })
+        Ok(Self {
+            kernel: Kernel::Candle(matmul),
+            k,
+            padded_k,
+        })
+    }
+
+    /// `x` is `(tokens, k)`; the result is row-major `(tokens, out)`.
+    fn forward_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        match &self.kernel {
+            Kernel::Q8(matrix) => {
+                let (m, _) = x.dims2()?;
+                Ok(matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m))
+            }
+            Kernel::Candle(matmul) => {
+                let y = if self.padded_k == self.k {
+                    matmul.forward(x)?
+                } else {
+                    matmul.forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.padded_k - self.k)?)?
+                };
+                y.flatten_all()?.to_vec1::<f32>()
+            }
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.padded_k == self.k {
-            self.matmul.forward(x)
-        } else {
-            self.matmul
-                .forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.padded_k - self.k)?)
+        match &self.kernel {
+            Kernel::Q8(matrix) => {
+                let (m, _) = x.dims2()?;
+                Tensor::from_vec(self.forward_vec(x)?, (m, matrix.rows()), x.device())
+            }
+            Kernel::Candle(matmul) if self.padded_k == self.k => matmul.forward(x),
+            Kernel::Candle(matmul) => {
+                matmul.forward(&x.pad_with_zeros(candle_core::D::Minus1, 0, self.padded_k - self.k)?)
+            }
         }
     }
 }
@@ -197,7 +244,7 @@ impl Projection {
     /// `x` is `(tokens, in)`; the result is row-major `(tokens, out)`, the parts side by side in each row.
     fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
         match self {
-            Self::Fused(m) => m.forward(x)?.flatten_all()?.to_vec1::<f32>(),
+            Self::Fused(m) => m.forward_vec(x),
             Self::Separate(parts) => {
                 let outputs = parts
                     .iter()
@@ -508,6 +555,10 @@ impl LlamaWeights {
                 );
             }
             let mut attended = vec![0f32; total * q_dim];
+            // Rotate and append every item's keys and values, and run prompt chunks (candle's matrix
+            // products use the pool themselves). Decode steps are gathered and attended in parallel below.
+            let mut decodes = Vec::new();
+            let mut rest = attended.as_mut_slice();
             let mut row = 0;
             for item in items.iter_mut() {
                 let n = item.tokens.len();
@@ -522,9 +573,10 @@ impl LlamaWeights {
                     cache.k.extend_from_slice(k);
                     cache.v.extend_from_slice(v);
                 }
-                let out = &mut attended[row * q_dim..(row + n) * q_dim];
+                let (out, tail) = std::mem::take(&mut rest).split_at_mut(n * q_dim);
+                rest = tail;
                 if n == 1 {
-                    self.attend_one(&qkv[row * width..row * width + q_dim], cache, start + 1, out);
+                    decodes.push((row, &*cache, start + 1, std::sync::Mutex::new(out)));
                 } else {
                     let q: Vec<f32> = (0..n)
                         .flat_map(|t| qkv[(row + t) * width..(row + t) * width + q_dim].iter().copied())
@@ -533,6 +585,14 @@ impl LlamaWeights {
                 }
                 row += n;
             }
+            let qkv = &qkv;
+            candle_core::utils::barrier_pool().execute_chunked(decodes.len(), |range| {
+                for (row, cache, len, out) in &decodes[range] {
+                    let mut out = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    self.attend_one(&qkv[row * width..row * width + q_dim], cache, *len, &mut out);
+                }
+            });
+            drop(decodes);
             let attended = Tensor::from_vec(attended, (total, q_dim), &self.device)?;
             let x1 = (layer.wo.forward(&attended)? + &x)?;
             let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, self.eps)?;
