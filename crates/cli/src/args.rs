@@ -57,9 +57,10 @@ pub struct WorkerArgs {
     /// Device: cpu or cuda:N [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
-    /// Weights in memory: auto (Q4_1 layers re-quantized to Q8_0 on CPU: faster, +1.5% perplexity),
-    /// throughput (auto, plus VNNI kernels for batches: about 2x prompt and many-stream throughput, slower
-    /// single streams, +1.6% more perplexity, more memory) or native (as stored) [default: auto].
+    /// Weights in memory: auto (Q4_1 layers re-quantized to Q8_0 on CPU and run on Sluice's int8 kernel,
+    /// which shares weight reads among concurrent streams), throughput (the same weights padded for candle's
+    /// AVX-512/AVX-VNNI kernel: faster prompts, +2.6% perplexity, +200 MB) or native (as stored)
+    /// [default: auto].
     #[arg(long, value_name = "FORMAT")]
     pub weight_format: Option<String>,
     /// Worker identity in GetInfo [default: host name and port].

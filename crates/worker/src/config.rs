@@ -30,7 +30,7 @@ pub struct RawWorkerConfig {
     pub prefill_chunk: Option<u32>,
     /// `cpu` or `cuda:N`.
     pub device: Option<String>,
-    /// `auto` (Q4_1 layers re-quantized to Q8_0 on CPU, where that is much faster), `throughput` or `native`.
+    /// `auto` (Q4_1 layers re-quantized to Q8_0 on CPU, on Sluice's int8 kernel), `throughput` or `native`.
     pub weight_format: Option<String>,
     /// Identity reported in `GetInfo`; defaults to the host name and port.
     pub worker_id: Option<String>,
