@@ -77,15 +77,30 @@ fn matches_candles_reference_on_prefill_chunks_and_decode() {
     );
     assert_eq!(cache.len(), prompt.len());
     // Then decode steps.
-    let mut token = argmax(&want) as u32;
-    for step in 0..60 {
-        let got = one(&model, &mut cache, &[token]);
-        let want = reference_logits(&mut reference, &[token], prompt.len() + step);
-        assert!(
-            max_abs_diff(&got, &want) < 1e-3,
-            "decode step {step} differs by {}",
-            max_abs_diff(&got, &want)
-        );
+    decode_like_the_reference(
+        &model,
+        &mut cache,
+        &mut reference,
+        argmax(&want) as u32,
+        prompt.len(),
+        60,
+    );
+}
+
+/// Greedy decode steps from `start`, each held to the reference's logits within 1e-3.
+fn decode_like_the_reference(
+    model: &LlamaWeights,
+    cache: &mut KvCache,
+    reference: &mut ModelWeights,
+    mut token: u32,
+    start: usize,
+    steps: usize,
+) {
+    for step in 0..steps {
+        let got = one(model, cache, &[token]);
+        let want = reference_logits(reference, &[token], start + step);
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-3, "decode step {step} differs by {diff}");
         token = argmax(&want) as u32;
     }
 }
@@ -217,17 +232,14 @@ fn matches_the_reference_with_smollm2s_attention_shape() {
         "prefill differs by {}",
         max_abs_diff(&got, &want)
     );
-    let mut token = argmax(&want) as u32;
-    for step in 0..20 {
-        let got = one(&model, &mut cache, &[token]);
-        let want = reference_logits(&mut reference, &[token], prompt.len() + step);
-        assert!(
-            max_abs_diff(&got, &want) < 1e-3,
-            "decode step {step} differs by {}",
-            max_abs_diff(&got, &want)
-        );
-        token = argmax(&want) as u32;
-    }
+    decode_like_the_reference(
+        &model,
+        &mut cache,
+        &mut reference,
+        argmax(&want) as u32,
+        prompt.len(),
+        20,
+    );
 }
 
 #[test]

@@ -2,18 +2,20 @@ use super::*;
 use crate::testing;
 
 fn tiny() -> Tokenizer {
+    tiny_with(PreTokenizer::SmolLm)
+}
+
+/// The tiny test vocabulary with a given pre-tokenizer.
+fn tiny_with(pre: PreTokenizer) -> Tokenizer {
     let (tokens, token_types) = testing::vocabulary();
     let merges = testing::MERGES.iter().map(|m| m.to_string()).collect();
-    Tokenizer::new(
-        &Vocabulary {
-            tokens,
-            token_types,
-            merges,
-            ..Vocabulary::default()
-        },
-        PreTokenizer::SmolLm,
-    )
-    .expect("tiny tokenizer")
+    let vocab = Vocabulary {
+        tokens,
+        token_types,
+        merges,
+        ..Vocabulary::default()
+    };
+    Tokenizer::new(&vocab, pre).expect("tiny tokenizer")
 }
 
 fn ids(t: &Tokenizer, texts: &[&str]) -> Vec<u32> {
@@ -38,20 +40,7 @@ fn smollm_splits_every_digit_even_with_a_merge_for_them() {
     // The vocabulary merges "1 2", but the pre-tokenizer never lets two digits meet.
     assert_eq!(t.encode("12"), ids(&t, &["1", "2"]));
     assert_eq!(t.encode("a12b"), ids(&t, &["a", "1", "2", "b"]));
-    let gpt2 = {
-        let (tokens, token_types) = testing::vocabulary();
-        let merges = testing::MERGES.iter().map(|m| m.to_string()).collect();
-        Tokenizer::new(
-            &Vocabulary {
-                tokens,
-                token_types,
-                merges,
-                ..Vocabulary::default()
-            },
-            PreTokenizer::Gpt2,
-        )
-        .expect("gpt2")
-    };
+    let gpt2 = tiny_with(PreTokenizer::Gpt2);
     assert_eq!(gpt2.encode("12"), ids(&gpt2, &["12"]));
 }
 
