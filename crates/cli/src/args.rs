@@ -54,6 +54,10 @@ pub struct WorkerArgs {
     /// Prompt tokens processed per scheduler step [default: 64].
     #[arg(long, value_name = "N")]
     pub prefill_chunk: Option<u32>,
+    /// KV cache positions running requests may hold together (each reserves prompt + max_tokens); the
+    /// worker logs the bytes per position at load [default: no limit beyond slots x context].
+    #[arg(long, value_name = "N")]
+    pub max_kv_tokens: Option<u32>,
     /// Device: cpu or cuda:N [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,

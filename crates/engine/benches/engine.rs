@@ -71,6 +71,7 @@ fn main() -> BenchResult<()> {
             slots: 1,
             max_waiting: 0,
             prefill_chunk: 512,
+            max_kv_tokens: None,
         },
     )?;
     let mut prefill = Vec::new();
@@ -95,6 +96,7 @@ fn main() -> BenchResult<()> {
                 slots: streams,
                 max_waiting: 0,
                 prefill_chunk: 64,
+                max_kv_tokens: None,
             },
         )?;
         let start = Instant::now();

@@ -521,6 +521,11 @@ impl LlamaWeights {
         self.max_positions
     }
 
+    /// Bytes of KV cache one position of one sequence takes (keys and values, every layer, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.layers.len() * 2 * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()
+    }
+
     /// Runs every item's tokens through the model in one pass, appending to each item's cache. Returns, per
     /// item, the logits after its last token when the item asked for them.
     pub fn forward(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {

@@ -76,6 +76,8 @@ pub struct ModelDescription {
     /// Usable context window: the smaller of what the model declares and what the engine supports.
     pub context_length: usize,
     pub parameters: u64,
+    /// KV cache bytes per position of one sequence.
+    pub kv_bytes_per_token: usize,
 }
 
 /// A model ready to serve.
@@ -154,6 +156,7 @@ impl Model {
             quantization: meta.quantization.clone(),
             context_length: meta.context_length,
             parameters: meta.parameters,
+            kv_bytes_per_token: weights.kv_bytes_per_token(),
         };
         Ok(Self {
             description,

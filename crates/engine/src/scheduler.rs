@@ -34,6 +34,10 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Prompt tokens processed per step; smaller chunks keep other streams flowing during a long prefill.
     pub prefill_chunk: usize,
+    /// KV cache positions that admitted requests may hold in all, or `None` for no limit beyond
+    /// slots x context. Each request reserves its prompt plus `max_tokens` (or the rest of the context when
+    /// `max_tokens` is 0) when it takes a slot, and waits, in order, while that does not fit.
+    pub max_kv_tokens: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +46,7 @@ impl Default for EngineConfig {
             slots: 4,
             max_waiting: 16,
             prefill_chunk: 64,
+            max_kv_tokens: None,
         }
     }
 }
@@ -148,6 +153,8 @@ struct Shared {
 struct Queue {
     waiting: VecDeque<Job>,
     running: usize,
+    /// KV positions reserved by running requests.
+    kv_reserved: usize,
     draining: bool,
     stopping: bool,
 }
@@ -163,6 +170,8 @@ struct Job {
     deadline: Option<Instant>,
     arrived: Instant,
     events: mpsc::UnboundedSender<Event>,
+    /// KV positions the request may need: its prompt plus what it may generate.
+    kv_need: usize,
 }
 
 impl Job {
@@ -308,7 +317,24 @@ impl Engine {
                 request.max_tokens
             )));
         }
+        let kv_need = match request.max_tokens {
+            0 => context,
+            n => prompt.len() + n as usize,
+        };
+        if let Some(budget) = self.shared.config.max_kv_tokens
+            && kv_need > budget
+        {
+            return Err(invalid(format!(
+                "the request may need {kv_need} KV cache positions (a {}-token prompt plus {}), more than this worker's budget of {budget}; set max_tokens lower",
+                prompt.len(),
+                match request.max_tokens {
+                    0 => "the rest of the context window".to_owned(),
+                    n => format!("max_tokens {n}"),
+                }
+            )));
+        }
         Ok(Job {
+            kv_need,
             request_id: request.request_id,
             prompt,
             sampling: request.sampling,
@@ -459,7 +485,11 @@ impl Scheduler {
                     0.8 * self.service_seconds + 0.2 * service
                 };
                 slot.cache.clear();
-                lock(&self.shared.queue).running -= 1;
+                {
+                    let mut queue = lock(&self.shared.queue);
+                    queue.running -= 1;
+                    queue.kv_reserved -= active.job.kv_need;
+                }
                 if let Some(event) = last_event {
                     let _ = active.job.events.send(event);
                 }
@@ -484,6 +514,7 @@ impl Scheduler {
             job.fail(RunError::Stopped);
         }
         queue.running = 0;
+        queue.kv_reserved = 0;
         drop(queue);
         self.publish();
     }
@@ -507,11 +538,18 @@ impl Scheduler {
                 }
                 true
             });
+            let budget = self.shared.config.max_kv_tokens.unwrap_or(usize::MAX);
             for slot in self.slots.iter_mut().filter(|s| s.active.is_none()) {
+                // First come, first served: a request that does not fit the KV budget yet holds the line.
+                match queue.waiting.front() {
+                    Some(job) if queue.kv_reserved.saturating_add(job.kv_need) <= budget => {}
+                    _ => break,
+                }
                 let Some(job) = queue.waiting.pop_front() else {
                     break;
                 };
                 queue.running += 1;
+                queue.kv_reserved += job.kv_need;
                 let queue_seconds = job.arrived.elapsed().as_secs_f64();
                 let _ = job.events.send(Event::Started {
                     prompt_tokens: job.prompt.len() as u32,

@@ -28,6 +28,8 @@ pub struct RawWorkerConfig {
     pub max_waiting: Option<u32>,
     /// Prompt tokens per scheduler step.
     pub prefill_chunk: Option<u32>,
+    /// KV cache positions all running requests may hold together; unlimited when absent.
+    pub max_kv_tokens: Option<u32>,
     /// `cpu` or `cuda:N`.
     pub device: Option<String>,
     /// `auto` (Q4_1 layers re-quantized to Q8_0 on CPU, on Sluice's int8 kernel), `throughput` or `native`.
@@ -89,6 +91,7 @@ pub struct WorkerConfig {
     pub slots: usize,
     pub max_waiting: usize,
     pub prefill_chunk: usize,
+    pub max_kv_tokens: Option<usize>,
     pub device: DeviceSpec,
     pub weight_format: WeightFormat,
     pub worker_id: Option<String>,
@@ -180,6 +183,7 @@ impl RawWorkerConfig {
             slots: self.slots.or(file.slots),
             max_waiting: self.max_waiting.or(file.max_waiting),
             prefill_chunk: self.prefill_chunk.or(file.prefill_chunk),
+            max_kv_tokens: self.max_kv_tokens.or(file.max_kv_tokens),
             device: self.device.or(file.device),
             weight_format: self.weight_format.or(file.weight_format),
             worker_id: self.worker_id.or(file.worker_id),
@@ -278,6 +282,15 @@ impl RawWorkerConfig {
                 format!("{device} needs a build with the `cuda` feature"),
             ));
         }
+        let max_kv_tokens = match self.max_kv_tokens {
+            Some(0) => {
+                return Err(err(
+                    "max_kv_tokens",
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+            other => other.map(|n| n as usize),
+        };
         let weight_format: WeightFormat = self
             .weight_format
             .as_deref()
@@ -328,6 +341,7 @@ impl RawWorkerConfig {
             slots: slots as usize,
             max_waiting: max_waiting as usize,
             prefill_chunk: prefill_chunk as usize,
+            max_kv_tokens,
             device,
             weight_format,
             worker_id: self.worker_id,
@@ -384,6 +398,7 @@ mod tests {
             Some(DEFAULT_METRICS_LISTEN)
         );
         assert_eq!((c.slots, c.max_waiting, c.device), (4, 16, DeviceSpec::Cpu));
+        assert_eq!(c.max_kv_tokens, None);
         assert!(c.tls.is_none());
     }
 
@@ -434,6 +449,20 @@ mod tests {
             .validate(None, Some(text))
             .expect_err("addr");
         assert_eq!(e.key, "listen");
+    }
+
+    #[test]
+    fn a_zero_kv_budget_is_refused_and_a_positive_one_kept() {
+        let text = "max_kv_tokens: 0\n";
+        let e = RawWorkerConfig::from_yaml_str(text)
+            .expect("parses")
+            .validate(None, Some(text))
+            .expect_err("zero");
+        assert_eq!((e.key.as_str(), e.line), ("max_kv_tokens", Some(1)));
+        let c = RawWorkerConfig::from_yaml_str("max_kv_tokens: 16384\n")
+            .expect("parses")
+            .validate(None, None);
+        assert_eq!(c.expect("valid").max_kv_tokens, Some(16384));
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || match load_engine(&config) {
             Ok(engine) => {
                 let d = &engine.model().description;
-                tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, "model loaded; serving");
+                tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, max_kv_tokens = ?config.max_kv_tokens, "model loaded; serving");
                 state.set_engine(Arc::new(engine));
             }
             Err(e) => {
@@ -166,6 +166,7 @@ fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
         slots: config.slots,
         max_waiting: config.max_waiting,
         prefill_chunk: config.prefill_chunk,
+        max_kv_tokens: config.max_kv_tokens,
     };
     Engine::start(Arc::new(model), engine_config).map_err(WorkerError::Engine)
 }

@@ -16,6 +16,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         slots: args.slots,
         max_waiting: args.max_waiting,
         prefill_chunk: args.prefill_chunk,
+        max_kv_tokens: args.max_kv_tokens,
         device: args.device,
         weight_format: args.weight_format,
         worker_id: args.worker_id,

@@ -28,6 +28,7 @@ fn engine(slots: usize, max_waiting: usize) -> Engine {
             slots,
             max_waiting,
             prefill_chunk: 16,
+            max_kv_tokens: None,
         },
     )
     .expect("engine starts")
@@ -291,4 +292,48 @@ async fn a_sentencepiece_model_without_a_template_loads_and_generates() {
     r.model = "spm".into();
     let (_, finished, _) = collect(engine.submit(r).expect("admitted")).await;
     assert_eq!(finished.expect("finished").usage.completion_tokens, 6);
+}
+
+#[tokio::test]
+async fn the_kv_budget_holds_requests_back_in_order_and_refuses_what_can_never_fit() {
+    let engine = Engine::start(
+        tiny_model(),
+        EngineConfig {
+            slots: 2,
+            max_waiting: 4,
+            prefill_chunk: 16,
+            max_kv_tokens: Some(300),
+        },
+    )
+    .expect("engine");
+    // Each needs its ~30-token prompt plus 200: two of them do not fit 300 together, though two slots are free.
+    let first = engine
+        .submit(request("first under budget", 200))
+        .expect("admitted");
+    let second = engine
+        .submit(request("second under budget", 200))
+        .expect("admitted");
+    let (first, second) = tokio::join!(collect(first), collect(second));
+    let (first, second) = (first.1.expect("first"), second.1.expect("second"));
+    assert!(
+        second.timings.queue >= first.timings.total * 0.9,
+        "the second waited for the first to finish: {first:?} {second:?}"
+    );
+    // Small requests share the budget.
+    let a = engine.submit(request("a", 20)).expect("admitted");
+    let b = engine.submit(request("b", 20)).expect("admitted");
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    assert!(
+        b.1.expect("b").timings.queue < a.1.expect("a").timings.total,
+        "both ran at once"
+    );
+    // More than the whole budget, or "until the context is full" (1,024 positions), can never run.
+    match engine.submit(request("too big", 400)) {
+        Err(SubmitError::InvalidArgument(m)) => assert!(m.contains("budget of 300"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    match engine.submit(request("unbounded", 0)) {
+        Err(SubmitError::InvalidArgument(m)) => assert!(m.contains("rest of the context window"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
 }
