@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Sluice: a fleet orchestrator for LLM inference. Runs models on your own nodes, routes each request by
-/// sensitivity, cost and latency.
+/// Sluice: a fleet orchestrator for LLM inference. This build serves models on your own nodes (the worker
+/// daemon) and has the tools to operate them; the routing gateway comes next.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
