@@ -357,3 +357,46 @@ async fn drain_rpc_stops_admission() {
         Code::Unavailable
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_queued_frees_its_place_in_the_queue() {
+    let worker = Worker::start(&["--slots", "1", "--max-waiting", "1"]);
+    worker.wait_serving().await;
+    let mut client = worker.client().await;
+    let mut running = client
+        .generate(fixed_length("Tell me a long story.", 400))
+        .await
+        .expect("runs")
+        .into_inner();
+    assert!(matches!(
+        running.message().await.expect("stream").expect("event").event,
+        Some(v1::generate_event::Event::Started(_))
+    ));
+    // The only queue place is taken, then given up before the request ever starts.
+    let queued = client.generate(chat("hi", 2)).await.expect("queued").into_inner();
+    let full = generate(&mut client, chat("hi", 2))
+        .await
+        .expect_err("slot and queue are full");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    drop(queued);
+    // The place comes back while the first request still runs.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.generate(chat("hi", 2)).await {
+            Ok(stream) => {
+                drop(stream);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("the queue place never came back: {status:?}"),
+        }
+    }
+    // Without noticing the departure, the place would only come back when the 3,000-token request ends.
+    let still_running = running.message().await.expect("stream").expect("event");
+    assert!(
+        matches!(still_running.event, Some(v1::generate_event::Event::Delta(_))),
+        "{still_running:?}"
+    );
+}

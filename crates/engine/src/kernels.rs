@@ -73,6 +73,15 @@ impl Q8Matrix {
 
     /// `x` is `m` rows of `k` values; returns `m` rows of `self.rows()` values.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert!(
+            x.len() >= m * self.k,
+            "{} inputs for {m} rows of {}",
+            x.len(),
+            self.k
+        );
+        if m == 0 {
+            return Vec::new();
+        }
         let a = Q8Rows::quantize(x, m, self.k);
         // Each group of weight rows writes its own slice of a (rows x m) buffer, transposed at the end.
         let mut transposed = vec![0f32; self.rows * m];
@@ -169,7 +178,11 @@ mod avx2 {
         dst: &mut [f32],
     ) {
         let kb = w_quants.len();
-        let tile = dst.len().min(ROW_TILE);
+        let tile = dst.len();
+        assert!(
+            (1..=ROW_TILE).contains(&tile),
+            "a tile is 1 to {ROW_TILE} rows, got {tile}"
+        );
         assert!(a.quants.len() >= (first + tile) * kb && a.scales.len() >= (first + tile) * kb);
         assert!(w_scales.len() == kb);
         // SAFETY: the crate is compiled with AVX2 and FMA enabled (this module only exists under

@@ -176,7 +176,10 @@ impl Linear {
     fn forward_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
         match &self.kernel {
             Kernel::Q8(matrix) => {
-                let (m, _) = x.dims2()?;
+                let (m, k) = x.dims2()?;
+                if k != matrix.k() {
+                    candle_core::bail!("a {k}-wide input for a matrix {} wide", matrix.k());
+                }
                 Ok(matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m))
             }
             Kernel::Candle(matmul) => {

@@ -268,11 +268,11 @@ impl Engine {
         }
         queue.waiting.push_back(job);
         let (running, waiting) = (queue.running, queue.waiting.len());
-        drop(queue);
         self.shared.load.send_modify(|l| {
             l.running = running;
             l.waiting = waiting;
         });
+        drop(queue);
         self.shared.wake.notify_all();
         Ok(receiver)
     }
@@ -457,6 +457,16 @@ impl Scheduler {
     }
 
     fn run(mut self) {
+        // A panic in a round (a bug, or a malformed model) must not leave requests waiting forever: it ends
+        // the engine like a stop, failing what is left and refusing new work.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        if served.is_err() {
+            tracing::error!("the engine thread panicked; failing every request and admitting no more");
+        }
+        self.shut_down();
+    }
+
+    fn serve(&mut self) {
         loop {
             if !self.admit_or_wait() {
                 break;
@@ -503,13 +513,18 @@ impl Scheduler {
             }
             self.publish();
         }
-        // Stopping: whatever is still here fails.
+    }
+
+    /// Fails whatever is still here and refuses new work.
+    fn shut_down(&mut self) {
         for slot in &mut self.slots {
             if let Some(active) = slot.active.take() {
                 active.job.fail(RunError::Stopped);
             }
         }
         let mut queue = lock(&self.shared.queue);
+        queue.stopping = true;
+        queue.draining = true;
         for job in queue.waiting.drain(..) {
             job.fail(RunError::Stopped);
         }
@@ -589,10 +604,10 @@ impl Scheduler {
     }
 
     fn publish(&self) {
-        let (running, waiting, draining) = {
-            let queue = lock(&self.shared.queue);
-            (queue.running, queue.waiting.len(), queue.draining)
-        };
+        // Counts are read and sent under the queue lock, so a submission's update is never overwritten by
+        // older counts.
+        let queue = lock(&self.shared.queue);
+        let (running, waiting, draining) = (queue.running, queue.waiting.len(), queue.draining);
         let config = self.shared.config;
         let context = self.shared.model.description.context_length;
         let kv_tokens: usize = self
@@ -639,6 +654,7 @@ impl Scheduler {
             generation_tokens_total: self.generation_tokens_total,
         };
         self.shared.load.send_replace(snapshot);
+        drop(queue);
     }
 }
 

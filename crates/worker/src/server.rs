@@ -125,8 +125,9 @@ pub async fn run(
             if left > 0 {
                 tracing::warn!(left, "drain grace period over; stopping with requests in flight");
             }
-            if let Some(engine) = state.engine() {
-                engine.stop();
+            // Joining the engine thread waits for its current forward pass: keep that off the async threads.
+            if let Some(engine) = state.engine().cloned() {
+                let _ = tokio::task::spawn_blocking(move || engine.stop()).await;
             }
             state.stop();
             let _ = stop_tx.send(());

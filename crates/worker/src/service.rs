@@ -284,7 +284,21 @@ async fn forward(
     use v1::generate_event::Event as E;
     let mut last_token: Option<Instant> = None;
     let mut code = "cancelled";
-    while let Some(event) = events.recv().await {
+    loop {
+        // A client that leaves while its request waits for a slot is noticed here, not only at the first
+        // event: dropping `events` takes the request out of the queue.
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = out.closed() => break,
+        };
+        let Some(event) = event else {
+            // The engine ended the stream without a last event (it stopped abnormally): say so.
+            code = "unavailable";
+            let _ = out
+                .send(Err(Status::unavailable("the worker's engine stopped")))
+                .await;
+            break;
+        };
         let message = match event {
             Event::Started {
                 prompt_tokens,
@@ -432,8 +446,10 @@ impl v1::worker_server::Worker for WorkerService {
                 let key = (report.state, report.requests_running, report.requests_waiting);
                 let due = last_time.elapsed() >= Duration::from_secs(1);
                 if last_sent != Some(key) || due {
-                    if tx.send(Ok(report)).await.is_err() {
-                        return;
+                    // A client that stops reading must not keep this stream (and so shutdown) waiting.
+                    tokio::select! {
+                        sent = tx.send(Ok(report)) => if sent.is_err() { return },
+                        _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
                     }
                     last_sent = Some(key);
                     last_time = Instant::now();
