@@ -95,6 +95,10 @@ impl Q8Matrix {
             }
         });
         drop(groups);
+        if m == 1 {
+            // One row (a single stream's decode step): the (rows x 1) buffer is already the answer.
+            return transposed;
+        }
         let mut out = vec![0f32; m * self.rows];
         for (j, column) in transposed.chunks_exact(m).enumerate() {
             for (i, v) in column.iter().enumerate() {
