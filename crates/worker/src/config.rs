@@ -107,70 +107,17 @@ pub const DEFAULT_PREFILL_CHUNK: u32 = 64;
 pub const DEFAULT_DRAIN_GRACE_SECONDS: u64 = 30;
 const MAX_SLOTS: u32 = 256;
 
-/// A configuration problem: where (file, line, key) and what.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{key}: {message}", location(file.as_deref(), *line))]
-pub struct ConfigError {
-    pub file: Option<PathBuf>,
-    pub line: Option<usize>,
-    /// Dotted key path (`tls.cert`), or the flag (`--slots`).
-    pub key: String,
-    pub message: String,
-}
-
-fn location(file: Option<&Path>, line: Option<usize>) -> String {
-    match (file, line) {
-        (Some(f), Some(l)) => format!("{}:{l}: ", f.display()),
-        (Some(f), None) => format!("{}: ", f.display()),
-        (None, _) => String::new(),
-    }
-}
+pub use sluice_config::ConfigError;
 
 impl RawWorkerConfig {
     /// Parses a YAML file. Errors name the file, the line and the key.
     pub fn from_yaml_file(path: &Path) -> Result<(Self, String), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_owned()),
-            line: None,
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let raw = Self::from_yaml_str(&text).map_err(|e| ConfigError {
-            file: Some(path.to_owned()),
-            ..e
-        })?;
-        Ok((raw, text))
+        sluice_config::read_yaml_file(path)
     }
 
     /// Parses YAML text.
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner.location().map(|l| l.line());
-            let message = inner.to_string();
-            // serde_yaml appends " at line L column C"; the location is reported separately.
-            let message = match message.find(" at line ") {
-                Some(i) => message[..i].to_owned(),
-                None => message,
-            };
-            // It also starts nested messages with the parent's path ("tls: unknown field"); the key path
-            // is reported on its own.
-            let message = match message.split_once(": ") {
-                Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_owned(),
-                _ => message,
-            };
-            ConfigError {
-                file: None,
-                line,
-                key: if key == "." { "(document)".into() } else { key },
-                message,
-            }
-        })
+        sluice_config::parse_yaml(text)
     }
 
     /// Fills unset fields of `self` (flags) from `file`.
@@ -201,12 +148,8 @@ impl RawWorkerConfig {
 
     /// Checks and converts every value. `file` and `text` locate errors in a config file.
     pub fn validate(self, file: Option<&Path>, text: Option<&str>) -> Result<WorkerConfig, ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
-            file: file.map(Path::to_owned),
-            line: text.and_then(|t| line_of(t, key)),
-            key: key.into(),
-            message,
-        };
+        let at = sluice_config::Locator::new(file, text);
+        let err = |key: &str, message: String| at.error(key, message);
         let addr = |key: &str, value: &str| -> Result<SocketAddr, ConfigError> {
             value.parse().map_err(|e| {
                 err(
@@ -349,35 +292,6 @@ impl RawWorkerConfig {
             tls,
         })
     }
-}
-
-/// The 1-based line where a dotted key is set in YAML text, found by walking the keys' indentation; for
-/// a key that is not written (a missing `tls.cert`), the line of its deepest parent that is.
-fn line_of(text: &str, dotted: &str) -> Option<usize> {
-    let mut parts = dotted.split('.');
-    let mut want = parts.next()?;
-    let mut min_indent = 0usize;
-    let mut found = None;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let indent = line.len() - trimmed.len();
-        if trimmed.starts_with('#') || indent < min_indent {
-            continue;
-        }
-        if let Some(rest) = trimmed.strip_prefix(want)
-            && rest.trim_start().starts_with(':')
-        {
-            found = Some(i + 1);
-            match parts.next() {
-                None => return found,
-                Some(next) => {
-                    want = next;
-                    min_indent = indent + 1;
-                }
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]
