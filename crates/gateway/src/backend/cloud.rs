@@ -1,0 +1,444 @@
+//! A cloud backend: any OpenAI-compatible chat completions API, called through async-openai with the
+//! client's body passed on as it came (so tools, response formats and new fields reach the provider).
+//!
+//! Answers that fail with 429, 5xx or a connection error before anything reached the client are retried
+//! with exponential backoff and jitter, as long as the request's deadline allows. Each attempt has
+//! `timeout` to produce its answer (streamed: its first chunk, then each next chunk).
+
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use rand::Rng;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, MemberStatus, ModelCard, Prices, Route,
+    Usage,
+};
+use crate::api::ChatRequest;
+use crate::level::Level;
+
+/// One model of a cloud catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudModel {
+    pub id: String,
+    pub prices: Prices,
+}
+
+/// A cloud backend's settings.
+#[derive(Clone)]
+pub struct CloudConfig {
+    pub name: String,
+    /// Base URL of the API, up to and including `/v1`.
+    pub base_url: String,
+    /// The key, read from the configured environment variable (none for keyless local stand-ins).
+    pub api_key: Option<String>,
+    pub models: Vec<CloudModel>,
+    pub clearance: Level,
+    pub connect_timeout: Duration,
+    /// Per attempt: until the answer (streamed: each chunk) arrives.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff; doubled each retry, with jitter, up to 8 s.
+    pub retry_backoff: Duration,
+}
+
+impl std::fmt::Debug for CloudConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudConfig")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("models", &self.models)
+            .field("clearance", &self.clearance)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+/// An OpenAI-compatible API.
+pub struct CloudBackend {
+    config: CloudConfig,
+    client: Client<OpenAIConfig>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A failure to build the HTTP client.
+#[derive(Debug, thiserror::Error)]
+#[error("cloud backend {name}: cannot build its HTTP client: {source}")]
+pub struct CloudError {
+    name: String,
+    #[source]
+    source: reqwest::Error,
+}
+
+/// How one attempt failed, and whether another may help.
+enum Attempt {
+    Retry(BackendError),
+    Fatal(BackendError),
+}
+
+impl CloudBackend {
+    pub fn new(config: CloudConfig) -> Result<Self, CloudError> {
+        // reqwest needs a process-wide rustls provider; the binary installs ring first thing, and this
+        // covers libraries and tests. A provider already installed stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|source| CloudError {
+                name: config.name.clone(),
+                source,
+            })?;
+        let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
+        if let Some(key) = &config.api_key {
+            openai = openai.with_api_key(key.clone());
+        } else {
+            openai = openai.with_api_key("");
+        }
+        let client = Client::with_config(openai).with_http_client(http);
+        Ok(Self {
+            config,
+            client,
+            in_flight: Default::default(),
+        })
+    }
+
+    /// The body sent upstream: the client's, with usage always requested on streams (for metering).
+    fn upstream_body(request: &ChatRequest) -> Value {
+        let mut body = request.body.clone();
+        if request.stream {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(o) = options {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        Value::Object(body)
+    }
+
+    fn error_of(&self, error: OpenAIError) -> Attempt {
+        let name = &self.config.name;
+        match error {
+            OpenAIError::ApiError(e) => {
+                let status = e.status_code.as_u16();
+                let message = format!("cloud backend {name} answered {status}: {}", e.api_error.message);
+                match status {
+                    429 => Attempt::Retry(BackendError::Full(message)),
+                    500..=599 => Attempt::Retry(BackendError::Failed(message)),
+                    401 | 403 => Attempt::Fatal(BackendError::Failed(format!(
+                        "cloud backend {name} refused the gateway's credentials ({status}): {}",
+                        e.api_error.message
+                    ))),
+                    408 => Attempt::Retry(BackendError::Timeout(message)),
+                    _ => Attempt::Fatal(BackendError::Rejected {
+                        message: format!("cloud backend {name}: {}", e.api_error.message),
+                        code: "upstream_rejected",
+                    }),
+                }
+            }
+            OpenAIError::Reqwest(e) if e.is_timeout() => {
+                Attempt::Retry(BackendError::Timeout(format!("cloud backend {name}: {e}")))
+            }
+            OpenAIError::Reqwest(e) => Attempt::Retry(BackendError::Unavailable(format!(
+                "cloud backend {name} is unreachable: {}",
+                chain(&e)
+            ))),
+            OpenAIError::JSONDeserialize(e, _) => Attempt::Fatal(BackendError::Failed(format!(
+                "cloud backend {name} answered with something that is not a chat completion: {e}"
+            ))),
+            other => Attempt::Fatal(BackendError::Failed(format!("cloud backend {name}: {other}"))),
+        }
+    }
+
+    async fn attempt(&self, request: &ChatRequest, deadline: Instant) -> Result<Dispatched, Attempt> {
+        let until = deadline.min(Instant::now() + self.config.timeout);
+        let body = Self::upstream_body(request);
+        let timed_out = || {
+            Attempt::Retry(BackendError::Timeout(format!(
+                "cloud backend {} did not answer within {:.1} s",
+                self.config.name,
+                (until - Instant::now()).as_secs_f64().max(0.0) + self.config.timeout.as_secs_f64().min(0.0)
+            )))
+        };
+        let chat = self.client.chat();
+        if !request.stream {
+            let completion: Value = match tokio::time::timeout_at(until, chat.create_byot(body)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) => return Err(self.error_of(e)),
+                Ok(Ok(v)) => v,
+            };
+            let Some(reason) = completion
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
+                return Err(Attempt::Fatal(BackendError::Failed(format!(
+                    "cloud backend {} answered without choices[0].finish_reason",
+                    self.config.name
+                ))));
+            };
+            let usage = completion.get("usage").and_then(Usage::from_openai);
+            let events = futures_util::stream::iter([
+                Ok(ChatEvent::Completion(completion)),
+                Ok(ChatEvent::Finished {
+                    finish_reason: reason,
+                    usage,
+                }),
+            ]);
+            return Ok(Dispatched {
+                served_by: self.config.name.as_str().into(),
+                events: with_in_flight(events.boxed(), self.in_flight.clone()),
+            });
+        }
+        let mut upstream =
+            match tokio::time::timeout_at(until, chat.create_stream_byot::<Value, Value>(body)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) => return Err(self.error_of(e)),
+                Ok(Ok(s)) => s,
+            };
+        // The first chunk proves the answer has started; until then a failure may be retried.
+        let first = match tokio::time::timeout_at(until, upstream.next()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(None) => {
+                return Err(Attempt::Retry(BackendError::Failed(format!(
+                    "cloud backend {} ended the stream before any chunk",
+                    self.config.name
+                ))));
+            }
+            Ok(Some(Err(e))) => return Err(self.error_of(e)),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        let events = chunk_events(
+            self.config.name.clone(),
+            first,
+            upstream,
+            self.config.timeout,
+            deadline,
+        );
+        Ok(Dispatched {
+            served_by: self.config.name.as_str().into(),
+            events: with_in_flight(events, self.in_flight.clone()),
+        })
+    }
+
+    async fn dispatch_inner(
+        &self,
+        request: &ChatRequest,
+        context: &DispatchContext,
+    ) -> Result<Dispatched, BackendError> {
+        let mut retry = 0u32;
+        loop {
+            match self.attempt(request, context.deadline).await {
+                Ok(d) => return Ok(d),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => {
+                    if retry >= self.config.max_retries {
+                        return Err(e);
+                    }
+                    let base = self.config.retry_backoff.as_secs_f64() * f64::from(1u32 << retry.min(10));
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    let wait = Duration::from_secs_f64((base * jitter).min(8.0));
+                    if Instant::now() + wait >= context.deadline {
+                        return Err(e);
+                    }
+                    retry += 1;
+                    tracing::info!(backend = %self.config.name, request_id = %context.request_id, error = %e, retry, wait_ms = wait.as_millis() as u64, "retrying the cloud call");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// The chain of causes of an error, which reqwest keeps out of its own message.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Counts the answer in `in_flight` while its stream lives.
+fn with_in_flight(
+    events: super::EventStream,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> super::EventStream {
+    use std::sync::atomic::Ordering;
+    struct Guard(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = Guard(in_flight);
+    events
+        .map(move |e| {
+            let _ = &guard;
+            e
+        })
+        .boxed()
+}
+
+type UpstreamStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, OpenAIError>> + Send>>;
+
+/// The upstream chunks as [`ChatEvent::Chunk`]s, then [`ChatEvent::Finished`] with the finish reason and
+/// the usage the provider reported.
+fn chunk_events(
+    name: String,
+    first: Value,
+    upstream: UpstreamStream,
+    idle: Duration,
+    deadline: Instant,
+) -> super::EventStream {
+    struct State {
+        name: String,
+        pending: Option<Value>,
+        upstream: UpstreamStream,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+        done: bool,
+        idle: Duration,
+        deadline: Instant,
+    }
+    let state = State {
+        name,
+        pending: Some(first),
+        upstream,
+        finish_reason: None,
+        usage: None,
+        done: false,
+        idle,
+        deadline,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let next = match s.pending.take() {
+            Some(v) => Ok(Some(Ok(v))),
+            None => tokio::time::timeout_at(s.deadline.min(Instant::now() + s.idle), s.upstream.next()).await,
+        };
+        let item = match next {
+            Err(_) => {
+                s.done = true;
+                Err(BackendError::Timeout(format!(
+                    "cloud backend {} stopped sending mid-answer",
+                    s.name
+                )))
+            }
+            Ok(None) => {
+                s.done = true;
+                match s.finish_reason.take() {
+                    Some(finish_reason) => Ok(ChatEvent::Finished {
+                        finish_reason,
+                        usage: s.usage,
+                    }),
+                    None => Err(BackendError::Interrupted(format!(
+                        "cloud backend {} ended the stream without a finish reason",
+                        s.name
+                    ))),
+                }
+            }
+            Ok(Some(Err(e))) => {
+                s.done = true;
+                Err(BackendError::Interrupted(format!(
+                    "cloud backend {} failed mid-answer: {e}",
+                    s.name
+                )))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if let Some(error) = chunk.get("error") {
+                    s.done = true;
+                    let message = error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error");
+                    Err(BackendError::Interrupted(format!(
+                        "cloud backend {} failed mid-answer: {message}",
+                        s.name
+                    )))
+                } else {
+                    if let Some(reason) = chunk.pointer("/choices/0/finish_reason").and_then(Value::as_str) {
+                        s.finish_reason = Some(reason.to_owned());
+                    }
+                    if let Some(usage) = chunk.get("usage").and_then(Usage::from_openai) {
+                        s.usage = Some(usage);
+                    }
+                    Ok(ChatEvent::Chunk(chunk))
+                }
+            }
+        };
+        Some((item, s))
+    })
+    .boxed()
+}
+
+impl Backend for CloudBackend {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn route(&self) -> Route {
+        Route::Cloud
+    }
+
+    fn clearance(&self) -> Level {
+        self.config.clearance
+    }
+
+    fn models(&self) -> Vec<ModelCard> {
+        self.config
+            .models
+            .iter()
+            .map(|m| ModelCard {
+                id: m.id.clone(),
+                prices: Some(m.prices),
+            })
+            .collect()
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.config.models.iter().any(|m| m.id == model)
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn members(&self) -> Vec<MemberStatus> {
+        vec![MemberStatus {
+            name: self.config.name.clone(),
+            address: self.config.base_url.clone(),
+            ready: true,
+            detail: "cloud API (no health probe)".to_owned(),
+            models: self.config.models.iter().map(|m| m.id.clone()).collect(),
+            in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            running: None,
+            waiting: None,
+            slots: None,
+        }]
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
+        self.dispatch_inner(request, context).boxed()
+    }
+}

@@ -1,0 +1,637 @@
+//! The local backend: a pool of workers reached over gRPC (`sluice.worker.v1`).
+//!
+//! Each worker is followed by a monitor task: `GetInfo` for its models, then the health service's `Watch`
+//! and `WatchLoad` side by side; when either ends, the worker is not ready until the monitor reconnects.
+//! A request goes to the ready worker with the least load that serves its model; on `RESOURCE_EXHAUSTED`
+//! or a failure to reach it, to the next. A worker that fails `breaker_failures` times in a row is
+//! ejected for `breaker_cooldown` (the circuit breaker), then tried again.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use sluice_proto::v1;
+use sluice_proto::v1::worker_client::WorkerClient;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, MemberStatus, ModelCard, Route, Usage,
+};
+use crate::api::ChatRequest;
+use crate::level::Level;
+
+/// The gRPC service name workers report health for.
+const WORKER_SERVICE: &str = "sluice.worker.v1.Worker";
+
+/// PEM material for TLS to the workers.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// CA bundle that signs the workers' certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to expect in the workers' certificates, when it is not the host in their address.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("mutual", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// One worker's address and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerAddress {
+    pub name: String,
+    /// `http://host:port` or `https://host:port`.
+    pub uri: String,
+}
+
+/// The pool's settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub workers: Vec<WorkerAddress>,
+    pub tls: Option<ClientTls>,
+    pub clearance: Level,
+    pub connect_timeout: Duration,
+    /// Failures in a row that eject a worker.
+    pub breaker_failures: u32,
+    /// How long an ejected worker rests.
+    pub breaker_cooldown: Duration,
+}
+
+#[derive(Debug, Default)]
+struct WorkerState {
+    /// The monitor is connected and both watches are open.
+    connected: bool,
+    health: Option<ServingStatus>,
+    load: Option<v1::LoadReport>,
+    /// Models from the last `GetInfo`; kept while the worker is away, so its models stay known.
+    models: Vec<String>,
+    failures: u32,
+    ejected_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Worker {
+    name: Arc<str>,
+    uri: String,
+    channel: Channel,
+    state: Mutex<WorkerState>,
+    in_flight: AtomicU64,
+}
+
+impl Worker {
+    fn state(&self) -> std::sync::MutexGuard<'_, WorkerState> {
+        // A panic while the lock was held cannot leave this plain data inconsistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ready for a request now: connected, serving, reporting ready, not ejected.
+    fn ready(&self, now: Instant) -> bool {
+        let s = self.state();
+        s.connected
+            && s.health == Some(ServingStatus::Serving)
+            && s.load
+                .as_ref()
+                .is_some_and(|l| l.state() == v1::WorkerState::Ready)
+            && s.ejected_until.is_none_or(|t| t <= now)
+    }
+
+    /// Queue length per slot, counting requests this gateway sent that the last report may not show yet.
+    fn load_score(&self) -> f64 {
+        let s = self.state();
+        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
+        match &s.load {
+            Some(l) => {
+                let reported = f64::from(l.requests_running + l.requests_waiting);
+                reported.max(in_flight) / f64::from(l.slots.max(1))
+            }
+            None => in_flight,
+        }
+    }
+
+    fn record_success(&self) {
+        let mut s = self.state();
+        s.failures = 0;
+    }
+
+    /// Counts a failure; returns true when it ejects the worker.
+    fn record_failure(&self, error: &str, config: &PoolConfig) -> bool {
+        let mut s = self.state();
+        s.failures += 1;
+        s.last_error = Some(error.to_owned());
+        if s.failures >= config.breaker_failures {
+            // Half-open after the cooldown: one more failure ejects it again; a success resets the count.
+            s.failures = config.breaker_failures.saturating_sub(1);
+            s.ejected_until = Some(Instant::now() + config.breaker_cooldown);
+            return true;
+        }
+        false
+    }
+
+    fn status(&self, now: Instant) -> MemberStatus {
+        let ready = self.ready(now);
+        let s = self.state();
+        let detail = if ready {
+            "ready".to_owned()
+        } else if let Some(t) = s.ejected_until.filter(|t| *t > now) {
+            format!(
+                "ejected for {:.1} s after repeated failures",
+                (t - now).as_secs_f64()
+            )
+        } else if !s.connected {
+            match &s.last_error {
+                Some(e) => format!("unreachable: {e}"),
+                None => "connecting".to_owned(),
+            }
+        } else {
+            match s.load.as_ref().map(v1::LoadReport::state) {
+                Some(v1::WorkerState::Starting) => "loading its model".to_owned(),
+                Some(v1::WorkerState::Draining) => "draining".to_owned(),
+                _ => "not serving".to_owned(),
+            }
+        };
+        MemberStatus {
+            name: self.name.to_string(),
+            address: self.uri.clone(),
+            ready,
+            detail,
+            models: s.models.clone(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            running: s.load.as_ref().map(|l| l.requests_running),
+            waiting: s.load.as_ref().map(|l| l.requests_waiting),
+            slots: s.load.as_ref().map(|l| l.slots),
+        }
+    }
+}
+
+/// The local worker pool.
+pub struct WorkerPool {
+    config: PoolConfig,
+    workers: Vec<Arc<Worker>>,
+    monitors: Vec<JoinHandle<()>>,
+}
+
+/// A problem with the pool's settings found when it is built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("worker {name}: invalid address {uri:?}: {source}")]
+    Address {
+        name: String,
+        uri: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl WorkerPool {
+    /// Builds the pool and starts following every worker. Must run inside a Tokio runtime.
+    pub fn start(config: PoolConfig) -> Result<Self, PoolError> {
+        let mut workers = Vec::with_capacity(config.workers.len());
+        for w in &config.workers {
+            let endpoint = endpoint(w, &config).map_err(|source| PoolError::Address {
+                name: w.name.clone(),
+                uri: w.uri.clone(),
+                source,
+            })?;
+            workers.push(Arc::new(Worker {
+                name: w.name.as_str().into(),
+                uri: w.uri.clone(),
+                channel: endpoint.connect_lazy(),
+                state: Mutex::new(WorkerState::default()),
+                in_flight: AtomicU64::new(0),
+            }));
+        }
+        let monitors = workers.iter().map(|w| tokio::spawn(monitor(w.clone()))).collect();
+        Ok(Self {
+            config,
+            workers,
+            monitors,
+        })
+    }
+
+    /// Workers that serve `model`, ready ones first by load, then the others.
+    fn candidates(&self, model: &str, now: Instant) -> (Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
+        let (mut ready, not_ready): (Vec<_>, Vec<_>) = self
+            .workers
+            .iter()
+            .filter(|w| w.state().models.iter().any(|m| m == model))
+            .cloned()
+            .partition(|w| w.ready(now));
+        ready.sort_by(|a, b| a.load_score().total_cmp(&b.load_score()));
+        (ready, not_ready)
+    }
+
+    async fn dispatch_inner(
+        &self,
+        request: &ChatRequest,
+        context: &DispatchContext,
+    ) -> Result<Dispatched, BackendError> {
+        let now = Instant::now();
+        let (ready, not_ready) = self.candidates(&request.model, now);
+        if ready.is_empty() {
+            let why: Vec<String> = not_ready
+                .iter()
+                .map(|w| {
+                    let s = w.status(now);
+                    format!("{} {}", s.name, s.detail)
+                })
+                .collect();
+            return Err(BackendError::Unavailable(format!(
+                "no worker serving `{}` is ready ({})",
+                request.model,
+                if why.is_empty() {
+                    "none known".to_owned()
+                } else {
+                    why.join("; ")
+                }
+            )));
+        }
+        let message = generate_request(request, context);
+        let mut full = Vec::new();
+        let mut failed = Vec::new();
+        for worker in ready {
+            match start(&worker, message.clone(), context.deadline).await {
+                Ok(events) => {
+                    worker.record_success();
+                    return Ok(Dispatched {
+                        served_by: worker.name.clone(),
+                        events: events_of(worker, events, self.config.clone()),
+                    });
+                }
+                Err(status) => match status.code() {
+                    Code::ResourceExhausted => full.push(worker.name.to_string()),
+                    Code::InvalidArgument | Code::OutOfRange => {
+                        return Err(rejected(status.message()));
+                    }
+                    Code::DeadlineExceeded => {
+                        return Err(BackendError::Timeout(format!(
+                            "worker {} did not start the request before the deadline",
+                            worker.name
+                        )));
+                    }
+                    // The model left this worker; another may still have it.
+                    Code::NotFound => failed.push(format!("{}: {}", worker.name, status.message())),
+                    _ => {
+                        let why = describe(&status);
+                        if worker.record_failure(&why, &self.config) {
+                            tracing::warn!(worker = %worker.name, error = %why, cooldown = ?self.config.breaker_cooldown, "worker ejected after repeated failures");
+                        }
+                        failed.push(format!("{}: {why}", worker.name));
+                    }
+                },
+            }
+        }
+        if failed.is_empty() {
+            Err(BackendError::Full(format!(
+                "every worker serving `{}` is full ({})",
+                request.model,
+                full.join(", ")
+            )))
+        } else {
+            let mut why = failed;
+            why.extend(full.into_iter().map(|n| format!("{n}: full")));
+            Err(BackendError::Unavailable(format!(
+                "no worker serving `{}` could take the request ({})",
+                request.model,
+                why.join("; ")
+            )))
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        for m in &self.monitors {
+            m.abort();
+        }
+    }
+}
+
+impl Backend for WorkerPool {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn route(&self) -> Route {
+        Route::Local
+    }
+
+    fn clearance(&self) -> Level {
+        self.config.clearance
+    }
+
+    fn models(&self) -> Vec<ModelCard> {
+        let mut ids: Vec<String> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.state().models.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter().map(|id| ModelCard { id, prices: None }).collect()
+    }
+
+    fn ready(&self) -> bool {
+        let now = Instant::now();
+        self.workers.iter().any(|w| w.ready(now))
+    }
+
+    fn members(&self) -> Vec<MemberStatus> {
+        let now = Instant::now();
+        self.workers.iter().map(|w| w.status(now)).collect()
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
+        self.dispatch_inner(request, context).boxed()
+    }
+}
+
+fn endpoint(w: &WorkerAddress, config: &PoolConfig) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(w.uri.clone())?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(tls) = &config.tls {
+        let mut t = ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca_pem {
+            t = t.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            t = t.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(t)?;
+    }
+    Ok(endpoint)
+}
+
+fn rejected(message: &str) -> BackendError {
+    let code = if message.contains("context window") {
+        "context_length_exceeded"
+    } else {
+        "invalid_value"
+    };
+    BackendError::Rejected {
+        message: message.to_owned(),
+        code,
+    }
+}
+
+/// A status in words, with the transport's reason when the call never reached the worker.
+fn describe(status: &Status) -> String {
+    use std::error::Error as _;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = status.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn generate_request(request: &ChatRequest, context: &DispatchContext) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        request_id: context.request_id.clone(),
+        model: request.model.clone(),
+        messages: request
+            .messages
+            .iter()
+            .map(|m| v1::ChatMessage {
+                role: m.role.template_name().to_owned(),
+                content: m.text.clone(),
+            })
+            .collect(),
+        sampling: Some(v1::SamplingParams {
+            // OpenAI's defaults: temperature 1, top_p 1.
+            temperature: request.temperature.unwrap_or(1.0),
+            top_p: request.top_p.unwrap_or(1.0),
+            top_k: 0,
+            seed: request.seed.map(|s| s as u64),
+        }),
+        stopping: Some(v1::StoppingParams {
+            max_tokens: request.max_tokens.unwrap_or(0),
+            stop: request.stop.clone(),
+            ignore_eos: false,
+        }),
+    }
+}
+
+/// Calls `Generate` and waits for its first event (`Started`), so that refusals are known before the
+/// client gets an answer.
+async fn start(
+    worker: &Worker,
+    message: v1::GenerateRequest,
+    deadline: Instant,
+) -> Result<(v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>), Status> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(Status::deadline_exceeded("the request's deadline passed"));
+    }
+    let mut call = tonic::Request::new(message);
+    call.set_timeout(remaining);
+    let mut client = WorkerClient::new(worker.channel.clone());
+    let first = async {
+        let mut stream = client.generate(call).await?.into_inner();
+        match stream.message().await? {
+            Some(event) => Ok((event, stream)),
+            None => Err(Status::unavailable(
+                "the worker closed the stream before it started",
+            )),
+        }
+    };
+    match tokio::time::timeout_at(deadline, first).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded("the request's deadline passed")),
+    }
+}
+
+/// Counts a request in the worker's `in_flight` for as long as its stream lives.
+struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    fn new(worker: Arc<Worker>) -> Self {
+        worker.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(worker)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Turns the worker's events into [`ChatEvent`]s. The stream ends after `Finished` or the first error;
+/// a stream that ends without `Finished` is an interruption.
+fn events_of(
+    worker: Arc<Worker>,
+    (first, stream): (v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>),
+    config: PoolConfig,
+) -> super::EventStream {
+    struct State {
+        stream: tonic::Streaming<v1::GenerateEvent>,
+        pending: Option<v1::GenerateEvent>,
+        done: bool,
+        guard: InFlight,
+        config: PoolConfig,
+    }
+    let state = State {
+        stream,
+        pending: Some(first),
+        done: false,
+        guard: InFlight::new(worker),
+        config,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let event = match s.pending.take() {
+                Some(e) => Ok(Some(e)),
+                None => s.stream.message().await,
+            };
+            let worker = &s.guard.0;
+            let item = match event {
+                Ok(Some(v1::GenerateEvent { event: Some(e) })) => match e {
+                    v1::generate_event::Event::Started(_) => continue,
+                    v1::generate_event::Event::Delta(d) if d.text.is_empty() => continue,
+                    v1::generate_event::Event::Delta(d) => Ok(ChatEvent::Text(d.text)),
+                    v1::generate_event::Event::Finished(f) => {
+                        s.done = true;
+                        let finish_reason = match f.finish_reason() {
+                            v1::FinishReason::Length => "length",
+                            _ => "stop",
+                        };
+                        Ok(ChatEvent::Finished {
+                            finish_reason: finish_reason.to_owned(),
+                            usage: f.usage.map(|u| Usage {
+                                prompt_tokens: u64::from(u.prompt_tokens),
+                                completion_tokens: u64::from(u.completion_tokens),
+                            }),
+                        })
+                    }
+                },
+                Ok(Some(v1::GenerateEvent { event: None })) => continue,
+                Ok(None) => {
+                    s.done = true;
+                    Err(BackendError::Interrupted(format!(
+                        "worker {} ended the answer without finishing it",
+                        worker.name
+                    )))
+                }
+                Err(status) => {
+                    s.done = true;
+                    match status.code() {
+                        Code::DeadlineExceeded => Err(BackendError::Timeout(format!(
+                            "worker {}: {}",
+                            worker.name,
+                            status.message()
+                        ))),
+                        _ => {
+                            let why = describe(&status);
+                            worker.record_failure(&why, &s.config);
+                            Err(BackendError::Interrupted(format!(
+                                "worker {} failed mid-answer: {why}",
+                                worker.name
+                            )))
+                        }
+                    }
+                }
+            };
+            return Some((item, s));
+        }
+    })
+    .boxed()
+}
+
+/// Follows one worker for as long as the pool lives: info, health and load, reconnecting with backoff.
+async fn monitor(worker: Arc<Worker>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = follow(&worker).await;
+        {
+            let mut s = worker.state();
+            s.connected = false;
+            s.health = None;
+            if let Err(e) = &outcome {
+                s.last_error = Some(e.clone());
+            }
+        }
+        if let Err(e) = outcome {
+            tracing::debug!(worker = %worker.name, error = %e, "worker watch ended");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's worth of following; returns when either watch ends.
+async fn follow(worker: &Worker) -> Result<(), String> {
+    let mut client = WorkerClient::new(worker.channel.clone());
+    let mut info_call = tonic::Request::new(v1::GetInfoRequest {});
+    info_call.set_timeout(Duration::from_secs(10));
+    let info = client
+        .get_info(info_call)
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    let mut health = HealthClient::new(worker.channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: WORKER_SERVICE.to_owned(),
+        })
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    let mut load = client
+        .watch_load(v1::WatchLoadRequest {})
+        .await
+        .map_err(|s| describe(&s))?
+        .into_inner();
+    {
+        let mut s = worker.state();
+        s.models = info.models.iter().map(|m| m.id.clone()).collect();
+        s.connected = true;
+        s.last_error = None;
+    }
+    tracing::info!(worker = %worker.name, id = %info.worker_id, models = ?info.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "worker connected");
+    loop {
+        tokio::select! {
+            h = health.next() => match h {
+                Some(Ok(h)) => worker.state().health = Some(h.status()),
+                Some(Err(s)) => return Err(describe(&s)),
+                None => return Err("health watch ended".to_owned()),
+            },
+            l = load.next() => match l {
+                Some(Ok(report)) => worker.state().load = Some(report),
+                Some(Err(s)) => return Err(describe(&s)),
+                None => return Err("load watch ended".to_owned()),
+            },
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The dispatch seam: the gateway talks to every backend through [`Backend`], never to gRPC or HTTP
+//! client types. A backend takes a checked request and answers with a stream of [`ChatEvent`]s.
+
+pub mod cloud;
+pub mod local;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::api::ChatRequest;
+use crate::level::Level;
+
+/// Where a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// On the organisation's own workers.
+    Local,
+    /// On a cloud API.
+    Cloud,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Cloud => "cloud",
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// Reads an OpenAI `usage` object.
+    pub fn from_openai(v: &Value) -> Option<Self> {
+        Some(Self {
+            prompt_tokens: v.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: v.get("completion_tokens")?.as_u64()?,
+        })
+    }
+}
+
+/// One step of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// Generated text (a worker's delta; valid UTF-8, stop sequences already applied).
+    Text(String),
+    /// An OpenAI `chat.completion.chunk` from an OpenAI-compatible backend, passed on as it came.
+    Chunk(Value),
+    /// A whole OpenAI `chat.completion` from an OpenAI-compatible backend (not streamed).
+    Completion(Value),
+    /// The end: why generation stopped and what it used. Always the last event of a good answer.
+    Finished {
+        finish_reason: String,
+        usage: Option<Usage>,
+    },
+}
+
+/// Why a backend could not serve a request. Mapped to HTTP in `server`, through [`crate::error::ApiError`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// Nothing that serves the model is reachable or ready.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Everything that serves the model is full.
+    #[error("{0}")]
+    Full(String),
+    /// No answer within the deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// The backend refused the request itself (bad parameters, over its context window).
+    #[error("{message}")]
+    Rejected { message: String, code: &'static str },
+    /// The backend failed or answered with something that is not an answer.
+    #[error("{0}")]
+    Failed(String),
+    /// The answer broke off after it had started.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl BackendError {
+    /// A low-cardinality name, for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Full(_) => "full",
+            Self::Timeout(_) => "timeout",
+            Self::Rejected { .. } => "rejected",
+            Self::Failed(_) => "failed",
+            Self::Interrupted(_) => "interrupted",
+        }
+    }
+}
+
+/// The events of one answer, ending with [`ChatEvent::Finished`] or an error. Dropping it cancels the
+/// request at the backend.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, BackendError>> + Send>>;
+
+/// A request that a backend has accepted.
+pub struct Dispatched {
+    /// The member that serves it (a worker's name, or the cloud backend's name).
+    pub served_by: Arc<str>,
+    pub events: EventStream,
+}
+
+impl std::fmt::Debug for Dispatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatched")
+            .field("served_by", &self.served_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the dispatcher passes along with a request.
+#[derive(Debug, Clone)]
+pub struct DispatchContext {
+    pub request_id: String,
+    /// The answer must be complete by then.
+    pub deadline: Instant,
+}
+
+/// A model a backend serves, as `/v1/models` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    /// List prices in USD per million tokens (cloud models).
+    pub prices: Option<Prices>,
+}
+
+/// List prices in USD per million input and output tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+/// One member of a backend (a worker of the pool, or the cloud API itself) as the operator sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub address: String,
+    pub ready: bool,
+    /// Why it is not ready (down, draining, ejected until ...).
+    pub detail: String,
+    pub models: Vec<String>,
+    pub in_flight: u64,
+    /// The worker's own load report, when it has one.
+    pub running: Option<u32>,
+    pub waiting: Option<u32>,
+    pub slots: Option<u32>,
+}
+
+/// A place requests can be sent: the local worker pool, or one cloud API.
+pub trait Backend: Send + Sync {
+    /// The configured name (`x-sluice-backend` names the member that served).
+    fn name(&self) -> &str;
+    fn route(&self) -> Route;
+    /// The most sensitive data this backend may receive.
+    fn clearance(&self) -> Level;
+    /// The models it serves now (for a pool: that any known worker serves).
+    fn models(&self) -> Vec<ModelCard>;
+    fn serves(&self, model: &str) -> bool {
+        self.models().iter().any(|m| m.id == model)
+    }
+    /// At least one member could take a request now.
+    fn ready(&self) -> bool;
+    fn members(&self) -> Vec<MemberStatus>;
+    /// Sends the request; resolves once a member has accepted it (or every member that could has failed).
+    fn dispatch<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Dispatched, BackendError>>;
+}

@@ -1,0 +1,117 @@
+use super::*;
+
+fn env(var: &str) -> Option<String> {
+    match var {
+        "OPENAI_API_KEY" => Some("sk-upstream".into()),
+        "ACME_KEY" => Some("sk-acme".into()),
+        _ => None,
+    }
+}
+
+fn validate(text: &str) -> Result<GatewayConfig, ConfigError> {
+    RawGatewayConfig::from_yaml_str(text)?.validate(Some(Path::new("gateway.yaml")), Some(text), &env)
+}
+
+const FULL: &str = "\
+listen: 127.0.0.1:8080
+admin_listen: off
+api_keys:
+  - tenant: acme
+    key_env: ACME_KEY
+  - tenant: globex
+    key_sha256: ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+limits:
+  max_in_flight: 64
+local:
+  workers:
+    - name: gpu-0
+      address: 10.0.0.5:50051
+    - address: https://gpu-1:50051
+clouds:
+  - name: openai
+    base_url: https://api.openai.com/v1
+    api_key_env: OPENAI_API_KEY
+    models:
+      - id: gpt-4o-mini
+        input_usd_per_mtok: 0.15
+        output_usd_per_mtok: 0.60
+";
+
+#[test]
+fn a_full_configuration_validates() {
+    let c = validate(FULL).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin_listen, None);
+    assert_eq!(c.keys.len(), 2);
+    assert_eq!(c.keys[0].sha256, crate::auth::hash_key("sk-acme"));
+    assert_eq!(c.limits.max_in_flight, 64);
+    assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    let local = c.local.unwrap();
+    assert_eq!(local.clearance, Level::Restricted);
+    assert_eq!(local.workers[0].uri, "http://10.0.0.5:50051");
+    assert_eq!(local.workers[1].name, "worker-1");
+    assert_eq!(c.clouds[0].api_key.as_deref(), Some("sk-upstream"));
+    assert_eq!(c.clouds[0].clearance, Level::Internal);
+    assert_eq!(c.clouds[0].models[0].prices.output_usd_per_mtok, 0.60);
+}
+
+#[test]
+fn problems_name_file_line_and_key() {
+    let cases = [
+        (
+            FULL.replace("max_in_flight: 64", "max_in_flight: 0"),
+            "gateway.yaml:9: limits.max_in_flight",
+        ),
+        (
+            FULL.replace("10.0.0.5:50051", "nowhere"),
+            "gateway.yaml:13: local.workers[0].address",
+        ),
+        (
+            FULL.replace("output_usd_per_mtok: 0.60", "output_usd_per_mtok: -1"),
+            "gateway.yaml:22: clouds[0].models[0].output_usd_per_mtok",
+        ),
+        (
+            FULL.replace("OPENAI_API_KEY", "MISSING_KEY"),
+            "gateway.yaml:18: clouds[0].api_key_env",
+        ),
+        (
+            FULL.replace("key_sha256: ba78", "key_sha256: zz78"),
+            "gateway.yaml:7: api_keys[1].key_sha256",
+        ),
+        (
+            FULL.replace("name: gpu-0", "name: gpu 0"),
+            "gateway.yaml:12: local.workers[0].name",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = validate(&text).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{e}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let e = RawGatewayConfig::from_yaml_str(&FULL.replace("  max_in_flight", "  max_inflight")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (Some(9), "limits.max_inflight"));
+    assert!(e.message.contains("unknown field `max_inflight`"), "{e}");
+}
+
+#[test]
+fn a_gateway_needs_keys_and_backends() {
+    let e = validate("clouds: []\n").unwrap_err();
+    assert_eq!(e.key, "api_keys");
+    let e = validate("allow_unauthenticated: true\n").unwrap_err();
+    assert!(e.message.contains("no backends"), "{e}");
+}
+
+#[test]
+fn worker_addresses_become_uris() {
+    assert_eq!(worker_uri("h:1", false).as_deref(), Some("http://h:1"));
+    assert_eq!(worker_uri("h:1", true).as_deref(), Some("https://h:1"));
+    assert_eq!(
+        worker_uri("http://[::1]:50051", false).as_deref(),
+        Some("http://[::1]:50051")
+    );
+    assert_eq!(worker_uri("h", false), None);
+    assert_eq!(worker_uri("h:port", false), None);
+}

@@ -1,0 +1,200 @@
+//! Every error a client can see, and its one mapping to HTTP: status, OpenAI-shaped body
+//! (`{"error": {"message", "type", "param", "code"}}`), a stable snake_case `code`, and `Retry-After` where
+//! waiting helps.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// A client-visible failure. Build it with the constructors below; [`IntoResponse`] is the only place
+/// where errors become HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// A stable snake_case code, also the `code` label of the request metrics.
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// 400: the body is not what the API accepts (`code` names the kind of problem).
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401: no key, or a key that is not configured.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+    }
+
+    /// 404: the model is served by no backend.
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("The model `{model}` does not exist or is not served here; GET /v1/models lists them."),
+        )
+        .with_param("model")
+    }
+
+    /// 404 for paths the API does not have.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_url",
+            format!("No such endpoint: {path}"),
+        )
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed on this endpoint",
+        )
+    }
+
+    /// 413: the body is over the configured limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("The request body is over this gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// 415: a body that does not say it is JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "The body must be JSON, sent with `Content-Type: application/json`.",
+        )
+    }
+
+    /// 429: the gateway sheds load; the client should come back later.
+    pub fn overloaded(retry_after: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "gateway_overloaded",
+            "The gateway is at its limit of requests in flight; retry after the time in Retry-After.",
+        )
+        .with_retry_after(retry_after)
+    }
+
+    /// 502: the backend answered, but with an error or something that is not a valid answer.
+    pub fn backend_failed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "backend_error", message)
+    }
+
+    /// 502: the stream from the backend broke after it had started.
+    pub fn backend_stream_broken(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "backend_stream_interrupted", message)
+    }
+
+    /// 503: every backend that may serve the request is down or ejected.
+    pub fn no_backend(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", message)
+            .with_retry_after(Duration::from_secs(1))
+    }
+
+    /// 503: every backend that may serve the request is full.
+    pub fn backends_full(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_overloaded", message)
+            .with_retry_after(Duration::from_secs(1))
+    }
+
+    /// 503: the request's sensitivity is above the clearance of every backend that serves its model.
+    pub fn no_compliant_backend(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend", message)
+    }
+
+    /// 504: the backend did not answer within the deadline.
+    pub fn backend_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "backend_timeout", message)
+    }
+
+    /// 500: a fault of the gateway itself (never bad input).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// The OpenAI error `type` for this status.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "invalid_request_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// The JSON body, `{"error": {...}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind(),
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body().to_string();
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        // The code travels with the response so the metrics layer can label it.
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}
+
+/// The `code` of an error response, for metrics and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

@@ -1,0 +1,121 @@
+//! The gateway's Prometheus series, registered in a registry the caller owns.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Buckets for latencies from a millisecond to ten minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    /// Labels: route, backend, model, tenant, code (`ok` or the error code).
+    pub requests: IntCounterVec,
+    /// Labels: route.
+    pub request_duration: HistogramVec,
+    /// Labels: route, backend.
+    pub time_to_first_token: HistogramVec,
+    /// Labels: route, backend, direction (`input` or `output`).
+    pub tokens: IntCounterVec,
+    /// Labels: rule, route.
+    pub decisions: IntCounterVec,
+    /// Labels: reason.
+    pub rejected: IntCounterVec,
+    /// Labels: backend (each worker and each cloud backend).
+    pub backend_up: IntGaugeVec,
+    /// Labels: backend.
+    pub backend_in_flight: IntGaugeVec,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayMetrics")
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("sluice_requests_total", "Chat completion requests, by outcome."),
+            &["route", "backend", "model", "tenant", "code"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_request_duration_seconds",
+                "From arrival to the last byte of the answer.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_time_to_first_token_seconds",
+                "From arrival to the first generated token.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "backend"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "sluice_tokens_total",
+                "Tokens processed, as the backends counted them.",
+            ),
+            &["route", "backend", "direction"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new("sluice_decisions_total", "Routing decisions, by rule and route."),
+            &["rule", "route"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "sluice_rejected_total",
+                "Requests refused before reaching a backend, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "sluice_backend_up",
+                "1 when the backend member can take requests.",
+            ),
+            &["backend"],
+        )?;
+        let backend_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_backend_in_flight",
+                "Requests this gateway has open at the backend member.",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(backend_up.clone()))?;
+        registry.register(Box::new(backend_in_flight.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            time_to_first_token,
+            tokens,
+            decisions,
+            rejected,
+            backend_up,
+            backend_in_flight,
+        })
+    }
+
+    /// The text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,959 @@
+//! The gateway's HTTP servers: the public OpenAI API and the operators' admin listener, their tower
+//! stacks, the handlers, and [`run`], which binds both and drains on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::api::{ChatRequest, parse_chat_request, text_only_conflicts};
+use crate::auth::{KeyStore, Tenant};
+use crate::backend::cloud::CloudBackend;
+use crate::backend::local::WorkerPool;
+use crate::backend::{Backend, BackendError, ChatEvent, DispatchContext, EventStream, Route, Usage};
+use crate::config::GatewayConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::level::Level;
+use crate::metrics::GatewayMetrics;
+use crate::route::{Fleet, ModelHome, Policy, RequestFacts};
+use crate::stats::{Outcome, Stats};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_ROUTE: HeaderName = HeaderName::from_static("x-sluice-route");
+pub const X_BACKEND: HeaderName = HeaderName::from_static("x-sluice-backend");
+pub const X_RULE: HeaderName = HeaderName::from_static("x-sluice-rule");
+pub const X_SENSITIVITY: HeaderName = HeaderName::from_static("x-sluice-sensitivity");
+pub const X_DECISION_ID: HeaderName = HeaderName::from_static("x-sluice-decision-id");
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Pool(#[from] crate::backend::local::PoolError),
+    #[error("{0}")]
+    Cloud(#[from] crate::backend::cloud::CloudError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything the handlers share.
+pub struct App {
+    pub config: GatewayConfig,
+    pub keys: KeyStore,
+    pub fleet: Fleet,
+    pub policy: Arc<dyn Policy>,
+    pub metrics: GatewayMetrics,
+    pub stats: Stats,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("fleet", &self.fleet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the application state around a fleet (the backends are started by the caller).
+    pub fn new(
+        config: GatewayConfig,
+        fleet: Fleet,
+        policy: Arc<dyn Policy>,
+        registry: prometheus::Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        Ok(Arc::new(Self {
+            keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            metrics: GatewayMetrics::new(registry)?,
+            stats: Stats::default(),
+            fleet,
+            policy,
+            config,
+        }))
+    }
+
+    /// Starts the configured backends: the local pool first, then the clouds in order.
+    pub fn start_fleet(config: &GatewayConfig) -> Result<Fleet, GatewayError> {
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+        if let Some(pool) = &config.local
+            && !pool.workers.is_empty()
+        {
+            backends.push(Arc::new(WorkerPool::start(pool.clone())?));
+        }
+        for cloud in &config.clouds {
+            backends.push(Arc::new(CloudBackend::new(cloud.clone())?));
+        }
+        Ok(Fleet { backends })
+    }
+
+    /// Sets `sluice_backend_up` and `sluice_backend_in_flight` from the members' state.
+    fn refresh_backend_gauges(&self) {
+        for backend in &self.fleet.backends {
+            for m in backend.members() {
+                self.metrics
+                    .backend_up
+                    .with_label_values(&[&m.name])
+                    .set(i64::from(m.ready));
+                self.metrics
+                    .backend_in_flight
+                    .with_label_values(&[&m.name])
+                    .set(i64::try_from(m.in_flight).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// The request id: the client's `x-request-id` when it is sane, otherwise a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// A new random id: `prefix` and 24 hex digits.
+fn new_id(prefix: &str) -> String {
+    let n: u128 = rand::random();
+    format!("{prefix}{:024x}", n >> 32)
+}
+
+/// Builds the public router. Layers, outermost first; each request passes them in this order:
+/// 1. `SetSensitiveRequestHeaders`: marks `Authorization` so that no layer below logs it.
+/// 2. `Trace`: a span per request (method, path), with the status and latency at the end.
+/// 3. `request_id`: reads or makes the id, adds [`RequestId`] to the extensions (read by the handlers)
+///    and `x-request-id` to every response, errors included.
+/// 4. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
+///    lives in the response body, so a stream counts until its last byte.
+/// 5. `Timeout` (with `HandleError`): a response must start within the request timeout (504).
+/// 6. Routes. `/v1/*` sit behind `authenticate`, which adds [`Tenant`] (read by the handlers);
+///    `/healthz` and `/readyz` do not. `DefaultBodyLimit` caps bodies; the handler maps the 413.
+pub fn public_router(app: Arc<App>) -> Router {
+    let limits = app.config.limits;
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    api.merge(open)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(app.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+                .layer(TraceLayer::new_for_http())
+                .layer(middleware::from_fn(request_id))
+                .layer(middleware::from_fn_with_state(app, shed_load))
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::backend_timeout("The answer did not start within the request timeout.")
+                        .into_response()
+                }))
+                .timeout(limits.request_timeout),
+        )
+}
+
+/// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
+/// latency, JSON), `/healthz`. Meant for a loopback or cluster-internal address.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/backends", get(admin_backends))
+        .route("/healthz", get(healthz))
+        .with_state(app)
+}
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id: Arc<str> = match request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            v.into()
+        }
+        _ => new_id("req_").into(),
+    };
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    response
+}
+
+async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    // Health checks must answer even when the gateway is saturated.
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
+        app.metrics.rejected.with_label_values(&["overloaded"]).inc();
+        return ApiError::overloaded(Duration::from_secs(1)).into_response();
+    };
+    let response = next.run(request).await;
+    hold_until_body_ends(response, permit)
+}
+
+/// Keeps `permit` until the response body has been sent or dropped.
+fn hold_until_body_ends(response: Response, permit: OwnedSemaphorePermit) -> Response {
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _ = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match app.keys.authenticate(header) {
+        Ok(tenant) => {
+            request.extensions_mut().insert(tenant);
+            next.run(request).await
+        }
+        Err(failure) => {
+            app.metrics.rejected.with_label_values(&["unauthenticated"]).inc();
+            ApiError::unauthorized(failure.message()).into_response()
+        }
+    }
+}
+
+async fn fallback(request: Request) -> Response {
+    ApiError::no_route(request.uri().path()).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::method_not_allowed().into_response()
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let backends: Vec<Value> = app
+        .fleet
+        .backends
+        .iter()
+        .map(|b| json!({"name": b.name(), "route": b.route().as_str(), "ready": b.ready()}))
+        .collect();
+    let ready = app.fleet.backends.iter().any(|b| b.ready());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"status": if ready { "ready" } else { "not_ready" }, "backends": backends})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.refresh_backend_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn admin_backends(State(app): State<Arc<App>>) -> Response {
+    let observed = app.stats.snapshot();
+    let backends: Vec<Value> = app
+        .fleet
+        .backends
+        .iter()
+        .map(|b| {
+            let members: Vec<Value> = b
+                .members()
+                .into_iter()
+                .map(|m| {
+                    let seen = observed.get(&m.name).cloned().unwrap_or_default();
+                    json!({"member": m, "observed": seen})
+                })
+                .collect();
+            json!({
+                "name": b.name(),
+                "route": b.route().as_str(),
+                "clearance": b.clearance().as_str(),
+                "ready": b.ready(),
+                "models": b.models().into_iter().map(|m| m.id).collect::<Vec<_>>(),
+                "members": members,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "backends": backends })).into_response()
+}
+
+async fn list_models(State(app): State<Arc<App>>) -> Response {
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for backend in &app.fleet.backends {
+        for card in backend.models() {
+            if !seen.insert(card.id.clone()) {
+                continue;
+            }
+            let mut entry = json!({
+                "id": card.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": backend.name(),
+                "sluice": {"route": backend.route().as_str(), "backend": backend.name()},
+            });
+            if let Some(p) = card.prices {
+                entry["sluice"]["pricing"] = json!({
+                    "input_usd_per_mtok": p.input_usd_per_mtok,
+                    "output_usd_per_mtok": p.output_usd_per_mtok,
+                });
+            }
+            data.push(entry);
+        }
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The routing headers of one request, added to its response whatever it is.
+#[derive(Debug, Clone, Default)]
+struct Routing {
+    route: Option<Route>,
+    backend: Option<String>,
+    rule: Option<String>,
+    level: Option<Level>,
+    decision_id: Option<String>,
+}
+
+impl Routing {
+    fn apply(&self, headers: &mut HeaderMap) {
+        let mut set = |name: HeaderName, value: Option<&str>| {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        };
+        set(X_ROUTE, self.route.map(Route::as_str));
+        set(X_BACKEND, self.backend.as_deref());
+        set(X_RULE, self.rule.as_deref());
+        set(X_SENSITIVITY, self.level.map(Level::as_str));
+        set(X_DECISION_ID, self.decision_id.as_deref());
+    }
+
+    fn respond(&self, mut response: Response) -> Response {
+        self.apply(response.headers_mut());
+        response
+    }
+}
+
+/// Records one request in the metrics and stats when it ends, however it ends (a client that leaves
+/// mid-stream drops it, and is counted as `client_closed`).
+struct Ledger {
+    app: Arc<App>,
+    started: Instant,
+    route: &'static str,
+    backend: String,
+    model: String,
+    tenant: String,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    generated: u64,
+    usage: Option<Usage>,
+    code: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl Ledger {
+    fn token(&mut self) {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
+        self.generated += 1;
+    }
+
+    fn finish(&mut self, code: &'static str, error: Option<String>) {
+        self.code = Some(code);
+        self.error = error;
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or("client_closed");
+        let m = &self.app.metrics;
+        m.requests
+            .with_label_values(&[self.route, &self.backend, &self.model, &self.tenant, code])
+            .inc();
+        m.request_duration
+            .with_label_values(&[self.route])
+            .observe(self.started.elapsed().as_secs_f64());
+        let ttft = self.first_token.map(|t| t - self.started);
+        if let Some(t) = ttft {
+            m.time_to_first_token
+                .with_label_values(&[self.route, &self.backend])
+                .observe(t.as_secs_f64());
+        }
+        if let Some(u) = self.usage {
+            m.tokens
+                .with_label_values(&[self.route, &self.backend, "input"])
+                .inc_by(u.prompt_tokens);
+            m.tokens
+                .with_label_values(&[self.route, &self.backend, "output"])
+                .inc_by(u.completion_tokens);
+        }
+        let tokens = self.usage.map_or(self.generated, |u| u.completion_tokens);
+        let generation = match (self.first_token, self.last_token) {
+            (Some(a), Some(b)) => Some((tokens, b - a)),
+            _ => None,
+        };
+        self.app.stats.record(
+            &self.backend,
+            &Outcome {
+                time_to_first_token: ttft,
+                generation,
+                error: self.error.take(),
+            },
+        );
+    }
+}
+
+/// The client-visible error for a backend failure.
+fn api_error(e: &BackendError) -> ApiError {
+    match e {
+        BackendError::Unavailable(m) => ApiError::no_backend(m.clone()),
+        BackendError::Full(m) => ApiError::backends_full(m.clone()),
+        BackendError::Timeout(m) => ApiError::backend_timeout(m.clone()),
+        BackendError::Rejected { message, code } => ApiError::invalid(code, message.clone()),
+        BackendError::Failed(m) => ApiError::backend_failed(m.clone()),
+        BackendError::Interrupted(m) => ApiError::backend_stream_broken(m.clone()),
+    }
+}
+
+/// Whether an error counts against the member in its observed stats (a refused request does not).
+fn member_fault(e: &BackendError) -> Option<String> {
+    match e {
+        BackendError::Rejected { .. } => None,
+        other => Some(other.to_string()),
+    }
+}
+
+async fn chat_completions(
+    State(app): State<Arc<App>>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    axum::Extension(request_id): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let arrived = Instant::now();
+    let mut routing = Routing::default();
+    let reject = |app: &App, routing: &Routing, reason: &str, e: ApiError| {
+        app.metrics.rejected.with_label_values(&[reason]).inc();
+        routing.respond(e.into_response())
+    };
+    let bytes = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return reject(
+                &app,
+                &routing,
+                "too_large",
+                ApiError::too_large(app.config.limits.max_body_bytes),
+            );
+        }
+        Err(r) => {
+            return reject(
+                &app,
+                &routing,
+                "invalid_request",
+                ApiError::invalid("invalid_body", format!("Cannot read the body: {}", r.body_text())),
+            );
+        }
+    };
+    let request = match parse_chat_request(&bytes) {
+        Ok(r) => r,
+        Err(e) => return reject(&app, &routing, "invalid_request", e),
+    };
+    let declared = match headers.get(&X_SENSITIVITY) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.parse::<Level>().ok()) {
+            Some(l) => Some(l),
+            None => {
+                return reject(
+                    &app,
+                    &routing,
+                    "invalid_request",
+                    ApiError::invalid(
+                        "invalid_sensitivity",
+                        "x-sluice-sensitivity must be public, internal, confidential or restricted.",
+                    ),
+                );
+            }
+        },
+    };
+    let facts = RequestFacts {
+        tenant: &tenant.0,
+        request: &request,
+        declared,
+    };
+    let decision = match app.policy.decide(&facts, &app.fleet) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = if e.code == "model_not_found" {
+                "model_not_found"
+            } else {
+                e.code
+            };
+            return reject(&app, &routing, reason, e);
+        }
+    };
+    let Some(backend) = app.fleet.backends.get(decision.backend).cloned() else {
+        return reject(
+            &app,
+            &routing,
+            "internal",
+            ApiError::internal("The routing policy chose a backend that does not exist."),
+        );
+    };
+    let decision_id = new_id("dec_");
+    routing = Routing {
+        route: Some(backend.route()),
+        backend: Some(backend.name().to_owned()),
+        rule: Some(decision.rule.clone()),
+        level: Some(decision.level),
+        decision_id: Some(decision_id.clone()),
+    };
+    // The invariant, in the one place every request passes: never to a backend cleared below the
+    // request's level, whatever the policy said.
+    if backend.clearance() < decision.level {
+        return reject(
+            &app,
+            &routing,
+            "no_compliant_backend",
+            ApiError::no_compliant_backend(format!(
+                "The request is {}; backend {} is cleared only for {}.",
+                decision.level,
+                backend.name(),
+                backend.clearance()
+            )),
+        );
+    }
+    app.metrics
+        .decisions
+        .with_label_values(&[&decision.rule, backend.route().as_str()])
+        .inc();
+    if backend.route() == Route::Local
+        && let Some((param, what)) = text_only_conflicts(&request)
+    {
+        return reject(
+            &app,
+            &routing,
+            "unsupported",
+            ApiError::invalid(
+                "unsupported_parameter",
+                format!(
+                    "{what} not supported by the local model `{}`; ask for a cloud model, or leave it out.",
+                    request.model
+                ),
+            )
+            .with_param(param),
+        );
+    }
+    let tenant_label = if app.keys.tenants().any(|t| t == &*tenant.0) || &*tenant.0 == crate::auth::ANONYMOUS
+    {
+        tenant.0.to_string()
+    } else {
+        "other".to_owned()
+    };
+    let mut ledger = Ledger {
+        app: app.clone(),
+        started: arrived,
+        route: backend.route().as_str(),
+        backend: backend.name().to_owned(),
+        model: request.model.clone(),
+        tenant: tenant_label,
+        first_token: None,
+        last_token: None,
+        generated: 0,
+        usage: None,
+        code: None,
+        error: None,
+    };
+    let context = DispatchContext {
+        request_id: request_id.0.to_string(),
+        deadline: arrived + app.config.limits.request_timeout,
+    };
+    tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %request.model, "dispatching");
+    let dispatched = match backend.dispatch(&request, &context).await {
+        Ok(d) => d,
+        Err(e) => {
+            let error = api_error(&e);
+            ledger.finish(error.code, member_fault(&e));
+            tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend refused or failed");
+            return routing.respond(error.into_response());
+        }
+    };
+    ledger.backend = dispatched.served_by.to_string();
+    routing.backend = Some(ledger.backend.clone());
+    let shape = Shape {
+        id: format!("chatcmpl-{}", decision_id.trim_start_matches("dec_")),
+        created: unix_now(),
+        model: request.model.clone(),
+        include_usage: request.include_usage,
+    };
+    if request.stream {
+        let mut response = sse_response(dispatched.events, shape, ledger, context.deadline);
+        routing.apply(response.headers_mut());
+        response
+    } else {
+        routing.respond(collect(dispatched.events, &request, shape, &mut ledger, context.deadline).await)
+    }
+}
+
+/// What local answers look like: the completion id, creation time and model.
+struct Shape {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl Shape {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        let mut c = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [],
+            "usage": usage_json(usage),
+        })
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+/// Reads a whole answer and returns it as one `chat.completion`.
+async fn collect(
+    mut events: EventStream,
+    _request: &ChatRequest,
+    shape: Shape,
+    ledger: &mut Ledger,
+    deadline: Instant,
+) -> Response {
+    let mut text = String::new();
+    let mut completion: Option<Value> = None;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) => Err(BackendError::Timeout(
+                "the answer did not finish within the request timeout".into(),
+            )),
+            Ok(None) => Err(BackendError::Interrupted(
+                "the backend ended the answer without finishing it".into(),
+            )),
+            Ok(Some(e)) => e,
+        };
+        match event {
+            Ok(ChatEvent::Text(t)) => {
+                ledger.token();
+                text.push_str(&t);
+            }
+            Ok(ChatEvent::Chunk(_)) => ledger.token(),
+            Ok(ChatEvent::Completion(v)) => {
+                ledger.token();
+                completion = Some(v);
+            }
+            Ok(ChatEvent::Finished { finish_reason, usage }) => {
+                ledger.usage = usage;
+                ledger.finish("ok", None);
+                let body = match completion {
+                    Some(v) => v,
+                    None => {
+                        let mut body = json!({
+                            "id": shape.id,
+                            "object": "chat.completion",
+                            "created": shape.created,
+                            "model": shape.model,
+                            "system_fingerprint": null,
+                            "choices": [{
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text, "refusal": null},
+                                "logprobs": null,
+                                "finish_reason": finish_reason,
+                            }],
+                        });
+                        if let Some(u) = usage {
+                            body["usage"] = usage_json(u);
+                        }
+                        body
+                    }
+                };
+                return axum::Json(body).into_response();
+            }
+            Err(e) => {
+                let error = api_error(&e);
+                ledger.finish(error.code, member_fault(&e));
+                return error.into_response();
+            }
+        }
+    }
+}
+
+/// One server-sent event.
+fn frame(data: &str) -> Bytes {
+    let mut s = String::with_capacity(data.len() + 8);
+    s.push_str("data: ");
+    s.push_str(data);
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+/// Streams an answer as OpenAI server-sent events, ending with `data: [DONE]`, or with an error event
+/// (`data: {"error": {...}}`, which the SDKs raise) when the answer breaks off.
+fn sse_response(events: EventStream, shape: Shape, ledger: Ledger, deadline: Instant) -> Response {
+    struct Writer {
+        events: EventStream,
+        shape: Shape,
+        ledger: Ledger,
+        deadline: Instant,
+        started: bool,
+        done: bool,
+        queue: std::collections::VecDeque<Bytes>,
+    }
+    let writer = Writer {
+        events,
+        shape,
+        ledger,
+        deadline,
+        started: false,
+        done: false,
+        queue: Default::default(),
+    };
+    let body = futures_util::stream::unfold(writer, |mut w| async move {
+        loop {
+            if let Some(f) = w.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(f), w));
+            }
+            if w.done {
+                return None;
+            }
+            let event = match tokio::time::timeout_at(w.deadline, w.events.next()).await {
+                Err(_) => Err(BackendError::Timeout(
+                    "the answer did not finish within the request timeout".into(),
+                )),
+                Ok(None) => Err(BackendError::Interrupted(
+                    "the backend ended the answer without finishing it".into(),
+                )),
+                Ok(Some(e)) => e,
+            };
+            match event {
+                Ok(ChatEvent::Text(t)) => {
+                    w.ledger.token();
+                    if !w.started {
+                        w.started = true;
+                        let first = w.shape.chunk(json!({"role": "assistant", "content": ""}), None);
+                        w.queue.push_back(frame(&first.to_string()));
+                    }
+                    w.queue
+                        .push_back(frame(&w.shape.chunk(json!({"content": t}), None).to_string()));
+                }
+                Ok(ChatEvent::Chunk(mut c)) => {
+                    let usage_only = c
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty);
+                    if !usage_only
+                        && c.pointer("/choices/0/delta/content")
+                            .is_some_and(|v| v.is_string())
+                    {
+                        w.ledger.token();
+                    }
+                    if !w.shape.include_usage {
+                        // The gateway asked for usage for its own metering; this client did not.
+                        if usage_only {
+                            continue;
+                        }
+                        if let Value::Object(o) = &mut c {
+                            o.remove("usage");
+                        }
+                    }
+                    w.queue.push_back(frame(&c.to_string()));
+                }
+                Ok(ChatEvent::Completion(_)) => {}
+                Ok(ChatEvent::Finished { finish_reason, usage }) => {
+                    w.done = true;
+                    w.ledger.usage = usage;
+                    w.ledger.finish("ok", None);
+                    if w.ledger.route == Route::Local.as_str() {
+                        if !w.started {
+                            let first = w.shape.chunk(json!({"role": "assistant", "content": ""}), None);
+                            w.queue.push_back(frame(&first.to_string()));
+                        }
+                        let last = w.shape.chunk(json!({}), Some(&finish_reason));
+                        w.queue.push_back(frame(&last.to_string()));
+                        if w.shape.include_usage {
+                            let u = usage.unwrap_or_default();
+                            w.queue.push_back(frame(&w.shape.usage_chunk(u).to_string()));
+                        }
+                    }
+                    w.queue.push_back(frame("[DONE]"));
+                }
+                Err(e) => {
+                    w.done = true;
+                    let error = api_error(&e);
+                    w.ledger.finish(error.code, member_fault(&e));
+                    tracing::info!(backend = %w.ledger.backend, error = %e, "answer broke off mid-stream");
+                    w.queue.push_back(frame(&error.body().to_string()));
+                }
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.extensions_mut().insert(ErrorCode("ok"));
+    response
+}
+
+/// Addresses the gateway bound (with port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub public: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops accepting connections and gives requests in
+/// flight `config.drain_grace` to finish.
+pub async fn run(
+    config: GatewayConfig,
+    registry: prometheus::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), GatewayError> {
+    let public = bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let fleet = App::start_fleet(&config)?;
+    let grace = config.drain_grace;
+    let app = App::new(config, fleet, Arc::new(ModelHome), registry)?;
+    let bound = BoundAddrs {
+        public: public.local_addr().map_err(GatewayError::Serve)?,
+        admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
+    };
+    on_bound(bound);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(admin) = admin {
+        let router = admin_router(app.clone());
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+            {
+                tracing::warn!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    let server =
+        axum::serve(public, public_router(app.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let mut serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut serving => return r.map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?.map_err(GatewayError::Serve),
+        _ = stopped(stop_rx) => {}
+    }
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "draining: no new connections; waiting for requests in flight"
+    );
+    match tokio::time::timeout(grace, &mut serving).await {
+        Ok(r) => r
+            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?
+            .map_err(GatewayError::Serve),
+        Err(_) => {
+            tracing::warn!("drain grace over; closing the remaining connections");
+            serving.abort();
+            Ok(())
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,680 @@
+//! Router tests: the public and admin routers driven with `oneshot`, no socket, over backends that play
+//! a scripted answer and count what they receive.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::to_bytes;
+use axum::http::Request as HttpRequest;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tower::ServiceExt;
+
+use super::*;
+use crate::auth::{ApiKey, hash_key};
+use crate::backend::{Dispatched, MemberStatus, ModelCard};
+use crate::config::Limits;
+
+const KEY: &str = "sk-test-acme";
+
+/// What a scripted backend does with the next request.
+#[derive(Clone)]
+enum Script {
+    Answer(Vec<Result<ChatEvent, BackendError>>),
+    Refuse(BackendError),
+    /// Never answers.
+    Hang,
+}
+
+struct ScriptedBackend {
+    name: &'static str,
+    route: Route,
+    clearance: Level,
+    models: Vec<&'static str>,
+    script: Mutex<Script>,
+    received: Mutex<Vec<ChatRequest>>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    fn new(name: &'static str, route: Route, models: Vec<&'static str>, script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            route,
+            clearance: if route == Route::Local {
+                Level::Restricted
+            } else {
+                Level::Internal
+            },
+            models,
+            script: Mutex::new(script),
+            received: Mutex::new(Vec::new()),
+            dropped: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn received(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// Counts streams dropped before their end.
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Backend for ScriptedBackend {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn route(&self) -> Route {
+        self.route
+    }
+    fn clearance(&self) -> Level {
+        self.clearance
+    }
+    fn models(&self) -> Vec<ModelCard> {
+        self.models
+            .iter()
+            .map(|m| ModelCard {
+                id: (*m).to_owned(),
+                prices: None,
+            })
+            .collect()
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+    fn members(&self) -> Vec<MemberStatus> {
+        Vec::new()
+    }
+    fn dispatch<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        _context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
+        self.received.lock().unwrap().push(request.clone());
+        let script = self.script.lock().unwrap().clone();
+        let name = self.name;
+        let dropped = self.dropped.clone();
+        async move {
+            match script {
+                Script::Refuse(e) => Err(e),
+                Script::Hang => futures_util::future::pending().await,
+                Script::Answer(events) => {
+                    let guard = DropCount(dropped);
+                    let stream = futures_util::stream::iter(events)
+                        .chain(futures_util::stream::pending())
+                        .map(move |e| {
+                            let _ = &guard;
+                            e
+                        });
+                    Ok(Dispatched {
+                        served_by: name.into(),
+                        events: Box::pin(stream),
+                    })
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+fn answer(words: &[&str]) -> Script {
+    let mut events: Vec<_> = words
+        .iter()
+        .map(|w| Ok(ChatEvent::Text((*w).to_owned())))
+        .collect();
+    events.push(Ok(ChatEvent::Finished {
+        finish_reason: "stop".into(),
+        usage: Some(Usage {
+            prompt_tokens: 7,
+            completion_tokens: words.len() as u64,
+        }),
+    }));
+    Script::Answer(events)
+}
+
+fn config(limits: Limits) -> GatewayConfig {
+    GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
+        keys: vec![ApiKey {
+            tenant: "acme".into(),
+            sha256: hash_key(KEY),
+        }],
+        allow_unauthenticated: false,
+        limits,
+        local: None,
+        clouds: Vec::new(),
+        drain_grace: Duration::from_secs(1),
+    }
+}
+
+fn app_with(backends: Vec<Arc<ScriptedBackend>>, limits: Limits) -> Arc<App> {
+    let fleet = Fleet {
+        backends: backends.into_iter().map(|b| b as Arc<dyn Backend>).collect(),
+    };
+    App::new(
+        config(limits),
+        fleet,
+        Arc::new(ModelHome),
+        prometheus::Registry::new(),
+    )
+    .unwrap()
+}
+
+fn local(script: Script) -> Arc<ScriptedBackend> {
+    ScriptedBackend::new("worker-a", Route::Local, vec!["local-model"], script)
+}
+
+fn cloud(script: Script) -> Arc<ScriptedBackend> {
+    ScriptedBackend::new("cloud-a", Route::Cloud, vec!["gpt-4o-mini"], script)
+}
+
+fn post(body: &str) -> HttpRequest<Body> {
+    HttpRequest::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn send(app: &Arc<App>, request: HttpRequest<Body>) -> (StatusCode, HeaderMap, Value) {
+    let response = public_router(app.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, value)
+}
+
+async fn error_of(app: &Arc<App>, request: HttpRequest<Body>) -> (StatusCode, String, HeaderMap) {
+    let (status, headers, body) = send(app, request).await;
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"));
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["type"].is_string(), "{body}");
+    assert!(headers.contains_key("x-request-id"));
+    (status, code.to_owned(), headers)
+}
+
+const HELLO: &str = r#"{"model":"local-model","messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn a_local_answer_carries_the_routing_headers() {
+    let worker = local(answer(&["Hello", " there"]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let (status, headers, body) = send(&app, post(HELLO)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "local-model");
+    assert_eq!(body["usage"]["prompt_tokens"], 7);
+    assert_eq!(body["usage"]["total_tokens"], 9);
+    assert_eq!(headers["x-sluice-route"], "local");
+    assert_eq!(headers["x-sluice-backend"], "worker-a");
+    assert_eq!(headers["x-sluice-rule"], "model-home");
+    assert_eq!(headers["x-sluice-sensitivity"], "public");
+    assert!(
+        headers["x-sluice-decision-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("dec_")
+    );
+    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert_eq!(worker.received(), 1);
+    let text = app.metrics.encode();
+    assert!(
+        text.contains(r#"sluice_requests_total{backend="worker-a",code="ok",model="local-model",route="local",tenant="acme"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"sluice_tokens_total{backend="worker-a",direction="output",route="local"} 2"#));
+    assert!(text.contains(r#"sluice_decisions_total{route="local",rule="model-home"} 1"#));
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_kept() {
+    let app = app_with(vec![local(answer(&["x"]))], Limits::default());
+    let mut request = post(HELLO);
+    request
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from_static("abc-123"));
+    let (_, headers, _) = send(&app, request).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn a_streamed_local_answer_is_openai_server_sent_events() {
+    let app = app_with(vec![local(answer(&["Hel", "lo"]))], Limits::default());
+    let body = r#"{"model":"local-model","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, headers, text) = send(&app, post(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["x-sluice-route"], "local");
+    let text = text.as_str().unwrap().to_owned();
+    let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert!(frames.iter().all(|f| f.starts_with("data: ")), "{text}");
+    assert_eq!(*frames.last().unwrap(), "data: [DONE]");
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(&f[6..]).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello");
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 2);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["id"] == chunks[0]["id"] && c["object"] == "chat.completion.chunk")
+    );
+}
+
+#[tokio::test]
+async fn cloud_chunks_pass_through_and_metering_usage_is_hidden_unless_asked() {
+    let chunk = |content: &str| json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}], "usage": null});
+    let events = vec![
+        Ok(ChatEvent::Chunk(chunk("Hi"))),
+        Ok(ChatEvent::Chunk(
+            json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": null}),
+        )),
+        Ok(ChatEvent::Chunk(
+            json!({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}),
+        )),
+        Ok(ChatEvent::Finished {
+            finish_reason: "stop".into(),
+            usage: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            }),
+        }),
+    ];
+    let app = app_with(vec![cloud(Script::Answer(events))], Limits::default());
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, headers, text) = send(&app, post(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-sluice-route"], "cloud");
+    let text = text.as_str().unwrap();
+    assert_eq!(
+        text,
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null,\"index\":0}],\"id\":\"c1\",\"object\":\"chat.completion.chunk\"}\n\n\
+         data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"id\":\"c1\",\"object\":\"chat.completion.chunk\"}\n\n\
+         data: [DONE]\n\n"
+    );
+    let metrics = app.metrics.encode();
+    assert!(
+        metrics.contains(r#"sluice_tokens_total{backend="cloud-a",direction="input",route="cloud"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_mid_stream_ends_with_an_error_event() {
+    let script = Script::Answer(vec![
+        Ok(ChatEvent::Text("Hel".into())),
+        Err(BackendError::Interrupted("worker-a failed mid-answer".into())),
+    ]);
+    let app = app_with(vec![local(script)], Limits::default());
+    let body = r#"{"model":"local-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, text) = send(&app, post(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    let last = text.split("\n\n").filter(|f| !f.is_empty()).last().unwrap();
+    let error: Value = serde_json::from_str(&last[6..]).unwrap();
+    assert_eq!(error["error"]["code"], "backend_stream_interrupted");
+    assert!(!text.contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn bad_keys_get_401_and_reach_no_backend() {
+    let worker = local(answer(&["x"]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let mut missing = post(HELLO);
+    missing.headers_mut().remove("authorization");
+    assert_eq!(error_of(&app, missing).await.1, "invalid_api_key");
+    let mut wrong = post(HELLO);
+    wrong
+        .headers_mut()
+        .insert("authorization", HeaderValue::from_static("Bearer sk-nope"));
+    let (status, code, _) = error_of(&app, wrong).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_api_key")
+    );
+    let models = HttpRequest::get("/v1/models").body(Body::empty()).unwrap();
+    assert_eq!(error_of(&app, models).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(worker.received(), 0);
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_with_a_precise_code() {
+    let worker = local(answer(&["x"]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let cases: &[(&[u8], &str)] = &[
+        (b"{not json", "invalid_json"),
+        (b"[1,2]", "invalid_json"),
+        (
+            b"{\"model\":\"local-model\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}",
+            "invalid_utf8",
+        ),
+        (br#"{"model":"local-model"}"#, "missing_required_parameter"),
+        (br#"{"model":"local-model","messages":"hi"}"#, "invalid_type"),
+        (br#"{"model":"local-model","messages":[]}"#, "invalid_value"),
+        (
+            br#"{"model":7,"messages":[{"role":"user","content":"hi"}]}"#,
+            "invalid_type",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"user","content":"hi"}],"n":2}"#,
+            "invalid_value",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"user","content":"hi"}],"temperature":9}"#,
+            "invalid_value",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
+            "invalid_value",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"user","content":"hi"}],"max_tokens":"ten"}"#,
+            "invalid_type",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"wizard","content":"hi"}]}"#,
+            "invalid_value",
+        ),
+        (
+            br#"{"model":"local-model","messages":[{"role":"user","content":5}]}"#,
+            "invalid_type",
+        ),
+    ];
+    for (body, code) in cases {
+        let request = HttpRequest::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Body::from(body.to_vec()))
+            .unwrap();
+        let (status, got, _) = error_of(&app, request).await;
+        assert_eq!(
+            (status, got.as_str()),
+            (StatusCode::BAD_REQUEST, *code),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(worker.received(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_404_model_not_found() {
+    let app = app_with(vec![local(answer(&["x"]))], Limits::default());
+    let (status, code, _) = error_of(
+        &app,
+        post(r#"{"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "model_not_found")
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let limits = Limits {
+        max_body_bytes: 1024,
+        ..Limits::default()
+    };
+    let worker = local(answer(&["x"]));
+    let app = app_with(vec![worker.clone()], limits);
+    let big = format!(
+        r#"{{"model":"local-model","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(2000)
+    );
+    let (status, code, _) = error_of(&app, post(&big)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large")
+    );
+    assert_eq!(worker.received(), 0);
+}
+
+#[tokio::test]
+async fn backend_failures_map_to_distinct_5xx_codes() {
+    let cases = [
+        (
+            BackendError::Unavailable("down".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+        ),
+        (
+            BackendError::Full("full".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_overloaded",
+        ),
+        (
+            BackendError::Failed("bad".into()),
+            StatusCode::BAD_GATEWAY,
+            "backend_error",
+        ),
+        (
+            BackendError::Timeout("slow".into()),
+            StatusCode::GATEWAY_TIMEOUT,
+            "backend_timeout",
+        ),
+        (
+            BackendError::Rejected {
+                message: "over the context window".into(),
+                code: "context_length_exceeded",
+            },
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+        ),
+    ];
+    for (error, status, code) in cases {
+        let app = app_with(vec![local(Script::Refuse(error))], Limits::default());
+        let (got_status, got_code, headers) = error_of(&app, post(HELLO)).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code));
+        assert_eq!(headers["x-sluice-route"], "local");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(headers["retry-after"], "1");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_sheds_load_with_429_and_retry_after() {
+    let limits = Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    };
+    let app = app_with(vec![local(Script::Hang)], limits);
+    let router = public_router(app.clone());
+    let hung = tokio::spawn(router.clone().oneshot(post(HELLO)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = router.oneshot(post(HELLO)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "gateway_overloaded");
+    hung.abort();
+    // Health checks are never shed.
+    let health = public_router(app)
+        .oneshot(HttpRequest::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_streaming_answer_holds_its_in_flight_permit_until_it_ends() {
+    let limits = Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    };
+    // An answer that never finishes: its body keeps the only permit.
+    let app = app_with(
+        vec![local(Script::Answer(vec![Ok(ChatEvent::Text("a".into()))]))],
+        limits,
+    );
+    let body = r#"{"model":"local-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let open = public_router(app.clone()).oneshot(post(body)).await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let second = public_router(app.clone()).oneshot(post(body)).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(open);
+    let third = public_router(app).oneshot(post(body)).await.unwrap();
+    assert_eq!(third.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_backend_stream() {
+    let worker = local(Script::Answer(vec![Ok(ChatEvent::Text("a".into()))]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let body = r#"{"model":"local-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let response = public_router(app.clone()).oneshot(post(body)).await.unwrap();
+    let mut stream = response.into_body().into_data_stream();
+    assert!(stream.next().await.is_some());
+    assert_eq!(worker.dropped.load(Ordering::SeqCst), 0);
+    drop(stream);
+    assert_eq!(worker.dropped.load(Ordering::SeqCst), 1);
+    let text = app.metrics.encode();
+    assert!(text.contains(r#"code="client_closed""#), "{text}");
+}
+
+#[tokio::test]
+async fn a_response_that_does_not_start_in_time_is_504() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let app = app_with(vec![local(Script::Hang)], limits);
+    let (status, code, _) = error_of(&app, post(HELLO)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "backend_timeout")
+    );
+}
+
+#[tokio::test]
+async fn declared_sensitivity_raises_the_level_and_clearances_hold() {
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with(vec![cloud.clone()], Limits::default());
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut restricted = post(body);
+    restricted
+        .headers_mut()
+        .insert("x-sluice-sensitivity", HeaderValue::from_static("restricted"));
+    let (status, code, _) = error_of(&app, restricted).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend")
+    );
+    assert_eq!(cloud.received(), 0);
+    let mut internal = post(body);
+    internal
+        .headers_mut()
+        .insert("x-sluice-sensitivity", HeaderValue::from_static("internal"));
+    let (status, headers, _) = send(&app, internal).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-sluice-sensitivity"], "internal");
+    let mut bogus = post(body);
+    bogus
+        .headers_mut()
+        .insert("x-sluice-sensitivity", HeaderValue::from_static("secret"));
+    assert_eq!(error_of(&app, bogus).await.1, "invalid_sensitivity");
+}
+
+#[tokio::test]
+async fn local_models_refuse_what_they_cannot_do() {
+    let worker = local(answer(&["x"]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let body = r#"{"model":"local-model","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
+    let (status, code, _) = error_of(&app, post(body)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "unsupported_parameter")
+    );
+    assert_eq!(worker.received(), 0);
+}
+
+#[tokio::test]
+async fn models_health_and_readiness() {
+    let app = app_with(
+        vec![local(answer(&["x"])), cloud(answer(&["y"]))],
+        Limits::default(),
+    );
+    let request = HttpRequest::get("/v1/models")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["local-model", "gpt-4o-mini"]);
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, _) = send(&app, HttpRequest::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let empty = app_with(Vec::new(), Limits::default());
+    let (status, _, _) = send(&empty, HttpRequest::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, body) = send(&app, HttpRequest::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_url"))
+    );
+    let (status, _, _) = send(
+        &app,
+        HttpRequest::get("/v1/chat/completions")
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn the_admin_router_serves_metrics_and_backend_state() {
+    let app = app_with(vec![local(answer(&["x"]))], Limits::default());
+    let _ = send(&app, post(HELLO)).await;
+    let response = admin_router(app.clone())
+        .oneshot(HttpRequest::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("sluice_requests_total"), "{text}");
+    let response = admin_router(app)
+        .oneshot(HttpRequest::get("/admin/backends").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let body: Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(body["backends"][0]["name"], "worker-a");
+    assert_eq!(body["backends"][0]["clearance"], "restricted");
+}
