@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Sluice: a fleet orchestrator for LLM inference. This build serves models on your own nodes (the worker
-/// daemon) and has the tools to operate them; the routing gateway comes next.
+/// Sluice: a fleet orchestrator for LLM inference. The gateway speaks the OpenAI API and sends each request
+/// to your own nodes (worker daemons, over gRPC) or to a cloud API. Start with `sluice up`.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
@@ -18,6 +18,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole fleet on this machine: a worker with the demo model, a cloud backend and the gateway.
+    Up(UpArgs),
+    /// Run the gateway daemon: the OpenAI API in front of workers and cloud APIs.
+    Gateway(GatewayArgs),
     /// Run a worker daemon: serve a GGUF model over gRPC (sluice.worker.v1).
     Worker(WorkerArgs),
     /// Fetch or locate model files.
@@ -25,6 +29,64 @@ pub enum Command {
     Models(ModelsCommand),
     /// Stream an answer from a worker (an operator's check that a worker works).
     Chat(ChatArgs),
+    /// Check a gateway configuration and its routing.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// An OpenAI-compatible cloud simulator (latency, token rate, errors, prices), for demos and tests.
+    SimCloud(crate::commands::sim_cloud::SimCloudArgs),
+    /// Print the SHA-256 of an API key, as `key_sha256` in the gateway configuration wants it.
+    HashKey {
+        /// The key (read from standard input when absent, so it stays out of shell history).
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// YAML configuration file (see config/gateway.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Public listen address; overrides `listen` in the file.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listen address (/metrics, /admin/*), or "off"; overrides `admin_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Validate the configuration and exit (0 if valid, 64 if not).
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a gateway configuration: every problem with its file, line and key; exit 64 if any.
+    Check {
+        /// The gateway's YAML configuration.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Public address of the gateway (the OpenAI API).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Admin address (/metrics, /admin/backends), or "off".
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+    /// GGUF model for the local worker [default: the demo model, SmolLM2-135M-Instruct, fetched when
+    /// missing].
+    #[arg(long, value_name = "PATH", conflicts_with = "worker")]
+    pub model: Option<PathBuf>,
+    /// Use this running worker instead of starting one (host:port or URL; repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub worker: Vec<String>,
+    /// API key clients use [default: a new random key, printed at start].
+    #[arg(long, value_name = "KEY", env = "SLUICE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Request slots of the local worker.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub slots: u32,
 }
 
 /// Every flag overrides the same key of `--config`; unset flags and keys take the defaults shown.

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_json);
+    // One TLS crypto provider for every client and server in the process (tonic and reqwest use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

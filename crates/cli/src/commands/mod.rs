@@ -1,10 +1,13 @@
 //! The subcommands.
 
 mod chat;
+mod gateway;
 mod models;
+pub mod sim_cloud;
+mod up;
 mod worker;
 
-use crate::args::Command;
+use crate::args::{Command, PolicyCommand};
 
 /// How a command failed: bad usage or configuration (exit 64), or at run time (exit 1).
 #[derive(Debug)]
@@ -24,5 +27,54 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Worker(args) => worker::run(args).await,
         Command::Models(cmd) => models::run(cmd).await,
         Command::Chat(args) => chat::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
+        Command::Policy(PolicyCommand::Check { file }) => gateway::check(&file),
+        Command::Up(args) => up::run(args).await,
+        Command::SimCloud(args) => sim_cloud::run(args, shutdown_signal()).await,
+        Command::HashKey { key } => hash_key(key),
+    }
+}
+
+/// `sluice hash-key`: the digest to write as `key_sha256`.
+fn hash_key(key: Option<String>) -> Result<(), Failure> {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if key.is_empty() {
+        return Err(Failure::Usage("the key is empty".into()));
+    }
+    println!("{}", sluice_gateway::auth::hash_key_hex(&key));
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = ctrl_c => tracing::info!("interrupt received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the worker");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

@@ -4,7 +4,7 @@ use anyhow::Context;
 use sluice_worker::RawWorkerConfig;
 use sluice_worker::config::RawTls;
 
-use super::Failure;
+use super::{Failure, shutdown_signal};
 use crate::args::WorkerArgs;
 
 pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
@@ -54,29 +54,4 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
 
 fn prometheus_registry() -> sluice_worker::metrics::Registry {
     sluice_worker::metrics::Registry::new()
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = ctrl_c => tracing::info!("interrupt received"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the worker");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -1,0 +1,320 @@
+//! `sluice up`: the whole fleet on one machine. A worker with the demo model (or the workers given with
+//! `--worker`), a cloud backend (OpenAI when `OPENAI_API_KEY` is set, otherwise the built-in simulator),
+//! and the gateway in front, all in this process but talking over real sockets: gRPC to the worker, HTTP
+//! to the cloud.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_gateway::config::{RawApiKey, RawCloud, RawCloudModel, RawLocal, RawWorker};
+use sluice_gateway::{BoundAddrs, RawGatewayConfig};
+use sluice_simcloud::{Sim, SimConfig, SimModel};
+use tokio::sync::watch;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{Failure, shutdown_signal};
+use crate::args::UpArgs;
+
+/// The cloud model `sluice up` offers, at OpenAI's list price (USD per million tokens, November 2026).
+const CLOUD_MODEL: &str = "gpt-4o-mini";
+const CLOUD_INPUT_PRICE: f64 = 0.15;
+const CLOUD_OUTPUT_PRICE: f64 = 0.60;
+const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// How long `up` waits for the local worker to load its model before it says so and serves anyway.
+const WORKER_READY_WAIT: Duration = Duration::from_secs(300);
+
+/// The cloud side of the fleet.
+enum Cloud {
+    OpenAi { base_url: String },
+    Simulator { addr: SocketAddr },
+}
+
+pub async fn run(args: UpArgs) -> Result<(), Failure> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let key = args.api_key.clone().unwrap_or_else(new_key);
+
+    // The cloud: OpenAI itself when a key is in the environment, as the official SDKs read it.
+    let openai_key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty());
+    let cloud = match openai_key {
+        Some(_) => Cloud::OpenAi {
+            base_url: std::env::var("OPENAI_BASE_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| OPENAI_BASE_URL.to_owned()),
+        },
+        None => {
+            let sim = Sim::new(SimConfig {
+                models: vec![SimModel {
+                    id: CLOUD_MODEL.into(),
+                    input_usd_per_mtok: CLOUD_INPUT_PRICE,
+                    output_usd_per_mtok: CLOUD_OUTPUT_PRICE,
+                }],
+                // Latency and speed in the range of a hosted small model, so the difference shows.
+                ttft: Duration::from_millis(300),
+                tokens_per_second: 80.0,
+                answer_tokens: 24,
+                ..SimConfig::default()
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot bind the cloud simulator")?;
+            let addr = listener.local_addr().context("cloud simulator address")?;
+            let stopped = stop();
+            tokio::spawn(async move {
+                if let Err(e) = sluice_simcloud::serve(listener, sim, stopped).await {
+                    tracing::error!(error = %e, "cloud simulator failed");
+                }
+            });
+            Cloud::Simulator { addr }
+        }
+    };
+
+    // The workers: the ones given, or one started here with the demo model (or --model).
+    let mut workers = args.worker.clone();
+    let mut own_worker = None;
+    if workers.is_empty() {
+        let config = sluice_worker::RawWorkerConfig {
+            model: args.model.clone(),
+            listen: Some("127.0.0.1:0".into()),
+            metrics_listen: Some("off".into()),
+            slots: Some(args.slots),
+            ..Default::default()
+        }
+        .validate(None, None)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+        let model_id = config.model_id.clone();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let stopped = stop();
+        let handle = tokio::spawn(async move {
+            sluice_worker::run(config, prometheus::Registry::new(), stopped, move |b| {
+                let _ = bound_tx.send(b.grpc);
+            })
+            .await
+        });
+        let addr = match bound_rx.await {
+            Ok(addr) => addr,
+            Err(_) => {
+                return match handle.await {
+                    Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("local worker"))),
+                    _ => Err(Failure::Runtime(anyhow::anyhow!(
+                        "the local worker stopped before listening"
+                    ))),
+                };
+            }
+        };
+        workers.push(addr.to_string());
+        own_worker = Some((handle, model_id));
+    }
+
+    let raw = RawGatewayConfig {
+        listen: Some(args.listen.clone()),
+        admin_listen: Some(args.admin_listen.clone()),
+        api_keys: Some(vec![RawApiKey {
+            tenant: Some("default".into()),
+            key_env: Some("SLUICE_UP_KEY".into()),
+            ..Default::default()
+        }]),
+        local: Some(RawLocal {
+            workers: Some(
+                workers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| RawWorker {
+                        name: Some(format!("worker-{i}")),
+                        address: Some(a.clone()),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        clouds: Some(vec![RawCloud {
+            name: Some(match cloud {
+                Cloud::OpenAi { .. } => "openai".into(),
+                Cloud::Simulator { .. } => "sim-cloud".into(),
+            }),
+            base_url: Some(match &cloud {
+                Cloud::OpenAi { base_url } => base_url.clone(),
+                Cloud::Simulator { addr } => format!("http://{addr}/v1"),
+            }),
+            api_key_env: matches!(cloud, Cloud::OpenAi { .. }).then(|| "OPENAI_API_KEY".into()),
+            models: Some(vec![RawCloudModel {
+                id: Some(CLOUD_MODEL.into()),
+                input_usd_per_mtok: Some(CLOUD_INPUT_PRICE),
+                output_usd_per_mtok: Some(CLOUD_OUTPUT_PRICE),
+            }]),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let env = |var: &str| match var {
+        "SLUICE_UP_KEY" => Some(key.clone()),
+        other => std::env::var(other).ok(),
+    };
+    let config = raw
+        .validate(None, None, &env)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<BoundAddrs>();
+    let stopped = stop();
+    let gateway = tokio::spawn(async move {
+        sluice_gateway::run(config, prometheus::Registry::new(), stopped, move |b| {
+            let _ = bound_tx.send(b);
+        })
+        .await
+    });
+    let bound = match bound_rx.await {
+        Ok(b) => b,
+        Err(_) => {
+            return match gateway.await {
+                Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("gateway"))),
+                _ => Err(Failure::Runtime(anyhow::anyhow!(
+                    "the gateway stopped before listening"
+                ))),
+            };
+        }
+    };
+    let admin = bound.admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(public = %bound.public, admin = %admin, "gateway listening");
+
+    let local_model = own_worker.as_ref().map(|(_, id)| id.clone());
+    let ready = wait_ready(&workers, WORKER_READY_WAIT).await;
+    print_banner(
+        &bound,
+        &key,
+        args.api_key.is_some(),
+        &workers,
+        local_model.as_deref(),
+        &cloud,
+        ready,
+    );
+
+    let result = gateway.await;
+    if let Some((worker, _)) = own_worker {
+        match worker.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "local worker failed"),
+            Err(e) => tracing::error!(error = %e, "local worker task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("gateway"))),
+        Err(e) => Err(Failure::Runtime(anyhow::Error::new(e).context("gateway task"))),
+    }
+}
+
+/// A fresh random key.
+fn new_key() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!(
+        "sk-sluice-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Waits until every worker reports SERVING (its model is loaded), or `limit` passes.
+async fn wait_ready(workers: &[String], limit: Duration) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    for address in workers {
+        let Some(uri) = sluice_gateway::config::worker_uri(address, false) else {
+            return false;
+        };
+        loop {
+            if serving(&uri).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    true
+}
+
+async fn serving(uri: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri.to_owned()) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+}
+
+fn print_banner(
+    bound: &BoundAddrs,
+    key: &str,
+    key_given: bool,
+    workers: &[String],
+    local_model: Option<&str>,
+    cloud: &Cloud,
+    ready: bool,
+) {
+    let base = format!("http://{}/v1", bound.public);
+    let local = local_model.unwrap_or(sluice_models::DEMO_MODEL_ID);
+    let cloud_line = match cloud {
+        Cloud::OpenAi { base_url } => {
+            format!("{CLOUD_MODEL} on the OpenAI API ({base_url}), key from OPENAI_API_KEY")
+        }
+        Cloud::Simulator { addr } => format!(
+            "{CLOUD_MODEL} on the built-in cloud SIMULATOR (http://{addr}/v1): no real cloud is called; \
+             set OPENAI_API_KEY to use OpenAI"
+        ),
+    };
+    let key_note = if key_given {
+        ""
+    } else {
+        "  (new for this run; --api-key fixes one)"
+    };
+    let mut out = String::new();
+    out.push_str("\nSluice is up.\n\n");
+    out.push_str(&format!("  OpenAI base URL  {base}\n"));
+    out.push_str(&format!("  API key          {key}{key_note}\n"));
+    out.push_str(&format!(
+        "  Local model      {local} on {} worker(s): {}\n",
+        workers.len(),
+        workers.join(", ")
+    ));
+    if !ready {
+        out.push_str(
+            "                   (not ready yet: requests for it answer 503 until its model is loaded)\n",
+        );
+    }
+    out.push_str(&format!("  Cloud model      {cloud_line}\n"));
+    if let Some(admin) = bound.admin {
+        out.push_str(&format!(
+            "  Metrics          http://{admin}/metrics   backends: http://{admin}/admin/backends\n"
+        ));
+    }
+    out.push_str(&format!(
+        "\nTry it (response headers x-sluice-route, x-sluice-backend and x-sluice-rule say where each went):\n\n  \
+         curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{local}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
+         curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{CLOUD_MODEL}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n  \
+         python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
+         print(c.chat.completions.create(model='{local}', messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
+         Stop with Ctrl-C: requests in flight finish first.\n"
+    ));
+    print!("{out}");
+}
