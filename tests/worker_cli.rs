@@ -120,24 +120,7 @@ async fn chat_streams_an_answer_from_a_worker() {
 async fn mutual_tls_admits_only_clients_with_a_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name).to_str().expect("utf8").to_owned();
-    let ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    let mut ca = ca;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf = |names: Vec<String>, file: &str| {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(names)
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("sign");
-        std::fs::write(p(&format!("{file}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(p(&format!("{file}.key")), key.serialize_pem()).expect("write key");
-    };
-    std::fs::write(p("ca.pem"), ca_cert.pem()).expect("write ca");
-    leaf(vec!["localhost".into()], "server");
-    leaf(vec!["client".into()], "client");
+    common::write_test_pki(dir.path());
 
     let worker = Worker::start(&[
         "--tls-cert",

@@ -54,48 +54,22 @@ impl Worker {
     /// Starts `sluice worker --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 EXTRA...` with the demo model.
     pub fn start(extra: &[&str]) -> Self {
         ensure_demo_model();
-        let mut child = Command::new(sluice_bin())
-            .args([
-                "worker",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("SLUICE_LOG", "info,sluice_engine=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice worker");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("worker listening") {
-                        let _ = tx.send(line.clone());
-                    }
-                    log.lock().expect("log lock").push(line);
-                }
-            });
-        }
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!(
-                "worker did not report its addresses; log:\n{}",
-                log.lock().expect("log").join("\n")
-            )
-        });
-        let field = |name: &str| -> Option<SocketAddr> {
-            let start = line.find(&format!("{name}="))? + name.len() + 1;
-            line[start..].split_whitespace().next()?.parse().ok()
-        };
+        let mut args = vec![
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (child, log, line) = spawn_logged(
+            &args,
+            &[("SLUICE_LOG", "info,sluice_engine=debug")],
+            "worker listening",
+        );
         Self {
-            grpc: field("grpc").expect("grpc address in log"),
-            metrics: field("metrics"),
+            grpc: log_field(&line, "grpc").expect("grpc address in log"),
+            metrics: log_field(&line, "metrics"),
             child,
             log,
         }
@@ -183,6 +157,288 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `sluice ARGS` with stderr captured, and waits for the log line that contains `marker`.
+pub fn spawn_logged(
+    args: &[&str],
+    env: &[(&str, &str)],
+    marker: &str,
+) -> (Child, Arc<Mutex<Vec<String>>>, String) {
+    let mut command = Command::new(sluice_bin());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn sluice");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        let marker = marker.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(&marker) {
+                    let _ = tx.send(line.clone());
+                }
+                log.lock().expect("log lock").push(line);
+            }
+        });
+    }
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!(
+            "sluice {args:?} never logged {marker:?}; log:\n{}",
+            log.lock().expect("log").join("\n")
+        )
+    });
+    (child, log, line)
+}
+
+/// The address after `name=` in a log line.
+pub fn log_field(line: &str, name: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// One plain HTTP/1.1 exchange (`Connection: close`): the status and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let (head, rest) = response.split_once("\r\n\r\n").expect("end of headers");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A running `sluice sim-cloud`.
+pub struct SimCloud {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl SimCloud {
+    pub fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["sim-cloud", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (child, _log, line) = spawn_logged(&args, &[], "sim-cloud listening");
+        Self {
+            addr: log_field(&line, "addr").expect("sim-cloud address"),
+            child,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues script steps (`[{"status": 429}, {}]`).
+    pub fn script(&self, steps: &str) {
+        let (status, body) = http(
+            self.addr,
+            "POST",
+            "/sim/script",
+            Some(&format!("{{\"steps\": {steps}}}")),
+        );
+        assert!((200..300).contains(&status), "script refused: {status} {body}");
+    }
+
+    /// Every chat request it received, oldest first.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http(self.addr, "GET", "/sim/requests", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("recorded requests are JSON")
+    }
+}
+
+impl Drop for SimCloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `sluice gateway` with a configuration written to a temporary file.
+pub struct Gateway {
+    child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The API key every test gateway accepts (tenant `acme`).
+pub const TEST_KEY: &str = "sk-test-acme";
+
+impl Gateway {
+    /// Starts a gateway; `backends` is YAML for the `local:` and `clouds:` keys.
+    pub fn start(backends: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gateway.yaml");
+        let config = format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\napi_keys:\n  - tenant: acme\n    key_env: SLUICE_TEST_KEY\n{backends}"
+        );
+        std::fs::write(&path, config).expect("write config");
+        let path = path.to_string_lossy().into_owned();
+        let (child, log, line) = spawn_logged(
+            &["gateway", "--config", &path],
+            &[
+                ("SLUICE_TEST_KEY", TEST_KEY),
+                ("SLUICE_LOG", "info,sluice_gateway=debug"),
+            ],
+            "gateway listening",
+        );
+        Self {
+            public: log_field(&line, "public").expect("public address"),
+            admin: log_field(&line, "admin").expect("admin address"),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.public)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    pub fn scrape(&self) -> String {
+        let (status, body) = http(self.admin, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Waits until `/v1/models` lists `model` and its backend is ready.
+    pub fn wait_ready(&self, backend: &str) {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body) = http(self.admin, "GET", "/admin/backends", None);
+            let v: serde_json::Value = serde_json::from_str(&body).expect("backends JSON");
+            let ready = v["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b["name"] == backend && b["ready"] == true);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "backend {backend} never ready: {body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a scenario of tests/sdk/client.py against `gateway` and returns the JSON it printed last.
+pub fn sdk(gateway: &Gateway, scenario: &str) -> serde_json::Value {
+    run_sdk(sdk_command(gateway, scenario), scenario, &gateway.log())
+}
+
+/// Runs a scenario against the gateway at `base_url`.
+pub fn sdk_at(base_url: &str, scenario: &str) -> serde_json::Value {
+    run_sdk(sdk_command_at(base_url, scenario), scenario, "")
+}
+
+fn run_sdk(mut command: Command, scenario: &str, log: &str) -> serde_json::Value {
+    let out = command.output().expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed:\n{stdout}\n{}\ngateway log:\n{log}",
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("scenario {scenario} printed no JSON ({e}): {stdout}"))
+}
+
+/// The command that runs a scenario, for tests that read its output as it comes.
+pub fn sdk_command(gateway: &Gateway, scenario: &str) -> Command {
+    sdk_command_at(&gateway.base_url(), scenario)
+}
+
+fn sdk_command_at(base_url: &str, scenario: &str) -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/client.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .arg(scenario)
+        .env("SLUICE_BASE_URL", base_url)
+        .env("SLUICE_API_KEY", TEST_KEY)
+        .env("LOCAL_MODEL", DEMO_MODEL_ID)
+        .env("CLOUD_MODEL", "gpt-4o-mini");
+    command
+}
+
+/// Writes a test CA (`ca.pem`), a server certificate for `localhost` (`server.pem`, `server.key`) and a
+/// client certificate (`client.pem`, `client.key`) signed by it into `dir`.
+pub fn write_test_pki(dir: &std::path::Path) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, file: &str| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write key");
+    };
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
+    leaf(vec!["localhost".into()], "server");
+    leaf(vec!["client".into()], "client");
 }
 
 /// Reads one metric's value from a Prometheus text exposition.

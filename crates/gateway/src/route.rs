@@ -43,9 +43,18 @@ pub struct Decision {
     pub level: Level,
 }
 
+/// A request the policy will not send anywhere: the client's error, and what the policy had decided
+/// by then (reported in the routing headers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub rule: Option<String>,
+    pub level: Option<Level>,
+}
+
 /// Decides where requests go.
 pub trait Policy: Send + Sync {
-    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, ApiError>;
+    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal>;
 }
 
 /// The built-in rule: a request goes where its model lives, local workers first. Its level is the level
@@ -58,7 +67,7 @@ impl ModelHome {
 }
 
 impl Policy for ModelHome {
-    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, ApiError> {
+    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal> {
         let model = facts.request.model.as_str();
         let level = facts.declared.unwrap_or(Level::Public);
         let mut homes: Vec<(usize, &Arc<dyn Backend>)> = fleet
@@ -67,8 +76,13 @@ impl Policy for ModelHome {
             .enumerate()
             .filter(|(_, b)| b.serves(model))
             .collect();
+        let refuse = |error| Refusal {
+            error,
+            rule: Some(Self::RULE.to_owned()),
+            level: Some(level),
+        };
         if homes.is_empty() {
-            return Err(ApiError::model_not_found(model));
+            return Err(refuse(ApiError::model_not_found(model)));
         }
         homes.sort_by_key(|(i, b)| (b.route() != Route::Local, *i));
         match homes.iter().find(|(_, b)| b.clearance() >= level) {
@@ -77,14 +91,14 @@ impl Policy for ModelHome {
                 rule: Self::RULE.to_owned(),
                 level,
             }),
-            None => Err(ApiError::no_compliant_backend(format!(
+            None => Err(refuse(ApiError::no_compliant_backend(format!(
                 "The request is {level}; no backend that serves `{model}` is cleared for it ({}).",
                 homes
                     .iter()
                     .map(|(_, b)| format!("{}: {}", b.name(), b.clearance()))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))),
+            )))),
         }
     }
 }

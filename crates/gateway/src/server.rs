@@ -532,15 +532,14 @@ async fn chat_completions(
         request: &request,
         declared,
     };
+    let decision_id = new_id("dec_");
     let decision = match app.policy.decide(&facts, &app.fleet) {
         Ok(d) => d,
-        Err(e) => {
-            let reason = if e.code == "model_not_found" {
-                "model_not_found"
-            } else {
-                e.code
-            };
-            return reject(&app, &routing, reason, e);
+        Err(refusal) => {
+            routing.rule = refusal.rule;
+            routing.level = refusal.level;
+            routing.decision_id = Some(decision_id);
+            return reject(&app, &routing, refusal.error.code, refusal.error);
         }
     };
     let Some(backend) = app.fleet.backends.get(decision.backend).cloned() else {
@@ -551,7 +550,6 @@ async fn chat_completions(
             ApiError::internal("The routing policy chose a backend that does not exist."),
         );
     };
-    let decision_id = new_id("dec_");
     routing = Routing {
         route: Some(backend.route()),
         backend: Some(backend.name().to_owned()),

@@ -1,0 +1,448 @@
+//! The gateway end to end: real processes (`sluice gateway`, `sluice worker` with the demo model,
+//! `sluice sim-cloud` as the recording cloud), driven by the official OpenAI Python SDK
+//! (tests/sdk/client.py).
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{DEMO_MODEL_ID, Gateway, SimCloud, Worker, metric, sdk, sdk_command};
+use serde_json::{Value, json};
+
+/// The `local:` and `clouds:` keys for one worker and one simulated cloud.
+fn backends(worker: &Worker, sim: &SimCloud, cloud_extra: &str) -> String {
+    format!(
+        "local:\n  workers:\n    - name: w0\n      address: {}\n  breaker:\n    failures: 2\n    cooldown_seconds: 30\n\
+         clouds:\n  - name: sim\n    base_url: {}\n    retry_backoff_ms: 50\n{cloud_extra}    models:\n      - id: gpt-4o-mini\n        input_usd_per_mtok: 0.15\n        output_usd_per_mtok: 0.60\n",
+        worker.grpc,
+        sim.base_url()
+    )
+}
+
+/// Waits for a worker metric to reach `want`.
+fn wait_metric(worker: &Worker, name: &str, want: f64, within: Duration) -> f64 {
+    let until = Instant::now() + within;
+    loop {
+        let got = metric(&worker.scrape(), name).unwrap_or(f64::NAN);
+        if got == want || Instant::now() >= until {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_gets_local_and_cloud_answers_streamed_and_not() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "basic");
+
+    assert_eq!(r["models"], json!(["gpt-4o-mini", DEMO_MODEL_ID]));
+
+    let local = &r["local"];
+    assert_eq!(local["content"], "The capital of Japan is Tokyo.");
+    assert_eq!(local["finish_reason"], "stop");
+    assert_eq!(local["headers"]["x-sluice-route"], "local");
+    assert_eq!(local["headers"]["x-sluice-backend"], "w0");
+    assert_eq!(local["headers"]["x-sluice-rule"], "model-home");
+    assert_eq!(local["headers"]["x-sluice-sensitivity"], "public");
+    assert!(
+        local["headers"]["x-sluice-decision-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("dec_")
+    );
+    assert!(
+        local["headers"]["x-request-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    let prompt_tokens = local["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(local["usage"]["completion_tokens"], 7);
+
+    let stream = &r["local_stream"];
+    assert_eq!(stream["content"], "The capital of Japan is Tokyo.");
+    assert_eq!(stream["content_type"], "text/event-stream");
+    assert_eq!(stream["headers"]["x-sluice-route"], "local");
+    assert_eq!(stream["ids"], 1, "every chunk of one answer has the same id");
+    assert_eq!(
+        stream["last_chunk_choices"], 0,
+        "usage comes in a final chunk without choices"
+    );
+    assert_eq!(stream["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(stream["usage"]["completion_tokens"], 7);
+
+    // The simulator's answers follow its documented token convention.
+    let cloud = &r["cloud"];
+    assert_eq!(cloud["headers"]["x-sluice-route"], "cloud");
+    assert_eq!(cloud["headers"]["x-sluice-backend"], "sim");
+    assert_eq!(cloud["content"], "This is a simulated answer");
+    assert_eq!(cloud["finish_reason"], "length");
+    assert_eq!(cloud["usage"]["completion_tokens"], 5);
+    assert_eq!(r["cloud_stream"]["headers"]["x-sluice-route"], "cloud");
+    assert_eq!(r["cloud_stream"]["usage"]["completion_tokens"], 16);
+    assert_eq!(r["cloud_stream"]["last_chunk_choices"], 0);
+    assert_eq!(
+        r["cloud_stream_no_usage"]["usage"],
+        Value::Null,
+        "usage only for clients that ask"
+    );
+    assert_eq!(
+        r["cloud_stream_no_usage"]["content"],
+        r["cloud_stream"]["content"]
+    );
+    assert_eq!(r["declared"]["headers"]["x-sluice-sensitivity"], "confidential");
+
+    // What the cloud received: the client's body, with usage requested on streams for metering.
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0]["body"]["max_tokens"], 5);
+    assert_eq!(seen[0]["body"]["user"], "u-1");
+    assert_eq!(seen[1]["body"]["stream_options"]["include_usage"], true);
+    assert_eq!(seen[2]["body"]["stream_options"]["include_usage"], true);
+
+    let m = gateway.scrape();
+    let count = |labels: &str| metric(&m, &format!("sluice_requests_total{{{labels}}}")).unwrap_or(0.0);
+    assert_eq!(
+        count(&format!(
+            r#"backend="w0",code="ok",model="{DEMO_MODEL_ID}",route="local",tenant="acme""#
+        )),
+        3.0
+    );
+    assert_eq!(
+        count(r#"backend="sim",code="ok",model="gpt-4o-mini",route="cloud",tenant="acme""#),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"sluice_tokens_total{backend="sim",direction="output",route="cloud"}"#
+        ),
+        Some(5.0 + 16.0 + 16.0)
+    );
+    assert_eq!(metric(&m, r#"sluice_backend_up{backend="w0"}"#), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_reach_the_sdk_in_openai_shape() {
+    let worker = Worker::start(&[]);
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    worker.wait_serving().await;
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "errors");
+    let check = |name: &str, status: u64, code: &str| {
+        assert_eq!(
+            (r[name]["status"].as_u64(), r[name]["code"].as_str()),
+            (Some(status), Some(code)),
+            "{name}: {}",
+            r[name]
+        );
+    };
+    check("wrong_key", 401, "invalid_api_key");
+    check("unknown_model", 404, "model_not_found");
+    check("n2", 400, "invalid_value");
+    check("no_messages", 400, "invalid_value");
+    check("hot", 400, "invalid_value");
+    check("local_tools", 400, "unsupported_parameter");
+    check("restricted_to_cloud", 503, "no_compliant_backend");
+    assert_eq!(
+        r["restricted_to_cloud"]["headers"]["x-sluice-sensitivity"],
+        "restricted"
+    );
+    assert!(sim.requests().is_empty(), "no refused request reached the cloud");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_calls_pass_through_to_the_cloud() {
+    let worker = Worker::start(&[]);
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    let r = sdk(&gateway, "tools");
+    let call = &r["first"]["tool_calls"][0];
+    assert_eq!(r["first"]["finish_reason"], "tool_calls");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"sim"}"#);
+    assert_eq!(r["second"]["finish_reason"], "stop");
+    assert!(
+        r["second"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("This is a simulated answer")
+    );
+    assert_eq!(r["stream"]["finish_reason"], "tool_calls");
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 3);
+    // The tools and the tool-call turn arrive exactly as the client sent them.
+    assert_eq!(seen[0]["body"]["tools"], r["tools_sent"]);
+    assert_eq!(seen[0]["body"]["tool_choice"], "auto");
+    assert_eq!(seen[1]["body"]["messages"][1]["tool_calls"][0]["id"], call["id"]);
+    assert_eq!(seen[1]["body"]["messages"][2]["tool_call_id"], call["id"]);
+    assert_eq!(seen[2]["body"]["tools"], r["tools_sent"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_stream_frees_the_worker_slot() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    gateway.wait_ready("local");
+    let left = Instant::now();
+    let r = sdk(&gateway, "disconnect");
+    assert_eq!(r["chunks_read"], 3);
+    // 400 tokens would take seconds; the slot is free long before.
+    assert_eq!(
+        wait_metric(
+            &worker,
+            r#"sluice_worker_requests_total{code="cancelled"}"#,
+            1.0,
+            Duration::from_secs(3)
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&worker.scrape(), "sluice_worker_requests_running"),
+        Some(0.0)
+    );
+    assert!(left.elapsed() < Duration::from_secs(4), "{:?}", left.elapsed());
+    let m = gateway.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                r#"sluice_requests_total{{backend="w0",code="client_closed",model="{DEMO_MODEL_ID}",route="local",tenant="acme"}}"#
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_gives_a_clean_error() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    gateway.wait_ready("local");
+    let mut child = sdk_command(&gateway, "killed")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, "STREAM_STARTED");
+    worker.signal("KILL");
+    let last = lines.next().expect("the result").expect("read");
+    let status = child.wait().expect("python exits");
+    assert!(status.success());
+    let r: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(r["raised"], "APIError", "{r}");
+    assert_eq!(r["code"], "backend_stream_interrupted", "{r}");
+    assert!(r["seconds"].as_f64().unwrap() < 30.0, "{r}");
+    // The pool no longer offers the dead worker.
+    let until = Instant::now() + Duration::from_secs(5);
+    while metric(&gateway.scrape(), r#"sluice_backend_up{backend="w0"}"#) != Some(0.0) {
+        assert!(Instant::now() < until, "w0 still up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_that_answers_429_then_200_is_retried() {
+    let worker = Worker::start(&[]);
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    sim.script(r#"[{"status": 429, "retry_after_seconds": 1}, {"status": 503}, {}]"#);
+    let r = sdk(&gateway, "retry");
+    assert_eq!(r["answer"]["headers"]["x-sluice-backend"], "sim");
+    assert_eq!(r["answer"]["finish_reason"], "stop");
+    assert_eq!(sim.requests().len(), 3, "two failed attempts, then the answer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_that_hangs_times_out() {
+    let worker = Worker::start(&[]);
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(
+        &worker,
+        &sim,
+        "    timeout_seconds: 1\n    max_retries: 0\n",
+    ));
+    sim.script(r#"[{"hang": true}, {"hang": true}]"#);
+    let r = sdk(&gateway, "hang");
+    for case in ["plain", "stream"] {
+        assert_eq!(r[case]["status"], 504, "{case}: {}", r[case]);
+        assert_eq!(r[case]["code"], "backend_timeout", "{case}");
+        let took = r[case]["seconds"].as_f64().unwrap();
+        assert!((0.9..5.0).contains(&took), "{case} took {took} s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_reaches_workers_over_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| dir.path().join(name).to_str().expect("utf8").to_owned();
+    common::write_test_pki(dir.path());
+    let worker = Worker::start(&[
+        "--tls-cert",
+        &p("server.pem"),
+        "--tls-key",
+        &p("server.key"),
+        "--tls-client-ca",
+        &p("ca.pem"),
+    ]);
+    let local = |identity: bool| {
+        let client = if identity {
+            format!("    cert: {}\n    key: {}\n", p("client.pem"), p("client.key"))
+        } else {
+            String::new()
+        };
+        format!(
+            "local:\n  workers:\n    - name: secure\n      address: https://localhost:{}\n  tls:\n    ca: {}\n{client}",
+            worker.grpc.port(),
+            p("ca.pem")
+        )
+    };
+    let gateway = Gateway::start(&local(true));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "local_once");
+    assert_eq!(r["answer"]["headers"]["x-sluice-backend"], "secure");
+    assert_eq!(r["answer"]["content"], "The capital of Japan is Tokyo.");
+
+    // Without a client certificate the worker refuses the connection: never ready, and a clear 503.
+    let refused = Gateway::start(&local(false));
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, body) = common::http(refused.admin, "GET", "/admin/backends", None);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["backends"][0]["ready"], false, "{body}");
+}
+
+#[test]
+fn gateway_configs_are_checked_with_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &bad,
+        "api_keys:\n  - tenant: acme\n    key_sha256: 00\nclouds:\n  - name: x\n    base_url: http://127.0.0.1:1/v1\n    models: []\n",
+    )
+    .unwrap();
+    let path = bad.to_str().unwrap();
+    for args in [
+        vec!["gateway", "--config", path, "--check"],
+        vec!["policy", "check", path],
+    ] {
+        let out = std::process::Command::new(common::sluice_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{path}:3: api_keys[0].key_sha256: must be 64 hexadecimal digits"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn every_gateway_config_in_the_repository_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("config folder") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.starts_with("gateway") && name.ends_with(".yaml") {
+            let out = std::process::Command::new(common::sluice_bin())
+                .args(["gateway", "--check", "--config", path.to_str().unwrap()])
+                .env("OPENAI_API_KEY", "sk-example")
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no gateway config checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_up_serves_local_and_simulated_cloud_models() {
+    common::ensure_demo_model();
+    let mut child = std::process::Command::new(common::sluice_bin())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--api-key",
+            common::TEST_KEY,
+        ])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("SLUICE_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    let base = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("OpenAI base URL"))
+        .map(|b| b.trim().to_owned())
+        .unwrap_or_else(|| panic!("no base URL in:\n{banner}"));
+    assert!(
+        banner.contains(&format!("API key          {}", common::TEST_KEY)),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("SIMULATOR"),
+        "the output says the cloud is simulated:\n{banner}"
+    );
+    assert!(
+        banner.contains(DEMO_MODEL_ID) && banner.contains("gpt-4o-mini"),
+        "{banner}"
+    );
+    assert!(!banner.contains("not ready yet"), "{banner}");
+    let r = common::sdk_at(&base, "up");
+    assert_eq!(r["local"]["content"], "The capital of Japan is Tokyo.");
+    assert_eq!(r["local"]["headers"]["x-sluice-route"], "local");
+    assert_eq!(r["cloud"]["headers"]["x-sluice-route"], "cloud");
+    assert_eq!(r["cloud"]["headers"]["x-sluice-backend"], "sim-cloud");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sluice up exits cleanly on SIGTERM: {status}");
+}

@@ -1,0 +1,204 @@
+"""Drives a running Sluice gateway with the official OpenAI Python SDK, one scenario per run.
+
+Usage: client.py SCENARIO, with SLUICE_BASE_URL and SLUICE_API_KEY in the environment (and LOCAL_MODEL,
+CLOUD_MODEL). The last line of standard output is a JSON object with what the scenario observed; the Rust
+integration tests in tests/gateway.rs assert on it. A scenario exits non-zero only when the SDK itself
+fails in a way the scenario did not expect.
+"""
+
+import json
+import os
+import sys
+import time
+
+import openai
+from openai import OpenAI
+
+BASE_URL = os.environ["SLUICE_BASE_URL"]
+API_KEY = os.environ["SLUICE_API_KEY"]
+LOCAL = os.environ.get("LOCAL_MODEL", "smollm2-135m-instruct")
+CLOUD = os.environ.get("CLOUD_MODEL", "gpt-4o-mini")
+JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
+LONG = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
+ROUTING = ["x-sluice-route", "x-sluice-backend", "x-sluice-rule", "x-sluice-sensitivity",
+           "x-sluice-decision-id", "x-request-id"]
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}]
+
+
+def client(**kw):
+    # No SDK retries: every retry the tests see must be the gateway's.
+    return OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, **kw)
+
+
+def headers_of(raw):
+    return {h: raw.headers.get(h) for h in ROUTING}
+
+
+def plain(c, model, messages, **kw):
+    raw = c.chat.completions.with_raw_response.create(model=model, messages=messages, **kw)
+    r = raw.parse()
+    choice = r.choices[0]
+    return {
+        "headers": headers_of(raw),
+        "object": r.object,
+        "content": choice.message.content,
+        "finish_reason": choice.finish_reason,
+        "tool_calls": [tc.model_dump() for tc in (choice.message.tool_calls or [])],
+        "usage": r.usage.model_dump() if r.usage else None,
+    }
+
+
+def streamed(c, model, messages, include_usage, **kw):
+    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    raw = c.chat.completions.with_raw_response.create(model=model, messages=messages, stream=True, **extra, **kw)
+    content, finish, usage, chunks, ids, last_choices = "", None, None, 0, set(), None
+    for chunk in raw.parse():
+        chunks += 1
+        ids.add(chunk.id)
+        last_choices = len(chunk.choices)
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    return {
+        "headers": headers_of(raw),
+        "content_type": raw.headers.get("content-type"),
+        "content": content,
+        "finish_reason": finish,
+        "usage": usage,
+        "chunks": chunks,
+        "ids": len(ids),
+        "last_chunk_choices": last_choices,
+    }
+
+
+def error_of(call):
+    started = time.monotonic()
+    try:
+        call()
+    except openai.APIStatusError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {"status": e.status_code, "code": body.get("code"), "message": str(body.get("message")),
+                "retry_after": e.response.headers.get("retry-after"),
+                "headers": {h: e.response.headers.get(h) for h in ROUTING},
+                "seconds": time.monotonic() - started}
+    except openai.APIError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {"status": None, "code": body.get("code"), "message": e.message, "kind": type(e).__name__,
+                "seconds": time.monotonic() - started}
+    return {"status": 200, "seconds": time.monotonic() - started}
+
+
+def basic():
+    c = client()
+    return {
+        "models": sorted(m.id for m in c.models.list()),
+        "local": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=32),
+        "local_stream": streamed(c, LOCAL, JAPAN, True, temperature=0, max_completion_tokens=32),
+        "cloud": plain(c, CLOUD, JAPAN, max_tokens=5, user="u-1"),
+        "cloud_stream": streamed(c, CLOUD, JAPAN, True),
+        "cloud_stream_no_usage": streamed(c, CLOUD, JAPAN, False),
+        "declared": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=8,
+                          extra_headers={"x-sluice-sensitivity": "confidential"}),
+    }
+
+
+def errors():
+    c = client()
+    bad = OpenAI(base_url=BASE_URL, api_key="sk-wrong", max_retries=0)
+    return {
+        "wrong_key": error_of(lambda: bad.chat.completions.create(model=LOCAL, messages=JAPAN)),
+        "unknown_model": error_of(lambda: c.chat.completions.create(model="gpt-9", messages=JAPAN)),
+        "n2": error_of(lambda: c.chat.completions.create(model=LOCAL, messages=JAPAN, n=2)),
+        "no_messages": error_of(lambda: c.chat.completions.create(model=LOCAL, messages=[])),
+        "hot": error_of(lambda: c.chat.completions.create(model=LOCAL, messages=JAPAN, temperature=5)),
+        "local_tools": error_of(lambda: c.chat.completions.create(model=LOCAL, messages=JAPAN, tools=TOOLS)),
+        "restricted_to_cloud": error_of(lambda: c.chat.completions.create(
+            model=CLOUD, messages=JAPAN, extra_headers={"x-sluice-sensitivity": "restricted"})),
+    }
+
+
+def tools():
+    c = client()
+    first = plain(c, CLOUD, [{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS, tool_choice="auto")
+    call = first["tool_calls"][0]
+    follow = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{\"temp_c\": 21}"},
+    ]
+    second = plain(c, CLOUD, follow, tools=TOOLS)
+    stream = streamed(c, CLOUD, [{"role": "user", "content": "Weather in Oslo?"}], False, tools=TOOLS)
+    return {"first": first, "second": second, "stream": stream, "tools_sent": TOOLS}
+
+
+def disconnect():
+    c = client()
+    stream = c.chat.completions.create(model=LOCAL, messages=LONG, stream=True, max_tokens=400,
+                                       temperature=0)
+    seen = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen += 1
+        if seen >= 3:
+            break
+    stream.close()
+    return {"chunks_read": seen}
+
+
+def killed():
+    c = client(timeout=60)
+    started = time.monotonic()
+    content = ""
+    try:
+        for chunk in c.chat.completions.create(model=LOCAL, messages=LONG, stream=True, max_tokens=2000,
+                                               temperature=0):
+            if chunk.choices and chunk.choices[0].delta.content:
+                if not content:
+                    print("STREAM_STARTED", flush=True)
+                content += chunk.choices[0].delta.content
+    except openai.APIError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {"raised": type(e).__name__, "code": body.get("code"), "message": e.message,
+                "content_chars": len(content), "seconds": time.monotonic() - started}
+    return {"raised": None, "content_chars": len(content), "seconds": time.monotonic() - started}
+
+
+def retry():
+    c = client()
+    return {"answer": plain(c, CLOUD, JAPAN)}
+
+
+def local_once():
+    return {"answer": plain(client(), LOCAL, JAPAN, temperature=0, max_tokens=32)}
+
+
+def up():
+    c = client()
+    return {"local": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=32), "cloud": plain(c, CLOUD, JAPAN)}
+
+
+def hang():
+    c = client(timeout=30)
+    return {
+        "plain": error_of(lambda: c.chat.completions.create(model=CLOUD, messages=JAPAN)),
+        "stream": error_of(lambda: list(c.chat.completions.create(model=CLOUD, messages=JAPAN, stream=True))),
+    }
+
+
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, disconnect, killed, retry, local_once, up, hang]}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)
