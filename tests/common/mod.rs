@@ -388,6 +388,31 @@ pub fn sdk_at(base_url: &str, scenario: &str) -> serde_json::Value {
     run_sdk(sdk_command_at(base_url, scenario), scenario, "")
 }
 
+/// The official OpenAI Python SDK version the tests drive the gateway with.
+pub const OPENAI_SDK: &str = "openai==3.54.0";
+
+/// Installs the OpenAI Python SDK with pip when `python3` cannot import it (CI installs it first).
+pub fn ensure_openai_sdk() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = Command::new("python3")
+            .args(["-c", "import openai"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            let out = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", OPENAI_SDK])
+                .output()
+                .expect("run pip");
+            assert!(
+                out.status.success(),
+                "pip install {OPENAI_SDK} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
 fn run_sdk(mut command: Command, scenario: &str, log: &str) -> serde_json::Value {
     let out = command.output().expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -407,6 +432,7 @@ pub fn sdk_command(gateway: &Gateway, scenario: &str) -> Command {
 }
 
 fn sdk_command_at(base_url: &str, scenario: &str) -> Command {
+    ensure_openai_sdk();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/client.py");
     let mut command = Command::new("python3");
     command
