@@ -129,6 +129,23 @@ async fn the_sdk_gets_local_and_cloud_answers_streamed_and_not() {
         Some(5.0 + 16.0 + 16.0)
     );
     assert_eq!(metric(&m, r#"sluice_backend_up{backend="w0"}"#), Some(1.0));
+
+    // Each member's observed latency, for the policy engine and for operators.
+    let (_, body) = common::http(gateway.admin, "GET", "/admin/backends", None);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let w0 = &v["backends"][0]["members"][0];
+    assert_eq!(w0["member"]["name"], "w0");
+    assert_eq!(w0["observed"]["requests"], 3);
+    assert_eq!(w0["observed"]["errors"], 0);
+    assert!(
+        w0["observed"]["time_to_first_token_seconds"].as_f64().unwrap() > 0.0,
+        "{w0}"
+    );
+    assert!(
+        w0["observed"]["tokens_per_second"].as_f64().unwrap() > 1.0,
+        "{w0}"
+    );
+    assert_eq!(v["backends"][1]["members"][0]["observed"]["requests"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,6 +242,22 @@ async fn a_client_that_leaves_mid_stream_frees_the_worker_slot() {
         Some(1.0),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_a_cloud_stream_drops_the_cloud_call() {
+    let worker = Worker::start(&[]);
+    // 400 tokens at 20 a second: the answer would run for 20 s.
+    let sim = SimCloud::start(&["--tokens-per-second", "20"]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    let r = sdk(&gateway, "disconnect_cloud");
+    assert_eq!(r["chunks_read"], 3);
+    let until = Instant::now() + Duration::from_secs(3);
+    while sim.in_flight() != 0 {
+        assert!(Instant::now() < until, "the cloud call was not dropped");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(sim.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

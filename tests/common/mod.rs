@@ -279,6 +279,14 @@ impl SimCloud {
         assert!((200..300).contains(&status), "script refused: {status} {body}");
     }
 
+    /// Chat answers it is still sending.
+    pub fn in_flight(&self) -> u64 {
+        let (status, body) = http(self.addr, "GET", "/sim/in-flight", None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["in_flight"].as_u64().expect("in_flight count")
+    }
+
     /// Every chat request it received, oldest first.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         let (status, body) = http(self.addr, "GET", "/sim/requests", None);

@@ -144,9 +144,9 @@ def tools():
     return {"first": first, "second": second, "stream": stream, "tools_sent": TOOLS}
 
 
-def disconnect():
+def disconnect(model=LOCAL):
     c = client()
-    stream = c.chat.completions.create(model=LOCAL, messages=LONG, stream=True, max_tokens=400,
+    stream = c.chat.completions.create(model=model, messages=LONG, stream=True, max_tokens=400,
                                        temperature=0)
     seen = 0
     for chunk in stream:
@@ -156,6 +156,10 @@ def disconnect():
             break
     stream.close()
     return {"chunks_read": seen}
+
+
+def disconnect_cloud():
+    return disconnect(CLOUD)
 
 
 def killed():
@@ -198,7 +202,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, disconnect, killed, retry, local_once, up, hang]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

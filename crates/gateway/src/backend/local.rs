@@ -635,3 +635,6 @@ async fn follow(worker: &Worker) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

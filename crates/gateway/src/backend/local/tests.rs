@@ -1,0 +1,270 @@
+//! The pool against workers that speak real gRPC on loopback but answer as scripted: which worker gets a
+//! request, what happens when one is full or failing, and the circuit breaker.
+
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+
+use sluice_proto::v1::worker_server::{Worker as WorkerRpc, WorkerServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::*;
+use crate::api::parse_chat_request;
+
+/// How a scripted worker answers `Generate`.
+#[derive(Clone, Copy)]
+enum Answer {
+    Text,
+    Full,
+    Fail,
+    OverContext,
+}
+
+struct Scripted {
+    answer: Answer,
+    running: u32,
+    calls: Arc<AtomicUsize>,
+}
+
+type Events = Pin<Box<dyn futures_util::Stream<Item = Result<v1::GenerateEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerRpc for Scripted {
+    async fn get_info(
+        &self,
+        _: tonic::Request<v1::GetInfoRequest>,
+    ) -> Result<tonic::Response<v1::WorkerInfo>, Status> {
+        Ok(tonic::Response::new(v1::WorkerInfo {
+            worker_id: "scripted".into(),
+            models: vec![v1::ModelInfo {
+                id: "m".into(),
+                slots: 4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
+    type GenerateStream = Events;
+
+    async fn generate(
+        &self,
+        _: tonic::Request<v1::GenerateRequest>,
+    ) -> Result<tonic::Response<Self::GenerateStream>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        use v1::generate_event::Event;
+        let event = |e: Event| Ok(v1::GenerateEvent { event: Some(e) });
+        match self.answer {
+            Answer::Full => Err(Status::resource_exhausted("slots and queue full")),
+            Answer::Fail => Err(Status::unavailable("the worker's engine stopped")),
+            Answer::OverContext => Err(Status::invalid_argument(
+                "the prompt (9000 tokens) does not fit the context window (8192)",
+            )),
+            Answer::Text => {
+                let events = vec![
+                    event(Event::Started(v1::Started::default())),
+                    event(Event::Delta(v1::Delta {
+                        text: "hi".into(),
+                        tokens: 1,
+                    })),
+                    event(Event::Finished(v1::Finished {
+                        usage: Some(v1::Usage {
+                            prompt_tokens: 3,
+                            completion_tokens: 1,
+                        }),
+                        ..Default::default()
+                    })),
+                ];
+                Ok(tonic::Response::new(Box::pin(futures_util::stream::iter(events))))
+            }
+        }
+    }
+
+    type WatchLoadStream = ReceiverStream<Result<v1::LoadReport, Status>>;
+
+    async fn watch_load(
+        &self,
+        _: tonic::Request<v1::WatchLoadRequest>,
+    ) -> Result<tonic::Response<Self::WatchLoadStream>, Status> {
+        let (tx, rx) = mpsc::channel(1);
+        let report = v1::LoadReport {
+            state: v1::WorkerState::Ready as i32,
+            requests_running: self.running,
+            slots: 4,
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(report)).await;
+            // Keep the watch open for as long as the gateway follows it.
+            tx.closed().await;
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn drain(
+        &self,
+        _: tonic::Request<v1::DrainRequest>,
+    ) -> Result<tonic::Response<v1::DrainResponse>, Status> {
+        Ok(tonic::Response::new(v1::DrainResponse::default()))
+    }
+}
+
+/// Starts a scripted worker on a free port; returns its address and its `Generate` call count.
+async fn scripted(answer: Answer, running: u32) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(WORKER_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let service = WorkerServer::new(Scripted {
+        answer,
+        running,
+        calls: calls.clone(),
+    });
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    (format!("http://{addr}"), calls)
+}
+
+fn pool(workers: &[(&str, &str)]) -> WorkerPool {
+    WorkerPool::start(PoolConfig {
+        name: "local".into(),
+        workers: workers
+            .iter()
+            .map(|(name, uri)| WorkerAddress {
+                name: (*name).into(),
+                uri: (*uri).into(),
+            })
+            .collect(),
+        tls: None,
+        clearance: Level::Restricted,
+        connect_timeout: Duration::from_secs(1),
+        breaker_failures: 2,
+        breaker_cooldown: Duration::from_secs(60),
+    })
+    .unwrap()
+}
+
+async fn wait_ready(pool: &WorkerPool, n: usize) {
+    for _ in 0..200 {
+        if pool.members().iter().filter(|m| m.ready).count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("workers not ready: {:?}", pool.members());
+}
+
+fn request() -> ChatRequest {
+    parse_chat_request(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap()
+}
+
+fn context() -> DispatchContext {
+    DispatchContext {
+        request_id: "r".into(),
+        deadline: Instant::now() + Duration::from_secs(10),
+    }
+}
+
+async fn served_by(pool: &WorkerPool) -> Result<String, BackendError> {
+    let d = pool.dispatch(&request(), &context()).await?;
+    let events: Vec<_> = d.events.collect().await;
+    assert!(
+        matches!(events.last(), Some(Ok(ChatEvent::Finished { .. }))),
+        "{events:?}"
+    );
+    Ok(d.served_by.to_string())
+}
+
+#[tokio::test]
+async fn the_least_loaded_ready_worker_gets_the_request() {
+    let (busy, busy_calls) = scripted(Answer::Text, 3).await;
+    let (idle, _) = scripted(Answer::Text, 0).await;
+    let pool = pool(&[("busy", &busy), ("idle", &idle)]);
+    wait_ready(&pool, 2).await;
+    assert_eq!(
+        pool.models(),
+        [ModelCard {
+            id: "m".into(),
+            prices: None
+        }]
+    );
+    assert_eq!(served_by(&pool).await.unwrap(), "idle");
+    assert_eq!(busy_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_full_worker_passes_the_request_to_the_next() {
+    let (full, full_calls) = scripted(Answer::Full, 0).await;
+    let (other, _) = scripted(Answer::Text, 2).await;
+    let pool = pool(&[("full", &full), ("other", &other)]);
+    wait_ready(&pool, 2).await;
+    assert_eq!(served_by(&pool).await.unwrap(), "other");
+    assert_eq!(full_calls.load(Ordering::SeqCst), 1);
+    // A full worker is not failing: it is never ejected for it.
+    for _ in 0..3 {
+        served_by(&pool).await.unwrap();
+    }
+    assert!(pool.members().iter().all(|m| m.ready), "{:?}", pool.members());
+}
+
+#[tokio::test]
+async fn when_every_worker_is_full_the_error_says_so() {
+    let (a, _) = scripted(Answer::Full, 0).await;
+    let (b, _) = scripted(Answer::Full, 0).await;
+    let pool = pool(&[("a", &a), ("b", &b)]);
+    wait_ready(&pool, 2).await;
+    assert!(matches!(served_by(&pool).await, Err(BackendError::Full(_))));
+}
+
+#[tokio::test]
+async fn a_failing_worker_is_ejected_and_its_requests_go_elsewhere() {
+    let (bad, bad_calls) = scripted(Answer::Fail, 0).await;
+    let (good, _) = scripted(Answer::Text, 3).await;
+    let pool = pool(&[("bad", &bad), ("good", &good)]);
+    wait_ready(&pool, 2).await;
+    // The idle but failing worker is tried first, fails, and the request is served by the other.
+    assert_eq!(served_by(&pool).await.unwrap(), "good");
+    assert_eq!(served_by(&pool).await.unwrap(), "good");
+    assert_eq!(bad_calls.load(Ordering::SeqCst), 2);
+    let bad_status = pool.members().into_iter().find(|m| m.name == "bad").unwrap();
+    assert!(
+        !bad_status.ready && bad_status.detail.starts_with("ejected"),
+        "{bad_status:?}"
+    );
+    // Ejected: no more calls reach it.
+    for _ in 0..3 {
+        assert_eq!(served_by(&pool).await.unwrap(), "good");
+    }
+    assert_eq!(bad_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_over_the_context_is_refused_not_retried() {
+    let (a, a_calls) = scripted(Answer::OverContext, 0).await;
+    let (b, b_calls) = scripted(Answer::OverContext, 1).await;
+    let pool = pool(&[("a", &a), ("b", &b)]);
+    wait_ready(&pool, 2).await;
+    match served_by(&pool).await {
+        Err(BackendError::Rejected { code, .. }) => assert_eq!(code, "context_length_exceeded"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(a_calls.load(Ordering::SeqCst) + b_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_worker_is_not_ready_and_says_why() {
+    let pool = pool(&[("gone", "http://127.0.0.1:9")]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = &pool.members()[0];
+    assert!(!status.ready);
+    assert!(status.detail.starts_with("unreachable"), "{status:?}");
+    assert!(!pool.ready());
+}
