@@ -226,12 +226,39 @@ async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) ->
 
 /// Keeps `permit` until the response body has been sent or dropped.
 fn hold_until_body_ends(response: Response, permit: OwnedSemaphorePermit) -> Response {
-    let (parts, body) = response.into_parts();
-    let stream = body.into_data_stream().map(move |chunk| {
-        let _ = &permit;
-        chunk
-    });
-    Response::from_parts(parts, Body::from_stream(stream))
+    response.map(|inner| {
+        Body::new(PermitBody {
+            inner,
+            _permit: permit,
+        })
+    })
+}
+
+/// A body that holds an in-flight permit. It passes on the inner body's size, so a JSON answer keeps its
+/// `Content-Length` and goes out in one write with its headers.
+struct PermitBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {

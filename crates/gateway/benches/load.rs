@@ -1,0 +1,282 @@
+//! Load generator for the gateway benchmark (`scripts/bench-gateway` starts the servers and runs this).
+//!
+//! For each target (a base URL serving the OpenAI API) it sends the same small, non-streamed chat request:
+//! open-loop at fixed rates (requests leave on schedule whether or not earlier ones have returned, and
+//! latency counts from the scheduled time, so a stalled server cannot hide its queue), then closed-loop
+//! with a fixed number of connections to find the most it can serve. The first target is the baseline;
+//! the others are reported with their added latency over it.
+//!
+//! ```text
+//! cargo bench -p sluice-gateway --bench load -- --target direct=URL --target sluice=URL:KEY ...
+//!     [--rates 250,500,1000] [--seconds 5] [--connections 32] [--model gpt-4o-mini]
+//! ```
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark tool"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+struct Target {
+    name: String,
+    url: String,
+    key: String,
+}
+
+struct Options {
+    targets: Vec<Target>,
+    rates: Vec<u32>,
+    seconds: f64,
+    connections: usize,
+    model: String,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        targets: Vec::new(),
+        rates: vec![250, 500, 1000],
+        seconds: 5.0,
+        connections: 32,
+        model: "gpt-4o-mini".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--target" => {
+                let v = value();
+                let (name, rest) = v.split_once('=').expect("--target NAME=URL[,KEY]");
+                let (url, key) = rest.split_once(',').unwrap_or((rest, "none"));
+                o.targets.push(Target {
+                    name: name.into(),
+                    url: url.trim_end_matches('/').into(),
+                    key: key.into(),
+                });
+            }
+            "--rates" => o.rates = value().split(',').map(|r| r.parse().expect("rate")).collect(),
+            "--seconds" => o.seconds = value().parse().expect("seconds"),
+            "--connections" => o.connections = value().parse().expect("connections"),
+            "--model" => o.model = value(),
+            // cargo bench passes --bench; other harness flags do not apply.
+            _ => {}
+        }
+    }
+    assert!(!o.targets.is_empty(), "give at least one --target NAME=URL[,KEY]");
+    o
+}
+
+#[derive(Default)]
+struct Run {
+    latencies: Vec<Duration>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.latencies.clone();
+        v.sort();
+        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[i].as_secs_f64() * 1e3
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn one(client: &reqwest::Client, target: &Target, body: &bytes::Bytes) -> bool {
+    let response = client
+        .post(format!("{}/chat/completions", target.url))
+        .header("authorization", format!("Bearer {}", target.key))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Open loop: `rate` requests per second for `seconds`.
+async fn open_loop(
+    client: &reqwest::Client,
+    target: &Arc<Target>,
+    body: &bytes::Bytes,
+    rate: u32,
+    seconds: f64,
+) -> Run {
+    let total = (f64::from(rate) * seconds) as u64;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        let (client, target, body) = (client.clone(), target.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = one(&client, &target, &body).await;
+            (ok, due.elapsed())
+        }));
+    }
+    let mut run = Run::default();
+    for t in tasks {
+        let (ok, took) = t.await.expect("task");
+        if ok {
+            run.latencies.push(took);
+        } else {
+            run.errors += 1;
+        }
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+/// Closed loop: `connections` clients sending back to back for `seconds`.
+async fn closed_loop(
+    client: &reqwest::Client,
+    target: &Arc<Target>,
+    body: &bytes::Bytes,
+    connections: usize,
+    seconds: f64,
+) -> Run {
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, target, body, errors) = (client.clone(), target.clone(), body.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < stop {
+                let t = Instant::now();
+                if one(&client, &target, &body).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut run = Run::default();
+    for t in tasks {
+        run.latencies.extend(t.await.expect("task"));
+    }
+    run.elapsed = start.elapsed();
+    run.errors = errors.load(Ordering::Relaxed);
+    run
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    let body = bytes::Bytes::from(format!(
+        r#"{{"model":"{}","max_tokens":16,"messages":[{{"role":"user","content":"Say something short."}}]}}"#,
+        o.model
+    ));
+    let targets: Vec<Arc<Target>> = o.targets.into_iter().map(Arc::new).collect();
+    let client = client();
+    // Warm up connections and caches.
+    for t in &targets {
+        let _ = closed_loop(&client, t, &body, 4, 1.0).await;
+    }
+    // Closed loop first: a gateway left with a backlog by an open-loop run it could not keep up with would
+    // still be working it off.
+    println!(
+        "closed loop ({} connections, {} s): the most each serves",
+        o.connections, o.seconds
+    );
+    println!(
+        "{:<10} {:>10} {:>8} {:>8} {:>7}",
+        "target", "req/s", "p50", "p99", "errors"
+    );
+    for t in &targets {
+        settle(&client, &targets, &body).await;
+        let run = closed_loop(&client, t, &body, o.connections, o.seconds).await;
+        println!(
+            "{:<10} {:>10.0} {:>8.3} {:>8.3} {:>7}",
+            t.name,
+            run.rate(),
+            run.percentile(50.0),
+            run.percentile(99.0),
+            run.errors
+        );
+    }
+    println!(
+        "\nopen loop ({} s per rate; latency from the scheduled send time, ms; + is over the first target)",
+        o.seconds
+    );
+    println!(
+        "{:<10} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>11} {:>11}",
+        "target", "rate", "achieved", "p50", "p99", "max", "errors", "+p50", "+p99"
+    );
+    for &rate in &o.rates {
+        let mut base: Option<(f64, f64)> = None;
+        for t in &targets {
+            settle(&client, &targets, &body).await;
+            let run = open_loop(&client, t, &body, rate, o.seconds).await;
+            let (p50, p99, max) = (run.percentile(50.0), run.percentile(99.0), run.percentile(100.0));
+            let added = base.map_or_else(
+                || ("-".to_owned(), "-".to_owned()),
+                |(b50, b99)| (format!("{:.3}", p50 - b50), format!("{:.3}", p99 - b99)),
+            );
+            if base.is_none() {
+                base = Some((p50, p99));
+            }
+            println!(
+                "{:<10} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>11} {:>11}",
+                t.name,
+                rate,
+                run.rate(),
+                p50,
+                p99,
+                max,
+                run.errors,
+                added.0,
+                added.1
+            );
+        }
+    }
+}
+
+/// Waits until every target answers a single request within 50 ms again (at most a minute), so that no
+/// run starts while another server is still working off a backlog.
+async fn settle(client: &reqwest::Client, targets: &[Arc<Target>], body: &bytes::Bytes) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    for t in targets {
+        loop {
+            let start = Instant::now();
+            if one(client, t, body).await && start.elapsed() < Duration::from_millis(50) {
+                break;
+            }
+            if Instant::now() > give_up {
+                println!("({} still slow after a minute; measuring anyway)", t.name);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
