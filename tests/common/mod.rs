@@ -475,6 +475,22 @@ pub fn write_test_pki(dir: &std::path::Path) {
     leaf(vec!["client".into()], "client");
 }
 
+/// The repository's `config/NAME*.yaml` files.
+pub fn repository_configs(prefix: &str) -> Vec<std::path::PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("config folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(prefix) && name.ends_with(".yaml")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no config/{prefix}*.yaml");
+    files
+}
+
 /// Reads one metric's value from a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| {

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -716,6 +717,19 @@ fn usage_json(u: Usage) -> Value {
     })
 }
 
+/// The next event of an answer; running out of time or events before `Finished` is an error.
+async fn next_event(events: &mut EventStream, deadline: Instant) -> Result<ChatEvent, BackendError> {
+    match tokio::time::timeout_at(deadline, events.next()).await {
+        Err(_) => Err(BackendError::Timeout(
+            "the answer did not finish within the request timeout".into(),
+        )),
+        Ok(None) => Err(BackendError::Interrupted(
+            "the backend ended the answer without finishing it".into(),
+        )),
+        Ok(Some(e)) => e,
+    }
+}
+
 /// Reads a whole answer and returns it as one `chat.completion`.
 async fn collect(
     mut events: EventStream,
@@ -727,15 +741,7 @@ async fn collect(
     let mut text = String::new();
     let mut completion: Option<Value> = None;
     loop {
-        let event = match tokio::time::timeout_at(deadline, events.next()).await {
-            Err(_) => Err(BackendError::Timeout(
-                "the answer did not finish within the request timeout".into(),
-            )),
-            Ok(None) => Err(BackendError::Interrupted(
-                "the backend ended the answer without finishing it".into(),
-            )),
-            Ok(Some(e)) => e,
-        };
+        let event = next_event(&mut events, deadline).await;
         match event {
             Ok(ChatEvent::Text(t)) => {
                 ledger.token();
@@ -820,15 +826,7 @@ fn sse_response(events: EventStream, shape: Shape, ledger: Ledger, deadline: Ins
             if w.done {
                 return None;
             }
-            let event = match tokio::time::timeout_at(w.deadline, w.events.next()).await {
-                Err(_) => Err(BackendError::Timeout(
-                    "the answer did not finish within the request timeout".into(),
-                )),
-                Ok(None) => Err(BackendError::Interrupted(
-                    "the backend ended the answer without finishing it".into(),
-                )),
-                Ok(Some(e)) => e,
-            };
+            let event = next_event(&mut w.events, w.deadline).await;
             match event {
                 Ok(ChatEvent::Text(t)) => {
                     w.ledger.token();
@@ -951,8 +949,8 @@ pub async fn run(
             }
         });
     }
-    let server =
-        axum::serve(public, public_router(app.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let server = axum::serve(public.tap_io(no_delay), public_router(app.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let mut serving = tokio::spawn(async move { server.await });
     tokio::select! {
         r = &mut serving => return r.map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?.map_err(GatewayError::Serve),
@@ -971,6 +969,14 @@ pub async fn run(
             serving.abort();
             Ok(())
         }
+    }
+}
+
+/// Streamed answers are many small writes: without this, Nagle's algorithm and delayed ACKs can hold a
+/// token back for tens of milliseconds.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 
