@@ -105,7 +105,11 @@ impl CloudBackend {
         } else {
             openai = openai.with_api_key("");
         }
-        let client = Client::with_config(openai).with_http_client(http);
+        // async-openai's default executor retries 429, 5xx and connection errors on its own (three times,
+        // ignoring our deadline); the plain service leaves every retry to `dispatch_inner`.
+        let client = Client::with_config(openai)
+            .with_http_client(http.clone())
+            .with_http_service(async_openai::middleware::ReqwestService::new(http));
         Ok(Self {
             config,
             client,
@@ -164,11 +168,12 @@ impl CloudBackend {
     async fn attempt(&self, request: &ChatRequest, deadline: Instant) -> Result<Dispatched, Attempt> {
         let until = deadline.min(Instant::now() + self.config.timeout);
         let body = Self::upstream_body(request);
+        let limit = until.saturating_duration_since(Instant::now());
         let timed_out = || {
             Attempt::Retry(BackendError::Timeout(format!(
                 "cloud backend {} did not answer within {:.1} s",
                 self.config.name,
-                (until - Instant::now()).as_secs_f64().max(0.0) + self.config.timeout.as_secs_f64().min(0.0)
+                limit.as_secs_f64()
             )))
         };
         let chat = self.client.chat();
@@ -442,3 +447,6 @@ impl Backend for CloudBackend {
         self.dispatch_inner(request, context).boxed()
     }
 }
+
+#[cfg(test)]
+mod tests;
