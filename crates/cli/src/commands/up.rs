@@ -191,16 +191,22 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     tracing::info!(public = %bound.public, admin = %admin, "gateway listening");
 
     let local_model = own_worker.as_ref().map(|(_, id)| id.clone());
-    let ready = wait_ready(&workers, WORKER_READY_WAIT).await;
-    print_banner(
-        &bound,
-        &key,
-        args.api_key.is_some(),
-        &workers,
-        local_model.as_deref(),
-        &cloud,
-        ready,
-    );
+    let ready = tokio::select! {
+        ready = wait_ready(&workers, WORKER_READY_WAIT) => Some(ready),
+        // Ctrl-C while the model loads: no banner, straight to the shutdown below.
+        () = stop() => None,
+    };
+    if let Some(ready) = ready {
+        print_banner(
+            &bound,
+            &key,
+            args.api_key.is_some(),
+            &workers,
+            local_model.as_deref(),
+            &cloud,
+            ready,
+        );
+    }
 
     let result = gateway.await;
     if let Some((worker, _)) = own_worker {
@@ -246,19 +252,25 @@ async fn wait_ready(workers: &[String], limit: Duration) -> bool {
     true
 }
 
+/// One health check, given a second at most (a worker that accepts but never answers must not hold `up`).
 async fn serving(uri: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri.to_owned()) else {
         return false;
     };
-    let Ok(channel) = endpoint.connect().await else {
-        return false;
+    let check = async {
+        let channel = endpoint.connect().await.ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Some(response.into_inner().status() == ServingStatus::Serving)
     };
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), check).await,
+        Ok(Some(true))
+    )
 }
 
 fn print_banner(
