@@ -18,6 +18,9 @@ pub struct ApiError {
     /// The request field at fault, when there is one.
     pub param: Option<String>,
     pub retry_after: Option<Duration>,
+    /// The code an upstream provider gave, shown to the client instead of `code` (which stays the metric
+    /// label, so that labels keep to this file's codes).
+    pub upstream_code: Option<String>,
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            upstream_code: None,
         }
     }
 
@@ -44,6 +48,18 @@ impl ApiError {
     /// 400: the body is not what the API accepts (`code` names the kind of problem).
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// A 4xx from an OpenAI-compatible backend, passed on with its status, code and field.
+    pub fn upstream(status: u16, message: String, code: Option<String>, param: Option<String>) -> Self {
+        let status = StatusCode::from_u16(status)
+            .ok()
+            .filter(StatusCode::is_client_error)
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        let mut e = Self::new(status, "upstream_rejected", message);
+        e.upstream_code = code;
+        e.param = param;
+        e
     }
 
     /// 401: no key, or a key that is not configured.
@@ -162,7 +178,7 @@ impl ApiError {
                 "message": self.message,
                 "type": self.kind(),
                 "param": self.param,
-                "code": self.code,
+                "code": self.upstream_code.as_deref().unwrap_or(self.code),
             }
         })
     }

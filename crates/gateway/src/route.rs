@@ -47,7 +47,7 @@ pub struct Decision {
 /// by then (reported in the routing headers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub error: ApiError,
+    pub error: Box<ApiError>,
     pub rule: Option<String>,
     pub level: Option<Level>,
 }
@@ -77,7 +77,7 @@ impl Policy for ModelHome {
             .filter(|(_, b)| b.serves(model))
             .collect();
         let refuse = |error| Refusal {
-            error,
+            error: Box::new(error),
             rule: Some(Self::RULE.to_owned()),
             level: Some(level),
         };

@@ -133,6 +133,9 @@ impl App {
     }
 }
 
+/// How long after a request's own deadline the outer timeout layer gives up on it.
+const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
+
 /// The request id: the client's `x-request-id` when it is sane, otherwise a new one.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
@@ -150,7 +153,8 @@ fn new_id(prefix: &str) -> String {
 ///    and `x-request-id` to every response, errors included.
 /// 4. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
 ///    lives in the response body, so a stream counts until its last byte.
-/// 5. `Timeout` (with `HandleError`): a response must start within the request timeout (504).
+/// 5. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
+///    margin (504); the handler's own deadline normally answers first.
 /// 6. Routes. `/v1/*` sit behind `authenticate`, which adds [`Tenant`] (read by the handlers);
 ///    `/healthz` and `/readyz` do not. `DefaultBodyLimit` caps bodies; the handler maps the 413.
 pub fn public_router(app: Arc<App>) -> Router {
@@ -177,7 +181,9 @@ pub fn public_router(app: Arc<App>) -> Router {
                     ApiError::backend_timeout("The answer did not start within the request timeout.")
                         .into_response()
                 }))
-                .timeout(limits.request_timeout),
+                // A backstop: the handler's own deadline (arrival + request_timeout) ends requests first,
+                // with their routing headers and metrics; this only catches what would run past it.
+                .timeout(limits.request_timeout + TIMEOUT_BACKSTOP),
         )
 }
 
@@ -211,7 +217,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+async fn shed_load(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     // Health checks must answer even when the gateway is saturated.
     let path = request.uri().path();
     if path == "/healthz" || path == "/readyz" {
@@ -221,25 +227,42 @@ async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) ->
         app.metrics.rejected.with_label_values(&["overloaded"]).inc();
         return ApiError::overloaded(Duration::from_secs(1)).into_response();
     };
+    let slot = PermitSlot(Arc::new(std::sync::Mutex::new(Some(permit))));
+    request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
-    hold_until_body_ends(response, permit)
+    hold_until_body_ends(response, slot)
 }
 
-/// Keeps `permit` until the response body has been sent or dropped.
-fn hold_until_body_ends(response: Response, permit: OwnedSemaphorePermit) -> Response {
-    response.map(|inner| {
-        Body::new(PermitBody {
-            inner,
-            _permit: permit,
-        })
-    })
+/// An in-flight permit that whichever ends first gives back: the response body, or the task streaming
+/// an answer (which may end while a stalled client keeps the body alive).
+#[derive(Clone)]
+pub struct PermitSlot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl PermitSlot {
+    fn release(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// Keeps the permit until the response body has been sent or dropped.
+fn hold_until_body_ends(response: Response, slot: PermitSlot) -> Response {
+    response.map(|inner| Body::new(PermitBody { inner, slot }))
 }
 
 /// A body that holds an in-flight permit. It passes on the inner body's size, so a JSON answer keeps its
 /// `Content-Length` and goes out in one write with its headers.
 struct PermitBody {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    slot: PermitSlot,
+}
+
+impl Drop for PermitBody {
+    fn drop(&mut self) {
+        self.slot.release();
+    }
 }
 
 impl http_body::Body for PermitBody {
@@ -489,6 +512,12 @@ fn api_error(e: &BackendError) -> ApiError {
         BackendError::Full(m) => ApiError::backends_full(m.clone()),
         BackendError::Timeout(m) => ApiError::backend_timeout(m.clone()),
         BackendError::Rejected { message, code } => ApiError::invalid(code, message.clone()),
+        BackendError::Upstream {
+            status,
+            message,
+            code,
+            param,
+        } => ApiError::upstream(*status, message.clone(), code.clone(), param.clone()),
         BackendError::Failed(m) => ApiError::backend_failed(m.clone()),
         BackendError::Interrupted(m) => ApiError::backend_stream_broken(m.clone()),
     }
@@ -497,7 +526,7 @@ fn api_error(e: &BackendError) -> ApiError {
 /// Whether an error counts against the member in its observed stats (a refused request does not).
 fn member_fault(e: &BackendError) -> Option<String> {
     match e {
-        BackendError::Rejected { .. } => None,
+        BackendError::Rejected { .. } | BackendError::Upstream { .. } => None,
         other => Some(other.to_string()),
     }
 }
@@ -506,6 +535,7 @@ async fn chat_completions(
     State(app): State<Arc<App>>,
     axum::Extension(tenant): axum::Extension<Tenant>,
     axum::Extension(request_id): axum::Extension<RequestId>,
+    permit: Option<axum::Extension<PermitSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -567,7 +597,7 @@ async fn chat_completions(
             routing.rule = refusal.rule;
             routing.level = refusal.level;
             routing.decision_id = Some(decision_id);
-            return reject(&app, &routing, refusal.error.code, refusal.error);
+            return reject(&app, &routing, refusal.error.code, *refusal.error);
         }
     };
     let Some(backend) = app.fleet.backends.get(decision.backend).cloned() else {
@@ -627,12 +657,19 @@ async fn chat_completions(
     } else {
         "other".to_owned()
     };
+    // Metric labels stay low-cardinality whatever a policy does: a model the backend does not list is
+    // `other`.
+    let model_label = if backend.serves(&request.model) {
+        request.model.clone()
+    } else {
+        "other".to_owned()
+    };
     let mut ledger = Ledger {
         app: app.clone(),
         started: arrived,
         route: backend.route().as_str(),
         backend: backend.name().to_owned(),
-        model: request.model.clone(),
+        model: model_label,
         tenant: tenant_label,
         first_token: None,
         last_token: None,
@@ -646,7 +683,15 @@ async fn chat_completions(
         deadline: arrived + app.config.limits.request_timeout,
     };
     tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %request.model, "dispatching");
-    let dispatched = match backend.dispatch(&request, &context).await {
+    // Backends bound their own waits by the deadline; this holds whatever a backend does.
+    let dispatched = match tokio::time::timeout_at(context.deadline, backend.dispatch(&request, &context))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BackendError::Timeout(format!(
+                "backend {} did not start the answer within the request timeout",
+                backend.name()
+            )))
+        }) {
         Ok(d) => d,
         Err(e) => {
             let error = api_error(&e);
@@ -664,7 +709,8 @@ async fn chat_completions(
         include_usage: request.include_usage,
     };
     if request.stream {
-        let mut response = sse_response(dispatched.events, shape, ledger, context.deadline);
+        let permit = permit.map(|axum::Extension(p)| p);
+        let mut response = sse_response(dispatched.events, shape, ledger, context.deadline, permit);
         routing.apply(response.headers_mut());
         response
     } else {
@@ -797,19 +843,119 @@ fn frame(data: &str) -> Bytes {
     Bytes::from(s)
 }
 
+/// Frames written ahead of a slow reader before the producer waits for it.
+const SSE_BUFFER: usize = 32;
+
+/// Writes an answer's events as server-sent event frames.
+struct SseWriter {
+    events: EventStream,
+    shape: Shape,
+    ledger: Ledger,
+    deadline: Instant,
+    started: bool,
+    done: bool,
+    queue: std::collections::VecDeque<Bytes>,
+}
+
+impl SseWriter {
+    /// The next frame, or `None` after the last.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(f) = self.queue.pop_front() {
+                return Some(f);
+            }
+            if self.done {
+                return None;
+            }
+            let event = next_event(&mut self.events, self.deadline).await;
+            self.push(event);
+        }
+    }
+
+    fn role_chunk(&mut self) {
+        if !self.started {
+            self.started = true;
+            let first = self
+                .shape
+                .chunk(json!({"role": "assistant", "content": ""}), None);
+            self.queue.push_back(frame(&first.to_string()));
+        }
+    }
+
+    fn push(&mut self, event: Result<ChatEvent, BackendError>) {
+        match event {
+            Ok(ChatEvent::Text(t)) => {
+                self.ledger.token();
+                self.role_chunk();
+                let chunk = self.shape.chunk(json!({"content": t}), None);
+                self.queue.push_back(frame(&chunk.to_string()));
+            }
+            Ok(ChatEvent::Chunk(mut c)) => {
+                let usage_only = c
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty);
+                if !usage_only
+                    && c.pointer("/choices/0/delta/content")
+                        .is_some_and(Value::is_string)
+                {
+                    self.ledger.token();
+                }
+                if !self.shape.include_usage {
+                    // The gateway asked for usage for its own metering; this client did not.
+                    if usage_only {
+                        return;
+                    }
+                    if let Value::Object(o) = &mut c {
+                        o.remove("usage");
+                    }
+                }
+                self.queue.push_back(frame(&c.to_string()));
+            }
+            Ok(ChatEvent::Completion(_)) => {}
+            Ok(ChatEvent::Finished { finish_reason, usage }) => {
+                self.done = true;
+                self.ledger.usage = usage;
+                self.ledger.finish("ok", None);
+                // Chunks from an OpenAI-compatible backend carry their own ending; a worker's do not.
+                if self.ledger.route == Route::Local.as_str() {
+                    self.role_chunk();
+                    let last = self.shape.chunk(json!({}), Some(&finish_reason));
+                    self.queue.push_back(frame(&last.to_string()));
+                    if self.shape.include_usage {
+                        let u = usage.unwrap_or_default();
+                        self.queue
+                            .push_back(frame(&self.shape.usage_chunk(u).to_string()));
+                    }
+                }
+                self.queue.push_back(frame("[DONE]"));
+            }
+            Err(e) => {
+                self.done = true;
+                let error = api_error(&e);
+                self.ledger.finish(error.code, member_fault(&e));
+                tracing::info!(backend = %self.ledger.backend, error = %e, "answer broke off mid-stream");
+                self.queue.push_back(frame(&error.body().to_string()));
+            }
+        }
+    }
+}
+
 /// Streams an answer as OpenAI server-sent events, ending with `data: [DONE]`, or with an error event
 /// (`data: {"error": {...}}`, which the SDKs raise) when the answer breaks off.
-fn sse_response(events: EventStream, shape: Shape, ledger: Ledger, deadline: Instant) -> Response {
-    struct Writer {
-        events: EventStream,
-        shape: Shape,
-        ledger: Ledger,
-        deadline: Instant,
-        started: bool,
-        done: bool,
-        queue: std::collections::VecDeque<Bytes>,
-    }
-    let writer = Writer {
+///
+/// A task of its own reads the backend and writes frames into a small buffer that the response body
+/// drains. It ends when the answer does, when the client goes away, or at the request's deadline if the
+/// client stops reading; then it drops the backend stream (the worker frees the slot) and gives back the
+/// in-flight permit, even while a stalled connection stays open.
+fn sse_response(
+    events: EventStream,
+    shape: Shape,
+    ledger: Ledger,
+    deadline: Instant,
+    permit: Option<PermitSlot>,
+) -> Response {
+    let mut writer = SseWriter {
         events,
         shape,
         ledger,
@@ -818,77 +964,29 @@ fn sse_response(events: EventStream, shape: Shape, ledger: Ledger, deadline: Ins
         done: false,
         queue: Default::default(),
     };
-    let body = futures_util::stream::unfold(writer, |mut w| async move {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_BUFFER);
+    tokio::spawn(async move {
         loop {
-            if let Some(f) = w.queue.pop_front() {
-                return Some((Ok::<_, Infallible>(f), w));
-            }
-            if w.done {
-                return None;
-            }
-            let event = next_event(&mut w.events, w.deadline).await;
-            match event {
-                Ok(ChatEvent::Text(t)) => {
-                    w.ledger.token();
-                    if !w.started {
-                        w.started = true;
-                        let first = w.shape.chunk(json!({"role": "assistant", "content": ""}), None);
-                        w.queue.push_back(frame(&first.to_string()));
-                    }
-                    w.queue
-                        .push_back(frame(&w.shape.chunk(json!({"content": t}), None).to_string()));
-                }
-                Ok(ChatEvent::Chunk(mut c)) => {
-                    let usage_only = c
-                        .get("choices")
-                        .and_then(Value::as_array)
-                        .is_some_and(Vec::is_empty);
-                    if !usage_only
-                        && c.pointer("/choices/0/delta/content")
-                            .is_some_and(|v| v.is_string())
-                    {
-                        w.ledger.token();
-                    }
-                    if !w.shape.include_usage {
-                        // The gateway asked for usage for its own metering; this client did not.
-                        if usage_only {
-                            continue;
-                        }
-                        if let Value::Object(o) = &mut c {
-                            o.remove("usage");
-                        }
-                    }
-                    w.queue.push_back(frame(&c.to_string()));
-                }
-                Ok(ChatEvent::Completion(_)) => {}
-                Ok(ChatEvent::Finished { finish_reason, usage }) => {
-                    w.done = true;
-                    w.ledger.usage = usage;
-                    w.ledger.finish("ok", None);
-                    if w.ledger.route == Route::Local.as_str() {
-                        if !w.started {
-                            let first = w.shape.chunk(json!({"role": "assistant", "content": ""}), None);
-                            w.queue.push_back(frame(&first.to_string()));
-                        }
-                        let last = w.shape.chunk(json!({}), Some(&finish_reason));
-                        w.queue.push_back(frame(&last.to_string()));
-                        if w.shape.include_usage {
-                            let u = usage.unwrap_or_default();
-                            w.queue.push_back(frame(&w.shape.usage_chunk(u).to_string()));
-                        }
-                    }
-                    w.queue.push_back(frame("[DONE]"));
-                }
-                Err(e) => {
-                    w.done = true;
-                    let error = api_error(&e);
-                    w.ledger.finish(error.code, member_fault(&e));
-                    tracing::info!(backend = %w.ledger.backend, error = %e, "answer broke off mid-stream");
-                    w.queue.push_back(frame(&error.body().to_string()));
+            let next = tokio::select! {
+                f = writer.next_frame() => f,
+                () = tx.closed() => break,
+            };
+            let Some(f) = next else { break };
+            match tokio::time::timeout_at(deadline, tx.send(f)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    writer.ledger.finish("client_stalled", None);
+                    tracing::info!(backend = %writer.ledger.backend, "client stopped reading; answer ended at the deadline");
+                    break;
                 }
             }
         }
+        if let Some(p) = permit {
+            p.release();
+        }
     });
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();
     h.insert(
@@ -965,7 +1063,8 @@ pub async fn run(
             .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?
             .map_err(GatewayError::Serve),
         Err(_) => {
-            tracing::warn!("drain grace over; closing the remaining connections");
+            // Connections still open end when the process exits.
+            tracing::warn!("drain grace over; stopping with requests still in flight");
             serving.abort();
             Ok(())
         }

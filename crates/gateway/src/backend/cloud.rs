@@ -124,6 +124,10 @@ impl CloudBackend {
             let options = body
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Default::default()));
+            // `"stream_options": null` is allowed, and means none.
+            if !options.is_object() {
+                *options = Value::Object(Default::default());
+            }
             if let Value::Object(o) = options {
                 o.insert("include_usage".into(), Value::Bool(true));
             }
@@ -140,14 +144,17 @@ impl CloudBackend {
                 match status {
                     429 => Attempt::Retry(BackendError::Full(message)),
                     500..=599 => Attempt::Retry(BackendError::Failed(message)),
+                    // The provider's message may quote the key ("Incorrect API key provided: sk-...");
+                    // it goes to neither the client nor the log.
                     401 | 403 => Attempt::Fatal(BackendError::Failed(format!(
-                        "cloud backend {name} refused the gateway's credentials ({status}): {}",
-                        e.api_error.message
+                        "cloud backend {name} refused the gateway's credentials ({status}); check its api_key_env"
                     ))),
                     408 => Attempt::Retry(BackendError::Timeout(message)),
-                    _ => Attempt::Fatal(BackendError::Rejected {
+                    _ => Attempt::Fatal(BackendError::Upstream {
+                        status,
                         message: format!("cloud backend {name}: {}", e.api_error.message),
-                        code: "upstream_rejected",
+                        code: e.api_error.code.clone(),
+                        param: e.api_error.param.clone(),
                     }),
                 }
             }

@@ -229,14 +229,17 @@ impl WorkerPool {
 
     /// Workers that serve `model`, ready ones first by load, then the others.
     fn candidates(&self, model: &str, now: Instant) -> (Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
-        let (mut ready, not_ready): (Vec<_>, Vec<_>) = self
+        let (ready, not_ready): (Vec<_>, Vec<_>) = self
             .workers
             .iter()
             .filter(|w| w.state().models.iter().any(|m| m == model))
             .cloned()
             .partition(|w| w.ready(now));
-        ready.sort_by(|a, b| a.load_score().total_cmp(&b.load_score()));
-        (ready, not_ready)
+        // Scores change under our feet (reports arrive, requests start): take each once, so the sort sees
+        // a consistent order.
+        let mut scored: Vec<(f64, Arc<Worker>)> = ready.into_iter().map(|w| (w.load_score(), w)).collect();
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (scored.into_iter().map(|(_, w)| w).collect(), not_ready)
     }
 
     async fn dispatch_inner(
@@ -268,12 +271,14 @@ impl WorkerPool {
         let mut full = Vec::new();
         let mut failed = Vec::new();
         for worker in ready {
+            // Counted from the call on: a request queued at the worker is load the next choice must see.
+            let guard = InFlight::new(worker.clone());
             match start(&worker, message.clone(), context.deadline).await {
                 Ok(events) => {
                     worker.record_success();
                     return Ok(Dispatched {
                         served_by: worker.name.clone(),
-                        events: events_of(worker, events, self.config.clone()),
+                        events: events_of(guard, events, self.config.clone()),
                     });
                 }
                 Err(status) => match status.code() {
@@ -489,7 +494,7 @@ impl Drop for InFlight {
 /// Turns the worker's events into [`ChatEvent`]s. The stream ends after `Finished` or the first error;
 /// a stream that ends without `Finished` is an interruption.
 fn events_of(
-    worker: Arc<Worker>,
+    guard: InFlight,
     (first, stream): (v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>),
     config: PoolConfig,
 ) -> super::EventStream {
@@ -504,7 +509,7 @@ fn events_of(
         stream,
         pending: Some(first),
         done: false,
-        guard: InFlight::new(worker),
+        guard,
         config,
     };
     futures_util::stream::unfold(state, |mut s| async move {

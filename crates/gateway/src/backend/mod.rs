@@ -81,6 +81,15 @@ pub enum BackendError {
     /// The backend refused the request itself (bad parameters, over its context window).
     #[error("{message}")]
     Rejected { message: String, code: &'static str },
+    /// An OpenAI-compatible backend refused the request with a 4xx of its own: its status, message, `code`
+    /// and `param` go to the client as they came.
+    #[error("{message}")]
+    Upstream {
+        status: u16,
+        message: String,
+        code: Option<String>,
+        param: Option<String>,
+    },
     /// The backend failed or answered with something that is not an answer.
     #[error("{0}")]
     Failed(String),
@@ -96,7 +105,7 @@ impl BackendError {
             Self::Unavailable(_) => "unavailable",
             Self::Full(_) => "full",
             Self::Timeout(_) => "timeout",
-            Self::Rejected { .. } => "rejected",
+            Self::Rejected { .. } | Self::Upstream { .. } => "rejected",
             Self::Failed(_) => "failed",
             Self::Interrupted(_) => "interrupted",
         }

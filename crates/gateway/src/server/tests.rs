@@ -24,6 +24,8 @@ enum Script {
     Refuse(BackendError),
     /// Never answers.
     Hang,
+    /// Text without end.
+    Endless,
 }
 
 struct ScriptedBackend {
@@ -105,6 +107,18 @@ impl Backend for ScriptedBackend {
             match script {
                 Script::Refuse(e) => Err(e),
                 Script::Hang => futures_util::future::pending().await,
+                Script::Endless => {
+                    let guard = DropCount(dropped);
+                    let stream = futures_util::stream::repeat_with(|| Ok(ChatEvent::Text("word ".into())))
+                        .map(move |e| {
+                            let _ = &guard;
+                            e
+                        });
+                    Ok(Dispatched {
+                        served_by: name.into(),
+                        events: Box::pin(stream),
+                    })
+                }
                 Script::Answer(events) => {
                     let guard = DropCount(dropped);
                     let stream = futures_util::stream::iter(events)
@@ -488,6 +502,21 @@ async fn backend_failures_map_to_distinct_5xx_codes() {
             "context_length_exceeded",
         ),
     ];
+    let upstream = BackendError::Upstream {
+        status: 422,
+        message: "too long".into(),
+        code: Some("context_length_exceeded".into()),
+        param: Some("messages".into()),
+    };
+    let app = app_with(vec![local(Script::Refuse(upstream))], Limits::default());
+    let (status, _, body) = send(&app, post(HELLO)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["error"]["code"], "context_length_exceeded",
+        "the provider's code, as it came"
+    );
+    assert_eq!(body["error"]["param"], "messages");
+    assert!(app.metrics.encode().contains(r#"code="upstream_rejected""#));
     for (error, status, code) in cases {
         let app = app_with(vec![local(Script::Refuse(error))], Limits::default());
         let (got_status, got_code, headers) = error_of(&app, post(HELLO)).await;
@@ -555,9 +584,47 @@ async fn a_client_that_leaves_cancels_the_backend_stream() {
     assert!(stream.next().await.is_some());
     assert_eq!(worker.dropped.load(Ordering::SeqCst), 0);
     drop(stream);
-    assert_eq!(worker.dropped.load(Ordering::SeqCst), 1);
-    let text = app.metrics.encode();
-    assert!(text.contains(r#"code="client_closed""#), "{text}");
+    wait_until(|| worker.dropped.load(Ordering::SeqCst) == 1).await;
+    wait_until(|| app.metrics.encode().contains(r#"code="client_closed""#)).await;
+}
+
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not met within a second");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_stream_at_the_deadline() {
+    let limits = Limits {
+        max_in_flight: 1,
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let worker = local(Script::Endless);
+    let app = app_with(vec![worker.clone()], limits);
+    let body = r#"{"model":"local-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // The response is held but its body never read.
+    let stalled = public_router(app.clone()).oneshot(post(body)).await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    assert_eq!(
+        public_router(app.clone())
+            .oneshot(post(body))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // At the deadline the backend stream is dropped and the permit given back, though the body lives on.
+    wait_until(|| worker.dropped.load(Ordering::SeqCst) == 1).await;
+    let next = public_router(app.clone()).oneshot(post(body)).await.unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    assert!(app.metrics.encode().contains(r#"code="client_stalled""#));
+    drop(stalled);
 }
 
 #[tokio::test]

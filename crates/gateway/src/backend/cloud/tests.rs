@@ -153,13 +153,48 @@ async fn client_errors_are_not_retried_and_keep_the_providers_message() {
     sim.push_script(vec![ScriptStep::error(400).with_message("bad things")]);
     let b = backend(&url, 3, Duration::from_secs(5));
     match b.dispatch(&request(""), &context(5.0)).await.unwrap_err() {
-        BackendError::Rejected { message, code } => {
-            assert_eq!(code, "upstream_rejected");
+        BackendError::Upstream {
+            status,
+            message,
+            code,
+            ..
+        } => {
+            assert_eq!(status, 400);
+            assert_eq!(code.as_deref(), Some("sim_scripted"));
             assert!(message.contains("bad things"), "{message}");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.recorded().len(), 1);
+}
+
+#[tokio::test]
+async fn the_key_never_leaves_in_an_error() {
+    let (sim, url) = sim(SimConfig::default()).await;
+    sim.push_script(vec![
+        ScriptStep::error(401).with_message("Incorrect API key provided: sk-upstream"),
+    ]);
+    let b = backend(&url, 0, Duration::from_secs(5));
+    let e = b.dispatch(&request(""), &context(5.0)).await.unwrap_err();
+    assert!(matches!(e, BackendError::Failed(_)), "{e:?}");
+    assert!(!e.to_string().contains("sk-upstream"), "{e}");
+}
+
+#[tokio::test]
+async fn a_null_stream_options_still_gets_usage() {
+    let (sim, url) = sim(SimConfig::default()).await;
+    let b = backend(&url, 0, Duration::from_secs(5));
+    let got = events(
+        b.dispatch(&request(r#","stream":true,"stream_options":null"#), &context(5.0))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(got.last(), Some(Ok(ChatEvent::Finished { usage: Some(_), .. }))),
+        "{got:?}"
+    );
+    assert_eq!(sim.recorded()[0].body["stream_options"]["include_usage"], true);
 }
 
 #[tokio::test]
