@@ -27,7 +27,7 @@ fn linked(package: &str) -> String {
 
 #[test]
 fn the_gateway_and_the_simulator_never_link_candle_or_the_engine() {
-    for package in ["sluice-gateway", "sluice-simcloud", "sluice-config"] {
+    for package in ["sluice-gateway", "sluice-simcloud", "sluice-config", "sluice-sensitivity"] {
         let tree = linked(package);
         for forbidden in ["candle-core", "sluice-engine", "sluice-worker"] {
             assert!(
@@ -43,4 +43,14 @@ fn the_simulator_links_no_other_sluice_crate() {
     let tree = linked("sluice-simcloud");
     let sluice: Vec<&str> = tree.lines().filter(|l| l.starts_with("sluice-")).collect();
     assert_eq!(sluice.len(), 1, "{sluice:?}");
+}
+
+#[test]
+fn the_scanner_is_a_pure_leaf() {
+    let tree = linked("sluice-sensitivity");
+    let sluice: Vec<&str> = tree.lines().filter(|l| l.starts_with("sluice-")).collect();
+    assert_eq!(sluice.len(), 1, "{sluice:?}");
+    for forbidden in ["tokio ", "reqwest ", "hyper ", "tracing "] {
+        assert!(!tree.lines().any(|l| l.starts_with(forbidden)), "the scanner links {forbidden}");
+    }
 }

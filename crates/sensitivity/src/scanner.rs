@@ -1,0 +1,480 @@
+//! The `Scanner`: one prefilter pass over the text, validation only where an anchor matched.
+//!
+//! The prefilter is a single Aho-Corasick automaton (ASCII case ignored, leftmost-longest) over the literal
+//! anchors of every enabled detector: the ten digits, `@`, `-----BEGIN `, token prefixes (`AKIA`, `ghp_`,
+//! `sk-`, `eyJ`, …), fragments of key-like names (`pass`, `secret`, `token`, `_key`, …) and the tenant's
+//! keywords. Each anchor maps to the detectors it can start; a detector looks at a bounded neighbourhood and
+//! says where the search resumes (after its finding, after the run of digits or token bytes it read), so
+//! no byte is validated twice by the same detector and a scan stays linear in the text. Tenant regular
+//! expressions, when there are any, run afterwards: each on its own (the regex engine's literal
+//! prefilter makes that nearly free), or, past `MAX_PATTERNS_WITHOUT_SET` of them, as one `RegexSet`
+//! pass and then a search by each pattern that matched.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+use crate::config::{ScanLimits, ScannerConfig, ScannerError};
+use crate::detect::credentials::{self, Format};
+use crate::detect::{Hit, contact, generic, numbers};
+use crate::kind::{Kind, KindSet};
+use crate::level::Level;
+use crate::{Finding, Incomplete, Scan};
+
+/// Total anchor bytes up to which the prefilter is a DFA (about 2 MiB of tables at that size).
+const MAX_DFA_ANCHOR_BYTES: usize = 16 * 1024;
+
+/// Up to this many tenant patterns, each is searched on its own: a pattern with a literal in it (most
+/// are) is found by a vectorised literal search far faster than a `RegexSet` pass. Past it, one
+/// `RegexSet` pass first says which patterns match at all, so the cost stops growing with their number.
+const MAX_PATTERNS_WITHOUT_SET: usize = 8;
+
+/// Most bytes a tenant regular expression may compile to.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// Finds sensitive content in text. Built once from a `ScannerConfig`; cheap to clone and share between
+/// threads (`Send + Sync`, one `Arc` inside).
+#[derive(Clone)]
+pub struct Scanner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    anchors: Option<AhoCorasick>,
+    /// The detectors each anchor pattern starts, by pattern id.
+    actions: Vec<Vec<Action>>,
+    on: KindSet,
+    levels: [Level; Kind::ALL.len()],
+    keyword_rules: Vec<Rule>,
+    patterns: Option<Patterns>,
+    limits: ScanLimits,
+}
+
+struct Rule {
+    name: Arc<str>,
+    level: Level,
+}
+
+struct Patterns {
+    /// With many patterns, one pass says which of them match at all.
+    set: Option<RegexSet>,
+    regexes: Vec<Regex>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Digit,
+    At,
+    Pem,
+    Format(Format),
+    SlackWebhook,
+    Jwt,
+    SecretName,
+    Keyword(usize),
+}
+
+impl Scanner {
+    /// Compiles the configuration: the anchor automaton, the keyword lists, the tenant patterns.
+    pub fn new(config: &ScannerConfig) -> Result<Self, ScannerError> {
+        let mut on = KindSet::all();
+        for &kind in &config.disabled {
+            on.remove(kind);
+        }
+        let mut levels = Kind::ALL.map(Kind::default_level);
+        for (&kind, &level) in &config.levels {
+            if kind.is_tenant_rule() {
+                return Err(ScannerError::TenantKindLevel(kind));
+            }
+            if let Some(slot) = levels.get_mut(kind as usize) {
+                *slot = level;
+            }
+        }
+
+        let mut table = AnchorTable::default();
+        if on.has_any(&numbers::KINDS) {
+            for d in b'0'..=b'9' {
+                table.add(&[d], Action::Digit);
+            }
+        }
+        if on.has(Kind::Email) || on.has(Kind::GenericSecret) {
+            table.add(b"@", Action::At);
+        }
+        if on.has(Kind::PrivateKey) {
+            table.add(b"-----BEGIN ", Action::Pem);
+        }
+        for format in Format::ALL {
+            if on.has(format.kind()) {
+                for anchor in format.anchors() {
+                    table.add(anchor.as_bytes(), Action::Format(format));
+                }
+            }
+        }
+        if on.has(Kind::SlackWebhook) {
+            table.add(b"hooks.slack.com/", Action::SlackWebhook);
+        }
+        if on.has(Kind::Jwt) {
+            table.add(b"eyJ", Action::Jwt);
+        }
+        if on.has(Kind::GenericSecret) || on.has(Kind::AwsSecretKey) {
+            for anchor in generic::ANCHORS {
+                table.add(anchor.as_bytes(), Action::SecretName);
+            }
+        }
+        let mut keyword_rules = Vec::new();
+        if on.has(Kind::Keyword) {
+            for (list, kw) in config.keywords.iter().enumerate() {
+                for (i, word) in kw.words.iter().enumerate() {
+                    let word = word.trim();
+                    if word.is_empty() {
+                        return Err(ScannerError::EmptyKeyword { list, word: i });
+                    }
+                    // The automaton folds ASCII case only; other letters match as written, all lower or
+                    // all upper.
+                    for variant in [word.to_owned(), word.to_lowercase(), word.to_uppercase()] {
+                        table.add(variant.as_bytes(), Action::Keyword(list));
+                    }
+                }
+                let name = kw.name.clone().unwrap_or_else(|| format!("keywords[{list}]"));
+                keyword_rules.push(Rule {
+                    name: name.into(),
+                    level: kw.level,
+                });
+            }
+        }
+        let anchors = if table.patterns.is_empty() {
+            None
+        } else {
+            // A DFA is the fastest automaton; past a few thousand anchor bytes (large tenant lists) its
+            // memory grows quickly, and the builder's own choice (an NFA) is better.
+            let bytes: usize = table.patterns.iter().map(Vec::len).sum();
+            let kind = (bytes <= MAX_DFA_ANCHOR_BYTES).then_some(AhoCorasickKind::DFA);
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .kind(kind)
+                    .build(&table.patterns)?,
+            )
+        };
+        let patterns = if on.has(Kind::CustomPattern) {
+            compile_patterns(config)?
+        } else {
+            None
+        };
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                anchors,
+                actions: table.actions,
+                on,
+                levels,
+                keyword_rules,
+                patterns,
+                limits: config.limits,
+            }),
+        })
+    }
+
+    /// The level this scanner gives findings of `kind` (for keywords and custom patterns, the level of a
+    /// list is in the finding).
+    pub fn level(&self, kind: Kind) -> Level {
+        self.inner
+            .levels
+            .get(kind as usize)
+            .copied()
+            .unwrap_or(Level::Restricted)
+    }
+
+    /// Whether the detector for `kind` is on.
+    pub fn is_enabled(&self, kind: Kind) -> bool {
+        self.inner.on.has(kind)
+    }
+
+    /// The limits every scan obeys.
+    pub fn limits(&self) -> ScanLimits {
+        self.inner.limits
+    }
+
+    /// Scans one string. Its findings have `index` 0.
+    pub fn scan(&self, text: &str) -> Scan {
+        self.scan_all([text])
+    }
+
+    /// Scans several strings as one request: findings carry the index of their string, the level is the
+    /// highest over all of them, and `max_bytes` bounds their total. Strings are scanned whole or not at
+    /// all: once the total would pass the limit, scanning stops and the scan is incomplete and restricted
+    /// (the strings before keep their findings).
+    pub fn scan_all<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> Scan {
+        let max_bytes = self.inner.limits.max_bytes;
+        let mut findings = Vec::new();
+        let mut total = 0usize;
+        let mut too_large = false;
+        let mut failed = None;
+        for (index, text) in texts.into_iter().enumerate() {
+            total = total.saturating_add(text.len());
+            if too_large || failed.is_some() {
+                continue;
+            }
+            if total > max_bytes {
+                too_large = true;
+                continue;
+            }
+            if let Err(e) = self.scan_text(text, index, &mut findings) {
+                failed = Some(e);
+            }
+        }
+        findings.sort_unstable_by_key(|f| (f.index, f.range.start, f.range.end));
+        let incomplete = if too_large {
+            Some(Incomplete::TooLarge {
+                bytes: total,
+                max_bytes,
+            })
+        } else {
+            failed
+        };
+        let level = if incomplete.is_some() {
+            Level::Restricted
+        } else {
+            findings.iter().map(|f| f.level).max().unwrap_or(Level::Public)
+        };
+        Scan {
+            complete: incomplete.is_none(),
+            findings,
+            level,
+            incomplete,
+        }
+    }
+
+    fn scan_text(&self, text: &str, index: usize, out: &mut Vec<Finding>) -> Result<(), Incomplete> {
+        let inner = &*self.inner;
+        let b = text.as_bytes();
+        if let Some(ac) = &inner.anchors {
+            let mut pos = 0;
+            while pos < b.len() {
+                let m = match ac.try_find(Input::new(b).span(pos..b.len())) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => return Err(Incomplete::MatcherFailed),
+                };
+                let (s, e) = (m.start(), m.end());
+                let mut resume = e;
+                for &action in inner
+                    .actions
+                    .get(m.pattern().as_usize())
+                    .map_or(&[][..], Vec::as_slice)
+                {
+                    if let Action::Keyword(list) = action {
+                        if whole_word(text, s, e)
+                            && let Some(rule) = inner.keyword_rules.get(list)
+                        {
+                            out.push(Finding {
+                                kind: Kind::Keyword,
+                                level: rule.level,
+                                index,
+                                range: s..e,
+                                rule: Some(rule.name.clone()),
+                            });
+                        }
+                        continue;
+                    }
+                    let (hit, next) = self.check(action, b, s, e);
+                    if let Some(hit) = hit {
+                        self.push(out, index, hit);
+                    }
+                    resume = resume.max(next);
+                }
+                pos = resume.max(s + 1);
+            }
+        }
+        if let Some(p) = &inner.patterns {
+            let mut search = |re: &Regex, rule: &Rule| {
+                for m in re.find_iter(text).filter(|m| !m.is_empty()) {
+                    out.push(Finding {
+                        kind: Kind::CustomPattern,
+                        level: rule.level,
+                        index,
+                        range: m.range(),
+                        rule: Some(rule.name.clone()),
+                    });
+                }
+            };
+            match &p.set {
+                Some(set) => {
+                    for i in set.matches(text).iter() {
+                        if let (Some(re), Some(rule)) = (p.regexes.get(i), p.rules.get(i)) {
+                            search(re, rule);
+                        }
+                    }
+                }
+                None => p
+                    .regexes
+                    .iter()
+                    .zip(&p.rules)
+                    .for_each(|(re, rule)| search(re, rule)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the detector an anchor at `s..e` stands for. Returns its hit and where the search resumes.
+    fn check(&self, action: Action, b: &[u8], s: usize, e: usize) -> (Option<Hit>, usize) {
+        let on = self.inner.on;
+        let after = |hit: Option<Hit>| {
+            let next = hit.map_or(e, |h| h.end);
+            (hit, next)
+        };
+        match action {
+            Action::Digit => numbers::scan_number(b, s, on),
+            Action::At => after(contact::scan_at(b, s, on)),
+            Action::Pem => after(credentials::pem(b, s)),
+            Action::SlackWebhook => after(credentials::slack_webhook(b, s, e)),
+            Action::Format(format) => match format.check(b, s, e) {
+                Ok(hit) => (Some(hit), hit.end),
+                Err(next) => (None, next),
+            },
+            Action::Jwt => match credentials::jwt(b, s) {
+                Ok(hit) => (Some(hit), hit.end),
+                Err(next) => (None, next),
+            },
+            Action::SecretName => match generic::check(b, s, e) {
+                Some(hit) if on.has(hit.kind) => (Some(hit), hit.start),
+                // Resume at the value, so that a token format inside it is found and named.
+                Some(hit) => (None, hit.start),
+                None => (None, e),
+            },
+            // Keywords are matched in `scan_text`, which has the text as `str`.
+            Action::Keyword(_) => (None, e),
+        }
+    }
+
+    /// Records a hit. A token format found inside the value of a generic secret replaces that finding,
+    /// so the finding is named after the format.
+    fn push(&self, out: &mut Vec<Finding>, index: usize, hit: Hit) {
+        let finding = Finding {
+            kind: hit.kind,
+            level: self.level(hit.kind),
+            index,
+            range: hit.start..hit.end,
+            rule: None,
+        };
+        match out.last_mut() {
+            Some(last)
+                if last.kind == Kind::GenericSecret
+                    && hit.kind != Kind::GenericSecret
+                    && last.index == index
+                    && last.range == finding.range =>
+            {
+                *last = finding;
+            }
+            _ => out.push(finding),
+        }
+    }
+}
+
+impl fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("Scanner")
+            .field("enabled", &inner.on.iter().map(Kind::as_str).collect::<Vec<_>>())
+            .field("anchors", &inner.actions.len())
+            .field("keyword_lists", &inner.keyword_rules.len())
+            .field(
+                "patterns",
+                &inner.patterns.as_ref().map_or(0, |p| p.regexes.len()),
+            )
+            .field("limits", &inner.limits)
+            .finish()
+    }
+}
+
+/// Anchor patterns, deduplicated ignoring ASCII case, each with the detectors it starts.
+#[derive(Default)]
+struct AnchorTable {
+    patterns: Vec<Vec<u8>>,
+    actions: Vec<Vec<Action>>,
+    ids: HashMap<Vec<u8>, usize>,
+}
+
+impl AnchorTable {
+    fn add(&mut self, pattern: &[u8], action: Action) {
+        let key = pattern.to_ascii_lowercase();
+        let id = match self.ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.patterns.len();
+                self.ids.insert(key.clone(), id);
+                self.patterns.push(key);
+                self.actions.push(Vec::new());
+                id
+            }
+        };
+        if let Some(actions) = self.actions.get_mut(id)
+            && !actions.contains(&action)
+        {
+            actions.push(action);
+        }
+    }
+}
+
+/// Whether the match `s..e` is a whole word: no letter, digit or underscore (Unicode) right before or
+/// after it, where its own first or last character is one.
+fn whole_word(text: &str, s: usize, e: usize) -> bool {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let Some(found) = text.get(s..e) else { return false };
+    let left = !found.chars().next().is_some_and(is_word)
+        || !text
+            .get(..s)
+            .and_then(|t| t.chars().next_back())
+            .is_some_and(is_word);
+    let right = !found.chars().next_back().is_some_and(is_word)
+        || !text.get(e..).and_then(|t| t.chars().next()).is_some_and(is_word);
+    left && right
+}
+
+fn compile_patterns(config: &ScannerConfig) -> Result<Option<Patterns>, ScannerError> {
+    if config.patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut regexes = Vec::with_capacity(config.patterns.len());
+    let mut rules = Vec::with_capacity(config.patterns.len());
+    for (index, p) in config.patterns.iter().enumerate() {
+        if p.name.trim().is_empty() {
+            return Err(ScannerError::EmptyPatternName { index });
+        }
+        let re = RegexBuilder::new(&p.pattern)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|source| ScannerError::InvalidPattern {
+                index,
+                name: p.name.clone(),
+                pattern: p.pattern.clone(),
+                source: Box::new(source),
+            })?;
+        if re.is_match("") {
+            return Err(ScannerError::EmptyMatch {
+                index,
+                name: p.name.clone(),
+                pattern: p.pattern.clone(),
+            });
+        }
+        regexes.push(re);
+        rules.push(Rule {
+            name: p.name.as_str().into(),
+            level: p.level,
+        });
+    }
+    let set = if config.patterns.len() > MAX_PATTERNS_WITHOUT_SET {
+        let set = RegexSetBuilder::new(config.patterns.iter().map(|p| &p.pattern))
+            .size_limit(PATTERN_SIZE_LIMIT.saturating_mul(config.patterns.len()))
+            .build()
+            .map_err(|e| ScannerError::PatternSet(Box::new(e)))?;
+        Some(set)
+    } else {
+        None
+    };
+    Ok(Some(Patterns { set, regexes, rules }))
+}
