@@ -27,7 +27,12 @@ fn linked(package: &str) -> String {
 
 #[test]
 fn the_gateway_and_the_simulator_never_link_candle_or_the_engine() {
-    for package in ["sluice-gateway", "sluice-simcloud", "sluice-config", "sluice-sensitivity"] {
+    for package in [
+        "sluice-gateway",
+        "sluice-simcloud",
+        "sluice-config",
+        "sluice-sensitivity",
+    ] {
         let tree = linked(package);
         for forbidden in ["candle-core", "sluice-engine", "sluice-worker"] {
             assert!(
@@ -51,6 +56,9 @@ fn the_scanner_is_a_pure_leaf() {
     let sluice: Vec<&str> = tree.lines().filter(|l| l.starts_with("sluice-")).collect();
     assert_eq!(sluice.len(), 1, "{sluice:?}");
     for forbidden in ["tokio ", "reqwest ", "hyper ", "tracing "] {
-        assert!(!tree.lines().any(|l| l.starts_with(forbidden)), "the scanner links {forbidden}");
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "the scanner links {forbidden}"
+        );
     }
 }

@@ -179,6 +179,35 @@ async fn errors_reach_the_sdk_in_openai_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sensitive_requests_never_reach_the_cloud() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "sensitive");
+    for case in [
+        "card_in_content",
+        "aws_key_in_system",
+        "card_in_tool_args",
+        "card_with_public_header",
+    ] {
+        assert_eq!(r[case]["status"], 503, "{case}: {}", r[case]);
+        assert_eq!(r[case]["code"], "no_compliant_backend", "{case}");
+        assert_eq!(r[case]["headers"]["x-sluice-sensitivity"], "restricted", "{case}");
+    }
+    assert_eq!(r["local_card"]["headers"]["x-sluice-route"], "local");
+    assert_eq!(r["local_card"]["headers"]["x-sluice-sensitivity"], "restricted");
+    assert_eq!(r["benign"]["headers"]["x-sluice-route"], "cloud");
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 1, "only the benign request reached the cloud");
+    assert_eq!(
+        seen[0]["body"]["messages"][0]["content"],
+        "What is the capital of Japan?"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_pass_through_to_the_cloud() {
     let worker = Worker::start(&[]);
     let sim = SimCloud::start(&[]);

@@ -144,6 +144,29 @@ def tools():
     return {"first": first, "second": second, "stream": stream, "tools_sent": TOOLS}
 
 
+def sensitive():
+    c = client()
+    # Made at run time, so no secret-shaped literal sits in the repository.
+    card = " ".join(["4111"] + ["1111"] * 3)
+    aws = "AKIA" + "Q3EGTZ7KX2LMNP4R"
+    user = lambda text: [{"role": "user", "content": text}]
+    cases = {
+        "card_in_content": dict(messages=user(f"Charge {card} please")),
+        "aws_key_in_system": dict(messages=[{"role": "system", "content": f"key {aws}"}] + user("hi")),
+        "card_in_tool_args": dict(messages=[
+            {"role": "user", "content": "pay"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "pay", "arguments": json.dumps({"card": card})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]),
+        "card_with_public_header": dict(messages=user(f"card {card}"),
+                                        extra_headers={"x-sluice-sensitivity": "public"}),
+    }
+    out = {name: error_of(lambda kw=kw: c.chat.completions.create(model=CLOUD, **kw)) for name, kw in cases.items()}
+    out["local_card"] = plain(c, LOCAL, user(f"Is {card} a number? Answer yes or no."), temperature=0, max_tokens=8)
+    out["benign"] = plain(c, CLOUD, user("What is the capital of Japan?"))
+    return out
+
+
 def disconnect(model=LOCAL):
     c = client()
     stream = c.chat.completions.create(model=model, messages=LONG, stream=True, max_tokens=400,
@@ -202,7 +225,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -37,6 +37,8 @@ pub struct RawGatewayConfig {
     pub local: Option<RawLocal>,
     pub clouds: Option<Vec<RawCloud>>,
     pub drain_grace_seconds: Option<f64>,
+    /// The content scanner: level per finding kind, detectors turned off, keyword and regex lists.
+    pub sensitivity: Option<sluice_sensitivity::ScannerConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -144,6 +146,8 @@ pub struct GatewayConfig {
     pub local: Option<PoolConfig>,
     pub clouds: Vec<CloudConfig>,
     pub drain_grace: Duration,
+    /// The content scanner, compiled.
+    pub scanner: sluice_sensitivity::Scanner,
 }
 
 impl RawGatewayConfig {
@@ -260,7 +264,10 @@ impl RawGatewayConfig {
             self.drain_grace_seconds,
             DEFAULT_DRAIN_GRACE_SECONDS,
         )?;
+        let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
+            .map_err(|e| at.error("sensitivity", e.to_string()))?;
         Ok(GatewayConfig {
+            scanner,
             listen,
             admin_listen,
             keys,

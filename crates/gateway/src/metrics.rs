@@ -23,6 +23,10 @@ pub struct GatewayMetrics {
     pub decisions: IntCounterVec,
     /// Labels: reason.
     pub rejected: IntCounterVec,
+    /// Labels: kind (a finding kind of the scanner). Counted once per request that has it.
+    pub findings: IntCounterVec,
+    /// Requests whose content could not be scanned completely (treated as restricted).
+    pub scans_incomplete: prometheus::IntCounter,
     /// Labels: backend (each worker and each cloud backend).
     pub backend_up: IntGaugeVec,
     /// Labels: backend.
@@ -75,6 +79,17 @@ impl GatewayMetrics {
             ),
             &["reason"],
         )?;
+        let findings = IntCounterVec::new(
+            Opts::new(
+                "sluice_sensitive_findings_total",
+                "Requests in which the scanner found data of a kind.",
+            ),
+            &["kind"],
+        )?;
+        let scans_incomplete = prometheus::IntCounter::new(
+            "sluice_scans_incomplete_total",
+            "Requests too large to scan completely, treated as restricted.",
+        )?;
         let backend_up = IntGaugeVec::new(
             Opts::new(
                 "sluice_backend_up",
@@ -95,6 +110,8 @@ impl GatewayMetrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(scans_incomplete.clone()))?;
         registry.register(Box::new(backend_up.clone()))?;
         registry.register(Box::new(backend_in_flight.clone()))?;
         Ok(Self {
@@ -105,6 +122,8 @@ impl GatewayMetrics {
             tokens,
             decisions,
             rejected,
+            findings,
+            scans_incomplete,
             backend_up,
             backend_in_flight,
         })

@@ -30,6 +30,16 @@ pub struct RequestFacts<'a> {
     pub request: &'a ChatRequest,
     /// The level the client declared in `x-sluice-sensitivity`.
     pub declared: Option<Level>,
+    /// What the scanner found in every string of the request (an incomplete scan is `restricted`).
+    pub detected: Level,
+}
+
+impl RequestFacts<'_> {
+    /// The request's level: the highest of what was found and what the client declared (a declaration
+    /// can raise the level, never lower it).
+    pub fn level(&self) -> Level {
+        self.detected.max(self.declared.unwrap_or(Level::Public))
+    }
 }
 
 /// Where a request goes and why.
@@ -57,8 +67,8 @@ pub trait Policy: Send + Sync {
     fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal>;
 }
 
-/// The built-in rule: a request goes where its model lives, local workers first. Its level is the level
-/// the client declared, or `public`; a backend whose clearance is below it is passed over.
+/// The built-in rule: a request goes where its model lives, local workers first. A backend whose clearance
+/// is below the request's level (found or declared) is passed over.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ModelHome;
 
@@ -69,7 +79,7 @@ impl ModelHome {
 impl Policy for ModelHome {
     fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal> {
         let model = facts.request.model.as_str();
-        let level = facts.declared.unwrap_or(Level::Public);
+        let level = facts.level();
         let mut homes: Vec<(usize, &Arc<dyn Backend>)> = fleet
             .backends
             .iter()

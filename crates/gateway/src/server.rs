@@ -505,6 +505,29 @@ impl Drop for Ledger {
     }
 }
 
+/// Every string in a JSON object, object keys included, depth first.
+fn json_strings(body: &serde_json::Map<String, Value>) -> Vec<&str> {
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(k);
+                    walk(v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in body {
+        out.push(k.as_str());
+        walk(v, &mut out);
+    }
+    out
+}
+
 /// The client-visible error for a backend failure.
 fn api_error(e: &BackendError) -> ApiError {
     match e {
@@ -585,10 +608,19 @@ async fn chat_completions(
             }
         },
     };
+    // Every string of the body is scanned, keys included: whatever reaches a backend has been seen.
+    let scan = app.config.scanner.scan_all(json_strings(&request.body));
+    for kind in scan.kinds() {
+        app.metrics.findings.with_label_values(&[kind.as_str()]).inc();
+    }
+    if !scan.complete {
+        app.metrics.scans_incomplete.inc();
+    }
     let facts = RequestFacts {
         tenant: &tenant.0,
         request: &request,
         declared,
+        detected: scan.level,
     };
     let decision_id = new_id("dec_");
     let decision = match app.policy.decide(&facts, &app.fleet) {

@@ -166,6 +166,7 @@ fn config(limits: Limits) -> GatewayConfig {
         local: None,
         clouds: Vec::new(),
         drain_grace: Duration::from_secs(1),
+        scanner: sluice_sensitivity::Scanner::new(&Default::default()).unwrap(),
     }
 }
 
@@ -744,4 +745,77 @@ async fn the_admin_router_serves_metrics_and_backend_state() {
         serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
     assert_eq!(body["backends"][0]["name"], "worker-a");
     assert_eq!(body["backends"][0]["clearance"], "restricted");
+}
+
+/// A card number that passes Luhn, made at run time.
+fn card() -> String {
+    ["4111", "1111", "1111", "1111"].join(" ")
+}
+
+#[tokio::test]
+async fn sensitive_content_anywhere_never_reaches_a_cloud() {
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with(vec![cloud.clone()], Limits::default());
+    let c = card();
+    let bodies = [
+        format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"pay with {c}"}}]}}"#),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"card {c}"}},{{"role":"user","content":"hi"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":[{{"type":"text","text":"{c}"}}]}}]}}"#
+        ),
+        format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi","name":"{c}"}}]}}"#),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"assistant","content":null,"tool_calls":[{{"id":"c1","type":"function","function":{{"name":"pay","arguments":"{{\"card\":\"{c}\"}}"}}}}]}},{{"role":"tool","tool_call_id":"c1","content":"ok"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","description":"default card {c}"}}}}]}}"#
+        ),
+        format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}],"stop":["{c}"]}}"#),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}],"metadata":{{"note":"{c}"}}}}"#
+        ),
+    ];
+    for body in &bodies {
+        // A header that claims the request is public cannot lower what was found.
+        let mut request = post(body);
+        request
+            .headers_mut()
+            .insert("x-sluice-sensitivity", HeaderValue::from_static("public"));
+        let (status, code, headers) = error_of(&app, request).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend"),
+            "{body}"
+        );
+        assert_eq!(headers["x-sluice-sensitivity"], "restricted", "{body}");
+    }
+    assert_eq!(cloud.received(), 0, "no sensitive request reached the cloud");
+    let (status, _, _) = send(
+        &app,
+        post(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "benign requests still go");
+    assert_eq!(cloud.received(), 1);
+    let metrics = app.metrics.encode();
+    assert!(
+        metrics.contains(r#"sluice_sensitive_findings_total{kind="payment_card"} 8"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sensitive_content_is_served_locally() {
+    let worker = local(answer(&["ok"]));
+    let app = app_with(vec![worker.clone()], Limits::default());
+    let body = format!(
+        r#"{{"model":"local-model","messages":[{{"role":"user","content":"card {}"}}]}}"#,
+        card()
+    );
+    let (status, headers, _) = send(&app, post(&body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-sluice-sensitivity"], "restricted");
+    assert_eq!(headers["x-sluice-route"], "local");
 }
