@@ -506,6 +506,10 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
         "{banner}"
     );
     assert!(!banner.contains("not ready yet"), "{banner}");
+    assert!(
+        banner.contains("no_compliant_backend"),
+        "an example shows the guarantee:\n{banner}"
+    );
     let r = common::sdk_at(&base_url_of(&banner), "up");
     assert_eq!(r["local"]["content"], "The capital of Japan is Tokyo.");
     assert_eq!(r["local"]["headers"]["x-sluice-route"], "local");

@@ -324,6 +324,9 @@ fn print_banner(
          -d '{{\"model\": \"{local}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n  \
+         # a card number never leaves: 503 no_compliant_backend, x-sluice-sensitivity: restricted\n  \
+         curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{CLOUD_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Charge 4111 1111 1111 1111\"}}]}}'\n\n  \
          python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
          print(c.chat.completions.create(model='{local}', messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
          Stop with Ctrl-C: requests in flight finish first.\n"
