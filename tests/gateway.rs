@@ -354,15 +354,7 @@ async fn a_cloud_that_hangs_times_out() {
 async fn the_gateway_reaches_workers_over_mutual_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name).to_str().expect("utf8").to_owned();
-    common::write_test_pki(dir.path());
-    let worker = Worker::start(&[
-        "--tls-cert",
-        &p("server.pem"),
-        "--tls-key",
-        &p("server.key"),
-        "--tls-client-ca",
-        &p("ca.pem"),
-    ]);
+    let worker = common::Worker::start_mutual_tls(dir.path());
     let local = |identity: bool| {
         let client = if identity {
             format!("    cert: {}\n    key: {}\n", p("client.pem"), p("client.key"))

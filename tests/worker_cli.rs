@@ -108,16 +108,7 @@ async fn chat_streams_an_answer_from_a_worker() {
 async fn mutual_tls_admits_only_clients_with_a_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name).to_str().expect("utf8").to_owned();
-    common::write_test_pki(dir.path());
-
-    let worker = Worker::start(&[
-        "--tls-cert",
-        &p("server.pem"),
-        "--tls-key",
-        &p("server.key"),
-        "--tls-client-ca",
-        &p("ca.pem"),
-    ]);
+    let worker = common::Worker::start_mutual_tls(dir.path());
     let url = format!("https://localhost:{}", worker.grpc.port());
     let chat = |with_identity: bool| {
         let mut args = vec![

@@ -75,6 +75,21 @@ impl Worker {
         }
     }
 
+    /// Writes a test PKI into `dir` (see [`write_test_pki`]) and starts a worker that serves TLS with the
+    /// `localhost` certificate and requires client certificates signed by the CA.
+    pub fn start_mutual_tls(dir: &std::path::Path) -> Self {
+        write_test_pki(dir);
+        let p = |name: &str| dir.join(name).to_str().expect("utf8").to_owned();
+        Self::start(&[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+        ])
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }

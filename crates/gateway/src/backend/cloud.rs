@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, MemberStatus, ModelCard, Prices, Route,
-    Usage,
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Prices,
+    Route, Usage, with_causes,
 };
 use crate::api::ChatRequest;
 use crate::level::Level;
@@ -163,7 +163,7 @@ impl CloudBackend {
             }
             OpenAIError::Reqwest(e) => Attempt::Retry(BackendError::Unavailable(format!(
                 "cloud backend {name} is unreachable: {}",
-                chain(&e)
+                with_causes(e.to_string(), &e)
             ))),
             OpenAIError::JSONDeserialize(e, _) => Attempt::Fatal(BackendError::Failed(format!(
                 "cloud backend {name} answered with something that is not a chat completion: {e}"
@@ -210,7 +210,7 @@ impl CloudBackend {
             ]);
             return Ok(Dispatched {
                 served_by: self.config.name.as_str().into(),
-                events: with_in_flight(events.boxed(), self.in_flight.clone()),
+                events: with_in_flight(events.boxed(), &self.in_flight),
             });
         }
         let mut upstream =
@@ -240,7 +240,7 @@ impl CloudBackend {
         );
         Ok(Dispatched {
             served_by: self.config.name.as_str().into(),
-            events: with_in_flight(events, self.in_flight.clone()),
+            events: with_in_flight(events, &self.in_flight),
         })
     }
 
@@ -273,31 +273,12 @@ impl CloudBackend {
     }
 }
 
-/// The chain of causes of an error, which reqwest keeps out of its own message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
-}
-
 /// Counts the answer in `in_flight` while its stream lives.
 fn with_in_flight(
     events: super::EventStream,
-    in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    in_flight: &std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> super::EventStream {
-    use std::sync::atomic::Ordering;
-    struct Guard(std::sync::Arc<std::sync::atomic::AtomicU64>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = Guard(in_flight);
+    let guard = InFlight::new(in_flight);
     events
         .map(move |e| {
             let _ = &guard;

@@ -23,7 +23,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{
-    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, MemberStatus, ModelCard, Route, Usage,
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Route,
+    Usage, with_causes,
 };
 use crate::api::ChatRequest;
 use crate::level::Level;
@@ -92,7 +93,7 @@ struct Worker {
     uri: String,
     channel: Channel,
     state: Mutex<WorkerState>,
-    in_flight: AtomicU64,
+    in_flight: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -216,7 +217,7 @@ impl WorkerPool {
                 uri: w.uri.clone(),
                 channel: endpoint.connect_lazy(),
                 state: Mutex::new(WorkerState::default()),
-                in_flight: AtomicU64::new(0),
+                in_flight: Arc::new(AtomicU64::new(0)),
             }));
         }
         let monitors = workers.iter().map(|w| tokio::spawn(monitor(w.clone()))).collect();
@@ -272,13 +273,13 @@ impl WorkerPool {
         let mut failed = Vec::new();
         for worker in ready {
             // Counted from the call on: a request queued at the worker is load the next choice must see.
-            let guard = InFlight::new(worker.clone());
+            let guard = InFlight::new(&worker.in_flight);
             match start(&worker, message.clone(), context.deadline).await {
                 Ok(events) => {
                     worker.record_success();
                     return Ok(Dispatched {
                         served_by: worker.name.clone(),
-                        events: events_of(guard, events, self.config.clone()),
+                        events: events_of(worker.clone(), guard, events, self.config.clone()),
                     });
                 }
                 Err(status) => match status.code() {
@@ -354,6 +355,13 @@ impl Backend for WorkerPool {
         ids.into_iter().map(|id| ModelCard { id, prices: None }).collect()
     }
 
+    /// Asked on every request: checks the workers' lists without building [`Self::models`].
+    fn serves(&self, model: &str) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.state().models.iter().any(|m| m == model))
+    }
+
     fn ready(&self) -> bool {
         let now = Instant::now();
         self.workers.iter().any(|w| w.ready(now))
@@ -409,14 +417,7 @@ fn rejected(message: &str) -> BackendError {
 
 /// A status in words, with the transport's reason when the call never reached the worker.
 fn describe(status: &Status) -> String {
-    use std::error::Error as _;
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut source = status.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    with_causes(format!("{:?}: {}", status.code(), status.message()), status)
 }
 
 fn generate_request(request: &ChatRequest, context: &DispatchContext) -> v1::GenerateRequest {
@@ -475,26 +476,11 @@ async fn start(
     }
 }
 
-/// Counts a request in the worker's `in_flight` for as long as its stream lives.
-struct InFlight(Arc<Worker>);
-
-impl InFlight {
-    fn new(worker: Arc<Worker>) -> Self {
-        worker.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(worker)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Turns the worker's events into [`ChatEvent`]s. The stream ends after `Finished` or the first error;
 /// a stream that ends without `Finished` is an interruption.
 fn events_of(
-    guard: InFlight,
+    worker: Arc<Worker>,
+    in_flight: InFlight,
     (first, stream): (v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>),
     config: PoolConfig,
 ) -> super::EventStream {
@@ -502,14 +488,16 @@ fn events_of(
         stream: tonic::Streaming<v1::GenerateEvent>,
         pending: Option<v1::GenerateEvent>,
         done: bool,
-        guard: InFlight,
+        worker: Arc<Worker>,
+        _in_flight: InFlight,
         config: PoolConfig,
     }
     let state = State {
         stream,
         pending: Some(first),
         done: false,
-        guard,
+        worker,
+        _in_flight: in_flight,
         config,
     };
     futures_util::stream::unfold(state, |mut s| async move {
@@ -521,7 +509,7 @@ fn events_of(
                 Some(e) => Ok(Some(e)),
                 None => s.stream.message().await,
             };
-            let worker = &s.guard.0;
+            let worker = &s.worker;
             let item = match event {
                 Ok(Some(v1::GenerateEvent { event: Some(e) })) => match e {
                     v1::generate_event::Event::Started(_) => continue,

@@ -6,6 +6,7 @@ pub mod local;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
@@ -129,6 +130,36 @@ impl std::fmt::Debug for Dispatched {
             .field("served_by", &self.served_by)
             .finish_non_exhaustive()
     }
+}
+
+/// Counts one request in a backend member's in-flight gauge for as long as it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    pub fn new(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An error's message followed by its chain of causes (client libraries keep the transport's reason,
+/// such as "connection refused", out of their own message).
+pub fn with_causes(head: String, error: &dyn std::error::Error) -> String {
+    let mut text = head;
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// What the dispatcher passes along with a request.
