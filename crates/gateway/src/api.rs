@@ -81,6 +81,17 @@ pub struct ChatRequest {
     pub user: Option<String>,
 }
 
+impl ChatRequest {
+    /// The same request for another model (a substitute, or a virtual model's member): the body sent
+    /// upstream names it too.
+    pub fn with_model(&self, model: &str) -> Self {
+        let mut r = self.clone();
+        r.model = model.to_owned();
+        r.body.insert("model".to_owned(), Value::String(model.to_owned()));
+        r
+    }
+}
+
 /// What the JSON value is, for messages ("got a number").
 fn kind(v: &Value) -> &'static str {
     match v {

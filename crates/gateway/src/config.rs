@@ -14,6 +14,8 @@ use crate::backend::Prices;
 use crate::backend::cloud::{CloudConfig, CloudModel};
 use crate::backend::local::{ClientTls, PoolConfig, WorkerAddress};
 use crate::level::Level;
+use crate::policy::PolicyConfig;
+use crate::policy::config::{BackendInfo, Context, RawPolicy};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -39,6 +41,8 @@ pub struct RawGatewayConfig {
     pub drain_grace_seconds: Option<f64>,
     /// The content scanner: level per finding kind, detectors turned off, keyword and regex lists.
     pub sensitivity: Option<sluice_sensitivity::ScannerConfig>,
+    /// Rules, virtual models and tenant floors: where each request may and should go.
+    pub policy: Option<RawPolicy>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,9 +152,64 @@ pub struct GatewayConfig {
     pub drain_grace: Duration,
     /// The content scanner, compiled.
     pub scanner: sluice_sensitivity::Scanner,
+    pub policy: PolicyConfig,
+}
+
+/// What `sluice policy check` reports: every problem it can find, and warnings.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The configuration, when it is valid.
+    pub config: Option<GatewayConfig>,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
 }
 
 impl RawGatewayConfig {
+    /// Like [`Self::validate`], but reports every problem of the policy rather than the first, and lints
+    /// it (rules that can never match or never be served, backends nothing reaches).
+    pub fn check(
+        mut self,
+        file: Option<&Path>,
+        text: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> CheckReport {
+        let policy = self.policy.take().unwrap_or_default();
+        let mut config = match self.validate(file, text, env) {
+            Ok(c) => c,
+            Err(e) => {
+                return CheckReport {
+                    config: None,
+                    errors: vec![e],
+                    warnings: Vec::new(),
+                };
+            }
+        };
+        let at = Locator::new(file, text);
+        let backends = backend_infos(config.local.as_ref(), &config.clouds);
+        let tenants: Vec<String> = config.keys.iter().map(|k| k.tenant.clone()).collect();
+        let cx = Context {
+            backends: &backends,
+            scanner: &config.scanner,
+            tenants: &tenants,
+        };
+        match crate::policy::config::compile(policy, &at, cx) {
+            Ok(p) => {
+                let warnings = crate::policy::config::lint(&p, &at, cx);
+                config.policy = p;
+                CheckReport {
+                    config: Some(config),
+                    errors: Vec::new(),
+                    warnings,
+                }
+            }
+            Err(errors) => CheckReport {
+                config: None,
+                errors,
+                warnings: Vec::new(),
+            },
+        }
+    }
+
     pub fn from_yaml_file(path: &Path) -> Result<(Self, String), ConfigError> {
         sluice_config::read_yaml_file(path)
     }
@@ -266,7 +325,17 @@ impl RawGatewayConfig {
         )?;
         let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
             .map_err(|e| at.error("sensitivity", e.to_string()))?;
+        let backends = backend_infos(local.as_ref(), &clouds);
+        let tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
+        let cx = Context {
+            backends: &backends,
+            scanner: &scanner,
+            tenants: &tenants,
+        };
+        let policy = crate::policy::config::compile(self.policy.unwrap_or_default(), &at, cx)
+            .map_err(|mut errors| errors.swap_remove(0))?;
         Ok(GatewayConfig {
+            policy,
             scanner,
             listen,
             admin_listen,
@@ -278,6 +347,71 @@ impl RawGatewayConfig {
             drain_grace,
         })
     }
+}
+
+impl GatewayConfig {
+    /// The fleet as this configuration describes it, for explaining decisions without contacting
+    /// anything: every backend up and idle unless named in `down`, the local pool serving `local_models`
+    /// (its workers say what they serve only when they run).
+    pub fn offline_view(&self, local_models: &[String], down: &[String]) -> crate::route::FleetView {
+        use crate::backend::{ModelCard, Route};
+        use crate::route::{BackendView, Load};
+        let view = |name: &str, route, clearance, models| BackendView {
+            name: name.to_owned(),
+            route,
+            clearance,
+            models,
+            ready: !down.iter().any(|d| d == name),
+            load: Load::default(),
+            ttft_seconds: None,
+            tokens_per_second: None,
+        };
+        let mut backends = Vec::new();
+        if let Some(l) = self.local.as_ref().filter(|l| !l.workers.is_empty()) {
+            let models = local_models
+                .iter()
+                .map(|m| ModelCard {
+                    id: m.clone(),
+                    prices: None,
+                })
+                .collect();
+            backends.push(view(&l.name, Route::Local, l.clearance, models));
+        }
+        for c in &self.clouds {
+            let models = c
+                .models
+                .iter()
+                .map(|m| ModelCard {
+                    id: m.id.clone(),
+                    prices: Some(m.prices),
+                })
+                .collect();
+            backends.push(view(&c.name, Route::Cloud, c.clearance, models));
+        }
+        crate::route::FleetView { backends }
+    }
+}
+
+/// The backends as the policy checks see them, in the order the fleet has them (the local pool first).
+pub fn backend_infos(local: Option<&PoolConfig>, clouds: &[CloudConfig]) -> Vec<BackendInfo> {
+    let mut out = Vec::new();
+    if let Some(l) = local.filter(|l| !l.workers.is_empty()) {
+        out.push(BackendInfo {
+            name: l.name.clone(),
+            route: crate::backend::Route::Local,
+            clearance: l.clearance,
+            models: None,
+        });
+    }
+    for c in clouds {
+        out.push(BackendInfo {
+            name: c.name.clone(),
+            route: crate::backend::Route::Cloud,
+            clearance: c.clearance,
+            models: Some(c.models.iter().map(|m| m.id.clone()).collect()),
+        });
+    }
+    out
 }
 
 fn address(at: &Locator<'_>, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

@@ -77,6 +77,11 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// 404: an admin resource that is not (or no longer) there.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     /// 404 for paths the API does not have.
     pub fn no_route(path: &str) -> Self {
         Self::new(
@@ -150,6 +155,15 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend", message)
     }
 
+    /// 403: a policy rule refuses requests like this one; the message is the rule's reason.
+    pub fn policy_rejected(rule: &str, reason: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "policy_rejected",
+            format!("Refused by policy rule `{rule}`: {reason}"),
+        )
+    }
+
     /// 504: the backend did not answer within the deadline.
     pub fn backend_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "backend_timeout", message)
@@ -164,6 +178,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "invalid_request_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             s if s.is_client_error() => "invalid_request_error",

@@ -2,7 +2,8 @@
 //!
 //! It owns the public HTTP surface (`server`: routes, tower stack, streaming), request parsing
 //! (`api`), keys (`auth`), the one mapping of errors to HTTP (`error`), the routing seam (`route`: a pure
-//! [`route::Policy`] decides, the dispatcher enforces clearances), the backends behind the
+//! [`route::Policy`] decides, the dispatcher enforces clearances), the policy engine behind it (`policy`:
+//! rules, virtual models, strategies, explanations), the backends behind the
 //! [`backend::Backend`] trait (`backend::local`: workers over gRPC; `backend::cloud`: OpenAI-compatible
 //! APIs), observed latency (`stats`) and its Prometheus series (`metrics`).
 //!
@@ -15,9 +16,11 @@ pub mod config;
 pub mod error;
 pub mod level;
 pub mod metrics;
+pub mod policy;
 pub mod route;
 pub mod server;
 pub mod stats;
 
+pub use axum::http;
 pub use config::{GatewayConfig, RawGatewayConfig};
 pub use server::{App, BoundAddrs, GatewayError, run};

@@ -27,6 +27,9 @@ pub struct GatewayMetrics {
     pub findings: IntCounterVec,
     /// Requests whose content could not be scanned completely (treated as restricted).
     pub scans_incomplete: prometheus::IntCounter,
+    /// Targets a policy chose that the dispatcher refused to send to (cleared below the request). Always 0
+    /// unless a policy is wrong; alert on it.
+    pub clearance_blocked: prometheus::IntCounter,
     /// Labels: backend (each worker and each cloud backend).
     pub backend_up: IntGaugeVec,
     /// Labels: backend.
@@ -90,6 +93,10 @@ impl GatewayMetrics {
             "sluice_scans_incomplete_total",
             "Requests too large to scan completely, treated as restricted.",
         )?;
+        let clearance_blocked = prometheus::IntCounter::new(
+            "sluice_clearance_blocked_total",
+            "Dispatches refused because the chosen backend is cleared below the request's level.",
+        )?;
         let backend_up = IntGaugeVec::new(
             Opts::new(
                 "sluice_backend_up",
@@ -112,6 +119,7 @@ impl GatewayMetrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(scans_incomplete.clone()))?;
+        registry.register(Box::new(clearance_blocked.clone()))?;
         registry.register(Box::new(backend_up.clone()))?;
         registry.register(Box::new(backend_in_flight.clone()))?;
         Ok(Self {
@@ -124,6 +132,7 @@ impl GatewayMetrics {
             rejected,
             findings,
             scans_incomplete,
+            clearance_blocked,
             backend_up,
             backend_in_flight,
         })

@@ -1,13 +1,18 @@
-//! The routing seam: a [`Policy`] turns the facts of a request and the fleet into a [`Decision`] (which
-//! backend, under which rule, at which sensitivity level). Policies are pure: no IO, no waiting. The
-//! dispatcher in `server` enforces the clearance invariant on whatever a policy returns.
+//! The routing seam: a [`Policy`] turns the facts of a request and a snapshot of the fleet
+//! ([`FleetView`]) into a [`Decision`]: the backends the request may go to, in order of preference, under
+//! which rule, at which sensitivity level. Policies are pure: no IO, no waiting, no clock. The dispatcher in
+//! `server` enforces the clearance invariant on whatever a policy returns.
 
 use std::sync::Arc;
 
+use axum::http::HeaderMap;
+use sluice_sensitivity::Scan;
+
 use crate::api::ChatRequest;
-use crate::backend::{Backend, Route};
+use crate::backend::{Backend, ModelCard, Prices, Route};
 use crate::error::ApiError;
 use crate::level::Level;
+use crate::stats::Stats;
 
 /// Every backend requests can go to, in configuration order (the local pool first).
 #[derive(Clone, Default)]
@@ -23,34 +28,163 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+impl Fleet {
+    /// What a policy may know of the fleet right now: each backend's models, prices, readiness, load and
+    /// observed latency.
+    pub fn view(&self, stats: &Stats) -> FleetView {
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| {
+                let members = b.members();
+                let mut load = Load::default();
+                let (mut ttft, mut ttft_n, mut rate, mut rate_n) = (0.0, 0u32, 0.0, 0u32);
+                for m in members.iter().filter(|m| m.ready) {
+                    load.in_flight += m.in_flight;
+                    load.running += m.running.unwrap_or(0);
+                    load.waiting += m.waiting.unwrap_or(0);
+                    load.slots += m.slots.unwrap_or(0);
+                    if let Some(o) = stats.get(&m.name) {
+                        if let Some(t) = o.time_to_first_token_seconds {
+                            ttft += t;
+                            ttft_n += 1;
+                        }
+                        if let Some(r) = o.tokens_per_second {
+                            rate += r;
+                            rate_n += 1;
+                        }
+                    }
+                }
+                BackendView {
+                    name: b.name().to_owned(),
+                    route: b.route(),
+                    clearance: b.clearance(),
+                    models: b.models(),
+                    ready: b.ready(),
+                    load,
+                    ttft_seconds: (ttft_n > 0).then(|| ttft / f64::from(ttft_n)),
+                    tokens_per_second: (rate_n > 0).then(|| rate / f64::from(rate_n)),
+                }
+            })
+            .collect();
+        FleetView { backends }
+    }
+}
+
+/// A backend's load, summed over its ready members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests this gateway has sent and not yet seen end.
+    pub in_flight: u64,
+    /// From the workers' own load reports (0 for clouds).
+    pub running: u32,
+    pub waiting: u32,
+    /// Requests the members run at once; 0 when unknown (clouds).
+    pub slots: u32,
+}
+
+/// One backend as a policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendView {
+    pub name: String,
+    pub route: Route,
+    pub clearance: Level,
+    pub models: Vec<ModelCard>,
+    /// At least one member can take a request now.
+    pub ready: bool,
+    pub load: Load,
+    /// Observed time to first token (mean of the members' moving averages), when measured.
+    pub ttft_seconds: Option<f64>,
+    /// Observed generation speed after the first token, when measured.
+    pub tokens_per_second: Option<f64>,
+}
+
+impl BackendView {
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m.id == model)
+    }
+
+    pub fn prices(&self, model: &str) -> Option<Prices> {
+        self.models.iter().find(|m| m.id == model)?.prices
+    }
+}
+
+/// A snapshot of the fleet, indexed like [`Fleet::backends`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetView {
+    pub backends: Vec<BackendView>,
+}
+
+impl FleetView {
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+}
+
 /// What the policy knows of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub tenant: &'a str,
     pub request: &'a ChatRequest,
+    /// The request's headers (rules may test them).
+    pub headers: &'a HeaderMap,
     /// The level the client declared in `x-sluice-sensitivity`.
     pub declared: Option<Level>,
     /// What the scanner found in every string of the request (an incomplete scan is `restricted`).
-    pub detected: Level,
+    pub scan: &'a Scan,
+    /// The client's `x-sluice-prefer` hint.
+    pub prefer: Option<Route>,
+    /// The estimated prompt size in tokens.
+    pub prompt_tokens: u64,
 }
 
 impl RequestFacts<'_> {
-    /// The request's level: the highest of what was found and what the client declared (a declaration
-    /// can raise the level, never lower it).
+    /// The level the request has before any tenant floor: the highest of what was found and what the
+    /// client declared (a declaration can raise the level, never lower it). A policy may raise it further;
+    /// the dispatcher never lets it go lower.
     pub fn level(&self) -> Level {
-        self.detected.max(self.declared.unwrap_or(Level::Public))
+        self.scan.level.max(self.declared.unwrap_or(Level::Public))
     }
 }
 
-/// Where a request goes and why.
+/// The estimated number of tokens in some text: about four bytes of English per token, rounded up. Good
+/// enough to tell a short prompt from a huge one before anything is tokenised.
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+/// A place a request may be sent: a backend, and the model it is asked for there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct Target {
     /// Index into [`Fleet::backends`].
     pub backend: usize,
+    pub model: String,
+}
+
+/// A backend a decision ruled out, and why (for explanations).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Excluded {
+    pub backend: String,
+    pub model: String,
+    pub why: String,
+}
+
+/// Where a request goes and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Where it may go, best first; the dispatcher falls back along this list and nowhere else.
+    pub targets: Vec<Target>,
     /// The rule that decided (`x-sluice-rule`).
     pub rule: String,
-    /// The request's sensitivity (`x-sluice-sensitivity`).
+    /// The request's sensitivity (`x-sluice-sensitivity`), tenant floor included.
     pub level: Level,
+    /// The model the client asked for, when a rule substituted another.
+    pub substituted_for: Option<String>,
+    /// Backends that serve the model but were ruled out: when the targets all fail, the request had
+    /// nowhere compliant to go, not merely nowhere up.
+    pub excluded: Vec<Excluded>,
+    /// Why, in a sentence (for explanations).
+    pub reason: String,
 }
 
 /// A request the policy will not send anywhere: the client's error, and what the policy had decided
@@ -60,55 +194,10 @@ pub struct Refusal {
     pub error: Box<ApiError>,
     pub rule: Option<String>,
     pub level: Option<Level>,
+    pub excluded: Vec<Excluded>,
 }
 
 /// Decides where requests go.
 pub trait Policy: Send + Sync {
-    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal>;
-}
-
-/// The built-in rule: a request goes where its model lives, local workers first. A backend whose clearance
-/// is below the request's level (found or declared) is passed over.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ModelHome;
-
-impl ModelHome {
-    pub const RULE: &'static str = "model-home";
-}
-
-impl Policy for ModelHome {
-    fn decide(&self, facts: &RequestFacts<'_>, fleet: &Fleet) -> Result<Decision, Refusal> {
-        let model = facts.request.model.as_str();
-        let level = facts.level();
-        let mut homes: Vec<(usize, &Arc<dyn Backend>)> = fleet
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.serves(model))
-            .collect();
-        let refuse = |error| Refusal {
-            error: Box::new(error),
-            rule: Some(Self::RULE.to_owned()),
-            level: Some(level),
-        };
-        if homes.is_empty() {
-            return Err(refuse(ApiError::model_not_found(model)));
-        }
-        homes.sort_by_key(|(i, b)| (b.route() != Route::Local, *i));
-        match homes.iter().find(|(_, b)| b.clearance() >= level) {
-            Some((i, _)) => Ok(Decision {
-                backend: *i,
-                rule: Self::RULE.to_owned(),
-                level,
-            }),
-            None => Err(refuse(ApiError::no_compliant_backend(format!(
-                "The request is {level}; no backend that serves `{model}` is cleared for it ({}).",
-                homes
-                    .iter()
-                    .map(|(_, b)| format!("{}: {}", b.name(), b.clearance()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))),
-        }
-    }
+    fn decide(&self, facts: &RequestFacts<'_>, fleet: &FleetView) -> Result<Decision, Refusal>;
 }

@@ -35,7 +35,8 @@ use crate::config::GatewayConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::level::Level;
 use crate::metrics::GatewayMetrics;
-use crate::route::{Fleet, ModelHome, Policy, RequestFacts};
+use crate::policy::{Engine, Explanation};
+use crate::route::{Fleet, Policy, RequestFacts, estimate_tokens};
 use crate::stats::{Outcome, Stats};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +45,12 @@ pub const X_BACKEND: HeaderName = HeaderName::from_static("x-sluice-backend");
 pub const X_RULE: HeaderName = HeaderName::from_static("x-sluice-rule");
 pub const X_SENSITIVITY: HeaderName = HeaderName::from_static("x-sluice-sensitivity");
 pub const X_DECISION_ID: HeaderName = HeaderName::from_static("x-sluice-decision-id");
+pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
+pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
+pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
+
+/// How many recent decisions `/admin/decisions/{id}` can explain.
+pub const RECENT_DECISIONS: usize = 1024;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +79,8 @@ pub struct App {
     pub policy: Arc<dyn Policy>,
     pub metrics: GatewayMetrics,
     pub stats: Stats,
+    /// The latest decisions, explained.
+    pub decisions: DecisionLog,
     in_flight: Arc<Semaphore>,
 }
 
@@ -96,6 +105,7 @@ impl App {
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             metrics: GatewayMetrics::new(registry)?,
             stats: Stats::default(),
+            decisions: DecisionLog::new(RECENT_DECISIONS),
             fleet,
             policy,
             config,
@@ -188,11 +198,14 @@ pub fn public_router(app: Arc<App>) -> Router {
 }
 
 /// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
-/// latency, JSON), `/healthz`. Meant for a loopback or cluster-internal address.
+/// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
+/// `/healthz`. Meant for a loopback or cluster-internal address.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/backends", get(admin_backends))
+        .route("/admin/decisions", get(admin_decisions))
+        .route("/admin/decisions/{id}", get(admin_decision))
         .route("/healthz", get(healthz))
         .with_state(app)
 }
@@ -371,6 +384,81 @@ async fn admin_backends(State(app): State<Arc<App>>) -> Response {
     axum::Json(json!({ "backends": backends })).into_response()
 }
 
+/// The latest decisions, explained, newest last; at most [`RECENT_DECISIONS`].
+#[derive(Debug)]
+pub struct DecisionLog {
+    capacity: usize,
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<Explanation>>>,
+}
+
+impl DecisionLog {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Arc<Explanation>>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn record(&self, e: Explanation) {
+        let e = Arc::new(e);
+        let mut recent = self.lock();
+        if recent.len() == self.capacity {
+            recent.pop_front();
+        }
+        recent.push_back(e);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Explanation>> {
+        self.lock().iter().rev().find(|e| e.decision_id == id).cloned()
+    }
+
+    pub fn latest(&self, n: usize) -> Vec<Arc<Explanation>> {
+        let recent = self.lock();
+        recent.iter().rev().take(n).cloned().collect()
+    }
+}
+
+async fn admin_decision(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match app.decisions.get(&id) {
+        Some(e) => axum::Json(&*e).into_response(),
+        None => ApiError::not_found(format!(
+            "No recent decision has the id {id:?}: the gateway keeps the latest {RECENT_DECISIONS}."
+        ))
+        .into_response(),
+    }
+}
+
+/// The latest 100 decisions, newest first, in brief.
+async fn admin_decisions(State(app): State<Arc<App>>) -> Response {
+    let latest: Vec<Value> = app
+        .decisions
+        .latest(100)
+        .iter()
+        .map(|e| {
+            json!({
+                "decision_id": e.decision_id,
+                "tenant": e.tenant,
+                "model": e.model,
+                "level": e.level,
+                "outcome": e.outcome,
+                "rule": e.rule,
+                "backend": e.targets.first().map(|t| &t.backend),
+                "code": e.code,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "decisions": latest })).into_response()
+}
+
 async fn list_models(State(app): State<Arc<App>>) -> Response {
     let mut seen = std::collections::HashSet::new();
     let mut data = Vec::new();
@@ -395,6 +483,22 @@ async fn list_models(State(app): State<Arc<App>>) -> Response {
             data.push(entry);
         }
     }
+    for v in &app.config.policy.models {
+        if !seen.insert(v.name.clone()) {
+            continue;
+        }
+        data.push(json!({
+            "id": v.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "sluice",
+            "sluice": {
+                "virtual": true,
+                "strategy": v.strategy.as_str(),
+                "members": v.members.iter().map(|m| json!({"backend": m.backend, "model": m.model})).collect::<Vec<_>>(),
+            },
+        }));
+    }
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
@@ -412,6 +516,9 @@ struct Routing {
     rule: Option<String>,
     level: Option<Level>,
     decision_id: Option<String>,
+    /// The model that served (a substitute's, or a virtual model's member).
+    model: Option<String>,
+    substituted_for: Option<String>,
 }
 
 impl Routing {
@@ -426,6 +533,8 @@ impl Routing {
         set(X_RULE, self.rule.as_deref());
         set(X_SENSITIVITY, self.level.map(Level::as_str));
         set(X_DECISION_ID, self.decision_id.as_deref());
+        set(X_MODEL, self.model.as_deref());
+        set(X_SUBSTITUTED_FOR, self.substituted_for.as_deref());
     }
 
     fn respond(&self, mut response: Response) -> Response {
@@ -449,6 +558,9 @@ struct Ledger {
     usage: Option<Usage>,
     code: Option<&'static str>,
     error: Option<String>,
+    /// Whether this attempt is the request as the metrics count it (a backend tried before the one that
+    /// answered only feeds the member's stats).
+    counted: bool,
 }
 
 impl Ledger {
@@ -469,6 +581,16 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         let code = self.code.unwrap_or("client_closed");
         let m = &self.app.metrics;
+        if !self.counted {
+            self.app.stats.record(
+                &self.backend,
+                &Outcome {
+                    error: self.error.take(),
+                    ..Outcome::default()
+                },
+            );
+            return;
+        }
         m.requests
             .with_label_values(&[self.route, &self.backend, &self.model, &self.tenant, code])
             .inc();
@@ -503,29 +625,6 @@ impl Drop for Ledger {
             },
         );
     }
-}
-
-/// Every string in a JSON object, object keys included, depth first.
-fn json_strings(body: &serde_json::Map<String, Value>) -> Vec<&str> {
-    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-        match v {
-            Value::String(s) => out.push(s),
-            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
-            Value::Object(map) => {
-                for (k, v) in map {
-                    out.push(k);
-                    walk(v, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    for (k, v) in body {
-        out.push(k.as_str());
-        walk(v, &mut out);
-    }
-    out
 }
 
 /// The client-visible error for a backend failure.
@@ -608,8 +707,25 @@ async fn chat_completions(
             }
         },
     };
+    let prefer = match headers.get(&X_PREFER) {
+        None => None,
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok("local") => Some(Route::Local),
+            Ok("cloud") => Some(Route::Cloud),
+            _ => {
+                return reject(
+                    &app,
+                    &routing,
+                    "invalid_request",
+                    ApiError::invalid("invalid_prefer", "x-sluice-prefer must be local or cloud."),
+                );
+            }
+        },
+    };
     // Every string of the body is scanned, keys included: whatever reaches a backend has been seen.
-    let scan = app.config.scanner.scan_all(json_strings(&request.body));
+    let texts = crate::policy::strings(&request.body);
+    let prompt_bytes = texts.iter().map(|t| t.len()).sum();
+    let scan = app.config.scanner.scan_all(texts);
     for kind in scan.kinds() {
         app.metrics.findings.with_label_values(&[kind.as_str()]).inc();
     }
@@ -619,125 +735,195 @@ async fn chat_completions(
     let facts = RequestFacts {
         tenant: &tenant.0,
         request: &request,
+        headers: &headers,
         declared,
-        detected: scan.level,
+        scan: &scan,
+        prefer,
+        prompt_tokens: estimate_tokens(prompt_bytes),
     };
     let decision_id = new_id("dec_");
-    let decision = match app.policy.decide(&facts, &app.fleet) {
+    let view = app.fleet.view(&app.stats);
+    let decided = app.policy.decide(&facts, &view);
+    app.decisions.record(crate::policy::explain(
+        &decision_id,
+        &facts,
+        app.config.policy.floor(&tenant.0),
+        &view,
+        &decided,
+    ));
+    routing.decision_id = Some(decision_id.clone());
+    let decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
             routing.rule = refusal.rule;
             routing.level = refusal.level;
-            routing.decision_id = Some(decision_id);
             return reject(&app, &routing, refusal.error.code, *refusal.error);
         }
     };
-    let Some(backend) = app.fleet.backends.get(decision.backend).cloned() else {
-        return reject(
-            &app,
-            &routing,
-            "internal",
-            ApiError::internal("The routing policy chose a backend that does not exist."),
-        );
-    };
-    routing = Routing {
-        route: Some(backend.route()),
-        backend: Some(backend.name().to_owned()),
-        rule: Some(decision.rule.clone()),
-        level: Some(decision.level),
-        decision_id: Some(decision_id.clone()),
-    };
-    // The invariant, in the one place every request passes: never to a backend cleared below the
-    // request's level, whatever the policy said.
-    if backend.clearance() < decision.level {
-        return reject(
-            &app,
-            &routing,
-            "no_compliant_backend",
-            ApiError::no_compliant_backend(format!(
-                "The request is {}; backend {} is cleared only for {}.",
-                decision.level,
-                backend.name(),
-                backend.clearance()
-            )),
-        );
-    }
-    app.metrics
-        .decisions
-        .with_label_values(&[&decision.rule, backend.route().as_str()])
-        .inc();
-    if backend.route() == Route::Local
-        && let Some((param, what)) = text_only_conflicts(&request)
-    {
-        return reject(
-            &app,
-            &routing,
-            "unsupported",
-            ApiError::invalid(
-                "unsupported_parameter",
-                format!(
-                    "{what} not supported by the local model `{}`; ask for a cloud model, or leave it out.",
-                    request.model
-                ),
-            )
-            .with_param(param),
-        );
-    }
+    // The policy may raise the level (a tenant floor), never lower it.
+    let level = decision.level.max(facts.level());
+    routing.rule = Some(decision.rule.clone());
+    routing.level = Some(level);
+    routing.substituted_for = decision.substituted_for.clone();
     let tenant_label = if app.keys.tenants().any(|t| t == &*tenant.0) || &*tenant.0 == crate::auth::ANONYMOUS
     {
         tenant.0.to_string()
     } else {
         "other".to_owned()
     };
-    // Metric labels stay low-cardinality whatever a policy does: a model the backend does not list is
-    // `other`.
-    let model_label = if backend.serves(&request.model) {
-        request.model.clone()
-    } else {
-        "other".to_owned()
-    };
-    let mut ledger = Ledger {
-        app: app.clone(),
-        started: arrived,
-        route: backend.route().as_str(),
-        backend: backend.name().to_owned(),
-        model: model_label,
-        tenant: tenant_label,
-        first_token: None,
-        last_token: None,
-        generated: 0,
-        usage: None,
-        code: None,
-        error: None,
-    };
+    let deadline = arrived + app.config.limits.request_timeout;
     let context = DispatchContext {
         request_id: request_id.0.to_string(),
-        deadline: arrived + app.config.limits.request_timeout,
+        deadline,
     };
-    tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %request.model, "dispatching");
-    // Backends bound their own waits by the deadline; this holds whatever a backend does.
-    let dispatched = match tokio::time::timeout_at(context.deadline, backend.dispatch(&request, &context))
-        .await
-        .unwrap_or_else(|_| {
-            Err(BackendError::Timeout(format!(
-                "backend {} did not start the answer within the request timeout",
-                backend.name()
-            )))
-        }) {
-        Ok(d) => d,
-        Err(e) => {
-            let error = api_error(&e);
-            ledger.finish(error.code, member_fault(&e));
-            tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend refused or failed");
-            return routing.respond(error.into_response());
+
+    // The targets in order, each checked against the invariant; the next is tried only when one is down
+    // or full, and only among those the decision allowed.
+    let mut failures: Vec<(String, BackendError, Ledger)> = Vec::new();
+    let mut started = None;
+    for target in &decision.targets {
+        let Some(backend) = app.fleet.backends.get(target.backend).cloned() else {
+            tracing::error!(decision_id = %decision_id, "the routing policy chose a backend that does not exist");
+            continue;
+        };
+        // The invariant, in the one place every request passes on its way to a backend: never to a
+        // backend cleared below the request's level, whatever the policy said.
+        if backend.clearance() < level {
+            tracing::error!(decision_id = %decision_id, backend = backend.name(), %level, clearance = %backend.clearance(), "the routing policy chose a backend cleared below the request; not sending");
+            app.metrics.clearance_blocked.inc();
+            continue;
         }
+        routing.route = Some(backend.route());
+        routing.backend = Some(backend.name().to_owned());
+        routing.model = Some(target.model.clone());
+        if backend.route() == Route::Local
+            && let Some((param, what)) = text_only_conflicts(&request)
+        {
+            return reject(
+                &app,
+                &routing,
+                "unsupported",
+                ApiError::invalid(
+                    "unsupported_parameter",
+                    format!(
+                        "{what} not supported by the local model `{}`; ask for a cloud model, or leave it out.",
+                        target.model
+                    ),
+                )
+                .with_param(param),
+            );
+        }
+        let sent = (target.model != request.model).then(|| request.with_model(&target.model));
+        let sent_request = sent.as_ref().unwrap_or(&request);
+        // Metric labels stay low-cardinality whatever a policy does: a model the backend does not list is
+        // `other`.
+        let model_label = if backend.serves(&target.model) {
+            target.model.clone()
+        } else {
+            "other".to_owned()
+        };
+        let mut ledger = Ledger {
+            app: app.clone(),
+            started: arrived,
+            route: backend.route().as_str(),
+            backend: backend.name().to_owned(),
+            model: model_label,
+            tenant: tenant_label.clone(),
+            first_token: None,
+            last_token: None,
+            generated: 0,
+            usage: None,
+            code: None,
+            error: None,
+            counted: true,
+        };
+        tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %target.model, "dispatching");
+        // Backends bound their own waits by the deadline; this holds whatever a backend does.
+        let result = tokio::time::timeout_at(deadline, backend.dispatch(sent_request, &context))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Timeout(format!(
+                    "backend {} did not start the answer within the request timeout",
+                    backend.name()
+                )))
+            });
+        match result {
+            Ok(d) => {
+                app.metrics
+                    .decisions
+                    .with_label_values(&[&decision.rule, backend.route().as_str()])
+                    .inc();
+                started = Some((d, ledger, target.model.clone()));
+                break;
+            }
+            Err(e @ (BackendError::Unavailable(_) | BackendError::Full(_))) => {
+                tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
+                ledger.finish(api_error(&e).code, member_fault(&e));
+                // Counted in the member's stats; in the request metrics only if nothing else serves it.
+                ledger.counted = false;
+                failures.push((backend.name().to_owned(), e, ledger));
+            }
+            Err(e) => {
+                let error = api_error(&e);
+                ledger.finish(error.code, member_fault(&e));
+                tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend refused or failed");
+                return routing.respond(error.into_response());
+            }
+        }
+    }
+    let Some((dispatched, mut ledger, served_model)) = started else {
+        let summary = failures
+            .iter()
+            .map(|(n, e, _)| format!("{n}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let (error, reason) = match failures.last() {
+            // Somewhere would have served it, but not at this level: say so, not merely "down".
+            Some(_) if !decision.excluded.is_empty() => (
+                ApiError::no_compliant_backend(format!(
+                    "The request is {level} (rule `{}`); every backend allowed to take it is down or full ({summary}), and the others may not take it ({}).",
+                    decision.rule,
+                    decision
+                        .excluded
+                        .iter()
+                        .map(|x| format!("{}: {}", x.backend, x.why))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )),
+                true,
+            ),
+            Some((_, e, _)) if failures.len() > 1 => {
+                let mut error = api_error(e);
+                error.message =
+                    format!("Every backend that may serve the request is down or full: {summary}.");
+                (error, false)
+            }
+            Some((_, e, _)) => (api_error(e), false),
+            None => (
+                ApiError::no_compliant_backend(format!(
+                    "The request is {level}; the policy found no backend cleared for it."
+                )),
+                true,
+            ),
+        };
+        // The request is counted once, on the last backend tried, with the code the client gets.
+        if let Some((_, _, last)) = failures.last_mut() {
+            last.finish(error.code, last.error.clone());
+            last.counted = true;
+        }
+        if reason {
+            app.metrics.rejected.with_label_values(&[error.code]).inc();
+        }
+        drop(failures);
+        return routing.respond(error.into_response());
     };
+    drop(failures);
     ledger.backend = dispatched.served_by.to_string();
     routing.backend = Some(ledger.backend.clone());
     let shape = Shape {
         id: format!("chatcmpl-{}", decision_id.trim_start_matches("dec_")),
         created: unix_now(),
-        model: request.model.clone(),
+        model: served_model,
         include_usage: request.include_usage,
     };
     if request.stream {
@@ -1052,7 +1238,8 @@ pub async fn run(
     };
     let fleet = App::start_fleet(&config)?;
     let grace = config.drain_grace;
-    let app = App::new(config, fleet, Arc::new(ModelHome), registry)?;
+    let policy = Arc::new(Engine::new(config.policy.clone()));
+    let app = App::new(config, fleet, policy, registry)?;
     let bound = BoundAddrs {
         public: public.local_addr().map_err(GatewayError::Serve)?,
         admin: admin.as_ref().and_then(|a| a.local_addr().ok()),

@@ -14,6 +14,7 @@ use super::*;
 use crate::auth::{ApiKey, hash_key};
 use crate::backend::{Dispatched, MemberStatus, ModelCard};
 use crate::config::Limits;
+use crate::policy::PolicyConfig;
 
 const KEY: &str = "sk-test-acme";
 
@@ -167,6 +168,7 @@ fn config(limits: Limits) -> GatewayConfig {
         clouds: Vec::new(),
         drain_grace: Duration::from_secs(1),
         scanner: sluice_sensitivity::Scanner::new(&Default::default()).unwrap(),
+        policy: Default::default(),
     }
 }
 
@@ -177,7 +179,7 @@ fn app_with(backends: Vec<Arc<ScriptedBackend>>, limits: Limits) -> Arc<App> {
     App::new(
         config(limits),
         fleet,
-        Arc::new(ModelHome),
+        Arc::new(crate::policy::Engine::default()),
         prometheus::Registry::new(),
     )
     .unwrap()
@@ -239,7 +241,7 @@ async fn a_local_answer_carries_the_routing_headers() {
     assert_eq!(body["usage"]["total_tokens"], 9);
     assert_eq!(headers["x-sluice-route"], "local");
     assert_eq!(headers["x-sluice-backend"], "worker-a");
-    assert_eq!(headers["x-sluice-rule"], "model-home");
+    assert_eq!(headers["x-sluice-rule"], "default");
     assert_eq!(headers["x-sluice-sensitivity"], "public");
     assert!(
         headers["x-sluice-decision-id"]
@@ -255,7 +257,7 @@ async fn a_local_answer_carries_the_routing_headers() {
         "{text}"
     );
     assert!(text.contains(r#"sluice_tokens_total{backend="worker-a",direction="output",route="local"} 2"#));
-    assert!(text.contains(r#"sluice_decisions_total{route="local",rule="model-home"} 1"#));
+    assert!(text.contains(r#"sluice_decisions_total{route="local",rule="default"} 1"#));
 }
 
 #[tokio::test]
@@ -818,4 +820,273 @@ async fn sensitive_content_is_served_locally() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-sluice-sensitivity"], "restricted");
     assert_eq!(headers["x-sluice-route"], "local");
+}
+
+/// A local worker and a cloud, behind the policy engine with `config`.
+fn app_with_policy(backends: Vec<Arc<ScriptedBackend>>, config_policy: PolicyConfig) -> Arc<App> {
+    let mut config = config(Limits::default());
+    config.policy = config_policy.clone();
+    let fleet = Fleet {
+        backends: backends.into_iter().map(|b| b as Arc<dyn Backend>).collect(),
+    };
+    App::new(
+        config,
+        fleet,
+        Arc::new(Engine::new(config_policy)),
+        prometheus::Registry::new(),
+    )
+    .unwrap()
+}
+
+/// `auto`: the local model or the cloud's, cheapest first.
+fn auto_policy() -> PolicyConfig {
+    use crate::policy::{Member, Strategy, VirtualModel};
+    PolicyConfig {
+        models: vec![VirtualModel {
+            name: "auto".into(),
+            strategy: Strategy::CheapestWithinSlo,
+            max_ttft_seconds: 2.0,
+            members: vec![
+                Member {
+                    backend: "worker-a".into(),
+                    model: "local-model".into(),
+                },
+                Member {
+                    backend: "cloud-a".into(),
+                    model: "gpt-4o-mini".into(),
+                },
+            ],
+        }],
+        ..PolicyConfig::default()
+    }
+}
+
+/// Sensitive requests for `gpt-4o-mini` are served by `local-model`.
+fn substitute_policy() -> PolicyConfig {
+    use crate::policy::{Action, Conditions, LevelSet, Rule};
+    PolicyConfig {
+        rules: vec![Rule {
+            name: "sensitive-stays-local".into(),
+            when: Conditions {
+                levels: LevelSet::between(Level::Confidential, Level::Restricted),
+                models: Some(vec!["gpt-4o-mini".into()]),
+                ..Conditions::default()
+            },
+            then: Action::Substitute {
+                model: "local-model".into(),
+                backend: None,
+            },
+            strategy: None,
+        }],
+        ..PolicyConfig::default()
+    }
+}
+
+async fn admin_get(app: &Arc<App>, path: &str) -> (StatusCode, Value) {
+    let response = admin_router(app.clone())
+        .oneshot(HttpRequest::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    (status, body)
+}
+
+/// Claims every request is public and sends it to the last backend: a policy with a bug.
+struct Reckless;
+
+impl Policy for Reckless {
+    fn decide(
+        &self,
+        facts: &RequestFacts<'_>,
+        fleet: &crate::route::FleetView,
+    ) -> Result<crate::route::Decision, crate::route::Refusal> {
+        Ok(crate::route::Decision {
+            targets: vec![crate::route::Target {
+                backend: fleet.backends.len() - 1,
+                model: facts.request.model.clone(),
+            }],
+            rule: "reckless".into(),
+            level: Level::Public,
+            substituted_for: None,
+            excluded: Vec::new(),
+            reason: String::new(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_dispatcher_overrules_a_policy_that_picks_a_backend_cleared_below_the_request() {
+    let cloud = cloud(answer(&["x"]));
+    let fleet = Fleet {
+        backends: vec![cloud.clone() as Arc<dyn Backend>],
+    };
+    let app = App::new(
+        config(Limits::default()),
+        fleet,
+        Arc::new(Reckless),
+        prometheus::Registry::new(),
+    )
+    .unwrap();
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"card {}"}}]}}"#,
+        card()
+    );
+    let (status, code, headers) = error_of(&app, post(&body)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend")
+    );
+    assert_eq!(headers["x-sluice-sensitivity"], "restricted");
+    assert_eq!(cloud.received(), 0);
+    assert!(app.metrics.encode().contains("sluice_clearance_blocked_total 1"));
+}
+
+#[tokio::test]
+async fn a_sensitive_request_for_a_cloud_model_is_substituted_and_says_so() {
+    let worker = local(answer(&["ok"]));
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], substitute_policy());
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Mail jane.doe@example.com"}]}"#;
+    let (status, headers, body) = send(&app, post(body)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-sluice-route"], "local");
+    assert_eq!(headers["x-sluice-rule"], "sensitive-stays-local");
+    assert_eq!(headers["x-sluice-sensitivity"], "confidential");
+    assert_eq!(headers["x-sluice-model"], "local-model");
+    assert_eq!(headers["x-sluice-substituted-for"], "gpt-4o-mini");
+    assert_eq!(body["model"], "local-model");
+    assert_eq!(cloud.received(), 0);
+    let sent = worker.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        (sent.model.as_str(), &sent.body["model"]),
+        ("local-model", &json!("local-model"))
+    );
+
+    // The decision is explained on the admin listener: where the finding is, never what it says.
+    let id = headers["x-sluice-decision-id"].to_str().unwrap();
+    let (status, e) = admin_get(&app, &format!("/admin/decisions/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(e["rule"], "sensitive-stays-local");
+    assert_eq!(e["substituted_for"], "gpt-4o-mini");
+    assert_eq!(e["findings"][0]["kind"], "email");
+    assert_eq!(e["findings"][0]["field"], "messages[0].content");
+    assert_eq!(e["targets"][0]["backend"], "worker-a");
+    assert!(!e.to_string().contains("jane.doe"), "{e}");
+    let (_, list) = admin_get(&app, "/admin/decisions").await;
+    assert_eq!(list["decisions"][0]["decision_id"], id);
+    let (status, missing) = admin_get(&app, "/admin/decisions/dec_nope").await;
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
+
+    // Benign requests still go to the cloud model they ask for.
+    let (status, headers, _) = send(
+        &app,
+        post(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, &headers["x-sluice-route"]),
+        (StatusCode::OK, &HeaderValue::from_static("cloud"))
+    );
+    assert!(!headers.contains_key("x-sluice-substituted-for"));
+}
+
+#[tokio::test]
+async fn with_the_local_worker_down_a_substituted_request_is_refused_never_sent_to_the_cloud() {
+    let worker = local(Script::Refuse(BackendError::Unavailable(
+        "worker-a: connection refused".into(),
+    )));
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], substitute_policy());
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Mail jane.doe@example.com"}]}"#;
+    let (status, code, headers) = error_of(&app, post(body)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend")
+    );
+    assert_eq!(headers["x-sluice-rule"], "sensitive-stays-local");
+    assert_eq!((worker.received(), cloud.received()), (1, 0));
+    let text = app.metrics.encode();
+    assert!(
+        text.contains(r#"sluice_requests_total{backend="worker-a",code="no_compliant_backend",model="local-model",route="local",tenant="acme"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn auto_falls_back_along_the_allowed_targets_and_counts_the_request_once() {
+    let worker = local(Script::Refuse(BackendError::Full(
+        "worker-a: every slot is busy".into(),
+    )));
+    let cloud = cloud(answer(&["from", " cloud"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], auto_policy());
+    let (status, headers, body) = send(
+        &app,
+        post(r#"{"model":"auto","messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((worker.received(), cloud.received()), (1, 1));
+    assert_eq!(headers["x-sluice-backend"], "cloud-a");
+    assert_eq!(headers["x-sluice-model"], "gpt-4o-mini");
+    assert!(!headers.contains_key("x-sluice-substituted-for"));
+    assert_eq!(cloud.received.lock().unwrap()[0].body["model"], "gpt-4o-mini");
+    let text = app.metrics.encode();
+    assert!(!text.contains(r#"backend="worker-a",code="#), "{text}");
+    assert!(text.contains(r#"sluice_requests_total{backend="cloud-a",code="ok",model="gpt-4o-mini",route="cloud",tenant="acme"} 1"#), "{text}");
+
+    // A sensitive request for `auto` may only go to the local member: full, so 503, and the cloud is
+    // not tried.
+    let (status, code, _) = error_of(
+        &app,
+        post(r#"{"model":"auto","messages":[{"role":"user","content":"Mail jane.doe@example.com"}]}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend")
+    );
+    assert_eq!((worker.received(), cloud.received()), (2, 1));
+
+    // `/v1/models` lists the virtual model.
+    let request = HttpRequest::get("/v1/models")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, models) = send(&app, request).await;
+    let auto = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "auto")
+        .unwrap();
+    assert_eq!(auto["sluice"]["strategy"], "cheapest_within_slo");
+}
+
+#[tokio::test]
+async fn the_prefer_hint_must_be_local_or_cloud() {
+    let worker = local(answer(&["ok"]));
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], auto_policy());
+    let body = r#"{"model":"auto","messages":[{"role":"user","content":"hello"}]}"#;
+    let mut request = post(body);
+    request
+        .headers_mut()
+        .insert("x-sluice-prefer", HeaderValue::from_static("moon"));
+    assert_eq!(error_of(&app, request).await.1, "invalid_prefer");
+    let mut request = post(body);
+    request
+        .headers_mut()
+        .insert("x-sluice-prefer", HeaderValue::from_static("cloud"));
+    let (status, headers, _) = send(&app, request).await;
+    assert_eq!(
+        (status, &headers["x-sluice-backend"]),
+        (StatusCode::OK, &HeaderValue::from_static("cloud-a"))
+    );
+    assert_eq!(worker.received(), 0);
 }

@@ -1,0 +1,638 @@
+//! The `policy` section of the gateway configuration: as written ([`RawPolicy`]), checked into a
+//! [`PolicyConfig`] with every problem reported at once (file, line, key), and linted for rules that can
+//! never match or can never be served ([`lint`]).
+
+use std::collections::BTreeMap;
+
+use axum::http::HeaderName;
+use serde::Deserialize;
+use sluice_config::{ConfigError, Locator};
+use sluice_sensitivity::{Kind, Scanner};
+
+use super::{
+    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, Member, Place, PolicyConfig, Rule,
+    Strategy, VirtualModel,
+};
+use crate::backend::Route;
+use crate::level::Level;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Orders the backends of a concrete model served by several: cheapest, fastest, cheapest_within_slo.
+    pub strategy: Option<String>,
+    /// The latency objective of `cheapest_within_slo`: time to first token, in milliseconds.
+    pub max_ttft_ms: Option<u64>,
+    /// Per tenant: the lowest level its requests have.
+    pub tenants: Option<BTreeMap<String, RawTenant>>,
+    /// Virtual models, by the name clients ask for.
+    pub models: Option<BTreeMap<String, RawVirtualModel>>,
+    pub rules: Option<Vec<RawRule>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub floor: Option<Level>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtualModel {
+    pub strategy: Option<String>,
+    pub max_ttft_ms: Option<u64>,
+    pub members: Option<Vec<RawMember>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub backend: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Option<String>,
+    pub when: Option<RawWhen>,
+    pub then: Option<RawThen>,
+    pub strategy: Option<String>,
+}
+
+/// One value or a list of them. Written by hand rather than `untagged`, so that a wrong value keeps its
+/// own message ("credit_card is not a finding kind") instead of "did not match any variant".
+#[derive(Debug, Clone)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(serde::de::value::StrDeserializer::<E>::new(v)).map(OneOrMany::One)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                T::deserialize(serde::de::value::U64Deserializer::<E>::new(v)).map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    /// Any of these levels.
+    pub level: Option<OneOrMany<Level>>,
+    pub min_level: Option<Level>,
+    pub max_level: Option<Level>,
+    /// A finding of any of these kinds.
+    pub findings: Option<OneOrMany<Kind>>,
+    pub tenant: Option<OneOrMany<String>>,
+    pub model: Option<OneOrMany<String>>,
+    /// Header name -> one of these values, or "*" for any value.
+    pub headers: Option<BTreeMap<String, OneOrMany<String>>>,
+    pub min_prompt_tokens: Option<u64>,
+    pub max_prompt_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThen {
+    /// `local`, `cloud`, `any`, or backend names.
+    pub route: Option<OneOrMany<String>>,
+    pub substitute: Option<RawSubstitute>,
+    pub reject: Option<String>,
+}
+
+/// `substitute: MODEL`, or `substitute: { model: MODEL, backend: NAME }`.
+#[derive(Debug, Clone)]
+pub enum RawSubstitute {
+    Model(String),
+    On { model: String, backend: Option<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubstituteOn {
+    model: String,
+    backend: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawSubstitute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawSubstitute;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a model name, or { model, backend }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawSubstitute::Model(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let on = RawSubstituteOn::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawSubstitute::On {
+                    model: on.model,
+                    backend: on.backend,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// A backend as the policy checks see it, before anything runs.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub name: String,
+    pub route: Route,
+    pub clearance: Level,
+    /// The models it serves; `None` for the local pool (its workers say so when they connect).
+    pub models: Option<Vec<String>>,
+}
+
+impl BackendInfo {
+    fn serves(&self, model: &str) -> Option<bool> {
+        self.models.as_ref().map(|m| m.iter().any(|x| x == model))
+    }
+}
+
+/// Everything the checks compare the policy with.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub backends: &'a [BackendInfo],
+    pub scanner: &'a Scanner,
+    /// The tenants API keys map to.
+    pub tenants: &'a [String],
+}
+
+fn max_ttft(
+    at: &Locator<'_>,
+    key: &str,
+    ms: Option<u64>,
+    default: f64,
+    errors: &mut Vec<ConfigError>,
+) -> f64 {
+    match ms {
+        None => default,
+        Some(ms) if (1..=600_000).contains(&ms) => ms as f64 / 1000.0,
+        Some(ms) => {
+            errors.push(at.error(key, format!("must be 1 to 600000 milliseconds, got {ms}")));
+            default
+        }
+    }
+}
+
+fn strategy(at: &Locator<'_>, key: &str, s: Option<&str>, errors: &mut Vec<ConfigError>) -> Option<Strategy> {
+    let s = s?;
+    let parsed = Strategy::parse(s);
+    if parsed.is_none() {
+        errors.push(at.error(key, format!("{s:?} is not a strategy ({})", Strategy::NAMES)));
+    }
+    parsed
+}
+
+/// Rule names travel in `x-sluice-rule` and metric labels.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Checks the policy against the backends; every problem is reported, not only the first.
+pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<PolicyConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let default_strategy =
+        strategy(at, "policy.strategy", raw.strategy.as_deref(), &mut errors).unwrap_or_default();
+    let default_ttft = max_ttft(
+        at,
+        "policy.max_ttft_ms",
+        raw.max_ttft_ms,
+        DEFAULT_MAX_TTFT_SECONDS,
+        &mut errors,
+    );
+    let backend = |name: &str| cx.backends.iter().find(|b| b.name == name);
+    let cloud_models: Vec<&str> = cx
+        .backends
+        .iter()
+        .flat_map(|b| b.models.iter().flatten().map(String::as_str))
+        .collect();
+    let has_local = cx.backends.iter().any(|b| b.route == Route::Local);
+
+    let mut floors = BTreeMap::new();
+    for (tenant, t) in raw.tenants.unwrap_or_default() {
+        if let Some(floor) = t.floor {
+            floors.insert(tenant, floor);
+        } else {
+            errors.push(at.error(&format!("policy.tenants.{tenant}"), "`floor` is required"));
+        }
+    }
+
+    let mut models = Vec::new();
+    for (name, m) in raw.models.unwrap_or_default() {
+        let key = |f: &str| format!("policy.models.{name}.{f}");
+        if name.is_empty() || name.len() > 256 {
+            errors.push(at.error("policy.models", "a model name must be 1 to 256 characters"));
+        }
+        if cloud_models.contains(&name.as_str()) {
+            errors.push(at.error(
+                &format!("policy.models.{name}"),
+                format!("{name:?} is a cloud model's name: give the virtual model another"),
+            ));
+        }
+        let strategy =
+            strategy(at, &key("strategy"), m.strategy.as_deref(), &mut errors).unwrap_or(default_strategy);
+        let max_ttft_seconds = max_ttft(at, &key("max_ttft_ms"), m.max_ttft_ms, default_ttft, &mut errors);
+        let mut members = Vec::new();
+        for (j, member) in m.members.unwrap_or_default().into_iter().enumerate() {
+            let mkey = |f: &str| format!("policy.models.{name}.members[{j}].{f}");
+            let (Some(b), Some(model)) = (member.backend, member.model) else {
+                errors.push(at.error(
+                    &format!("policy.models.{name}.members[{j}]"),
+                    "`backend` and `model` are required",
+                ));
+                continue;
+            };
+            match backend(&b) {
+                None => errors.push(at.error(&mkey("backend"), unknown_backend(&b, cx.backends))),
+                Some(info) if info.serves(&model) == Some(false) => errors.push(at.error(
+                    &mkey("model"),
+                    format!("backend {b} does not list the model {model:?}"),
+                )),
+                Some(_) => {}
+            }
+            if members
+                .iter()
+                .any(|x: &Member| x.backend == b && x.model == model)
+            {
+                errors.push(at.error(&mkey("model"), "this member is listed twice"));
+            }
+            members.push(Member { backend: b, model });
+        }
+        if members.is_empty() {
+            errors.push(at.error(&key("members"), "list at least one backend and model"));
+        }
+        models.push(VirtualModel {
+            name,
+            strategy,
+            max_ttft_seconds,
+            members,
+        });
+    }
+    let is_virtual = |m: &str| models.iter().any(|v| v.name == m);
+
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+        let key = |f: &str| format!("policy.rules[{i}].{f}");
+        let name = r.name.unwrap_or_default();
+        if name.is_empty() {
+            errors.push(at.error(&format!("policy.rules[{i}]"), "`name` is required"));
+        } else if !plain_name(&name) {
+            errors.push(at.error(
+                &key("name"),
+                format!("{name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            ));
+        } else if rules.iter().any(|x| x.name == name) {
+            errors.push(at.error(&key("name"), format!("the rule name {name:?} is used twice")));
+        }
+        let when = conditions(at, i, r.when.unwrap_or_default(), &mut errors);
+        let rule_strategy = strategy(at, &key("strategy"), r.strategy.as_deref(), &mut errors);
+        let then = r.then.unwrap_or_default();
+        let given = [
+            then.route.is_some(),
+            then.substitute.is_some(),
+            then.reject.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            1 => {}
+            0 => {
+                errors.push(at.error(&key("then"), "give one action: route, substitute or reject"));
+                continue;
+            }
+            _ => {
+                errors.push(at.error(&key("then"), "give only one action: route, substitute or reject"));
+                continue;
+            }
+        }
+        let then = if let Some(to) = then.route {
+            let mut places = Vec::new();
+            for p in to.into_vec() {
+                let place = match p.as_str() {
+                    "any" => Place::Any,
+                    "local" => Place::Local,
+                    "cloud" => Place::Cloud,
+                    b => Place::Backend(b.to_owned()),
+                };
+                let missing = match &place {
+                    Place::Any => None,
+                    Place::Local => (!has_local).then(|| "no local workers are configured".to_owned()),
+                    Place::Cloud => (!cx.backends.iter().any(|b| b.route == Route::Cloud))
+                        .then(|| "no cloud backend is configured".to_owned()),
+                    Place::Backend(b) => backend(b).is_none().then(|| unknown_backend(b, cx.backends)),
+                };
+                if let Some(m) = missing {
+                    errors.push(at.error(&key("then.route"), m));
+                }
+                places.push(place);
+            }
+            if places.is_empty() {
+                errors.push(at.error(&key("then.route"), "name at least one place"));
+            }
+            Action::Route(places)
+        } else if let Some(s) = then.substitute {
+            let (model, on) = match s {
+                RawSubstitute::Model(m) => (m, None),
+                RawSubstitute::On { model, backend } => (model, backend),
+            };
+            match &on {
+                Some(b) => match backend(b) {
+                    None => errors
+                        .push(at.error(&key("then.substitute.backend"), unknown_backend(b, cx.backends))),
+                    Some(info) if info.serves(&model) == Some(false) => errors.push(at.error(
+                        &key("then.substitute.model"),
+                        format!("backend {b} does not list the model {model:?}"),
+                    )),
+                    Some(_) => {}
+                },
+                None if !(is_virtual(&model) || cloud_models.contains(&model.as_str()) || has_local) => {
+                    errors.push(at.error(
+                        &key("then.substitute"),
+                        format!("no backend serves {model:?}: it is no virtual or cloud model, and no local workers are configured"),
+                    ));
+                }
+                None => {}
+            }
+            Action::Substitute { model, backend: on }
+        } else {
+            let reason = then.reject.unwrap_or_default();
+            if reason.trim().is_empty() {
+                errors.push(at.error(&key("then.reject"), "give the reason clients will read"));
+            }
+            Action::Reject(reason)
+        };
+        rules.push(Rule {
+            name,
+            when,
+            then,
+            strategy: rule_strategy,
+        });
+    }
+    if errors.is_empty() {
+        Ok(PolicyConfig {
+            rules,
+            models,
+            floors,
+            strategy: default_strategy,
+            max_ttft_seconds: default_ttft,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn unknown_backend(name: &str, backends: &[BackendInfo]) -> String {
+    format!(
+        "no backend is named {name:?} (configured: {})",
+        backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn conditions(at: &Locator<'_>, i: usize, w: RawWhen, errors: &mut Vec<ConfigError>) -> Conditions {
+    let key = |f: &str| format!("policy.rules[{i}].when.{f}");
+    let listed = w.level.map_or(LevelSet::ALL, |l| LevelSet::of(l.into_vec()));
+    let levels = listed.intersect(LevelSet::between(
+        w.min_level.unwrap_or(Level::Public),
+        w.max_level.unwrap_or(Level::Restricted),
+    ));
+    let non_empty = |f: &str, v: Option<Vec<String>>, errors: &mut Vec<ConfigError>| {
+        if v.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(at.error(
+                &key(f),
+                "an empty list matches nothing: leave the key out instead",
+            ));
+        }
+        v
+    };
+    let findings = w.findings.map(OneOrMany::into_vec);
+    if findings.as_ref().is_some_and(Vec::is_empty) {
+        errors.push(at.error(
+            &key("findings"),
+            "an empty list matches nothing: leave the key out instead",
+        ));
+    }
+    let tenants = non_empty("tenant", w.tenant.map(OneOrMany::into_vec), errors);
+    let models = non_empty("model", w.model.map(OneOrMany::into_vec), errors);
+    let mut headers = Vec::new();
+    for (name, values) in w.headers.unwrap_or_default() {
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            errors.push(at.error(&key(&format!("headers.{name}")), "is not a header name"));
+            continue;
+        };
+        let values = values.into_vec();
+        if values.is_empty() {
+            errors.push(at.error(&key(&format!("headers.{name}")), "give a value, or \"*\" for any"));
+        }
+        headers.push(HeaderTest {
+            name: header,
+            values: (!values.iter().any(|v| v == "*")).then_some(values),
+        });
+    }
+    let prompt_tokens = (
+        w.min_prompt_tokens.unwrap_or(0),
+        w.max_prompt_tokens.unwrap_or(u64::MAX),
+    );
+    if prompt_tokens.0 > prompt_tokens.1 {
+        errors.push(at.error(
+            &key("min_prompt_tokens"),
+            "is above max_prompt_tokens: the rule could never match",
+        ));
+    }
+    Conditions {
+        levels,
+        findings,
+        tenants,
+        models,
+        headers,
+        prompt_tokens,
+    }
+}
+
+/// Problems that do not stop the gateway but are almost certainly mistakes: rules that can never match,
+/// rules whose targets can never take what they match, backends nothing reaches, floors for tenants no
+/// key belongs to.
+pub fn lint(policy: &PolicyConfig, at: &Locator<'_>, cx: Context<'_>) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let key = |f: &str| format!("policy.rules[{i}].{f}");
+        if let Some(why) = never_matches(&rule.when, cx.scanner) {
+            warnings.push(at.error(
+                &key("when"),
+                format!("rule `{}` can never match: {why}", rule.name),
+            ));
+        } else if let Some(earlier) = policy.rules[..i].iter().find(|e| covers(&e.when, &rule.when)) {
+            warnings.push(at.error(
+                &key("name"),
+                format!(
+                    "rule `{}` can never match: every request it matches is matched first by `{}`",
+                    rule.name, earlier.name
+                ),
+            ));
+        }
+        if let (Some(min), Some(targets)) = (rule.when.levels.min(), targets_of(policy, rule, cx))
+            && !targets.is_empty()
+            && targets.iter().all(|b| b.clearance < min)
+        {
+            warnings.push(at.error(
+                &key("then"),
+                format!(
+                    "rule `{}` matches {min} requests or above, but sends them only to backends cleared below that ({}): every such request will be refused",
+                    rule.name,
+                    targets
+                        .iter()
+                        .map(|b| format!("{}: {}", b.name, b.clearance))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        for m in rule.when.models.iter().flatten() {
+            let known =
+                policy.virtual_model(m).is_some() || cx.backends.iter().any(|b| b.serves(m) != Some(false));
+            if !known {
+                warnings.push(at.error(
+                    &key("when.model"),
+                    format!("no backend serves the model {m:?}, and no virtual model has that name"),
+                ));
+            }
+        }
+    }
+    // Past a rule that matches everything, the built-in default is never reached: backends that no rule
+    // up to it sends requests to are never used.
+    if let Some(last) = policy.rules.iter().position(|r| r.when == Conditions::default()) {
+        for b in cx.backends {
+            let reached = policy.rules[..=last]
+                .iter()
+                .any(|r| targets_of(policy, r, cx).is_some_and(|t| t.iter().any(|x| x.name == b.name)));
+            if !reached {
+                warnings.push(at.error(
+                    "policy.rules",
+                    format!(
+                        "no rule sends requests to backend {} (rule `{}` matches every request first)",
+                        b.name, policy.rules[last].name
+                    ),
+                ));
+            }
+        }
+    }
+    for tenant in policy.floors.keys() {
+        if !cx.tenants.contains(tenant) {
+            warnings.push(at.error(
+                &format!("policy.tenants.{tenant}"),
+                format!("no API key belongs to the tenant {tenant:?}"),
+            ));
+        }
+    }
+    warnings
+}
+
+/// Why conditions can never hold, if they cannot.
+fn never_matches(when: &Conditions, scanner: &Scanner) -> Option<String> {
+    if when.levels.is_empty() {
+        return Some("its level conditions leave no level".to_owned());
+    }
+    if let Some(kinds) = &when.findings {
+        let max = when.levels.max()?;
+        let possible: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| scanner.is_enabled(*k) && (k.is_tenant_rule() || scanner.level(*k) <= max))
+            .collect();
+        if possible.is_empty() {
+            return Some(format!(
+                "each of its finding kinds is turned off or makes a request more sensitive than {max}"
+            ));
+        }
+    }
+    None
+}
+
+/// Whether every request `later` matches is matched by `earlier`.
+fn covers(earlier: &Conditions, later: &Conditions) -> bool {
+    fn list_covers<T: PartialEq>(e: &Option<Vec<T>>, l: &Option<Vec<T>>) -> bool {
+        match (e, l) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(e), Some(l)) => l.iter().all(|x| e.contains(x)),
+        }
+    }
+    earlier.levels.is_superset_of(later.levels)
+        && list_covers(&earlier.findings, &later.findings)
+        && list_covers(&earlier.tenants, &later.tenants)
+        && list_covers(&earlier.models, &later.models)
+        && earlier.headers.iter().all(|eh| {
+            later.headers.iter().any(|lh| {
+                lh.name == eh.name
+                    && match (&eh.values, &lh.values) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(e), Some(l)) => l.iter().all(|v| e.iter().any(|x| x.eq_ignore_ascii_case(v))),
+                    }
+            })
+        })
+        && earlier.prompt_tokens.0 <= later.prompt_tokens.0
+        && earlier.prompt_tokens.1 >= later.prompt_tokens.1
+}
+
+/// The backends a rule can send requests to; `None` for a rejection.
+fn targets_of<'a>(policy: &PolicyConfig, rule: &Rule, cx: Context<'a>) -> Option<Vec<&'a BackendInfo>> {
+    let by_name = |n: &str| cx.backends.iter().find(|b| b.name == n);
+    match &rule.then {
+        Action::Reject(_) => None,
+        Action::Route(places) => Some(
+            cx.backends
+                .iter()
+                .filter(|b| places.iter().any(|p| p.admits(&b.name, b.route)))
+                .collect(),
+        ),
+        Action::Substitute { model, backend } => Some(match (backend, policy.virtual_model(model)) {
+            (_, Some(v)) => v.members.iter().filter_map(|m| by_name(&m.backend)).collect(),
+            (Some(b), None) => by_name(b).into_iter().collect(),
+            (None, None) => cx
+                .backends
+                .iter()
+                .filter(|b| b.serves(model) == Some(true) || b.route == Route::Local)
+                .collect(),
+        }),
+    }
+}

@@ -1,0 +1,211 @@
+//! Property: whatever the request, the policy and the state of the fleet (backends up, down, full, slow,
+//! cheap or dear), every target a decision allows is cleared for the request's level, and that level is
+//! never below what was found, declared or floored.
+
+use proptest::prelude::{
+    Just, ProptestConfig, any, prop, prop_assert, prop_assert_eq, prop_compose, prop_oneof, proptest,
+};
+use proptest::strategy::Strategy as Gen;
+use sluice_sensitivity::{Finding, Kind};
+
+use super::*;
+
+const MODELS: [&str; 4] = ["smollm2", "gpt-4o-mini", "gpt-4o", "auto"];
+
+fn level() -> impl Gen<Value = Level> {
+    prop::sample::select(Level::ALL.to_vec())
+}
+
+fn route() -> impl Gen<Value = Route> {
+    prop::sample::select(vec![Route::Local, Route::Cloud])
+}
+
+prop_compose! {
+    fn backend(i: usize)(
+        route in route(),
+        clearance in level(),
+        models in prop::sample::subsequence(MODELS[..3].to_vec(), 0..=3),
+        price in 0.0f64..20.0,
+        ready in any::<bool>(),
+        running in 0u32..8,
+        waiting in 0u32..8,
+        slots in 0u32..4,
+        in_flight in 0u64..16,
+        ttft in prop::option::of(0.0f64..5.0),
+        rate in prop::option::of(0.0f64..200.0),
+    ) -> BackendView {
+        BackendView {
+            name: format!("b{i}"),
+            route,
+            clearance,
+            models: models
+                .into_iter()
+                .map(|id| ModelCard {
+                    id: id.to_owned(),
+                    prices: (route == Route::Cloud).then_some(Prices {
+                        input_usd_per_mtok: price,
+                        output_usd_per_mtok: price * 4.0,
+                    }),
+                })
+                .collect(),
+            ready,
+            load: Load { in_flight, running, waiting, slots },
+            ttft_seconds: ttft,
+            tokens_per_second: rate,
+        }
+    }
+}
+
+fn fleet_view() -> impl Gen<Value = FleetView> {
+    (1usize..5)
+        .prop_flat_map(|n| (0..n).map(backend).collect::<Vec<_>>())
+        .prop_map(|backends| FleetView { backends })
+}
+
+fn kind() -> impl Gen<Value = Kind> {
+    prop::sample::select(Kind::ALL.to_vec())
+}
+
+fn place() -> impl Gen<Value = Place> {
+    prop_oneof![
+        Just(Place::Any),
+        Just(Place::Local),
+        Just(Place::Cloud),
+        (0usize..5).prop_map(|i| Place::Backend(format!("b{i}"))),
+    ]
+}
+
+fn action() -> impl Gen<Value = Action> {
+    prop_oneof![
+        prop::collection::vec(place(), 1..3).prop_map(Action::Route),
+        (
+            prop::sample::select(MODELS.to_vec()),
+            prop::option::of((0usize..5).prop_map(|i| format!("b{i}")))
+        )
+            .prop_map(|(m, backend)| Action::Substitute {
+                model: m.to_owned(),
+                backend
+            }),
+        Just(Action::Reject("no".into())),
+    ]
+}
+
+prop_compose! {
+    fn rule(i: usize)(
+        min in level(),
+        max in level(),
+        findings in prop::option::of(prop::collection::vec(kind(), 1..3)),
+        models in prop::option::of(prop::sample::subsequence(MODELS.to_vec(), 1..=2)),
+        tenants in prop::option::of(prop::sample::subsequence(vec!["acme".to_owned(), "legal".to_owned()], 1..=2)),
+        then in action(),
+        strategy in prop::option::of(prop::sample::select(vec![Strategy::Cheapest, Strategy::Fastest, Strategy::CheapestWithinSlo])),
+    ) -> Rule {
+        Rule {
+            name: format!("r{i}"),
+            when: Conditions {
+                levels: LevelSet::between(min, max),
+                findings,
+                tenants,
+                models: models.map(|m| m.into_iter().map(str::to_owned).collect()),
+                ..Conditions::default()
+            },
+            then,
+            strategy,
+        }
+    }
+}
+
+prop_compose! {
+    fn policy_config()(
+        rules in (0usize..5).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()),
+        members in prop::collection::vec(((0usize..5).prop_map(|i| format!("b{i}")), prop::sample::select(MODELS[..3].to_vec())), 1..4),
+        floor in level(),
+        max_ttft in 0.1f64..5.0,
+    ) -> PolicyConfig {
+        PolicyConfig {
+            rules,
+            models: vec![VirtualModel {
+                name: "auto".into(),
+                strategy: Strategy::CheapestWithinSlo,
+                max_ttft_seconds: max_ttft,
+                members: members.into_iter().map(|(backend, m)| Member { backend, model: m.to_owned() }).collect(),
+            }],
+            floors: [("legal".to_owned(), floor)].into(),
+            strategy: Strategy::CheapestWithinSlo,
+            max_ttft_seconds: max_ttft,
+        }
+    }
+}
+
+prop_compose! {
+    fn findings()(f in prop::collection::vec((kind(), level()), 0..4)) -> Vec<Finding> {
+        f.into_iter()
+            .map(|(kind, level)| Finding { kind, level, index: 0, range: 0..1, rule: None })
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_target_is_cleared_below_the_request(
+        fleet in fleet_view(),
+        config in policy_config(),
+        model in prop::sample::select(MODELS.to_vec()),
+        findings in findings(),
+        incomplete in any::<bool>(),
+        declared in prop::option::of(level()),
+        legal in any::<bool>(),
+        prefer in prop::option::of(route()),
+        prompt_tokens in 0u64..100_000,
+        max_tokens in prop::option::of(1u32..4096),
+    ) {
+        let mut body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
+        if let Some(m) = max_tokens {
+            body["max_tokens"] = m.into();
+        }
+        let request = parse_chat_request(body.to_string().as_bytes()).unwrap();
+        let found = findings.iter().map(|f| f.level).max().unwrap_or(Level::Public);
+        let scan = Scan {
+            findings,
+            level: if incomplete { Level::Restricted } else { found },
+            complete: !incomplete,
+            incomplete: None,
+        };
+        let headers = HeaderMap::new();
+        let tenant = if legal { "legal" } else { "acme" };
+        let facts = RequestFacts {
+            tenant,
+            request: &request,
+            headers: &headers,
+            declared,
+            scan: &scan,
+            prefer,
+            prompt_tokens,
+        };
+        let floor = config.floor(tenant);
+        let lowest = scan.level.max(declared.unwrap_or(Level::Public)).max(floor);
+        match Engine::new(config).decide(&facts, &fleet) {
+            Ok(d) => {
+                prop_assert!(d.level >= lowest, "level {} below {}", d.level, lowest);
+                prop_assert!(!d.targets.is_empty());
+                for t in &d.targets {
+                    let b = &fleet.backends[t.backend];
+                    prop_assert!(
+                        b.clearance >= d.level,
+                        "{} cleared for {} got a {} request", b.name, b.clearance, d.level
+                    );
+                }
+                let mut seen = d.targets.iter().map(|t| (t.backend, &t.model)).collect::<Vec<_>>();
+                seen.sort();
+                seen.dedup();
+                prop_assert_eq!(seen.len(), d.targets.len(), "a target is listed twice");
+            }
+            Err(r) => {
+                prop_assert!(r.error.status.is_client_error() || r.error.status.as_u16() == 503);
+                prop_assert!(r.level.is_none_or(|l| l >= lowest));
+            }
+        }
+    }
+}
