@@ -59,11 +59,46 @@ pub struct GatewayArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a gateway configuration: every problem with its file, line and key; exit 64 if any.
+    /// Validate a gateway configuration and its policy: every problem with its file, line and key (exit
+    /// 64 if any), and warnings for rules that can never match or never be served and for backends no
+    /// rule reaches. Environment variables the file names need not be set.
     Check {
         /// The gateway's YAML configuration.
         file: PathBuf,
+        /// Exit 65 when there are warnings (for CI).
+        #[arg(long)]
+        deny_warnings: bool,
     },
+    /// Show where a request would go and why, without sending it anywhere: the rule, the level and where
+    /// it came from, each finding's kind and position (never its text), the targets in order and what
+    /// was ruled out. Every backend is assumed up and idle unless named with --down.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The gateway's YAML configuration.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// A chat completion request body (JSON), as a client would send it; "-" reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub request: PathBuf,
+    /// A request header, such as `x-sluice-sensitivity: confidential` or `x-sluice-prefer: cloud`.
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// The tenant the request comes from (default: the first API key's tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// A backend to treat as down (repeatable).
+    #[arg(long, value_name = "BACKEND")]
+    pub down: Vec<String>,
+    /// A model the local workers serve (repeatable). Default: every model the policy sends to the
+    /// local pool, and the requested model when no cloud serves it.
+    #[arg(long, value_name = "MODEL")]
+    pub local_model: Vec<String>,
+    /// Print the explanation as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,8 @@ use clap::Parser;
 
 /// Exit code for bad flags or configuration (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// `sluice policy check --deny-warnings` found warnings (EX_DATAERR).
+const EXIT_WARNINGS: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = match args::Cli::try_parse() {
@@ -47,6 +49,10 @@ fn main() -> ExitCode {
         Err(commands::Failure::Runtime(error)) => {
             eprintln!("sluice: {error:#}");
             ExitCode::FAILURE
+        }
+        Err(commands::Failure::Warnings(message)) => {
+            eprintln!("sluice: {message}");
+            ExitCode::from(EXIT_WARNINGS)
         }
     }
 }

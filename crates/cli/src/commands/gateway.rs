@@ -1,12 +1,18 @@
-//! `sluice gateway` and `sluice policy check`.
+//! `sluice gateway`, `sluice policy check` and `sluice policy explain`.
 
 use std::path::Path;
 
 use anyhow::Context;
+use sluice_gateway::api::parse_chat_request;
+use sluice_gateway::backend::Route;
+use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_gateway::level::Level;
+use sluice_gateway::policy::{Action, Engine, Explanation, strings};
+use sluice_gateway::route::{Policy, RequestFacts, estimate_tokens};
 use sluice_gateway::{GatewayConfig, RawGatewayConfig};
 
 use super::{Failure, shutdown_signal};
-use crate::args::GatewayArgs;
+use crate::args::{ExplainArgs, GatewayArgs};
 
 pub async fn run(args: GatewayArgs) -> Result<(), Failure> {
     let config = load(&args.config, args.listen, args.admin_listen)?;
@@ -23,11 +29,276 @@ pub async fn run(args: GatewayArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `sluice policy check FILE`.
-pub fn check(file: &Path) -> Result<(), Failure> {
-    let config = load(file, None, None)?;
-    println!("{}: valid; {}", file.display(), summary(&config));
+/// `sluice policy check FILE`: every problem, then the warnings. Variables the file names for keys need
+/// not be set here (a CI job checking a configuration has no production secrets); that is a warning.
+pub fn check(file: &Path, deny_warnings: bool) -> Result<(), Failure> {
+    let (raw, text) = RawGatewayConfig::from_yaml_file(file).map_err(|e| Failure::Usage(e.to_string()))?;
+    let unset = std::cell::RefCell::new(Vec::new());
+    let env = |var: &str| {
+        std::env::var(var).ok().filter(|v| !v.is_empty()).or_else(|| {
+            unset.borrow_mut().push(var.to_owned());
+            Some(format!("unset-{var}"))
+        })
+    };
+    let report = raw.check(Some(file), Some(&text), &env);
+    if !report.errors.is_empty() {
+        let lines: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        return Err(Failure::Usage(format!(
+            "{} problem(s):\n{}",
+            lines.len(),
+            lines.join("\n")
+        )));
+    }
+    let Some(config) = report.config else {
+        return Err(Failure::Usage(format!("{}: not valid", file.display())));
+    };
+    let mut warnings: Vec<String> = report.warnings.iter().map(|w| format!("warning: {w}")).collect();
+    for var in unset.into_inner() {
+        warnings.push(format!(
+            "warning: {}: the environment variable {var} is not set here; the gateway needs it to start",
+            file.display()
+        ));
+    }
+    for w in &warnings {
+        println!("{w}");
+    }
+    println!(
+        "{}: valid; {}; {} rule(s), {} virtual model(s){}",
+        file.display(),
+        summary(&config),
+        config.policy.rules.len(),
+        config.policy.models.len(),
+        if warnings.is_empty() {
+            String::new()
+        } else {
+            format!("; {} warning(s)", warnings.len())
+        }
+    );
+    if deny_warnings && !warnings.is_empty() {
+        return Err(Failure::Warnings(format!(
+            "{} warning(s) and --deny-warnings",
+            warnings.len()
+        )));
+    }
     Ok(())
+}
+
+/// `sluice policy explain`: the decision for one request, computed as the gateway would, sent nowhere.
+pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
+    let (raw, text) =
+        RawGatewayConfig::from_yaml_file(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
+    // Keys are not needed to explain a decision.
+    let env = |var: &str| Some(std::env::var(var).unwrap_or_else(|_| format!("unset-{var}")));
+    let config = raw
+        .validate(Some(&args.config), Some(&text), &env)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let body = if args.request.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading the request")?;
+        b
+    } else {
+        std::fs::read(&args.request)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", args.request.display())))?
+    };
+    let request = parse_chat_request(&body)
+        .map_err(|e| Failure::Usage(format!("{}: {}", args.request.display(), e.message)))?;
+    let mut headers = HeaderMap::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| Failure::Usage(format!("--header {h:?}: write it as NAME:VALUE")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| Failure::Usage(format!("--header {h:?}: {name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| Failure::Usage(format!("--header {h:?}: the value is not a header value")))?;
+        headers.append(name, value);
+    }
+    let declared = match headers.get("x-sluice-sensitivity") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<Level>().ok())
+                .ok_or_else(|| {
+                    Failure::Usage(
+                        "x-sluice-sensitivity must be public, internal, confidential or restricted".into(),
+                    )
+                })?,
+        ),
+    };
+    let prefer = match headers.get("x-sluice-prefer").map(|v| v.to_str().map(str::trim)) {
+        None => None,
+        Some(Ok("local")) => Some(Route::Local),
+        Some(Ok("cloud")) => Some(Route::Cloud),
+        Some(_) => return Err(Failure::Usage("x-sluice-prefer must be local or cloud".into())),
+    };
+    for d in &args.down {
+        let known =
+            config.clouds.iter().any(|c| &c.name == d) || config.local.as_ref().is_some_and(|l| &l.name == d);
+        if !known {
+            return Err(Failure::Usage(format!("--down {d}: no backend has that name")));
+        }
+    }
+    let tenant = args
+        .tenant
+        .clone()
+        .or_else(|| config.keys.first().map(|k| k.tenant.clone()))
+        .unwrap_or_else(|| sluice_gateway::auth::ANONYMOUS.to_owned());
+    let local_models = if args.local_model.is_empty() {
+        assumed_local_models(&config, &request.model)
+    } else {
+        args.local_model.clone()
+    };
+    let fleet = config.offline_view(&local_models, &args.down);
+    let texts = strings(&request.body);
+    let prompt_tokens = estimate_tokens(texts.iter().map(|t| t.len()).sum());
+    let scan = config.scanner.scan_all(texts);
+    let facts = RequestFacts {
+        tenant: &tenant,
+        request: &request,
+        headers: &headers,
+        declared,
+        scan: &scan,
+        prefer,
+        prompt_tokens,
+    };
+    let result = Engine::new(config.policy.clone()).decide(&facts, &fleet);
+    let e =
+        sluice_gateway::policy::explain("(explain)", &facts, config.policy.floor(&tenant), &fleet, &result);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).context("writing the explanation")?
+        );
+        return Ok(());
+    }
+    print!("{}", render(&e, &local_models, &args.down));
+    Ok(())
+}
+
+/// What the local pool is assumed to serve when no `--local-model` is given: every model the policy
+/// sends there, and the requested model when no cloud and no virtual model has that name.
+fn assumed_local_models(config: &GatewayConfig, requested: &str) -> Vec<String> {
+    let Some(local) = config.local.as_ref().filter(|l| !l.workers.is_empty()) else {
+        return Vec::new();
+    };
+    let cloud = |m: &str| config.clouds.iter().any(|c| c.models.iter().any(|x| x.id == m));
+    let mut models: Vec<String> = Vec::new();
+    for r in &config.policy.rules {
+        if let Action::Substitute { model, backend } = &r.then
+            && backend.as_ref().is_none_or(|b| *b == local.name)
+            && config.policy.virtual_model(model).is_none()
+            && !cloud(model)
+        {
+            models.push(model.clone());
+        }
+    }
+    for v in &config.policy.models {
+        models.extend(
+            v.members
+                .iter()
+                .filter(|m| m.backend == local.name)
+                .map(|m| m.model.clone()),
+        );
+    }
+    if !cloud(requested) && config.policy.virtual_model(requested).is_none() {
+        models.push(requested.to_owned());
+    }
+    models.sort();
+    models.dedup();
+    models
+}
+
+fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = match (e.outcome, e.status, e.code) {
+        ("reject", Some(status), Some(code)) => writeln!(out, "decision:  refused, {status} {code}"),
+        // The gateway would try each target, find them down and answer so.
+        _ if !e.targets.iter().any(|t| t.ready) => writeln!(
+            out,
+            "decision:  refused, 503 {}: every backend allowed to take it is down",
+            if e.excluded.is_empty() {
+                "backend_unavailable"
+            } else {
+                "no_compliant_backend"
+            }
+        ),
+        _ => writeln!(out, "decision:  route"),
+    };
+    let _ = writeln!(out, "rule:      {}", e.rule.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "level:     {} (found {}{}, declared {}, tenant {} floor {})",
+        e.level,
+        e.detected,
+        if e.scan_complete { "" } else { ", scan incomplete" },
+        e.declared.map_or("-", Level::as_str),
+        e.tenant,
+        e.floor
+    );
+    if e.findings.is_empty() {
+        let _ = writeln!(out, "findings:  none");
+    }
+    for (i, f) in e.findings.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{} ({}) in {} at bytes {}..{}{}",
+            if i == 0 { "findings:  " } else { "           " },
+            f.kind,
+            f.level,
+            f.field,
+            f.start,
+            f.end,
+            f.list
+                .as_deref()
+                .map(|l| format!(", list {l}"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "prompt:    about {} tokens", e.prompt_tokens_estimate);
+    if let Some(from) = &e.substituted_for {
+        let _ = writeln!(out, "substitutes for: {from}");
+    }
+    for (i, t) in e.targets.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{}. {} / {} ({}, cleared for {}{})",
+            if i == 0 { "targets:   " } else { "           " },
+            i + 1,
+            t.backend,
+            t.model,
+            t.route,
+            t.clearance,
+            if t.ready { "" } else { ", down" }
+        );
+    }
+    for (i, x) in e.excluded.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{} / {}: {}",
+            if i == 0 { "ruled out: " } else { "           " },
+            x.backend,
+            x.model,
+            x.why
+        );
+    }
+    let _ = writeln!(out, "reason:    {}", e.reason);
+    let _ = writeln!(
+        out,
+        "assumed:   every backend up and idle{}; the local workers serve {}",
+        if down.is_empty() {
+            String::new()
+        } else {
+            format!(" but {}", down.join(", "))
+        },
+        if local_models.is_empty() {
+            "nothing".to_owned()
+        } else {
+            local_models.join(", ")
+        }
+    );
+    out
 }
 
 /// Reads and validates a configuration file; flags override its addresses.

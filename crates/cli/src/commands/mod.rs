@@ -14,6 +14,8 @@ use crate::args::{Command, PolicyCommand};
 pub enum Failure {
     Usage(String),
     Runtime(anyhow::Error),
+    /// Valid, but with warnings the caller asked to fail on.
+    Warnings(String),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -28,7 +30,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Models(cmd) => models::run(cmd).await,
         Command::Chat(args) => chat::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
-        Command::Policy(PolicyCommand::Check { file }) => gateway::check(&file),
+        Command::Policy(PolicyCommand::Check { file, deny_warnings }) => gateway::check(&file, deny_warnings),
+        Command::Policy(PolicyCommand::Explain(args)) => gateway::explain(&args),
         Command::Up(args) => up::run(args).await,
         Command::SimCloud(args) => sim_cloud::run(args, shutdown_signal()).await,
         Command::HashKey { key } => hash_key(key),
