@@ -51,7 +51,7 @@ async fn the_sdk_gets_local_and_cloud_answers_streamed_and_not() {
     assert_eq!(local["finish_reason"], "stop");
     assert_eq!(local["headers"]["x-sluice-route"], "local");
     assert_eq!(local["headers"]["x-sluice-backend"], "w0");
-    assert_eq!(local["headers"]["x-sluice-rule"], "model-home");
+    assert_eq!(local["headers"]["x-sluice-rule"], "default");
     assert_eq!(local["headers"]["x-sluice-sensitivity"], "public");
     assert!(
         local["headers"]["x-sluice-decision-id"]
@@ -204,6 +204,97 @@ async fn sensitive_requests_never_reach_the_cloud() {
     assert_eq!(
         seen[0]["body"]["messages"][0]["content"],
         "What is the capital of Japan?"
+    );
+}
+
+/// The policy `sluice up` runs with: sensitive requests for the cloud model are served by the local one.
+const SUBSTITUTE_POLICY: &str = "policy:\n  rules:\n    - name: sensitive-stays-local\n      when: { min_level: confidential, model: gpt-4o-mini }\n      then: { substitute: smollm2-135m-instruct }\n";
+
+/// Every place a request carries text, each asked of the cloud model.
+const POLICY_CASES: [&str; 9] = [
+    "content",
+    "content_parts",
+    "system",
+    "name",
+    "tool_call_arguments",
+    "tool_definition",
+    "stop",
+    "content_with_lying_headers",
+    "system_with_lying_headers",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensitive_requests_are_served_locally_or_refused_and_never_reach_the_cloud() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&format!("{}{SUBSTITUTE_POLICY}", backends(&worker, &sim, "")));
+    gateway.wait_ready("local");
+
+    // The worker up: each is served by the local model, and says so. Tool definitions are the one thing
+    // the local model cannot take: refused, not sent to the cloud.
+    let r = sdk(&gateway, "policy");
+    for case in POLICY_CASES {
+        let c = &r[case];
+        if case == "tool_definition" {
+            assert_eq!(
+                (&c["status"], &c["code"]),
+                (&json!(400), &json!("unsupported_parameter")),
+                "{case}: {c}"
+            );
+            continue;
+        }
+        assert_eq!(c["status"], 200, "{case}: {c}");
+        assert_eq!(c["headers"]["x-sluice-route"], "local", "{case}: {c}");
+        assert_eq!(c["headers"]["x-sluice-rule"], "sensitive-stays-local", "{case}");
+        assert_eq!(c["headers"]["x-sluice-substituted-for"], "gpt-4o-mini", "{case}");
+        assert_eq!(c["headers"]["x-sluice-model"], DEMO_MODEL_ID, "{case}");
+        assert_eq!(c["model"], DEMO_MODEL_ID, "{case}");
+    }
+    assert_eq!(
+        r["content_with_lying_headers"]["headers"]["x-sluice-sensitivity"],
+        "restricted"
+    );
+    assert_eq!(r["benign"]["headers"]["x-sluice-route"], "cloud");
+    assert_eq!(
+        sim.requests().len(),
+        1,
+        "only the benign request reached the cloud"
+    );
+
+    // The worker killed: nowhere allowed is up, so 503 no_compliant_backend; the cloud still gets none.
+    worker.signal("KILL");
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(&gateway.scrape(), r#"sluice_backend_up{backend="w0"}"#) != Some(0.0) {
+        assert!(Instant::now() < until, "w0 still up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = sdk(&gateway, "policy");
+    for case in POLICY_CASES {
+        let c = &r[case];
+        let want = if case == "tool_definition" {
+            (json!(400), json!("unsupported_parameter"))
+        } else {
+            (json!(503), json!("no_compliant_backend"))
+        };
+        assert_eq!((&c["status"], &c["code"]), (&want.0, &want.1), "{case}: {c}");
+    }
+    assert_eq!(r["benign"]["headers"]["x-sluice-route"], "cloud");
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 2, "only the two benign requests reached the cloud");
+    for s in &seen {
+        assert_eq!(
+            s["body"]["messages"],
+            json!([{"role": "user", "content": "What is the capital of Japan?"}])
+        );
+    }
+    let metrics = gateway.scrape();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"sluice_rejected_total{reason="no_compliant_backend"}"#
+        ),
+        Some(8.0)
     );
 }
 
@@ -411,6 +502,175 @@ fn gateway_configs_are_checked_with_file_line_and_key() {
     }
 }
 
+fn run_sluice(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::sluice_bin())
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const POLICY_BACKENDS: &str = "allow_unauthenticated: true\nlocal:\n  workers: [{ name: w0, address: 127.0.0.1:1 }]\nclouds:\n  - name: openai\n    base_url: https://api.openai.com/v1\n    api_key_env: OPENAI_API_KEY\n    models:\n      - { id: gpt-4o-mini, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.6 }\n";
+
+#[test]
+fn policy_check_reports_every_problem_and_warns_about_rules_that_cannot_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The backends, then a policy whose rules start on line 12.
+    let write = |name: &str, rules: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{POLICY_BACKENDS}policy:\n  rules:\n{rules}")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let path = &write(
+        "bad.yaml",
+        "    - name: a\n      then: { route: mars }\n    - name: b\n      when: { findings: [credit_card] }\n      then: { route: local }\n",
+    );
+    let (code, _, err) = run_sluice(&["policy", "check", path]);
+    assert_eq!(code, Some(64), "{err}");
+    // Every problem, each at its line: an unknown kind is caught while parsing, before the rest.
+    assert!(
+        err.contains(&format!(
+            "{path}:15: policy.rules[1].when.findings[0]: \"credit_card\" is not a finding kind"
+        )),
+        "{err}"
+    );
+
+    let path = &write(
+        "unknown-backend.yaml",
+        "    - name: a\n      then: { route: mars }\n    - name: a\n      then: { reject: \"\" }\n",
+    );
+    let (code, _, err) = run_sluice(&["policy", "check", path]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:13: policy.rules[0].then.route: no backend is named \"mars\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:14: policy.rules[1].name: the rule name \"a\" is used twice"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:15: policy.rules[1].then.reject: give the reason"
+        )),
+        "{err}"
+    );
+
+    let path = &write(
+        "warn.yaml",
+        "    - name: all-local\n      then: { route: local }\n    - name: mail\n      when: { findings: email }\n      then: { route: openai }\n",
+    );
+    let (code, out, err) = run_sluice(&["policy", "check", path]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("warning: {path}:14: policy.rules[1].name: rule `mail` can never match: every request it matches is matched first by `all-local`")), "{out}");
+    assert!(out.contains("no rule sends requests to backend openai"), "{out}");
+    assert!(
+        out.contains("the environment variable OPENAI_API_KEY is not set here"),
+        "{out}"
+    );
+    assert!(out.contains("valid;") && out.contains("3 warning(s)"), "{out}");
+    let (code, _, err) = run_sluice(&["policy", "check", "--deny-warnings", path]);
+    assert_eq!(code, Some(65), "{err}");
+}
+
+#[test]
+fn policy_explain_shows_the_decision_without_sending_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, format!("{POLICY_BACKENDS}{SUBSTITUTE_POLICY}")).unwrap();
+    let request = dir.path().join("request.json");
+    let mail = ["jane.doe", "example.com"].join("@");
+    std::fs::write(
+        &request,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": format!("Write to {mail}")}]}).to_string(),
+    )
+    .unwrap();
+    let (config, request) = (config.to_str().unwrap(), request.to_str().unwrap());
+    let (code, out, err) = run_sluice(&["policy", "explain", "--config", config, "--request", request]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "decision:  route",
+        "rule:      sensitive-stays-local",
+        "level:     confidential (found confidential, declared -, tenant anonymous floor public)",
+        "findings:  email (confidential) in messages[1].content at bytes 9..29",
+        "substitutes for: gpt-4o-mini",
+        "targets:   1. local / smollm2-135m-instruct (local, cleared for restricted)",
+        "ruled out: openai / gpt-4o-mini: rule `sensitive-stays-local` serves the request with `smollm2-135m-instruct` instead",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains(&mail), "the finding itself is never shown:\n{out}");
+
+    // With the local workers down, the gateway would refuse it: the cloud may not take it.
+    let (_, out, _) = run_sluice(&[
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--request",
+        request,
+        "--down",
+        "local",
+    ]);
+    assert!(
+        out.contains("decision:  refused, 503 no_compliant_backend"),
+        "{out}"
+    );
+
+    // A benign request goes where it asked; a declared level raises it; JSON for machines.
+    std::fs::write(
+        dir.path().join("benign.json"),
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#,
+    )
+    .unwrap();
+    let benign = dir.path().join("benign.json");
+    let benign = benign.to_str().unwrap();
+    let (_, out, _) = run_sluice(&[
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--request",
+        benign,
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["rule"], &v["targets"][0]["backend"]),
+        (&json!("default"), &json!("openai"))
+    );
+    let (_, out, _) = run_sluice(&[
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--request",
+        benign,
+        "--json",
+        "-H",
+        "x-sluice-sensitivity: confidential",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["level"], &v["rule"], &v["substituted_for"]),
+        (
+            &json!("confidential"),
+            &json!("sensitive-stays-local"),
+            &json!("gpt-4o-mini")
+        )
+    );
+}
+
 #[test]
 fn every_gateway_config_in_the_repository_is_valid() {
     for path in common::repository_configs("gateway") {
@@ -499,14 +759,27 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     );
     assert!(!banner.contains("not ready yet"), "{banner}");
     assert!(
-        banner.contains("no_compliant_backend"),
-        "an example shows the guarantee:\n{banner}"
+        banner.contains("x-sluice-substituted-for") && banner.contains("\"model\": \"auto\""),
+        "examples show the guarantee and the virtual model:\n{banner}"
     );
     let r = common::sdk_at(&base_url_of(&banner), "up");
     assert_eq!(r["local"]["content"], "The capital of Japan is Tokyo.");
     assert_eq!(r["local"]["headers"]["x-sluice-route"], "local");
     assert_eq!(r["cloud"]["headers"]["x-sluice-route"], "cloud");
     assert_eq!(r["cloud"]["headers"]["x-sluice-backend"], "sim-cloud");
+    // The embedded policy: a card number asked of the cloud model is served by the local one.
+    assert_eq!(r["card"]["headers"]["x-sluice-route"], "local");
+    assert_eq!(r["card"]["headers"]["x-sluice-rule"], "sensitive-stays-local");
+    assert_eq!(r["card"]["headers"]["x-sluice-substituted-for"], "gpt-4o-mini");
+    assert_eq!(r["card"]["headers"]["x-sluice-sensitivity"], "restricted");
+    // `auto` is listed and served by one of its members.
+    assert!(
+        r["models"].as_array().unwrap().contains(&json!("auto")),
+        "{}",
+        r["models"]
+    );
+    let served = r["auto"]["headers"]["x-sluice-model"].as_str().unwrap();
+    assert!(served == DEMO_MODEL_ID || served == "gpt-4o-mini", "{served}");
     stop(child);
 }
 

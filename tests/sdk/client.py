@@ -21,7 +21,7 @@ CLOUD = os.environ.get("CLOUD_MODEL", "gpt-4o-mini")
 JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
 LONG = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
 ROUTING = ["x-sluice-route", "x-sluice-backend", "x-sluice-rule", "x-sluice-sensitivity",
-           "x-sluice-decision-id", "x-request-id"]
+           "x-sluice-decision-id", "x-request-id", "x-sluice-model", "x-sluice-substituted-for"]
 TOOLS = [{
     "type": "function",
     "function": {
@@ -167,6 +167,48 @@ def sensitive():
     return out
 
 
+def policy():
+    """Sensitive data in every place a request can carry it, asked of the cloud model, with and without
+    headers that try to talk the gateway out of it; and one benign request."""
+    c = client()
+    card = " ".join(["4111"] + ["1111"] * 3)
+    aws = "AKIA" + "Q3EGTZ7KX2LMNP4R"
+    mail = "jane.doe" + "@example.com"
+    user = lambda text: [{"role": "user", "content": text}]
+    lie = {"x-sluice-sensitivity": "public", "x-sluice-prefer": "cloud"}
+    cases = {
+        "content": dict(messages=user(f"Charge {card} please")),
+        "content_parts": dict(messages=[{"role": "user", "content": [{"type": "text", "text": f"mail {mail}"}]}]),
+        "system": dict(messages=[{"role": "system", "content": f"key {aws}"}] + user("hi")),
+        "name": dict(messages=[{"role": "user", "content": "hi", "name": "AKIA" + "Q3EGTZ7KX2LMNP4R"}]),
+        "tool_call_arguments": dict(messages=[
+            {"role": "user", "content": "pay"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "pay", "arguments": json.dumps({"card": card})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]),
+        "tool_definition": dict(messages=user("hi"), tools=[{"type": "function", "function": {
+            "name": "pay", "description": f"Pays with the company card {card}"}}]),
+        "stop": dict(messages=user("hi"), stop=[mail]),
+        "content_with_lying_headers": dict(messages=user(f"Charge {card} please"), extra_headers=lie),
+        "system_with_lying_headers": dict(messages=[{"role": "system", "content": f"key {aws}"}] + user("hi"),
+                                          extra_headers=lie),
+    }
+    out = {}
+    for name, kw in cases.items():
+        kw.setdefault("max_tokens", 8)
+        try:
+            raw = c.chat.completions.with_raw_response.create(model=CLOUD, **kw)
+            r = raw.parse()
+            out[name] = {"status": 200, "headers": headers_of(raw), "model": r.model,
+                         "content": r.choices[0].message.content}
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            out[name] = {"status": e.status_code, "code": body.get("code"), "message": str(body.get("message")),
+                         "headers": {h: e.response.headers.get(h) for h in ROUTING}}
+    out["benign"] = plain(c, CLOUD, JAPAN)
+    return out
+
+
 def disconnect(model=LOCAL):
     c = client()
     stream = c.chat.completions.create(model=model, messages=LONG, stream=True, max_tokens=400,
@@ -214,7 +256,14 @@ def local_once():
 
 def up():
     c = client()
-    return {"local": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=32), "cloud": plain(c, CLOUD, JAPAN)}
+    card = " ".join(["4111"] + ["1111"] * 3)
+    return {
+        "local": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=32),
+        "cloud": plain(c, CLOUD, JAPAN),
+        "card": plain(c, CLOUD, [{"role": "user", "content": f"Is {card} a number?"}], max_tokens=8),
+        "auto": plain(c, "auto", JAPAN, max_tokens=8),
+        "models": [m.id for m in c.models.list()],
+    }
 
 
 def hang():
@@ -225,7 +274,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -23,6 +23,27 @@ const CLOUD_MODEL: &str = "gpt-4o-mini";
 const CLOUD_INPUT_PRICE: f64 = 0.15;
 const CLOUD_OUTPUT_PRICE: f64 = 0.60;
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The routing policy `sluice up` runs with: sensitive data stays on the local workers (a request for the
+/// cloud model that carries it is served by the local model instead, and says so), everything else goes
+/// where the client asked, and `auto` picks the cheapest backend expected to meet the latency objective.
+/// `{local}` and `{cloud}` are the local model and the cloud backend's name.
+const UP_POLICY: &str = r#"
+max_ttft_ms: 2000
+models:
+  auto:
+    strategy: cheapest_within_slo
+    members:
+      - { backend: local, model: "{local}" }
+      - { backend: "{cloud}", model: gpt-4o-mini }
+rules:
+  - name: sensitive-stays-local
+    when: { min_level: confidential, model: gpt-4o-mini }
+    then: { substitute: "{local}" }
+  - name: sensitive-local-only
+    when: { min_level: confidential }
+    then: { route: local }
+"#;
+
 /// How long `up` waits for the local worker to load its model before it says so and serves anyway.
 const WORKER_READY_WAIT: Duration = Duration::from_secs(300);
 
@@ -120,7 +141,21 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         own_worker = Some((handle, model_id));
     }
 
+    let cloud_name = match cloud {
+        Cloud::OpenAi { .. } => "openai",
+        Cloud::Simulator { .. } => "sim-cloud",
+    };
+    let local_model = own_worker
+        .as_ref()
+        .map_or(sluice_models::DEMO_MODEL_ID, |(_, id): &(_, String)| id.as_str())
+        .to_owned();
+    let policy_yaml = UP_POLICY
+        .replace("{local}", &local_model)
+        .replace("{cloud}", cloud_name);
+    let policy = sluice_config::parse_yaml(&policy_yaml)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("the built-in policy: {e}")))?;
     let raw = RawGatewayConfig {
+        policy: Some(policy),
         listen: Some(args.listen.clone()),
         admin_listen: Some(args.admin_listen.clone()),
         api_keys: Some(vec![RawApiKey {
@@ -142,10 +177,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             ..Default::default()
         }),
         clouds: Some(vec![RawCloud {
-            name: Some(match cloud {
-                Cloud::OpenAi { .. } => "openai".into(),
-                Cloud::Simulator { .. } => "sim-cloud".into(),
-            }),
+            name: Some(cloud_name.into()),
             base_url: Some(match &cloud {
                 Cloud::OpenAi { base_url } => base_url.clone(),
                 Cloud::Simulator { addr } => format!("http://{addr}/v1"),
@@ -190,7 +222,6 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let admin = bound.admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(public = %bound.public, admin = %admin, "gateway listening");
 
-    let local_model = own_worker.as_ref().map(|(_, id)| id.clone());
     let ready = tokio::select! {
         ready = wait_ready(&workers, WORKER_READY_WAIT) => Some(ready),
         // Ctrl-C while the model loads: no banner, straight to the shutdown below.
@@ -202,7 +233,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             &key,
             args.api_key.is_some(),
             &workers,
-            local_model.as_deref(),
+            &local_model,
             &cloud,
             ready,
         );
@@ -278,12 +309,11 @@ fn print_banner(
     key: &str,
     key_given: bool,
     workers: &[String],
-    local_model: Option<&str>,
+    local: &str,
     cloud: &Cloud,
     ready: bool,
 ) {
     let base = format!("http://{}/v1", bound.public);
-    let local = local_model.unwrap_or(sluice_models::DEMO_MODEL_ID);
     let cloud_line = match cloud {
         Cloud::OpenAi { base_url } => {
             format!("{CLOUD_MODEL} on the OpenAI API ({base_url}), key from OPENAI_API_KEY")
@@ -313,9 +343,17 @@ fn print_banner(
         );
     }
     out.push_str(&format!("  Cloud model      {cloud_line}\n"));
+    out.push_str(&format!(
+        "  Virtual model    auto: {local} or {CLOUD_MODEL}, the cheapest expected to answer within 2 s\n"
+    ));
+    out.push_str(
+        "  Policy           confidential and restricted data stay local; a request for gpt-4o-mini \
+         carrying it is served by the local model\n",
+    );
     if let Some(admin) = bound.admin {
         out.push_str(&format!(
-            "  Metrics          http://{admin}/metrics   backends: http://{admin}/admin/backends\n"
+            "  Metrics          http://{admin}/metrics   backends: http://{admin}/admin/backends   \
+             decisions: http://{admin}/admin/decisions\n"
         ));
     }
     out.push_str(&format!(
@@ -324,9 +362,12 @@ fn print_banner(
          -d '{{\"model\": \"{local}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n  \
-         # a card number never leaves: 503 no_compliant_backend, x-sluice-sensitivity: restricted\n  \
+         # a card number never leaves: served by the local model (x-sluice-substituted-for: {CLOUD_MODEL})\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Charge 4111 1111 1111 1111\"}}]}}'\n\n  \
+         # auto: the cheapest backend expected to meet the latency objective (x-sluice-model names it)\n  \
+         curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"Name a primary colour.\"}}]}}'\n\n  \
          python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
          print(c.chat.completions.create(model='{local}', messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
          Stop with Ctrl-C: requests in flight finish first.\n"
