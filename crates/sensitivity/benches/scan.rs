@@ -174,6 +174,9 @@ fn main() {
         ),
         ("1 MiB digit groups", mib("1234 5678 9012 3456 7890 ")),
         ("1 MiB @ signs", mib("a@b@c@d.e@ ")),
+        // Key names inside one long value: each would read the value again if it were taken for a new
+        // assignment.
+        ("1 MiB key names", mib(&format!("{} ", "pass=".repeat(200)))),
     ] {
         bench(name, default, &text);
     }

@@ -254,6 +254,10 @@ impl Scanner {
         let b = text.as_bytes();
         if let Some(ac) = &inner.anchors {
             let mut pos = 0;
+            // The end of the last key-like assignment whose value was read and rejected. A key name found
+            // inside that value (`pass=pass=pass=…`) is not read as a new assignment: each byte is read
+            // as a value at most once, so the scan stays linear in the text whatever it repeats.
+            let mut generic_read = 0;
             while pos < b.len() {
                 let m = match ac.try_find(Input::new(b).span(pos..b.len())) {
                     Ok(Some(m)) => m,
@@ -281,7 +285,10 @@ impl Scanner {
                         }
                         continue;
                     }
-                    let (hit, next) = self.check(action, b, s, e);
+                    if action == Action::SecretName && s < generic_read {
+                        continue;
+                    }
+                    let (hit, next) = self.check(action, b, s, e, &mut generic_read);
                     if let Some(hit) = hit {
                         self.push(out, index, hit);
                     }
@@ -321,7 +328,15 @@ impl Scanner {
     }
 
     /// Runs the detector an anchor at `s..e` stands for. Returns its hit and where the search resumes.
-    fn check(&self, action: Action, b: &[u8], s: usize, e: usize) -> (Option<Hit>, usize) {
+    /// `generic_read` is moved past a key-like assignment's value that was read and rejected.
+    fn check(
+        &self,
+        action: Action,
+        b: &[u8],
+        s: usize,
+        e: usize,
+        generic_read: &mut usize,
+    ) -> (Option<Hit>, usize) {
         let on = self.inner.on;
         let after = |hit: Option<Hit>| {
             let next = hit.map_or(e, |h| h.end);
@@ -341,10 +356,13 @@ impl Scanner {
                 Err(next) => (None, next),
             },
             Action::SecretName => match generic::check(b, s, e) {
-                Some(hit) if on.has(hit.kind) => (Some(hit), hit.start),
+                Ok(hit) if on.has(hit.kind) => (Some(hit), hit.start),
                 // Resume at the value, so that a token format inside it is found and named.
-                Some(hit) => (None, hit.start),
-                None => (None, e),
+                Ok(hit) => (None, hit.start),
+                Err(read) => {
+                    *generic_read = (*generic_read).max(read);
+                    (None, e)
+                }
             },
             // Keywords are matched in `scan_text`, which has the text as `str`.
             Action::Keyword(_) => (None, e),

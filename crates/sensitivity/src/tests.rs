@@ -542,6 +542,18 @@ mod generic {
     use super::*;
 
     #[test]
+    fn key_names_inside_a_rejected_value_are_not_new_assignments_but_later_ones_are() {
+        // Each `pass` here is inside the value of the first `pass=`: read once, rejected once.
+        let repeated = "pass=".repeat(300);
+        assert_eq!(found(&repeated), []);
+        let text = format!("{repeated} password=q8Zr4Lm2Xv9Tn1Pw");
+        assert_eq!(found(&text), [(Kind::GenericSecret, "q8Zr4Lm2Xv9Tn1Pw")]);
+        // A token format inside a rejected value is still found.
+        let text = format!("token=pass=pass=x{} AKIAIOSFODNN7EXAMPLE", "y".repeat(3));
+        assert_eq!(found(&text), [(Kind::AwsAccessKey, "AKIAIOSFODNN7EXAMPLE")]);
+    }
+
+    #[test]
     fn high_entropy_values_of_key_like_names() {
         for (text, value) in [
             ("api_key=\"q8Zr4Lm2Xv9Tn1Pw\"", "q8Zr4Lm2Xv9Tn1Pw"),

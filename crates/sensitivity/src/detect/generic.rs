@@ -120,8 +120,14 @@ fn is_space(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
-/// Validates the name fragment matched at `s..e`. On success the hit covers the value only.
-pub(crate) fn check(b: &[u8], s: usize, e: usize) -> Option<Hit> {
+/// Validates the name fragment matched at `s..e`. On success the hit covers the value only; otherwise the
+/// error is the end of the value that was read and rejected (0 when no value was read).
+pub(crate) fn check(b: &[u8], s: usize, e: usize) -> Result<Hit, usize> {
+    let mut read = 0;
+    assignment(b, s, e, &mut read).ok_or(read)
+}
+
+fn assignment(b: &[u8], s: usize, e: usize, read: &mut usize) -> Option<Hit> {
     let name_start = run_start(b, s, MAX_NAME, is_ident);
     let mut name_end = run_end(b, e, MAX_NAME, is_ident);
     if is_ident(back(b, name_start, 1)) || is_ident(at(b, name_end)) {
@@ -156,6 +162,7 @@ pub(crate) fn check(b: &[u8], s: usize, e: usize) -> Option<Hit> {
     };
     i = run_end(b, i, 8, is_space);
     let (vs, ve, form) = value(b, i)?;
+    *read = ve;
     if comparison && form != Form::Quoted {
         return None;
     }
