@@ -49,6 +49,9 @@ pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
 pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
 pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
 
+/// Bodies up to this size are scanned on the runtime thread; larger ones on the blocking pool.
+const SCAN_INLINE_BYTES: usize = 64 << 10;
+
 /// How many recent decisions `/admin/decisions/{id}` can explain.
 pub const RECENT_DECISIONS: usize = 1024;
 
@@ -722,10 +725,36 @@ async fn chat_completions(
             }
         },
     };
-    // Every string of the body is scanned, keys included: whatever reaches a backend has been seen.
-    let texts = crate::policy::strings(&request.body);
-    let prompt_bytes = texts.iter().map(|t| t.len()).sum();
-    let scan = app.config.scanner.scan_all(texts);
+    // Every string of the body is scanned, keys included: whatever reaches a backend has been seen. A large
+    // body is scanned on the blocking pool (a few MiB take tens of milliseconds), so that it holds up no
+    // other request on this runtime thread.
+    let scan_here = |request: &ChatRequest, scanner: &sluice_sensitivity::Scanner| {
+        let texts = crate::policy::strings(&request.body);
+        let bytes: usize = texts.iter().map(|t| t.len()).sum();
+        (bytes, scanner.scan_all(texts))
+    };
+    let (request, (prompt_bytes, scan)) = if bytes.len() <= SCAN_INLINE_BYTES {
+        let scanned = scan_here(&request, &app.config.scanner);
+        (request, scanned)
+    } else {
+        let scanner = app.config.scanner.clone();
+        match tokio::task::spawn_blocking(move || {
+            let scanned = scan_here(&request, &scanner);
+            (request, scanned)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                return reject(
+                    &app,
+                    &routing,
+                    "internal",
+                    ApiError::internal(format!("The content scan failed: {e}")),
+                );
+            }
+        }
+    };
     for kind in scan.kinds() {
         app.metrics.findings.with_label_values(&[kind.as_str()]).inc();
     }

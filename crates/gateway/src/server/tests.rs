@@ -1090,3 +1090,28 @@ async fn the_prefer_hint_must_be_local_or_cloud() {
     );
     assert_eq!(worker.received(), 0);
 }
+
+#[tokio::test]
+async fn a_large_body_is_scanned_to_its_last_byte() {
+    let cloud = cloud(answer(&["x"]));
+    let app = app_with(vec![cloud.clone()], Limits::default());
+    // Past the size scanned on the runtime thread: the blocking pool scans it, all of it.
+    let filler = "lorem ipsum dolor sit amet ".repeat(4000);
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": format!("{filler} pay with {}", card())}],
+    })
+    .to_string();
+    assert!(body.len() > SCAN_INLINE_BYTES);
+    let (status, code, headers) = error_of(&app, post(&body)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no_compliant_backend")
+    );
+    assert_eq!(headers["x-sluice-sensitivity"], "restricted");
+    assert_eq!(cloud.received(), 0);
+    let benign =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": filler}]}).to_string();
+    assert_eq!(send(&app, post(&benign)).await.0, StatusCode::OK);
+    assert_eq!(cloud.received(), 1);
+}
