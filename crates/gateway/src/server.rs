@@ -809,6 +809,7 @@ async fn chat_completions(
     // The targets in order, each checked against the invariant; the next is tried only when one is down
     // or full, and only among those the decision allowed.
     let mut failures: Vec<(String, BackendError, Ledger)> = Vec::new();
+    let mut unsupported: Option<ApiError> = None;
     let mut started = None;
     for target in &decision.targets {
         let Some(backend) = app.fleet.backends.get(target.backend).cloned() else {
@@ -825,13 +826,11 @@ async fn chat_completions(
         routing.route = Some(backend.route());
         routing.backend = Some(backend.name().to_owned());
         routing.model = Some(target.model.clone());
+        // A local model cannot take tools, images or structured output: the next target may.
         if backend.route() == Route::Local
             && let Some((param, what)) = text_only_conflicts(&request)
         {
-            return reject(
-                &app,
-                &routing,
-                "unsupported",
+            unsupported.get_or_insert_with(|| {
                 ApiError::invalid(
                     "unsupported_parameter",
                     format!(
@@ -839,8 +838,9 @@ async fn chat_completions(
                         target.model
                     ),
                 )
-                .with_param(param),
-            );
+                .with_param(param)
+            });
+            continue;
         }
         let sent = (target.model != request.model).then(|| request.with_model(&target.model));
         let sent_request = sent.as_ref().unwrap_or(&request);
@@ -901,6 +901,9 @@ async fn chat_completions(
         }
     }
     let Some((dispatched, mut ledger, served_model)) = started else {
+        if let Some(e) = unsupported.filter(|_| failures.is_empty()) {
+            return reject(&app, &routing, "unsupported", e);
+        }
         let summary = failures
             .iter()
             .map(|(n, e, _)| format!("{n}: {e}"))

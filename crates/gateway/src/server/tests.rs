@@ -1115,3 +1115,26 @@ async fn a_large_body_is_scanned_to_its_last_byte() {
     assert_eq!(send(&app, post(&benign)).await.0, StatusCode::OK);
     assert_eq!(cloud.received(), 1);
 }
+
+#[tokio::test]
+async fn a_request_the_local_model_cannot_take_goes_to_the_next_allowed_target() {
+    let worker = local(answer(&["ok"]));
+    let cloud = cloud(answer(&["called"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], auto_policy());
+    let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
+    let body = format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}],{tools}}}"#);
+    let (status, headers, _) = send(&app, post(&body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-sluice-backend"], "cloud-a");
+    assert_eq!((worker.received(), cloud.received()), (0, 1));
+    // With sensitive data only the local member is allowed: the 400 says what it cannot do.
+    let body = format!(
+        r#"{{"model":"auto","messages":[{{"role":"user","content":"Mail jane.doe@example.com"}}],{tools}}}"#
+    );
+    let (status, code, _) = error_of(&app, post(&body)).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "unsupported_parameter")
+    );
+    assert_eq!((worker.received(), cloud.received()), (0, 1));
+}
