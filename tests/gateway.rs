@@ -299,6 +299,59 @@ async fn sensitive_requests_are_served_locally_or_refused_and_never_reach_the_cl
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cloud_answers_cost_their_list_price_exactly_and_local_ones_their_node_time() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&format!(
+        "{}cost:\n  reference_model: {{ id: gpt-4o, input_usd_per_mtok: 2.5, output_usd_per_mtok: 10 }}\n",
+        backends(&worker, &sim, "")
+    ));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "costs");
+    // Picodollars per token: gpt-4o-mini at 0.15 and 0.60 USD per million, gpt-4o at 2.50 and 10.
+    let tokens = |u: &Value, k: &str| u128::from(u[k].as_u64().unwrap());
+    let cloud: u128 = r["cloud"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| tokens(u, "prompt_tokens") * 150_000 + tokens(u, "completion_tokens") * 600_000)
+        .sum();
+    assert!(cloud > 0);
+    let metrics = gateway.scrape();
+    assert_eq!(
+        metric(&metrics, r#"sluice_cost_usd_total{backend="sim",route="cloud"}"#),
+        Some(cloud as f64 / 1e12),
+        "{metrics}"
+    );
+    let local = &r["local"];
+    let equivalent =
+        tokens(local, "prompt_tokens") * 2_500_000 + tokens(local, "completion_tokens") * 10_000_000;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"sluice_cloud_equivalent_cost_usd_total{backend="w0"}"#
+        ),
+        Some(equivalent as f64 / 1e12),
+        "{metrics}"
+    );
+    let charged = metric(&metrics, r#"sluice_cost_usd_total{backend="w0",route="local"}"#).unwrap();
+    assert!(charged > 0.0 && charged < 0.01, "{charged}");
+    let node = metric(&metrics, r#"sluice_local_node_cost_usd_total{node="w0"}"#).unwrap();
+    assert!(
+        node > charged,
+        "the node costs more than its busy share: {node} vs {charged}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let later = metric(
+        &gateway.scrape(),
+        r#"sluice_local_node_cost_usd_total{node="w0"}"#,
+    )
+    .unwrap();
+    assert!(later > node, "idle time costs too: {node} then {later}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_pass_through_to_the_cloud() {
     let worker = Worker::start(&[]);
     let sim = SimCloud::start(&[]);

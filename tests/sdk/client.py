@@ -209,6 +209,16 @@ def policy():
     return out
 
 
+def costs():
+    """Three cloud answers of different sizes and one local answer, with the usage each reported."""
+    c = client()
+    cloud = [plain(c, CLOUD, [{"role": "user", "content": text}], max_tokens=n)["usage"]
+             for text, n in [("Hello there", 5), ("Tell me a long story about the sea " * 20, 40),
+                             ("Why is the sky blue?", 12)]]
+    local = plain(c, LOCAL, JAPAN, temperature=0, max_tokens=16)["usage"]
+    return {"cloud": cloud, "local": local}
+
+
 def disconnect(model=LOCAL):
     c = client()
     stream = c.chat.completions.create(model=model, messages=LONG, stream=True, max_tokens=400,
@@ -274,7 +284,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

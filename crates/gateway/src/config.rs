@@ -13,6 +13,7 @@ use crate::auth::{ApiKey, hash_key};
 use crate::backend::Prices;
 use crate::backend::cloud::{CloudConfig, CloudModel};
 use crate::backend::local::{ClientTls, PoolConfig, WorkerAddress};
+use crate::cost::NodeCost;
 use crate::level::Level;
 use crate::policy::PolicyConfig;
 use crate::policy::config::{BackendInfo, Context, RawPolicy};
@@ -43,6 +44,26 @@ pub struct RawGatewayConfig {
     pub sensitivity: Option<sluice_sensitivity::ScannerConfig>,
     /// Rules, virtual models and tenant floors: where each request may and should go.
     pub policy: Option<RawPolicy>,
+    pub cost: Option<RawCost>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    /// The cloud model locally served requests are also priced at.
+    pub reference_model: Option<RawCloudModel>,
+}
+
+/// What a worker node costs (every key optional; defaults in [`NodeCost::default`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeCost {
+    pub capex_usd: Option<f64>,
+    pub lifetime_years: Option<f64>,
+    pub power_watts: Option<f64>,
+    pub pue: Option<f64>,
+    pub usd_per_kwh: Option<f64>,
+    pub overhead_usd_per_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -72,6 +93,8 @@ pub struct RawLocal {
     pub tls: Option<RawClientTls>,
     pub connect_timeout_seconds: Option<f64>,
     pub breaker: Option<RawBreaker>,
+    /// What each worker node costs; a worker's own `cost` overrides single keys.
+    pub cost: Option<RawNodeCost>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +102,7 @@ pub struct RawLocal {
 pub struct RawWorker {
     pub name: Option<String>,
     pub address: Option<String>,
+    pub cost: Option<RawNodeCost>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +177,8 @@ pub struct GatewayConfig {
     /// The content scanner, compiled.
     pub scanner: sluice_sensitivity::Scanner,
     pub policy: PolicyConfig,
+    /// The cloud model locally served requests are also priced at, when there is one.
+    pub reference_model: Option<(String, Prices)>,
 }
 
 /// What `sluice policy check` reports: every problem it can find, and warnings.
@@ -323,6 +349,7 @@ impl RawGatewayConfig {
             self.drain_grace_seconds,
             DEFAULT_DRAIN_GRACE_SECONDS,
         )?;
+        let reference_model = reference_model(&at, self.cost.unwrap_or_default(), &clouds)?;
         let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
             .map_err(|e| at.error("sensitivity", e.to_string()))?;
         let backends = backend_infos(local.as_ref(), &clouds);
@@ -335,6 +362,7 @@ impl RawGatewayConfig {
         let policy = crate::policy::config::compile(self.policy.unwrap_or_default(), &at, cx)
             .map_err(|mut errors| errors.swap_remove(0))?;
         Ok(GatewayConfig {
+            reference_model,
             policy,
             scanner,
             listen,
@@ -517,10 +545,11 @@ fn local_pool(at: &Locator<'_>, raw: RawLocal) -> Result<PoolConfig, ConfigError
         })?;
         let name = w.name.unwrap_or_else(|| format!("worker-{i}"));
         check_name(at, &key("name"), &name)?;
+        let cost = node_cost(at, &key("cost"), &[raw.cost.as_ref(), w.cost.as_ref()])?;
         if workers.iter().any(|x| x.name == name) {
             return Err(at.error(&key("name"), format!("the worker name {name:?} is used twice")));
         }
-        workers.push(WorkerAddress { name, uri });
+        workers.push(WorkerAddress { name, uri, cost });
     }
     let connect_timeout = seconds(
         at,
@@ -548,6 +577,94 @@ fn local_pool(at: &Locator<'_>, raw: RawLocal) -> Result<PoolConfig, ConfigError
         breaker_failures,
         breaker_cooldown,
     })
+}
+
+/// A node's cost: the defaults, then the pool's keys, then the worker's own.
+fn node_cost(at: &Locator<'_>, key: &str, layers: &[Option<&RawNodeCost>]) -> Result<NodeCost, ConfigError> {
+    let mut c = NodeCost::default();
+    for l in layers.iter().flatten() {
+        let set = |v: Option<f64>, into: &mut f64| {
+            if let Some(v) = v {
+                *into = v;
+            }
+        };
+        set(l.capex_usd, &mut c.capex_usd);
+        set(l.lifetime_years, &mut c.lifetime_years);
+        set(l.power_watts, &mut c.power_watts);
+        set(l.pue, &mut c.pue);
+        set(l.usd_per_kwh, &mut c.usd_per_kwh);
+        set(l.overhead_usd_per_hour, &mut c.overhead_usd_per_hour);
+    }
+    let check = |field: &str, v: f64, ok: bool, want: &str| {
+        if v.is_finite() && ok {
+            Ok(())
+        } else {
+            Err(at.error(&format!("{key}.{field}"), format!("must be {want}, got {v}")))
+        }
+    };
+    check("capex_usd", c.capex_usd, c.capex_usd >= 0.0, "0 or more")?;
+    check(
+        "lifetime_years",
+        c.lifetime_years,
+        c.lifetime_years > 0.0,
+        "above 0",
+    )?;
+    check("power_watts", c.power_watts, c.power_watts >= 0.0, "0 or more")?;
+    check("pue", c.pue, c.pue >= 1.0, "1 or more")?;
+    check("usd_per_kwh", c.usd_per_kwh, c.usd_per_kwh >= 0.0, "0 or more")?;
+    check(
+        "overhead_usd_per_hour",
+        c.overhead_usd_per_hour,
+        c.overhead_usd_per_hour >= 0.0,
+        "0 or more",
+    )?;
+    Ok(c)
+}
+
+/// The reference model: as configured (prices given, or those of the cloud model with that id), or else
+/// the first cloud model listed.
+fn reference_model(
+    at: &Locator<'_>,
+    raw: RawCost,
+    clouds: &[CloudConfig],
+) -> Result<Option<(String, Prices)>, ConfigError> {
+    let listed = |id: &str| {
+        clouds
+            .iter()
+            .flat_map(|c| &c.models)
+            .find(|m| m.id == id)
+            .map(|m| m.prices)
+    };
+    let Some(r) = raw.reference_model else {
+        return Ok(clouds
+            .iter()
+            .flat_map(|c| &c.models)
+            .next()
+            .map(|m| (m.id.clone(), m.prices)));
+    };
+    let key = "cost.reference_model";
+    let id = r.id.ok_or_else(|| at.error(key, "`id` is required"))?;
+    let prices = match (r.input_usd_per_mtok, r.output_usd_per_mtok) {
+        (Some(i), Some(o)) if i.is_finite() && o.is_finite() && i >= 0.0 && o >= 0.0 => Prices {
+            input_usd_per_mtok: i,
+            output_usd_per_mtok: o,
+        },
+        (None, None) => listed(&id).ok_or_else(|| {
+            at.error(
+                &format!("{key}.id"),
+                format!(
+                    "{id:?} is no configured cloud model: give its input_usd_per_mtok and output_usd_per_mtok"
+                ),
+            )
+        })?,
+        _ => {
+            return Err(at.error(
+                key,
+                "give both input_usd_per_mtok and output_usd_per_mtok (0 or more), or neither",
+            ));
+        }
+    };
+    Ok(Some((id, prices)))
 }
 
 /// `host:port` or a URL, as the URI tonic connects to (`https` when TLS is configured).

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod level;
 pub mod metrics;

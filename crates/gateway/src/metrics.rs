@@ -1,6 +1,13 @@
 //! The gateway's Prometheus series, registered in a registry the caller owns.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::cost::{Pico, usd};
 
 /// Buckets for latencies from a millisecond to ten minutes.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -34,6 +41,102 @@ pub struct GatewayMetrics {
     pub backend_up: IntGaugeVec,
     /// Labels: backend.
     pub backend_in_flight: IntGaugeVec,
+    /// What requests cost. Labels: route (`local` or `cloud`), backend (the worker or cloud that served).
+    pub cost: UsdCounter,
+    /// Locally served requests priced at the reference cloud model. Labels: backend (the worker).
+    pub cloud_equivalent: UsdCounter,
+    /// What each worker node costs with wall time, busy or idle. Labels: node.
+    pub node_cost: UsdCounter,
+}
+
+/// A counter of US dollars kept in integer picodollars, so that millions of small amounts add up exactly;
+/// exported as dollars, one division per scrape.
+#[derive(Clone)]
+pub struct UsdCounter {
+    desc: Desc,
+    labels: &'static [&'static str],
+    totals: Arc<Mutex<BTreeMap<Vec<String>, Pico>>>,
+}
+
+impl UsdCounter {
+    pub fn new(name: &str, help: &str, labels: &'static [&'static str]) -> prometheus::Result<Self> {
+        Ok(Self {
+            desc: Desc::new(
+                name.to_owned(),
+                help.to_owned(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                Default::default(),
+            )?,
+            labels,
+            totals: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<String>, Pico>> {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `amount` to the series with these label values (in the order of the labels).
+    pub fn add(&self, values: &[&str], amount: Pico) {
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        *self.lock().entry(key).or_default() += amount;
+    }
+
+    /// The total of one series.
+    pub fn get(&self, values: &[&str]) -> Pico {
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        self.lock().get(&key).copied().unwrap_or(0)
+    }
+
+    /// Raises a series to `total` (never lowers it): for amounts computed whole, such as a node's cost
+    /// since start.
+    pub fn raise_to(&self, values: &[&str], total: Pico) {
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        let mut totals = self.lock();
+        let t = totals.entry(key).or_default();
+        *t = (*t).max(total);
+    }
+}
+
+impl Collector for UsdCounter {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let metrics = self
+            .lock()
+            .iter()
+            .map(|(values, total)| {
+                // Sorted by name, as the crate's own series are.
+                let mut pairs: Vec<proto::LabelPair> = self
+                    .labels
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| {
+                        let mut pair = proto::LabelPair::default();
+                        pair.set_name((*name).to_owned());
+                        pair.set_value(value.clone());
+                        pair
+                    })
+                    .collect();
+                pairs.sort_by(|a, b| a.name().cmp(b.name()));
+                let mut m = proto::Metric::from_label(pairs);
+                let mut c = proto::Counter::default();
+                c.set_value(usd(*total));
+                m.set_counter(c);
+                m
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(metrics);
+        vec![family]
+    }
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -111,6 +214,24 @@ impl GatewayMetrics {
             ),
             &["backend"],
         )?;
+        let cost = UsdCounter::new(
+            "sluice_cost_usd_total",
+            "What requests cost: cloud list prices, or the local node's busy time at its hourly cost.",
+            &["route", "backend"],
+        )?;
+        let cloud_equivalent = UsdCounter::new(
+            "sluice_cloud_equivalent_cost_usd_total",
+            "Locally served requests priced at the reference cloud model.",
+            &["backend"],
+        )?;
+        let node_cost = UsdCounter::new(
+            "sluice_local_node_cost_usd_total",
+            "What each worker node has cost since the gateway started, busy or idle.",
+            &["node"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(cloud_equivalent.clone()))?;
+        registry.register(Box::new(node_cost.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(time_to_first_token.clone()))?;
@@ -135,6 +256,9 @@ impl GatewayMetrics {
             clearance_blocked,
             backend_up,
             backend_in_flight,
+            cost,
+            cloud_equivalent,
+            node_cost,
         })
     }
 

@@ -84,6 +84,8 @@ pub struct App {
     pub stats: Stats,
     /// The latest decisions, explained.
     pub decisions: DecisionLog,
+    /// Nodes cost money from here on.
+    started: std::time::Instant,
     in_flight: Arc<Semaphore>,
 }
 
@@ -109,6 +111,7 @@ impl App {
             metrics: GatewayMetrics::new(registry)?,
             stats: Stats::default(),
             decisions: DecisionLog::new(RECENT_DECISIONS),
+            started: std::time::Instant::now(),
             fleet,
             policy,
             config,
@@ -129,8 +132,24 @@ impl App {
         Ok(Fleet { backends })
     }
 
-    /// Sets `sluice_backend_up` and `sluice_backend_in_flight` from the members' state.
+    /// What a worker node costs (the defaults for a worker the configuration does not list).
+    pub fn node_cost(&self, worker: &str) -> crate::cost::NodeCost {
+        self.config
+            .local
+            .iter()
+            .flat_map(|l| &l.workers)
+            .find(|w| w.name == worker)
+            .map(|w| w.cost)
+            .unwrap_or_default()
+    }
+
+    /// Sets `sluice_backend_up` and `sluice_backend_in_flight` from the members' state, and each node's
+    /// cost since the gateway started.
     fn refresh_backend_gauges(&self) {
+        let elapsed = self.started.elapsed();
+        for w in self.config.local.iter().flat_map(|l| &l.workers) {
+            self.metrics.node_cost.raise_to(&[&w.name], w.cost.over(elapsed));
+        }
         for backend in &self.fleet.backends {
             for m in backend.members() {
                 self.metrics
@@ -561,12 +580,58 @@ struct Ledger {
     usage: Option<Usage>,
     code: Option<&'static str>,
     error: Option<String>,
+    route_kind: Route,
+    /// The backend's members' throughput is read when a local answer is charged.
+    backend_ref: Arc<dyn Backend>,
+    /// List prices of the model that served, for a cloud answer.
+    prices: Option<crate::backend::Prices>,
     /// Whether this attempt is the request as the metrics count it (a backend tried before the one that
     /// answered only feeds the member's stats).
     counted: bool,
 }
 
 impl Ledger {
+    /// Adds what the answer cost to the cost series: a cloud answer at its model's list prices (when the
+    /// backend reported usage), a local one at its share of the node's busy time, and its price at the
+    /// reference cloud model.
+    fn charge(&self) {
+        let m = &self.app.metrics;
+        match self.route_kind {
+            Route::Cloud => {
+                if let (Some(u), Some(p)) = (self.usage, self.prices) {
+                    m.cost.add(&["cloud", &self.backend], crate::cost::priced(u, p));
+                }
+            }
+            Route::Local => {
+                // A stream the client left has no usage: what was generated still ran.
+                let usage = self.usage.unwrap_or(Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: self.generated,
+                });
+                if usage.prompt_tokens + usage.completion_tokens == 0 {
+                    return;
+                }
+                let node = self.app.node_cost(&self.backend);
+                let throughput = self
+                    .backend_ref
+                    .members()
+                    .into_iter()
+                    .find(|s| s.name == self.backend)
+                    .and_then(|s| s.throughput)
+                    .unwrap_or_default();
+                let on_node = self.last_token.unwrap_or_else(Instant::now) - self.started;
+                m.cost.add(
+                    &["local", &self.backend],
+                    crate::cost::local_charge(&node, throughput, usage, on_node),
+                );
+                if let Some((_, p)) = &self.app.config.reference_model {
+                    m.cloud_equivalent
+                        .add(&[&self.backend], crate::cost::priced(usage, *p));
+                }
+            }
+        }
+    }
+
     fn token(&mut self) {
         let now = Instant::now();
         self.first_token.get_or_insert(now);
@@ -614,6 +679,7 @@ impl Drop for Ledger {
                 .with_label_values(&[self.route, &self.backend, "output"])
                 .inc_by(u.completion_tokens);
         }
+        self.charge();
         let tokens = self.usage.map_or(self.generated, |u| u.completion_tokens);
         let generation = match (self.first_token, self.last_token) {
             (Some(a), Some(b)) => Some((tokens, b - a)),
@@ -865,6 +931,12 @@ async fn chat_completions(
             code: None,
             error: None,
             counted: true,
+            route_kind: backend.route(),
+            backend_ref: backend.clone(),
+            prices: view
+                .backends
+                .get(target.backend)
+                .and_then(|b| b.prices(&target.model)),
         };
         tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %target.model, "dispatching");
         // Backends bound their own waits by the deadline; this holds whatever a backend does.

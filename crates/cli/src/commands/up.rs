@@ -171,6 +171,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
                     .map(|(i, a)| RawWorker {
                         name: Some(format!("worker-{i}")),
                         address: Some(a.clone()),
+                        cost: None,
                     })
                     .collect(),
             ),

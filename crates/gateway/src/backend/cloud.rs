@@ -424,6 +424,7 @@ impl Backend for CloudBackend {
             running: None,
             waiting: None,
             slots: None,
+            throughput: None,
         }]
     }
 

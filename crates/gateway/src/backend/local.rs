@@ -54,11 +54,13 @@ impl std::fmt::Debug for ClientTls {
 }
 
 /// One worker's address and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerAddress {
     pub name: String,
     /// `http://host:port` or `https://host:port`.
     pub uri: String,
+    /// What the node costs by the hour.
+    pub cost: crate::cost::NodeCost,
 }
 
 /// The pool's settings.
@@ -179,6 +181,10 @@ impl Worker {
             running: s.load.as_ref().map(|l| l.requests_running),
             waiting: s.load.as_ref().map(|l| l.requests_waiting),
             slots: s.load.as_ref().map(|l| l.slots),
+            throughput: s.load.as_ref().map(|l| crate::cost::Throughput {
+                prefill_tokens_per_second: l.prompt_tokens_per_second,
+                decode_tokens_per_second: l.decode_tokens_per_second,
+            }),
         }
     }
 }

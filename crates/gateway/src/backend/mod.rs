@@ -199,6 +199,9 @@ pub struct MemberStatus {
     pub running: Option<u32>,
     pub waiting: Option<u32>,
     pub slots: Option<u32>,
+    /// The worker's recent prefill and decode rates (what its requests are charged by).
+    #[serde(skip)]
+    pub throughput: Option<crate::cost::Throughput>,
 }
 
 /// A place requests can be sent: the local worker pool, or one cloud API.

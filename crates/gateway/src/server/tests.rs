@@ -85,7 +85,10 @@ impl Backend for ScriptedBackend {
             .iter()
             .map(|m| ModelCard {
                 id: (*m).to_owned(),
-                prices: None,
+                prices: (self.route == Route::Cloud).then_some(crate::backend::Prices {
+                    input_usd_per_mtok: 0.15,
+                    output_usd_per_mtok: 0.6,
+                }),
             })
             .collect()
     }
@@ -169,6 +172,13 @@ fn config(limits: Limits) -> GatewayConfig {
         drain_grace: Duration::from_secs(1),
         scanner: sluice_sensitivity::Scanner::new(&Default::default()).unwrap(),
         policy: Default::default(),
+        reference_model: Some((
+            "gpt-4o-mini".into(),
+            crate::backend::Prices {
+                input_usd_per_mtok: 0.15,
+                output_usd_per_mtok: 0.6,
+            },
+        )),
     }
 }
 
@@ -1137,4 +1147,42 @@ async fn a_request_the_local_model_cannot_take_goes_to_the_next_allowed_target()
         (StatusCode::BAD_REQUEST, "unsupported_parameter")
     );
     assert_eq!((worker.received(), cloud.received()), (0, 1));
+}
+
+#[tokio::test]
+async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_model() {
+    let usage = |p, c| {
+        Ok(ChatEvent::Finished {
+            finish_reason: "stop".into(),
+            usage: Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+            }),
+        })
+    };
+    let cloud = cloud(Script::Answer(vec![
+        Ok(ChatEvent::Text("x".into())),
+        usage(1_000, 500),
+    ]));
+    let worker = local(Script::Answer(vec![Ok(ChatEvent::Text("y".into())), usage(7, 2)]));
+    let app = app_with(vec![worker, cloud], Limits::default());
+    for model in ["gpt-4o-mini", "gpt-4o-mini", "local-model"] {
+        let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        assert_eq!(send(&app, post(&body)).await.0, StatusCode::OK);
+    }
+    let m = &app.metrics;
+    // 2 x (1,000 x 0.15 + 500 x 0.60) / 10^6 USD, to the picodollar.
+    assert_eq!(m.cost.get(&["cloud", "cloud-a"]), 900_000_000);
+    // The local answer at the reference model's prices: 7 x 0.15 + 2 x 0.60 micro-dollars.
+    assert_eq!(m.cloud_equivalent.get(&["worker-a"]), 2_250_000);
+    assert!(m.cost.get(&["local", "worker-a"]) > 0);
+    let text = m.encode();
+    assert!(
+        text.contains(r#"sluice_cost_usd_total{backend="cloud-a",route="cloud"} 0.0009"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sluice_cloud_equivalent_cost_usd_total{backend="worker-a"} 0.00000225"#),
+        "{text}"
+    );
 }

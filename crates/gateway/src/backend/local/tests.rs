@@ -141,6 +141,7 @@ fn pool(workers: &[(&str, &str)]) -> WorkerPool {
             .map(|(name, uri)| WorkerAddress {
                 name: (*name).into(),
                 uri: (*uri).into(),
+                cost: crate::cost::NodeCost::default(),
             })
             .collect(),
         tls: None,
