@@ -23,8 +23,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{
-    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Route,
-    Usage, with_causes,
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Prices,
+    Route, Usage, with_causes,
 };
 use crate::api::ChatRequest;
 use crate::level::Level;
@@ -96,9 +96,23 @@ struct Worker {
     channel: Channel,
     state: Mutex<WorkerState>,
     in_flight: Arc<AtomicU64>,
+    cost: crate::cost::NodeCost,
 }
 
 impl Worker {
+    /// What a token costs on this node while it is busy: its hourly cost over its reported prefill and
+    /// decode rates, per million tokens. `None` until it has reported both.
+    fn busy_prices(&self) -> Option<Prices> {
+        let s = self.state();
+        let l = s.load.as_ref()?;
+        let (p, d) = (l.prompt_tokens_per_second, l.decode_tokens_per_second);
+        let per_second = self.cost.usd_per_hour() / 3600.0;
+        (p > 0.0 && d > 0.0 && p.is_finite() && d.is_finite()).then(|| Prices {
+            input_usd_per_mtok: per_second / p * 1e6,
+            output_usd_per_mtok: per_second / d * 1e6,
+        })
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, WorkerState> {
         // A panic while the lock was held cannot leave this plain data inconsistent.
         self.state
@@ -224,6 +238,7 @@ impl WorkerPool {
                 channel: endpoint.connect_lazy(),
                 state: Mutex::new(WorkerState::default()),
                 in_flight: Arc::new(AtomicU64::new(0)),
+                cost: w.cost,
             }));
         }
         let monitors = workers.iter().map(|w| tokio::spawn(monitor(w.clone()))).collect();
@@ -350,15 +365,27 @@ impl Backend for WorkerPool {
         self.config.clearance
     }
 
+    /// Each model with the lowest busy-time price among the workers that serve it (what a request
+    /// there is charged; owned hardware is not free).
     fn models(&self) -> Vec<ModelCard> {
-        let mut ids: Vec<String> = self
-            .workers
-            .iter()
-            .flat_map(|w| w.state().models.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.into_iter().map(|id| ModelCard { id, prices: None }).collect()
+        let mut cards: Vec<ModelCard> = Vec::new();
+        for w in &self.workers {
+            let prices = w.busy_prices();
+            for id in w.state().models.clone() {
+                match cards.iter_mut().find(|c| c.id == id) {
+                    Some(c) => {
+                        c.prices = match (c.prices, prices) {
+                            (Some(a), Some(b)) if b.output_usd_per_mtok < a.output_usd_per_mtok => Some(b),
+                            (None, b) => b,
+                            (a, _) => a,
+                        };
+                    }
+                    None => cards.push(ModelCard { id, prices }),
+                }
+            }
+        }
+        cards.sort_by(|a, b| a.id.cmp(&b.id));
+        cards
     }
 
     /// Asked on every request: checks the workers' lists without building [`Self::models`].

@@ -395,7 +395,7 @@ models:
 fn auto_picks_the_cheapest_backend_that_meets_the_objective() {
     let p = policy(AUTO);
     let mut f = fleet();
-    // Unmeasured, both are assumed to meet it; the local pool has no list price.
+    // Unmeasured, both are assumed to meet it; the local pool has reported no rates, so no price yet.
     let d = decide(&p, &f, &req("auto", "Hello")).unwrap();
     assert_eq!(names(&d, &f), ["local/smollm2", "openai/gpt-4o-mini"]);
     // The local pool is measured slower than the objective: the cloud, which meets it, first.

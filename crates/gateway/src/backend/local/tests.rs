@@ -91,6 +91,9 @@ impl WorkerRpc for Scripted {
             state: v1::WorkerState::Ready as i32,
             requests_running: self.running,
             slots: 4,
+            // Busy rates: 1,000 prompt tokens and 100 generated tokens a second.
+            prompt_tokens_per_second: 1000.0,
+            decode_tokens_per_second: 100.0,
             ..Default::default()
         };
         tokio::spawn(async move {
@@ -191,11 +194,8 @@ async fn the_least_loaded_ready_worker_gets_the_request() {
     let pool = pool(&[("busy", &busy), ("idle", &idle)]);
     wait_ready(&pool, 2).await;
     assert_eq!(
-        pool.models(),
-        [ModelCard {
-            id: "m".into(),
-            prices: None
-        }]
+        pool.models().iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m"]
     );
     assert_eq!(served_by(&pool).await.unwrap(), "idle");
     assert_eq!(busy_calls.load(Ordering::SeqCst), 0);
@@ -268,4 +268,31 @@ async fn an_unreachable_worker_is_not_ready_and_says_why() {
     assert!(!status.ready);
     assert!(status.detail.starts_with("unreachable"), "{status:?}");
     assert!(!pool.ready());
+}
+
+#[tokio::test]
+async fn a_workers_model_is_priced_at_its_node_cost_over_its_token_rates() {
+    let (a, _) = scripted(Answer::Text, 0).await;
+    let pool = pool(&[("a", &a)]);
+    wait_ready(&pool, 1).await;
+    let card = pool.models().into_iter().next().expect("a model");
+    let prices = card.prices.expect("priced once the worker reports its rates");
+    // 1.33 USD an hour (the default node) over 1,000 and 100 tokens a second, per million tokens.
+    let per_second = crate::cost::NodeCost::default().usd_per_hour() / 3600.0;
+    assert!(
+        (prices.input_usd_per_mtok - per_second / 1000.0 * 1e6).abs() < 1e-9,
+        "{prices:?}"
+    );
+    assert!(
+        (prices.output_usd_per_mtok - per_second / 100.0 * 1e6).abs() < 1e-9,
+        "{prices:?}"
+    );
+    let member = pool.members().remove(0);
+    assert_eq!(
+        member.throughput,
+        Some(crate::cost::Throughput {
+            prefill_tokens_per_second: 1000.0,
+            decode_tokens_per_second: 100.0,
+        })
+    );
 }
