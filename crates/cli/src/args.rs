@@ -32,6 +32,9 @@ pub enum Command {
     /// Check a gateway configuration and its routing.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check the gateway's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// An OpenAI-compatible cloud simulator (latency, token rate, errors, prices), for demos and tests.
     SimCloud(crate::commands::sim_cloud::SimCloudArgs),
     /// Print the SHA-256 of an API key, as `key_sha256` in the gateway configuration wants it.
@@ -73,6 +76,19 @@ pub enum PolicyCommand {
     /// it came from, each finding's kind and position (never its text), the targets in order and what
     /// was ruled out. Every backend is assumed up and idle unless named with --down.
     Explain(ExplainArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that PATH and its rotated copies (PATH.1, PATH.2, ...) form an unbroken hash chain. Exit 0
+    /// if intact (a partial last line left by a crash is reported, not an error), 65 at the first
+    /// edited, removed, inserted or reordered record (its file and line on stderr), 1 if the files cannot
+    /// be read. Removing the newest records or editing the newest one leaves no trace in the chain: keep
+    /// the printed last seq and hash elsewhere and compare.
+    Verify {
+        /// The active audit log file.
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

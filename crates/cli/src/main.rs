@@ -13,6 +13,8 @@ use clap::Parser;
 const EXIT_USAGE: u8 = 64;
 /// `sluice policy check --deny-warnings` found warnings (EX_DATAERR).
 const EXIT_WARNINGS: u8 = 65;
+/// `sluice audit verify` found a broken chain (EX_DATAERR): tampering or damage, not a read error (1).
+const EXIT_BROKEN_CHAIN: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = match args::Cli::try_parse() {
@@ -53,6 +55,10 @@ fn main() -> ExitCode {
         Err(commands::Failure::Warnings(message)) => {
             eprintln!("sluice: {message}");
             ExitCode::from(EXIT_WARNINGS)
+        }
+        Err(commands::Failure::BrokenChain(message)) => {
+            eprintln!("sluice: {message}");
+            ExitCode::from(EXIT_BROKEN_CHAIN)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+mod audit;
 mod chat;
 mod gateway;
 mod models;
@@ -16,6 +17,8 @@ pub enum Failure {
     Runtime(anyhow::Error),
     /// Valid, but with warnings the caller asked to fail on.
     Warnings(String),
+    /// The audit log's chain is broken (exit 65): a different alarm from "cannot read it" (exit 1).
+    BrokenChain(String),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -33,6 +36,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Policy(PolicyCommand::Check { file, deny_warnings }) => gateway::check(&file, deny_warnings),
         Command::Policy(PolicyCommand::Explain(args)) => gateway::explain(&args),
         Command::Up(args) => up::run(args).await,
+        Command::Audit(cmd) => audit::run(cmd),
         Command::SimCloud(args) => sim_cloud::run(args, shutdown_signal()).await,
         Command::HashKey { key } => hash_key(key),
     }

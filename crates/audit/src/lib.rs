@@ -1,0 +1,113 @@
+//! The gateway's tamper-evident audit log: one JSON line per routing decision, each carrying its sequence
+//! number (`seq`) and the SHA-256 of the line before it (`prev`), so that editing, removing, inserting or
+//! reordering a record breaks a chain that [`verify`] checks, across rotated files too.
+//!
+//! This crate owns the file format, durable appends ([`AuditLog`], and [`spawn_writer`] for callers that
+//! must not wait on the disk), rotation, picking the chain up after a restart or a crash, and verification.
+//! It must never see a prompt: a [`Record`] holds what was decided and what it cost, finding kinds without
+//! their text, and at most a digest of the prompt that the caller chose to compute. No async, no network;
+//! its only thread is the writer of [`spawn_writer`].
+//!
+//! What the chain cannot show on its own: records removed from the end of the newest file, an edit to the
+//! newest record, and records removed from the start of the oldest file (they look like files rotated
+//! away). [`VerifyReport`] gives the last `seq` and hash so that a copy kept elsewhere can catch those.
+
+mod log;
+mod time;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use log::{AuditError, AuditLog, AuditOptions};
+pub use time::format_time;
+pub use verify::{Problem, VerifyError, VerifyReport, verify};
+pub use writer::{AuditHandle, spawn_writer};
+
+/// `prev` of the very first record: there is no line before it.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One routing decision, as the gateway reports it. The writer adds `seq` and `prev` in front of these
+/// fields; see [`AuditLog::append`].
+///
+/// There is deliberately no field for the prompt or the answer: an audit log is kept long and read
+/// widely, so it records what happened to a request, never what it said.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// When the decision was made: RFC 3339, UTC, milliseconds ([`format_time`]).
+    pub time: String,
+    pub decision_id: String,
+    pub request_id: String,
+    pub tenant: String,
+    /// The model the client asked for.
+    pub model: String,
+    /// The model that answered, when it differs or is known only after routing (a substitute, a virtual
+    /// model's member).
+    pub served_model: Option<String>,
+    /// The request's sensitivity level, as the dispatcher enforced it.
+    pub level: String,
+    /// Kinds of what the scanner found (`credit_card`, `aws_access_key`, ...), never the matched text.
+    pub findings: Vec<String>,
+    /// The policy rule that matched.
+    pub rule: Option<String>,
+    /// `local` or `cloud`, once a backend was chosen.
+    pub route: Option<String>,
+    pub backend: Option<String>,
+    /// The HTTP status the client got.
+    pub status: u16,
+    /// `ok`, or the stable error code the client got.
+    pub code: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// JSON has no NaN or infinity: a non-finite cost is written as `null` and read back as NaN, so that
+    /// a bad price can never make a record unreadable.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub cost_usd: f64,
+    /// What a cloud API would have charged, for requests served locally.
+    pub cloud_equivalent_usd: Option<f64>,
+    /// Hex SHA-256 of the prompt, only when the operator turned prompt hashing on (it lets an
+    /// investigator match a known prompt without the log holding any). Absent from the line otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_sha256: Option<String>,
+}
+
+fn f64_or_nan<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+/// A line as written: the chain fields first, so they read at a glance, then the record.
+#[derive(Serialize)]
+struct LineOut<'a> {
+    seq: u64,
+    prev: &'a str,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+/// A line as read back.
+#[derive(Deserialize)]
+struct LineIn {
+    seq: u64,
+    prev: String,
+    #[serde(flatten)]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "parsed so that verification checks every field's type")
+    )]
+    record: Record,
+}
+
+/// Hex SHA-256 of a line's bytes, without its newline: the next record's `prev`.
+fn line_hash(line: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(line);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
