@@ -352,6 +352,90 @@ async fn cloud_answers_cost_their_list_price_exactly_and_local_ones_their_node_t
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_decision_is_audited_in_a_chain_that_shows_tampering() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("audit.jsonl");
+    let mut gateway = Gateway::start(&format!(
+        "{}{SUBSTITUTE_POLICY}audit:\n  path: {}\n",
+        backends(&worker, &sim, ""),
+        log.display()
+    ));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "policy");
+    assert!(gateway.terminate().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), POLICY_CASES.len() + 1, "{text}");
+    // The prompts' secrets are nowhere in the log; what was found is, by kind.
+    for secret in ["4111 1111", "AKIA", "example.com"] {
+        assert!(!text.contains(secret), "{secret} in the audit log");
+    }
+    for case in POLICY_CASES.iter().chain(&["benign"]) {
+        let id = r[case]["headers"]["x-sluice-decision-id"].as_str().unwrap();
+        let rec = records
+            .iter()
+            .find(|x| x["decision_id"] == id)
+            .unwrap_or_else(|| panic!("{case}: no record for {id}"));
+        assert_eq!(rec["tenant"], "acme");
+        assert_eq!(rec["model"], "gpt-4o-mini");
+        match *case {
+            "benign" => {
+                assert_eq!(
+                    (&rec["route"], &rec["backend"], &rec["code"]),
+                    (&json!("cloud"), &json!("sim"), &json!("ok"))
+                );
+                assert!(rec["cost_usd"].as_f64().unwrap() > 0.0);
+            }
+            "tool_definition" => {
+                assert_eq!(
+                    (&rec["status"], &rec["code"]),
+                    (&json!(400), &json!("unsupported_parameter"))
+                );
+            }
+            _ => {
+                assert_eq!(rec["rule"], "sensitive-stays-local", "{case}");
+                assert_eq!(
+                    (&rec["route"], &rec["backend"], &rec["status"]),
+                    (&json!("local"), &json!("w0"), &json!(200)),
+                    "{case}"
+                );
+                assert_eq!(rec["served_model"], DEMO_MODEL_ID);
+                assert!(!rec["findings"].as_array().unwrap().is_empty(), "{case}: {rec}");
+                assert!(rec["cloud_equivalent_usd"].as_f64().unwrap() > 0.0, "{case}");
+            }
+        }
+    }
+
+    let log_arg = log.to_str().unwrap();
+    let (code, out, err) = run_sluice(&["audit", "verify", log_arg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("{} records", records.len())) && out.contains("chain intact"),
+        "{out}"
+    );
+    // Any edit shows, at the line after the edited one.
+    let tampered: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 2 {
+                l.replace("\"acme\"", "\"other\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&log, tampered.join("\n") + "\n").unwrap();
+    let (code, _, err) = run_sluice(&["audit", "verify", log_arg]);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_pass_through_to_the_cloud() {
     let worker = Worker::start(&[]);
     let sim = SimCloud::start(&[]);

@@ -394,6 +394,28 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Sends SIGTERM and waits (at most 30 s) for the gateway to drain and exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM".to_owned(), self.child.id().to_string()])
+            .status();
+        assert!(status.expect("run kill").success());
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "the gateway did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();

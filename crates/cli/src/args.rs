@@ -58,6 +58,10 @@ pub struct GatewayArgs {
     /// Validate the configuration and exit (0 if valid, 64 if not).
     #[arg(long)]
     pub check: bool,
+    /// Append one hash-chained JSON line per decision to this file; overrides `audit.path`
+    /// (`sluice audit verify PATH` checks it).
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +142,9 @@ pub struct UpArgs {
     /// Request slots of the local worker.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub slots: u32,
+    /// Append one hash-chained JSON line per decision to this file (`sluice audit verify PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Every flag overrides the same key of `--config`; unset flags and keys take the defaults shown.

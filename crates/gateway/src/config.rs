@@ -45,6 +45,28 @@ pub struct RawGatewayConfig {
     /// Rules, virtual models and tenant floors: where each request may and should go.
     pub policy: Option<RawPolicy>,
     pub cost: Option<RawCost>,
+    /// The audit log: one hash-chained JSON line per decision.
+    pub audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<PathBuf>,
+    /// The active file is rotated past this size.
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept.
+    pub keep: Option<usize>,
+    /// Record the SHA-256 of each request body (never the body itself). Off unless set.
+    pub hash_prompts: Option<bool>,
+}
+
+/// Where and how decisions are audited.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub options: sluice_audit::AuditOptions,
+    pub hash_prompts: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -179,6 +201,7 @@ pub struct GatewayConfig {
     pub policy: PolicyConfig,
     /// The cloud model locally served requests are also priced at, when there is one.
     pub reference_model: Option<(String, Prices)>,
+    pub audit: Option<AuditConfig>,
 }
 
 /// What `sluice policy check` reports: every problem it can find, and warnings.
@@ -350,6 +373,34 @@ impl RawGatewayConfig {
             DEFAULT_DRAIN_GRACE_SECONDS,
         )?;
         let reference_model = reference_model(&at, self.cost.unwrap_or_default(), &clouds)?;
+        let audit = match self.audit {
+            None => None,
+            Some(a) => {
+                let defaults = sluice_audit::AuditOptions::default();
+                let options = sluice_audit::AuditOptions {
+                    max_bytes: a.max_bytes.unwrap_or(defaults.max_bytes),
+                    keep: a.keep.unwrap_or(defaults.keep),
+                };
+                if options.max_bytes < 4096 {
+                    return Err(at.error("audit.max_bytes", "must be at least 4096"));
+                }
+                if options.keep == 0 {
+                    return Err(at.error(
+                        "audit.keep",
+                        "must be at least 1: a rotated file holds the chain's link",
+                    ));
+                }
+                let hash_prompts = a.hash_prompts.unwrap_or(false);
+                match a.path {
+                    Some(path) => Some(AuditConfig {
+                        path,
+                        options,
+                        hash_prompts,
+                    }),
+                    None => return Err(at.error("audit", "`path` is required (or --audit-log PATH)")),
+                }
+            }
+        };
         let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
             .map_err(|e| at.error("sensitivity", e.to_string()))?;
         let backends = backend_infos(local.as_ref(), &clouds);
@@ -362,6 +413,7 @@ impl RawGatewayConfig {
         let policy = crate::policy::config::compile(self.policy.unwrap_or_default(), &at, cx)
             .map_err(|mut errors| errors.swap_remove(0))?;
         Ok(GatewayConfig {
+            audit,
             reference_model,
             policy,
             scanner,

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -70,6 +71,8 @@ pub enum GatewayError {
     Cloud(#[from] crate::backend::cloud::CloudError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("audit log: {0}")]
+    Audit(#[from] sluice_audit::AuditError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -86,6 +89,8 @@ pub struct App {
     pub decisions: DecisionLog,
     /// Nodes cost money from here on.
     started: std::time::Instant,
+    /// The audit log's writer, when one is configured (set once by `run`).
+    pub audit: std::sync::OnceLock<sluice_audit::AuditHandle>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -112,6 +117,7 @@ impl App {
             stats: Stats::default(),
             decisions: DecisionLog::new(RECENT_DECISIONS),
             started: std::time::Instant::now(),
+            audit: std::sync::OnceLock::new(),
             fleet,
             policy,
             config,
@@ -585,6 +591,12 @@ struct Ledger {
     backend_ref: Arc<dyn Backend>,
     /// List prices of the model that served, for a cloud answer.
     prices: Option<crate::backend::Prices>,
+    /// The model that served.
+    served_model: String,
+    /// The HTTP status the client got (499 when it left first, as nginx writes it).
+    status: u16,
+    /// The decision's audit record, completed and sent when the request ends.
+    audit: Option<Box<sluice_audit::Record>>,
     /// Whether this attempt is the request as the metrics count it (a backend tried before the one that
     /// answered only feeds the member's stats).
     counted: bool,
@@ -594,13 +606,16 @@ impl Ledger {
     /// Adds what the answer cost to the cost series: a cloud answer at its model's list prices (when the
     /// backend reported usage), a local one at its share of the node's busy time, and its price at the
     /// reference cloud model.
-    fn charge(&self) {
+    fn charge(&self) -> (crate::cost::Pico, Option<crate::cost::Pico>) {
         let m = &self.app.metrics;
         match self.route_kind {
             Route::Cloud => {
-                if let (Some(u), Some(p)) = (self.usage, self.prices) {
-                    m.cost.add(&["cloud", &self.backend], crate::cost::priced(u, p));
-                }
+                let (Some(u), Some(p)) = (self.usage, self.prices) else {
+                    return (0, None);
+                };
+                let cost = crate::cost::priced(u, p);
+                m.cost.add(&["cloud", &self.backend], cost);
+                (cost, None)
             }
             Route::Local => {
                 // A stream the client left has no usage: what was generated still ran.
@@ -609,7 +624,7 @@ impl Ledger {
                     completion_tokens: self.generated,
                 });
                 if usage.prompt_tokens + usage.completion_tokens == 0 {
-                    return;
+                    return (0, None);
                 }
                 let node = self.app.node_cost(&self.backend);
                 let throughput = self
@@ -620,14 +635,14 @@ impl Ledger {
                     .and_then(|s| s.throughput)
                     .unwrap_or_default();
                 let on_node = self.last_token.unwrap_or_else(Instant::now) - self.started;
-                m.cost.add(
-                    &["local", &self.backend],
-                    crate::cost::local_charge(&node, throughput, usage, on_node),
-                );
-                if let Some((_, p)) = &self.app.config.reference_model {
-                    m.cloud_equivalent
-                        .add(&[&self.backend], crate::cost::priced(usage, *p));
-                }
+                let cost = crate::cost::local_charge(&node, throughput, usage, on_node);
+                m.cost.add(&["local", &self.backend], cost);
+                let equivalent = self.app.config.reference_model.as_ref().map(|(_, p)| {
+                    let e = crate::cost::priced(usage, *p);
+                    m.cloud_equivalent.add(&[&self.backend], e);
+                    e
+                });
+                (cost, equivalent)
             }
         }
     }
@@ -640,8 +655,19 @@ impl Ledger {
     }
 
     fn finish(&mut self, code: &'static str, error: Option<String>) {
+        self.status = match code {
+            "ok" => 200,
+            "client_stalled" => 408,
+            _ => self.status,
+        };
         self.code = Some(code);
         self.error = error;
+    }
+
+    /// Ends with the error the client gets.
+    fn fail(&mut self, e: &ApiError, fault: Option<String>) {
+        self.status = e.status.as_u16();
+        self.finish(e.code, fault);
     }
 }
 
@@ -679,7 +705,23 @@ impl Drop for Ledger {
                 .with_label_values(&[self.route, &self.backend, "output"])
                 .inc_by(u.completion_tokens);
         }
-        self.charge();
+        let (cost, equivalent) = self.charge();
+        if let (Some(mut record), Some(audit)) = (self.audit.take(), self.app.audit.get()) {
+            record.route = Some(self.route.to_owned());
+            record.backend = Some(self.backend.clone());
+            record.served_model = Some(self.served_model.clone());
+            record.status = self.status;
+            record.code = code.to_owned();
+            let usage = self.usage.unwrap_or(Usage {
+                prompt_tokens: 0,
+                completion_tokens: self.generated,
+            });
+            record.prompt_tokens = usage.prompt_tokens;
+            record.completion_tokens = usage.completion_tokens;
+            record.cost_usd = crate::cost::usd(cost);
+            record.cloud_equivalent_usd = equivalent.map(crate::cost::usd);
+            audit.send(*record);
+        }
         let tokens = self.usage.map_or(self.generated, |u| u.completion_tokens);
         let generation = match (self.first_token, self.last_token) {
             (Some(a), Some(b)) => Some((tokens, b - a)),
@@ -847,11 +889,48 @@ async fn chat_completions(
         &decided,
     ));
     routing.decision_id = Some(decision_id.clone());
+    // The audit record of this decision, when there is a log: what was decided now, how it ended later.
+    let audit = app.audit.get().map(|_| {
+        let level = match &decided {
+            Ok(d) => d.level,
+            Err(r) => r.level.unwrap_or_else(|| facts.level()),
+        };
+        Box::new(sluice_audit::Record {
+            time: sluice_audit::format_time(SystemTime::now()),
+            decision_id: decision_id.clone(),
+            request_id: request_id.0.to_string(),
+            tenant: tenant.0.to_string(),
+            model: request.model.clone(),
+            level: level.as_str().to_owned(),
+            findings: scan.kinds().iter().map(|k| k.as_str().to_owned()).collect(),
+            rule: match &decided {
+                Ok(d) => Some(d.rule.clone()),
+                Err(r) => r.rule.clone(),
+            },
+            prompt_sha256: app
+                .config
+                .audit
+                .as_ref()
+                .is_some_and(|a| a.hash_prompts)
+                .then(|| {
+                    sha2::Sha256::digest(&bytes)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                }),
+            ..Default::default()
+        })
+    });
     let decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
             routing.rule = refusal.rule;
             routing.level = refusal.level;
+            if let (Some(mut record), Some(log)) = (audit, app.audit.get()) {
+                record.status = refusal.error.status.as_u16();
+                record.code = refusal.error.code.to_owned();
+                log.send(*record);
+            }
             return reject(&app, &routing, refusal.error.code, *refusal.error);
         }
     };
@@ -937,6 +1016,9 @@ async fn chat_completions(
                 .backends
                 .get(target.backend)
                 .and_then(|b| b.prices(&target.model)),
+            served_model: target.model.clone(),
+            status: 499,
+            audit: audit.clone(),
         };
         tracing::debug!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), model = %target.model, "dispatching");
         // Backends bound their own waits by the deadline; this holds whatever a backend does.
@@ -959,21 +1041,34 @@ async fn chat_completions(
             }
             Err(e @ (BackendError::Unavailable(_) | BackendError::Full(_))) => {
                 tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
-                ledger.finish(api_error(&e).code, member_fault(&e));
+                ledger.fail(&api_error(&e), member_fault(&e));
                 // Counted in the member's stats; in the request metrics only if nothing else serves it.
                 ledger.counted = false;
                 failures.push((backend.name().to_owned(), e, ledger));
             }
             Err(e) => {
                 let error = api_error(&e);
-                ledger.finish(error.code, member_fault(&e));
+                ledger.fail(&error, member_fault(&e));
                 tracing::info!(request_id = %request_id.0, decision_id = %decision_id, backend = backend.name(), error = %e, "backend refused or failed");
                 return routing.respond(error.into_response());
             }
         }
     }
     let Some((dispatched, mut ledger, served_model)) = started else {
+        // Nothing was tried: the record ends here (otherwise the last ledger carries it).
+        let nothing_tried = failures.is_empty();
+        let audit_refusal = |e: &ApiError| {
+            if let (Some(record), Some(log)) = (&audit, app.audit.get())
+                && nothing_tried
+            {
+                let mut record = record.clone();
+                record.status = e.status.as_u16();
+                record.code = e.code.to_owned();
+                log.send(*record);
+            }
+        };
         if let Some(e) = unsupported.filter(|_| failures.is_empty()) {
+            audit_refusal(&e);
             return reject(&app, &routing, "unsupported", e);
         }
         let summary = failures
@@ -1012,12 +1107,13 @@ async fn chat_completions(
         };
         // The request is counted once, on the last backend tried, with the code the client gets.
         if let Some((_, _, last)) = failures.last_mut() {
-            last.finish(error.code, last.error.clone());
+            last.fail(&error, last.error.clone());
             last.counted = true;
         }
         if reason {
             app.metrics.rejected.with_label_values(&[error.code]).inc();
         }
+        audit_refusal(&error);
         drop(failures);
         return routing.respond(error.into_response());
     };
@@ -1149,7 +1245,7 @@ async fn collect(
             }
             Err(e) => {
                 let error = api_error(&e);
-                ledger.finish(error.code, member_fault(&e));
+                ledger.fail(&error, member_fault(&e));
                 return error.into_response();
             }
         }
@@ -1255,7 +1351,7 @@ impl SseWriter {
             Err(e) => {
                 self.done = true;
                 let error = api_error(&e);
-                self.ledger.finish(error.code, member_fault(&e));
+                self.ledger.fail(&error, member_fault(&e));
                 tracing::info!(backend = %self.ledger.backend, error = %e, "answer broke off mid-stream");
                 self.queue.push_back(frame(&error.body().to_string()));
             }
@@ -1344,6 +1440,11 @@ pub async fn run(
     let grace = config.drain_grace;
     let policy = Arc::new(Engine::new(config.policy.clone()));
     let app = App::new(config, fleet, policy, registry)?;
+    if let Some(a) = &app.config.audit {
+        let log = sluice_audit::AuditLog::open(&a.path, a.options)?;
+        let _ = app.audit.set(sluice_audit::spawn_writer(log)?);
+        tracing::info!(path = %a.path.display(), "auditing decisions");
+    }
     let bound = BoundAddrs {
         public: public.local_addr().map_err(GatewayError::Serve)?,
         admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
@@ -1381,17 +1482,22 @@ pub async fn run(
         grace_seconds = grace.as_secs_f64(),
         "draining: no new connections; waiting for requests in flight"
     );
-    match tokio::time::timeout(grace, &mut serving).await {
+    let result = match tokio::time::timeout(grace, &mut serving).await {
         Ok(r) => r
-            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?
-            .map_err(GatewayError::Serve),
+            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(GatewayError::Serve)),
         Err(_) => {
             // Connections still open end when the process exits.
             tracing::warn!("drain grace over; stopping with requests still in flight");
             serving.abort();
             Ok(())
         }
+    };
+    // Every decision recorded so far is on disk before the process ends.
+    if let Some(audit) = app.audit.get().cloned() {
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }
+    result
 }
 
 /// Streamed answers are many small writes: without this, Nagle's algorithm and delayed ACKs can hold a

@@ -15,7 +15,17 @@ use super::{Failure, shutdown_signal};
 use crate::args::{ExplainArgs, GatewayArgs};
 
 pub async fn run(args: GatewayArgs) -> Result<(), Failure> {
-    let config = load(&args.config, args.listen, args.admin_listen)?;
+    let config = load_with(&args.config, |raw| {
+        if args.listen.is_some() {
+            raw.listen = args.listen.clone();
+        }
+        if args.admin_listen.is_some() {
+            raw.admin_listen = args.admin_listen.clone();
+        }
+        if let Some(path) = &args.audit_log {
+            raw.audit.get_or_insert_default().path = Some(path.clone());
+        }
+    })?;
     if args.check {
         println!("{}: valid; {}", args.config.display(), summary(&config));
         return Ok(());
@@ -301,20 +311,14 @@ fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {
     out
 }
 
-/// Reads and validates a configuration file; flags override its addresses.
-pub fn load(
+/// Reads and validates a configuration file after `overrides` (the command line's flags) change it.
+pub fn load_with(
     path: &Path,
-    listen: Option<String>,
-    admin_listen: Option<String>,
+    overrides: impl FnOnce(&mut RawGatewayConfig),
 ) -> Result<GatewayConfig, Failure> {
     let (mut raw, text) =
         RawGatewayConfig::from_yaml_file(path).map_err(|e| Failure::Usage(e.to_string()))?;
-    if listen.is_some() {
-        raw.listen = listen;
-    }
-    if admin_listen.is_some() {
-        raw.admin_listen = admin_listen;
-    }
+    overrides(&mut raw);
     raw.validate(Some(path), Some(&text), &|var| std::env::var(var).ok())
         .map_err(|e| Failure::Usage(e.to_string()))
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_gateway::config::{RawApiKey, RawCloud, RawCloudModel, RawLocal, RawWorker};
+use sluice_gateway::config::{RawApiKey, RawAudit, RawCloud, RawCloudModel, RawLocal, RawWorker};
 use sluice_gateway::{BoundAddrs, RawGatewayConfig};
 use sluice_simcloud::{Sim, SimConfig, SimModel};
 use tokio::sync::watch;
@@ -155,6 +155,10 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let policy = sluice_config::parse_yaml(&policy_yaml)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("the built-in policy: {e}")))?;
     let raw = RawGatewayConfig {
+        audit: args.audit_log.clone().map(|path| RawAudit {
+            path: Some(path),
+            ..Default::default()
+        }),
         policy: Some(policy),
         listen: Some(args.listen.clone()),
         admin_listen: Some(args.admin_listen.clone()),

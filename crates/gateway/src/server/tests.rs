@@ -172,6 +172,7 @@ fn config(limits: Limits) -> GatewayConfig {
         drain_grace: Duration::from_secs(1),
         scanner: sluice_sensitivity::Scanner::new(&Default::default()).unwrap(),
         policy: Default::default(),
+        audit: None,
         reference_model: Some((
             "gpt-4o-mini".into(),
             crate::backend::Prices {
