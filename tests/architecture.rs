@@ -32,6 +32,7 @@ fn the_gateway_and_the_simulator_never_link_candle_or_the_engine() {
         "sluice-simcloud",
         "sluice-config",
         "sluice-sensitivity",
+        "sluice-audit",
     ] {
         let tree = linked(package);
         for forbidden in ["candle-core", "sluice-engine", "sluice-worker"] {
@@ -59,6 +60,19 @@ fn the_scanner_is_a_pure_leaf() {
         assert!(
             !tree.lines().any(|l| l.starts_with(forbidden)),
             "the scanner links {forbidden}"
+        );
+    }
+}
+
+#[test]
+fn the_audit_log_is_a_leaf_without_a_runtime() {
+    let tree = linked("sluice-audit");
+    let sluice: Vec<&str> = tree.lines().filter(|l| l.starts_with("sluice-")).collect();
+    assert_eq!(sluice.len(), 1, "{sluice:?}");
+    for forbidden in ["tokio ", "reqwest ", "hyper "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "the audit log links {forbidden}"
         );
     }
 }
