@@ -436,6 +436,53 @@ async fn every_decision_is_audited_in_a_chain_that_shows_tampering() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_the_figures_in_a_real_browser() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    gateway.wait_ready("local");
+    sdk(&gateway, "costs");
+    let (_, body) = common::http(gateway.admin, "GET", "/admin/summary", None);
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    let spend = summary["cloud"]["spend_usd"].as_f64().unwrap();
+    assert!(spend > 0.0, "{summary}");
+
+    // Debian's Chromium, headless, with every background connection off: the page must need nothing
+    // but the gateway.
+    let profile = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            &format!("http://{}/dashboard", gateway.admin),
+        ])
+        .output()
+        .expect("chromium (Debian package `chromium`)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "the page did not load its figures:\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!(r#"id="cloud-spend">${spend:.6}<"#)),
+        "cloud spend {spend} not shown:\n{dom}"
+    );
+    assert!(dom.contains("<td>default</td><td>cloud</td><td>3</td>"), "{dom}");
+    assert!(dom.contains("<td>default</td><td>local</td><td>1</td>"), "{dom}");
+    assert!(dom.contains("<td>w0</td>"), "the node is listed:\n{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_pass_through_to_the_cloud() {
     let worker = Worker::start(&[]);
     let sim = SimCloud::start(&[]);

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod cost;
+pub mod dashboard;
 pub mod error;
 pub mod level;
 pub mod metrics;

@@ -90,6 +90,11 @@ impl UsdCounter {
         self.lock().get(&key).copied().unwrap_or(0)
     }
 
+    /// Every series: its label values and its total.
+    pub fn totals(&self) -> Vec<(Vec<String>, Pico)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// Raises a series to `total` (never lowers it): for amounts computed whole, such as a node's cost
     /// since start.
     pub fn raise_to(&self, values: &[&str], total: Pico) {

@@ -227,12 +227,14 @@ pub fn public_router(app: Arc<App>) -> Router {
 
 /// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
 /// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
-/// `/healthz`. Meant for a loopback or cluster-internal address.
+/// `/admin/summary` and `/dashboard` (cost, local against cloud), `/healthz`. Meant for a loopback or cluster-internal address.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/backends", get(admin_backends))
         .route("/admin/decisions", get(admin_decisions))
+        .route("/admin/summary", get(admin_summary))
+        .route("/dashboard", get(dashboard))
         .route("/admin/decisions/{id}", get(admin_decision))
         .route("/healthz", get(healthz))
         .with_state(app)
@@ -410,6 +412,30 @@ async fn admin_backends(State(app): State<Arc<App>>) -> Response {
         })
         .collect();
     axum::Json(json!({ "backends": backends })).into_response()
+}
+
+/// The cost figures `/dashboard` shows, as JSON.
+async fn admin_summary(State(app): State<Arc<App>>) -> Response {
+    app.refresh_backend_gauges();
+    axum::Json(crate::dashboard::summary(
+        &app.metrics,
+        app.started.elapsed().as_secs_f64(),
+    ))
+    .into_response()
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                crate::dashboard::CONTENT_SECURITY_POLICY,
+            ),
+        ],
+        crate::dashboard::PAGE,
+    )
+        .into_response()
 }
 
 /// The latest decisions, explained, newest last; at most [`RECENT_DECISIONS`].

@@ -1187,3 +1187,62 @@ async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_mo
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_is_self_contained_and_its_figures_add_up() {
+    let usage = |p, c| {
+        Ok(ChatEvent::Finished {
+            finish_reason: "stop".into(),
+            usage: Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+            }),
+        })
+    };
+    let cloud = cloud(Script::Answer(vec![
+        Ok(ChatEvent::Text("x".into())),
+        usage(1_000, 500),
+    ]));
+    let worker = local(Script::Answer(vec![Ok(ChatEvent::Text("y".into())), usage(7, 2)]));
+    let app = app_with(vec![worker, cloud], Limits::default());
+    for model in ["gpt-4o-mini", "local-model"] {
+        let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        assert_eq!(send(&app, post(&body)).await.0, StatusCode::OK);
+    }
+    let response = admin_router(app.clone())
+        .oneshot(HttpRequest::get("/dashboard").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    let page = String::from_utf8(to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(page.contains("/admin/summary"));
+    for external in ["http://", "https://", "<script src", "<link", "@import", "url("] {
+        assert!(
+            !page.contains(external),
+            "the page loads something from elsewhere: {external}"
+        );
+    }
+    let (status, s) = admin_get(&app, "/admin/summary").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s["cloud"]["spend_usd"], json!(0.00045));
+    assert_eq!(s["cloud"]["tokens"], 1_500);
+    assert_eq!(s["cloud"]["usd_per_mtok"], json!(0.3));
+    assert_eq!(s["local"]["cloud_equivalent_usd"], json!(0.00000225));
+    assert_eq!(s["local"]["tokens"], 9);
+    assert!(s["local"]["busy_cost_usd"].as_f64().unwrap() > 0.0);
+    let rows = s["routing"].as_array().unwrap();
+    assert!(
+        rows.contains(&json!({"rule": "default", "route": "cloud", "requests": 1})),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&json!({"rule": "default", "route": "local", "requests": 1})),
+        "{rows:?}"
+    );
+}
