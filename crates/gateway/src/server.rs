@@ -110,10 +110,25 @@ impl App {
         policy: Arc<dyn Policy>,
         registry: prometheus::Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
+        let metrics = GatewayMetrics::new(registry)?;
+        // Every configured backend's cost series exist from the start, at 0: a rate over them is 0, not
+        // absent, before the first answer.
+        for b in &fleet.backends {
+            if b.route() == Route::Cloud {
+                metrics.cost.add(&["cloud", b.name()], 0);
+            }
+        }
+        for w in config.local.iter().flat_map(|l| &l.workers) {
+            metrics.cost.add(&["local", &w.name], 0);
+            metrics.node_cost.add(&[&w.name], 0);
+            if config.reference_model.is_some() {
+                metrics.cloud_equivalent.add(&[&w.name], 0);
+            }
+        }
         Ok(Arc::new(Self {
             keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
-            metrics: GatewayMetrics::new(registry)?,
+            metrics,
             stats: Stats::default(),
             decisions: DecisionLog::new(RECENT_DECISIONS),
             started: std::time::Instant::now(),
