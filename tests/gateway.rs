@@ -450,6 +450,10 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
 
     // Debian's Chromium, headless, with every background connection off: the page must need nothing
     // but the gateway.
+    assert!(
+        common::ensure_debian_package("chromium", "chromium"),
+        "the dashboard test needs Debian's chromium package"
+    );
     let profile = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new("chromium")
         .args([

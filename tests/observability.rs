@@ -2,8 +2,8 @@
 //! the example configuration; a real Prometheus scrapes a gateway that served local and cloud requests and
 //! evaluates the rules; the Grafana dashboard queries only series and rules that exist.
 //!
-//! Needs Debian's `prometheus` package (`prometheus` and `promtool`); without it these tests fail unless
-//! `SLUICE_SKIP_PROMETHEUS=1` is set.
+//! Needs Debian's `prometheus` package (`prometheus` and `promtool`): installed with apt-get when missing and
+//! running as root; otherwise these tests fail unless `SLUICE_SKIP_PROMETHEUS=1` is set.
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used, reason = "tests")]
 
@@ -68,6 +68,9 @@ fn deploy(file: &str) -> PathBuf {
 /// The Prometheus tool `name`, or `None` when it is missing and `SLUICE_SKIP_PROMETHEUS=1` says that is
 /// fine. CI installs Debian's `prometheus` package, so a missing tool fails there rather than passing.
 fn prometheus_tool(name: &'static str) -> Option<&'static str> {
+    if std::env::var("SLUICE_SKIP_PROMETHEUS").as_deref() != Ok("1") {
+        common::ensure_debian_package(name, "prometheus");
+    }
     let present = Command::new(name)
         .arg("--version")
         .stdout(Stdio::null())

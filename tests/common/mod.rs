@@ -609,3 +609,40 @@ pub async fn generate(
     assert!(answer.finished.is_some(), "the stream ended without Finished");
     Ok(answer)
 }
+
+/// Makes sure the program `binary` exists, installing Debian's `package` with apt-get when it is missing
+/// and this runs as root (as on CI machines and the project's development machines), the way the tests
+/// fetch the demo model and the OpenAI SDK themselves. Returns whether the program is there.
+pub fn ensure_debian_package(binary: &str, package: &str) -> bool {
+    let present = |b: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b} >/dev/null 2>&1")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present(binary) {
+        return true;
+    }
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if present(binary) {
+        return true;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        eprintln!("installing Debian's {package} for `{binary}`");
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "(apt-get install -y -qq {package} || (apt-get update -qq && apt-get install -y -qq {package})) >/dev/null 2>&1"
+                ),
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    present(binary)
+}
