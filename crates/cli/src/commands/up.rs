@@ -364,17 +364,19 @@ fn print_banner(
     out.push_str(&format!(
         "\nTry it (response headers x-sluice-route, x-sluice-backend and x-sluice-rule say where each went):\n\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
-         -d '{{\"model\": \"{local}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
+         -d '{{\"model\": \"{local}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n  \
          # a card number never leaves: served by the local model (x-sluice-substituted-for: {CLOUD_MODEL})\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
-         -d '{{\"model\": \"{CLOUD_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Charge 4111 1111 1111 1111\"}}]}}'\n\n  \
+         -d '{{\"model\": \"{CLOUD_MODEL}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Charge 4111 1111 1111 1111\"}}]}}'\n\n  \
          # auto: the cheapest backend expected to meet the latency objective (x-sluice-model names it)\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
-         -d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"Name a primary colour.\"}}]}}'\n\n  \
+         -d '{{\"model\": \"auto\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Name a primary colour.\"}}]}}'\n\n  \
          python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
-         print(c.chat.completions.create(model='{local}', messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
+         print(c.chat.completions.create(model='{local}', max_tokens=64, messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
+         The demo model runs on this machine's CPU: give max_tokens, or a rambling answer runs until the \
+         request timeout.\n\
          Stop with Ctrl-C: requests in flight finish first.\n"
     ));
     print!("{out}");
