@@ -35,6 +35,8 @@ pub struct RawGatewayConfig {
     pub admin_listen: Option<String>,
     /// Serve without API keys (every request is tenant `anonymous`). Off unless set.
     pub allow_unauthenticated: Option<bool>,
+    /// Air-gapped mode: no cloud backend may be configured; the gateway refuses to start with one.
+    pub air_gapped: Option<bool>,
     pub api_keys: Option<Vec<RawApiKey>>,
     pub limits: Option<RawLimits>,
     pub local: Option<RawLocal>,
@@ -188,6 +190,8 @@ impl Default for Limits {
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// No cloud backend is configured, and none may be.
+    pub air_gapped: bool,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub keys: Vec<ApiKey>,
@@ -360,6 +364,17 @@ impl RawGatewayConfig {
                 return Err(at.error("clouds", format!("the backend name {n:?} is used twice")));
             }
         }
+        if self.air_gapped.unwrap_or(false)
+            && let Some(c) = clouds.first()
+        {
+            return Err(at.error(
+                "clouds",
+                format!(
+                    "air_gapped is on, so no request may leave for a cloud, but cloud backend {:?} ({}) is configured: remove the clouds, or turn air_gapped off",
+                    c.name, c.base_url
+                ),
+            ));
+        }
         if local.as_ref().is_none_or(|l| l.workers.is_empty()) && clouds.is_empty() {
             return Err(at.error(
                 "(document)",
@@ -413,6 +428,7 @@ impl RawGatewayConfig {
         let policy = crate::policy::config::compile(self.policy.unwrap_or_default(), &at, cx)
             .map_err(|mut errors| errors.swap_remove(0))?;
         Ok(GatewayConfig {
+            air_gapped: self.air_gapped.unwrap_or(false),
             audit,
             reference_model,
             policy,

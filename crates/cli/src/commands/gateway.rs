@@ -338,7 +338,8 @@ fn summary(config: &GatewayConfig) -> String {
         })
         .collect();
     format!(
-        "{} API key(s), {workers} worker(s), cloud backends: {}",
+        "{}{} API key(s), {workers} worker(s), cloud backends: {}",
+        if config.air_gapped { "air-gapped, " } else { "" },
         config.keys.len(),
         if clouds.is_empty() {
             "none".to_owned()

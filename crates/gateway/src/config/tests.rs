@@ -115,3 +115,18 @@ fn worker_addresses_become_uris() {
     assert_eq!(worker_uri("h", false), None);
     assert_eq!(worker_uri("h:port", false), None);
 }
+
+#[test]
+fn air_gapped_mode_refuses_any_cloud_backend_and_says_why() {
+    let e = validate(&format!("air_gapped: true\n{FULL}")).unwrap_err();
+    assert_eq!(e.key, "clouds");
+    assert_eq!(e.line, Some(16));
+    assert!(
+        e.message.starts_with("air_gapped is on, so no request may leave for a cloud, but cloud backend \"openai\" (https://api.openai.com/v1) is configured"),
+        "{e}"
+    );
+    let local_only = FULL.split("clouds:").next().unwrap();
+    let c = validate(&format!("air_gapped: true\n{local_only}")).unwrap();
+    assert!(c.air_gapped && c.clouds.is_empty());
+    assert!(!validate(FULL).unwrap().air_gapped);
+}

@@ -159,6 +159,7 @@ fn answer(words: &[&str]) -> Script {
 
 fn config(limits: Limits) -> GatewayConfig {
     GatewayConfig {
+        air_gapped: false,
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         keys: vec![ApiKey {
