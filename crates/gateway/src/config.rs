@@ -531,13 +531,16 @@ fn seconds(at: &Locator<'_>, key: &str, value: Option<f64>, default: f64) -> Res
 }
 
 /// Names appear in headers and metric labels: keep them short and plain.
-fn check_name(at: &Locator<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+}
+
+fn check_name(at: &Locator<'_>, key: &str, name: &str) -> Result<(), ConfigError> {
+    if !is_plain_name(name) {
         return Err(at.error(
             key,
             format!("{name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),

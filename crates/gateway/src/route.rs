@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use sluice_sensitivity::Scan;
+use sluice_sensitivity::{Scan, Scanner};
 
 use crate::api::ChatRequest;
 use crate::backend::{Backend, ModelCard, Prices, Route};
@@ -44,15 +44,14 @@ impl Fleet {
                     load.running += m.running.unwrap_or(0);
                     load.waiting += m.waiting.unwrap_or(0);
                     load.slots += m.slots.unwrap_or(0);
-                    if let Some(o) = stats.get(&m.name) {
-                        if let Some(t) = o.time_to_first_token_seconds {
-                            ttft += t;
-                            ttft_n += 1;
-                        }
-                        if let Some(r) = o.tokens_per_second {
-                            rate += r;
-                            rate_n += 1;
-                        }
+                    let (t, r) = stats.latency(&m.name);
+                    if let Some(t) = t {
+                        ttft += t;
+                        ttft_n += 1;
+                    }
+                    if let Some(r) = r {
+                        rate += r;
+                        rate_n += 1;
                     }
                 }
                 BackendView {
@@ -145,6 +144,48 @@ impl RequestFacts<'_> {
     pub fn level(&self) -> Level {
         self.scan.level.max(self.declared.unwrap_or(Level::Public))
     }
+}
+
+/// What a client may say about routing in its headers: the level it declares (`x-sluice-sensitivity`) and
+/// the route it prefers (`x-sluice-prefer`); a value that is neither is its error.
+pub fn client_hints(headers: &HeaderMap) -> Result<(Option<Level>, Option<Route>), ApiError> {
+    let declared = match headers.get(&crate::server::X_SENSITIVITY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<Level>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_sensitivity",
+                        "x-sluice-sensitivity must be public, internal, confidential or restricted.",
+                    )
+                })?,
+        ),
+    };
+    let prefer = match headers
+        .get(&crate::server::X_PREFER)
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => None,
+        Some(Ok("local")) => Some(Route::Local),
+        Some(Ok("cloud")) => Some(Route::Cloud),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_prefer",
+                "x-sluice-prefer must be local or cloud.",
+            ));
+        }
+    };
+    Ok((declared, prefer))
+}
+
+/// Scans every string of a request, object keys included: whatever reaches a backend has been seen.
+/// Returns the estimated prompt tokens (from the same strings) and what was found.
+pub fn scan_request(scanner: &Scanner, request: &ChatRequest) -> (u64, Scan) {
+    let texts = crate::policy::strings(&request.body);
+    let bytes = texts.iter().map(|t| t.len()).sum();
+    (estimate_tokens(bytes), scanner.scan_all(texts))
 }
 
 /// The estimated number of tokens in some text: about four bytes of English per token, rounded up. Good

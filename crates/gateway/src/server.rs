@@ -37,7 +37,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::level::Level;
 use crate::metrics::GatewayMetrics;
 use crate::policy::{Engine, Explanation};
-use crate::route::{Fleet, Policy, RequestFacts, estimate_tokens};
+use crate::route::{Fleet, Policy, RequestFacts, scan_request};
 use crate::stats::{Outcome, Stats};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -842,53 +842,19 @@ async fn chat_completions(
         Ok(r) => r,
         Err(e) => return reject(&app, &routing, "invalid_request", e),
     };
-    let declared = match headers.get(&X_SENSITIVITY) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.parse::<Level>().ok()) {
-            Some(l) => Some(l),
-            None => {
-                return reject(
-                    &app,
-                    &routing,
-                    "invalid_request",
-                    ApiError::invalid(
-                        "invalid_sensitivity",
-                        "x-sluice-sensitivity must be public, internal, confidential or restricted.",
-                    ),
-                );
-            }
-        },
+    let (declared, prefer) = match crate::route::client_hints(&headers) {
+        Ok(hints) => hints,
+        Err(e) => return reject(&app, &routing, "invalid_request", e),
     };
-    let prefer = match headers.get(&X_PREFER) {
-        None => None,
-        Some(v) => match v.to_str().map(str::trim) {
-            Ok("local") => Some(Route::Local),
-            Ok("cloud") => Some(Route::Cloud),
-            _ => {
-                return reject(
-                    &app,
-                    &routing,
-                    "invalid_request",
-                    ApiError::invalid("invalid_prefer", "x-sluice-prefer must be local or cloud."),
-                );
-            }
-        },
-    };
-    // Every string of the body is scanned, keys included: whatever reaches a backend has been seen. A large
-    // body is scanned on the blocking pool (a few MiB take tens of milliseconds), so that it holds up no
-    // other request on this runtime thread.
-    let scan_here = |request: &ChatRequest, scanner: &sluice_sensitivity::Scanner| {
-        let texts = crate::policy::strings(&request.body);
-        let bytes: usize = texts.iter().map(|t| t.len()).sum();
-        (bytes, scanner.scan_all(texts))
-    };
-    let (request, (prompt_bytes, scan)) = if bytes.len() <= SCAN_INLINE_BYTES {
-        let scanned = scan_here(&request, &app.config.scanner);
+    // A large body is scanned on the blocking pool (a few MiB take tens of milliseconds), so that it holds
+    // up no other request on this runtime thread.
+    let (request, (prompt_tokens, scan)) = if bytes.len() <= SCAN_INLINE_BYTES {
+        let scanned = scan_request(&app.config.scanner, &request);
         (request, scanned)
     } else {
         let scanner = app.config.scanner.clone();
         match tokio::task::spawn_blocking(move || {
-            let scanned = scan_here(&request, &scanner);
+            let scanned = scan_request(&scanner, &request);
             (request, scanned)
         })
         .await
@@ -917,7 +883,7 @@ async fn chat_completions(
         declared,
         scan: &scan,
         prefer,
-        prompt_tokens: estimate_tokens(prompt_bytes),
+        prompt_tokens,
     };
     let decision_id = new_id("dec_");
     let view = app.fleet.view(&app.stats);

@@ -81,6 +81,18 @@ impl Stats {
             .cloned()
     }
 
+    /// A member's observed time to first token and tokens per second, without copying the rest (read on
+    /// every request).
+    pub fn latency(&self, member: &str) -> (Option<f64>, Option<f64>) {
+        self.members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(member)
+            .map_or((None, None), |o| {
+                (o.time_to_first_token_seconds, o.tokens_per_second)
+            })
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, Observed> {
         self.members
             .lock()

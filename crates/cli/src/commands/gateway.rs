@@ -4,11 +4,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use sluice_gateway::api::parse_chat_request;
-use sluice_gateway::backend::Route;
 use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_gateway::level::Level;
-use sluice_gateway::policy::{Action, Engine, Explanation, strings};
-use sluice_gateway::route::{Policy, RequestFacts, estimate_tokens};
+use sluice_gateway::policy::{Action, Engine, Explanation};
+use sluice_gateway::route::{Policy, RequestFacts, client_hints, scan_request};
 use sluice_gateway::{GatewayConfig, RawGatewayConfig};
 
 use super::{Failure, shutdown_signal};
@@ -123,25 +122,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             .map_err(|_| Failure::Usage(format!("--header {h:?}: the value is not a header value")))?;
         headers.append(name, value);
     }
-    let declared = match headers.get("x-sluice-sensitivity") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<Level>().ok())
-                .ok_or_else(|| {
-                    Failure::Usage(
-                        "x-sluice-sensitivity must be public, internal, confidential or restricted".into(),
-                    )
-                })?,
-        ),
-    };
-    let prefer = match headers.get("x-sluice-prefer").map(|v| v.to_str().map(str::trim)) {
-        None => None,
-        Some(Ok("local")) => Some(Route::Local),
-        Some(Ok("cloud")) => Some(Route::Cloud),
-        Some(_) => return Err(Failure::Usage("x-sluice-prefer must be local or cloud".into())),
-    };
+    let (declared, prefer) = client_hints(&headers).map_err(|e| Failure::Usage(e.message))?;
     for d in &args.down {
         let known =
             config.clouds.iter().any(|c| &c.name == d) || config.local.as_ref().is_some_and(|l| &l.name == d);
@@ -160,9 +141,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         args.local_model.clone()
     };
     let fleet = config.offline_view(&local_models, &args.down);
-    let texts = strings(&request.body);
-    let prompt_tokens = estimate_tokens(texts.iter().map(|t| t.len()).sum());
-    let scan = config.scanner.scan_all(texts);
+    let (prompt_tokens, scan) = scan_request(&config.scanner, &request);
     let facts = RequestFacts {
         tenant: &tenant,
         request: &request,

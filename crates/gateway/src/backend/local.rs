@@ -102,8 +102,7 @@ struct Worker {
 impl Worker {
     /// What a token costs on this node while it is busy: its hourly cost over its reported prefill and
     /// decode rates, per million tokens. `None` until it has reported both.
-    fn busy_prices(&self) -> Option<Prices> {
-        let s = self.state();
+    fn busy_prices(&self, s: &WorkerState) -> Option<Prices> {
         let l = s.load.as_ref()?;
         let (p, d) = (l.prompt_tokens_per_second, l.decode_tokens_per_second);
         let per_second = self.cost.usd_per_hour() / 3600.0;
@@ -370,9 +369,10 @@ impl Backend for WorkerPool {
     fn models(&self) -> Vec<ModelCard> {
         let mut cards: Vec<ModelCard> = Vec::new();
         for w in &self.workers {
-            let prices = w.busy_prices();
-            for id in w.state().models.clone() {
-                match cards.iter_mut().find(|c| c.id == id) {
+            let s = w.state();
+            let prices = w.busy_prices(&s);
+            for id in &s.models {
+                match cards.iter_mut().find(|c| &c.id == id) {
                     Some(c) => {
                         c.prices = match (c.prices, prices) {
                             (Some(a), Some(b)) if b.output_usd_per_mtok < a.output_usd_per_mtok => Some(b),
@@ -380,7 +380,10 @@ impl Backend for WorkerPool {
                             (a, _) => a,
                         };
                     }
-                    None => cards.push(ModelCard { id, prices }),
+                    None => cards.push(ModelCard {
+                        id: id.clone(),
+                        prices,
+                    }),
                 }
             }
         }

@@ -217,15 +217,6 @@ fn strategy(at: &Locator<'_>, key: &str, s: Option<&str>, errors: &mut Vec<Confi
     parsed
 }
 
-/// Rule names travel in `x-sluice-rule` and metric labels.
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 /// Checks the policy against the backends; every problem is reported, not only the first.
 pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<PolicyConfig, Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -314,7 +305,7 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
         let name = r.name.unwrap_or_default();
         if name.is_empty() {
             errors.push(at.error(&format!("policy.rules[{i}]"), "`name` is required"));
-        } else if !plain_name(&name) {
+        } else if !crate::config::is_plain_name(&name) {
             errors.push(at.error(
                 &key("name"),
                 format!("{name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),

@@ -1151,8 +1151,9 @@ async fn a_request_the_local_model_cannot_take_goes_to_the_next_allowed_target()
     assert_eq!((worker.received(), cloud.received()), (0, 1));
 }
 
-#[tokio::test]
-async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_model() {
+/// A worker whose answers use 7 + 2 tokens and a cloud whose answers use 1,000 + 500, after one answered
+/// request for each of `models`.
+async fn app_after(models: &[&str]) -> Arc<App> {
     let usage = |p, c| {
         Ok(ChatEvent::Finished {
             finish_reason: "stop".into(),
@@ -1168,10 +1169,16 @@ async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_mo
     ]));
     let worker = local(Script::Answer(vec![Ok(ChatEvent::Text("y".into())), usage(7, 2)]));
     let app = app_with(vec![worker, cloud], Limits::default());
-    for model in ["gpt-4o-mini", "gpt-4o-mini", "local-model"] {
+    for model in models {
         let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
         assert_eq!(send(&app, post(&body)).await.0, StatusCode::OK);
     }
+    app
+}
+
+#[tokio::test]
+async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_model() {
+    let app = app_after(&["gpt-4o-mini", "gpt-4o-mini", "local-model"]).await;
     let m = &app.metrics;
     // 2 x (1,000 x 0.15 + 500 x 0.60) / 10^6 USD, to the picodollar.
     assert_eq!(m.cost.get(&["cloud", "cloud-a"]), 900_000_000);
@@ -1191,25 +1198,7 @@ async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_mo
 
 #[tokio::test]
 async fn the_dashboard_is_self_contained_and_its_figures_add_up() {
-    let usage = |p, c| {
-        Ok(ChatEvent::Finished {
-            finish_reason: "stop".into(),
-            usage: Some(Usage {
-                prompt_tokens: p,
-                completion_tokens: c,
-            }),
-        })
-    };
-    let cloud = cloud(Script::Answer(vec![
-        Ok(ChatEvent::Text("x".into())),
-        usage(1_000, 500),
-    ]));
-    let worker = local(Script::Answer(vec![Ok(ChatEvent::Text("y".into())), usage(7, 2)]));
-    let app = app_with(vec![worker, cloud], Limits::default());
-    for model in ["gpt-4o-mini", "local-model"] {
-        let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
-        assert_eq!(send(&app, post(&body)).await.0, StatusCode::OK);
-    }
+    let app = app_after(&["gpt-4o-mini", "local-model"]).await;
     let response = admin_router(app.clone())
         .oneshot(HttpRequest::get("/dashboard").body(Body::empty()).unwrap())
         .await
