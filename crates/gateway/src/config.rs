@@ -119,6 +119,25 @@ pub struct RawLocal {
     pub breaker: Option<RawBreaker>,
     /// What each worker node costs; a worker's own `cost` overrides single keys.
     pub cost: Option<RawNodeCost>,
+    /// Find (more) workers through the EndpointSlices of a Kubernetes Service.
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    pub port: Option<RawPort>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A port's name or number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(i64),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -375,10 +394,10 @@ impl RawGatewayConfig {
                 ),
             ));
         }
-        if local.as_ref().is_none_or(|l| l.workers.is_empty()) && clouds.is_empty() {
+        if local.as_ref().is_none_or(|l| !l.has_members()) && clouds.is_empty() {
             return Err(at.error(
                 "(document)",
-                "no backends: configure local.workers or clouds (or both)",
+                "no backends: configure local.workers, local.kubernetes or clouds",
             ));
         }
         let drain_grace = seconds(
@@ -463,7 +482,7 @@ impl GatewayConfig {
             tokens_per_second: None,
         };
         let mut backends = Vec::new();
-        if let Some(l) = self.local.as_ref().filter(|l| !l.workers.is_empty()) {
+        if let Some(l) = self.local.as_ref().filter(|l| l.has_members()) {
             let models = local_models
                 .iter()
                 .map(|m| ModelCard {
@@ -491,7 +510,7 @@ impl GatewayConfig {
 /// The backends as the policy checks see them, in the order the fleet has them (the local pool first).
 pub fn backend_infos(local: Option<&PoolConfig>, clouds: &[CloudConfig]) -> Vec<BackendInfo> {
     let mut out = Vec::new();
-    if let Some(l) = local.filter(|l| !l.workers.is_empty()) {
+    if let Some(l) = local.filter(|l| l.has_members()) {
         out.push(BackendInfo {
             name: l.name.clone(),
             route: crate::backend::Route::Local,
@@ -622,6 +641,8 @@ fn local_pool(at: &Locator<'_>, raw: RawLocal) -> Result<PoolConfig, ConfigError
         }
         workers.push(WorkerAddress { name, uri, cost });
     }
+    let node_cost = node_cost(at, "local.cost", &[raw.cost.as_ref()])?;
+    let kubernetes = raw.kubernetes.map(|k| kubernetes(at, k)).transpose()?;
     let connect_timeout = seconds(
         at,
         "local.connect_timeout_seconds",
@@ -647,6 +668,64 @@ fn local_pool(at: &Locator<'_>, raw: RawLocal) -> Result<PoolConfig, ConfigError
         connect_timeout,
         breaker_failures,
         breaker_cooldown,
+        kubernetes,
+        node_cost,
+    })
+}
+
+/// `local.kubernetes`: which Service's EndpointSlices list the workers.
+fn kubernetes(at: &Locator<'_>, raw: RawKubernetes) -> Result<sluice_discovery::Target, ConfigError> {
+    // DNS-1123 labels, as Kubernetes names Services and namespaces.
+    let dns_label = |key: &str, v: &str| {
+        let ok = !v.is_empty()
+            && v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !v.starts_with('-')
+            && !v.ends_with('-');
+        if ok {
+            Ok(())
+        } else {
+            Err(at.error(
+                key,
+                format!("{v:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"),
+            ))
+        }
+    };
+    let Some(service) = raw.service else {
+        return Err(at.error(
+            "local.kubernetes.service",
+            "the headless Service in front of the workers is required",
+        ));
+    };
+    dns_label("local.kubernetes.service", &service)?;
+    if let Some(ns) = &raw.namespace {
+        dns_label("local.kubernetes.namespace", ns)?;
+    }
+    let port = match raw.port {
+        None => sluice_discovery::Port::Name("grpc".to_owned()),
+        Some(RawPort::Number(n)) => match u16::try_from(n) {
+            Ok(n) if n > 0 => sluice_discovery::Port::Number(n),
+            _ => {
+                return Err(at.error(
+                    "local.kubernetes.port",
+                    format!("{n} is not a port number (1 to 65535)"),
+                ));
+            }
+        },
+        Some(RawPort::Name(n)) if n.is_empty() || n.len() > 15 => {
+            return Err(at.error(
+                "local.kubernetes.port",
+                format!("{n:?} is not a port name (1 to 15 characters) or number"),
+            ));
+        }
+        Some(RawPort::Name(n)) => sluice_discovery::Port::Name(n),
+    };
+    Ok(sluice_discovery::Target {
+        service,
+        namespace: raw.namespace,
+        port,
+        kubeconfig: raw.kubeconfig,
     })
 }
 

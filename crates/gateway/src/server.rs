@@ -75,6 +75,8 @@ pub enum GatewayError {
     Audit(#[from] sluice_audit::AuditError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("local.kubernetes: {0}")]
+    Discovery(#[from] sluice_discovery::Error),
 }
 
 /// Everything the handlers share.
@@ -92,6 +94,8 @@ pub struct App {
     /// The audit log's writer, when one is configured (set once by `run`).
     pub audit: std::sync::OnceLock<sluice_audit::AuditHandle>,
     in_flight: Arc<Semaphore>,
+    /// Members the gauges were last set for: the series of one that left are removed.
+    gauged: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for App {
@@ -133,19 +137,28 @@ impl App {
             decisions: DecisionLog::new(RECENT_DECISIONS),
             started: std::time::Instant::now(),
             audit: std::sync::OnceLock::new(),
+            gauged: std::sync::Mutex::new(Vec::new()),
             fleet,
             policy,
             config,
         }))
     }
 
-    /// Starts the configured backends: the local pool first, then the clouds in order.
-    pub fn start_fleet(config: &GatewayConfig) -> Result<Fleet, GatewayError> {
+    /// Starts the configured backends: the local pool first (following `discovery` for more workers,
+    /// when given), then the clouds in order.
+    pub fn start_fleet(
+        config: &GatewayConfig,
+        discovery: Option<sluice_discovery::Discovery>,
+    ) -> Result<Fleet, GatewayError> {
         let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
         if let Some(pool) = &config.local
-            && !pool.workers.is_empty()
+            && pool.has_members()
         {
-            backends.push(Arc::new(WorkerPool::start(pool.clone())?));
+            let pool = Arc::new(WorkerPool::start(pool.clone())?);
+            if let Some(d) = discovery {
+                pool.follow(d);
+            }
+            backends.push(pool);
         }
         for cloud in &config.clouds {
             backends.push(Arc::new(CloudBackend::new(cloud.clone())?));
@@ -153,14 +166,12 @@ impl App {
         Ok(Fleet { backends })
     }
 
-    /// What a worker node costs (the defaults for a worker the configuration does not list).
+    /// What a worker node costs (the pool's figure for a worker the configuration does not list).
     pub fn node_cost(&self, worker: &str) -> crate::cost::NodeCost {
         self.config
             .local
-            .iter()
-            .flat_map(|l| &l.workers)
-            .find(|w| w.name == worker)
-            .map(|w| w.cost)
+            .as_ref()
+            .map(|l| l.node_cost_of(worker))
             .unwrap_or_default()
     }
 
@@ -168,11 +179,15 @@ impl App {
     /// cost since the gateway started.
     fn refresh_backend_gauges(&self) {
         let elapsed = self.started.elapsed();
-        for w in self.config.local.iter().flat_map(|l| &l.workers) {
-            self.metrics.node_cost.raise_to(&[&w.name], w.cost.over(elapsed));
-        }
+        let mut now: Vec<String> = Vec::new();
         for backend in &self.fleet.backends {
             for m in backend.members() {
+                now.push(m.name.clone());
+                // A node costs from when the gateway knows of it: its start, or the worker's arrival.
+                if let Some((cost, joined)) = m.node {
+                    let known = elapsed.min(joined.elapsed());
+                    self.metrics.node_cost.raise_to(&[&m.name], cost.over(known));
+                }
                 self.metrics
                     .backend_up
                     .with_label_values(&[&m.name])
@@ -183,6 +198,16 @@ impl App {
                     .set(i64::try_from(m.in_flight).unwrap_or(i64::MAX));
             }
         }
+        // A worker that left the pool is no longer up or busy: its series go (its node cost stays).
+        let mut gauged = self
+            .gauged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in gauged.iter().filter(|g| !now.contains(g)) {
+            let _ = self.metrics.backend_up.remove_label_values(&[gone]);
+            let _ = self.metrics.backend_in_flight.remove_label_values(&[gone]);
+        }
+        *gauged = now;
     }
 }
 
@@ -423,6 +448,7 @@ async fn admin_backends(State(app): State<Arc<App>>) -> Response {
                 "ready": b.ready(),
                 "models": b.models().into_iter().map(|m| m.id).collect::<Vec<_>>(),
                 "members": members,
+                "discovery": b.discovery(),
             })
         })
         .collect();
@@ -1443,7 +1469,11 @@ pub async fn run(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
-    let fleet = App::start_fleet(&config)?;
+    let discovery = match config.local.as_ref().and_then(|l| l.kubernetes.as_ref()) {
+        Some(target) => Some(sluice_discovery::Discovery::connect(target).await?),
+        None => None,
+    };
+    let fleet = App::start_fleet(&config, discovery)?;
     let grace = config.drain_grace;
     let policy = Arc::new(Engine::new(config.policy.clone()));
     let app = App::new(config, fleet, policy, registry)?;

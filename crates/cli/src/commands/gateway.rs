@@ -168,7 +168,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
 /// What the local pool is assumed to serve when no `--local-model` is given: every model the policy
 /// sends there, and the requested model when no cloud and no virtual model has that name.
 fn assumed_local_models(config: &GatewayConfig, requested: &str) -> Vec<String> {
-    let Some(local) = config.local.as_ref().filter(|l| !l.workers.is_empty()) else {
+    let Some(local) = config.local.as_ref().filter(|l| l.has_members()) else {
         return Vec::new();
     };
     let cloud = |m: &str| config.clouds.iter().any(|c| c.models.iter().any(|x| x.id == m));

@@ -425,6 +425,8 @@ impl Backend for CloudBackend {
             waiting: None,
             slots: None,
             throughput: None,
+            source: "cloud",
+            node: None,
         }]
     }
 

@@ -5,10 +5,14 @@
 //! A request goes to the ready worker with the least load that serves its model; on `RESOURCE_EXHAUSTED`
 //! or a failure to reach it, to the next. A worker that fails `breaker_failures` times in a row is
 //! ejected for `breaker_cooldown` (the circuit breaker), then tried again.
+//!
+//! Members come from the configuration and, with `kubernetes`, from a Service's EndpointSlices
+//! ([`WorkerPool::follow`]): a new endpoint joins, one Kubernetes calls terminating or not serving takes
+//! no new requests while those in flight finish, and a deleted one leaves (its streams keep their
+//! connection until they end).
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -75,6 +79,25 @@ pub struct PoolConfig {
     pub breaker_failures: u32,
     /// How long an ejected worker rests.
     pub breaker_cooldown: Duration,
+    /// Where to find more workers: the EndpointSlices of a Kubernetes Service.
+    pub kubernetes: Option<sluice_discovery::Target>,
+    /// What the node of a worker found there costs by the hour.
+    pub node_cost: crate::cost::NodeCost,
+}
+
+impl PoolConfig {
+    /// The pool has workers, or a place to find them.
+    pub fn has_members(&self) -> bool {
+        !self.workers.is_empty() || self.kubernetes.is_some()
+    }
+
+    /// What worker `name`'s node costs: its own figure when it is configured, else the pool's.
+    pub fn node_cost_of(&self, name: &str) -> crate::cost::NodeCost {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .map_or(self.node_cost, |w| w.cost)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +120,25 @@ struct Worker {
     state: Mutex<WorkerState>,
     in_flight: Arc<AtomicU64>,
     cost: crate::cost::NodeCost,
+    /// Found through Kubernetes (else configured).
+    discovered: bool,
+    /// What Kubernetes says of it ([`ADMITTED`], [`NOT_SERVING`], [`TERMINATING`]); configured workers
+    /// stay admitted.
+    admission: AtomicU8,
+    /// When it joined the pool (its node cost accrues from then).
+    joined: std::time::Instant,
+}
+
+const ADMITTED: u8 = 0;
+const NOT_SERVING: u8 = 1;
+const TERMINATING: u8 = 2;
+
+fn admission_of(state: sluice_discovery::EndpointState) -> u8 {
+    match state {
+        sluice_discovery::EndpointState::Ready => ADMITTED,
+        sluice_discovery::EndpointState::NotServing => NOT_SERVING,
+        sluice_discovery::EndpointState::Terminating => TERMINATING,
+    }
 }
 
 impl Worker {
@@ -119,8 +161,12 @@ impl Worker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Ready for a request now: connected, serving, reporting ready, not ejected.
+    /// Ready for a request now: admitted by Kubernetes (when found there), connected, serving,
+    /// reporting ready, not ejected.
     fn ready(&self, now: Instant) -> bool {
+        if self.admission.load(Ordering::Relaxed) != ADMITTED {
+            return false;
+        }
         let s = self.state();
         s.connected
             && s.health == Some(ServingStatus::Serving)
@@ -165,8 +211,13 @@ impl Worker {
     fn status(&self, now: Instant) -> MemberStatus {
         let ready = self.ready(now);
         let s = self.state();
+        let admission = self.admission.load(Ordering::Relaxed);
         let detail = if ready {
             "ready".to_owned()
+        } else if admission == TERMINATING {
+            "terminating (Kubernetes): finishing its requests, taking no new ones".to_owned()
+        } else if admission == NOT_SERVING {
+            "not serving (Kubernetes: its readiness probe fails)".to_owned()
         } else if let Some(t) = s.ejected_until.filter(|t| *t > now) {
             format!(
                 "ejected for {:.1} s after repeated failures",
@@ -198,15 +249,37 @@ impl Worker {
                 prefill_tokens_per_second: l.prompt_tokens_per_second,
                 decode_tokens_per_second: l.decode_tokens_per_second,
             }),
+            source: if self.discovered { "kubernetes" } else { "config" },
+            node: Some((self.cost, self.joined)),
         }
     }
+}
+
+/// A worker and the task that follows it.
+struct Member {
+    worker: Arc<Worker>,
+    monitor: JoinHandle<()>,
+}
+
+/// How the EndpointSlice watch is doing, for `/admin/backends`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DiscoveryStatus {
+    /// What is followed, and where.
+    pub following: String,
+    /// A complete list has arrived.
+    pub synced: bool,
+    /// Endpoint sets received.
+    pub updates: u64,
+    /// Watch failures so far (each retried with backoff; the last set stands meanwhile).
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// The local worker pool.
 pub struct WorkerPool {
     config: PoolConfig,
-    workers: Vec<Arc<Worker>>,
-    monitors: Vec<JoinHandle<()>>,
+    members: RwLock<Vec<Member>>,
+    discovery: Mutex<Option<(DiscoveryStatus, JoinHandle<()>)>>,
 }
 
 /// A problem with the pool's settings found when it is built.
@@ -222,39 +295,127 @@ pub enum PoolError {
 }
 
 impl WorkerPool {
-    /// Builds the pool and starts following every worker. Must run inside a Tokio runtime.
+    /// Builds the pool and starts following every configured worker. Must run inside a Tokio runtime.
     pub fn start(config: PoolConfig) -> Result<Self, PoolError> {
-        let mut workers = Vec::with_capacity(config.workers.len());
+        let mut members = Vec::with_capacity(config.workers.len());
         for w in &config.workers {
             let endpoint = endpoint(w, &config).map_err(|source| PoolError::Address {
                 name: w.name.clone(),
                 uri: w.uri.clone(),
                 source,
             })?;
-            workers.push(Arc::new(Worker {
-                name: w.name.as_str().into(),
-                uri: w.uri.clone(),
-                channel: endpoint.connect_lazy(),
-                state: Mutex::new(WorkerState::default()),
-                in_flight: Arc::new(AtomicU64::new(0)),
-                cost: w.cost,
-            }));
+            members.push(member(w, endpoint, false));
         }
-        let monitors = workers.iter().map(|w| tokio::spawn(monitor(w.clone()))).collect();
         Ok(Self {
             config,
-            workers,
-            monitors,
+            members: RwLock::new(members),
+            discovery: Mutex::new(None),
         })
+    }
+
+    /// Adds and removes workers as the Service's EndpointSlices change, for as long as the pool lives.
+    pub fn follow(self: &Arc<Self>, discovery: sluice_discovery::Discovery) {
+        let status = DiscoveryStatus {
+            following: discovery.describe(),
+            ..DiscoveryStatus::default()
+        };
+        tracing::info!(following = %status.following, "finding workers through Kubernetes");
+        let sink: Arc<dyn sluice_discovery::Members> = Arc::new(Sink(Arc::downgrade(self)));
+        let task = tokio::spawn(discovery.run(sink));
+        let mut slot = self.discovery_slot();
+        if let Some((_, old)) = slot.replace((status, task)) {
+            old.abort();
+        }
+    }
+
+    /// How the EndpointSlice watch is doing, when there is one.
+    pub fn discovery_status(&self) -> Option<DiscoveryStatus> {
+        self.discovery_slot().as_ref().map(|(s, _)| s.clone())
+    }
+
+    fn discovery_slot(&self) -> std::sync::MutexGuard<'_, Option<(DiscoveryStatus, JoinHandle<()>)>> {
+        self.discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn members_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Member>> {
+        // Plain data: a panic while the lock was held cannot leave it inconsistent.
+        self.members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The workers now.
+    fn workers(&self) -> Vec<Arc<Worker>> {
+        self.members_read().iter().map(|m| m.worker.clone()).collect()
+    }
+
+    /// Makes the discovered members what Kubernetes lists: new endpoints join, known ones take its
+    /// state, missing ones leave. Configured workers are left alone (an endpoint at a configured
+    /// worker's address is that worker).
+    pub fn reconcile(&self, endpoints: &[sluice_discovery::Endpoint]) {
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let wanted: Vec<(String, &sluice_discovery::Endpoint)> = endpoints
+            .iter()
+            .map(|e| (format!("{scheme}://{}", e.authority()), e))
+            .collect();
+        let mut members = self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        members.retain(|m| {
+            let keep = !m.worker.discovered || wanted.iter().any(|(uri, _)| *uri == m.worker.uri);
+            if !keep {
+                m.monitor.abort();
+                tracing::info!(worker = %m.worker.name, address = %m.worker.uri, in_flight = m.worker.in_flight.load(Ordering::Relaxed), "worker left (no longer in the EndpointSlices)");
+            }
+            keep
+        });
+        for (uri, e) in wanted {
+            let admission = admission_of(e.state);
+            if let Some(m) = members.iter().find(|m| m.worker.uri == uri) {
+                if m.worker.discovered {
+                    let before = m.worker.admission.swap(admission, Ordering::Relaxed);
+                    if before != admission {
+                        tracing::info!(worker = %m.worker.name, state = e.state.as_str(), "Kubernetes changed the worker's state");
+                    }
+                }
+                continue;
+            }
+            let mut name = e.name.clone();
+            if members.iter().any(|m| *m.worker.name == *name) {
+                name = format!("{name}@{}", e.authority());
+            }
+            let address = WorkerAddress {
+                name,
+                uri,
+                cost: self.config.node_cost,
+            };
+            match endpoint(&address, &self.config) {
+                Ok(endpoint) => {
+                    tracing::info!(worker = %address.name, address = %address.uri, state = e.state.as_str(), "worker joined (EndpointSlices)");
+                    let m = member(&address, endpoint, true);
+                    m.worker.admission.store(admission, Ordering::Relaxed);
+                    members.push(m);
+                }
+                Err(error) => {
+                    tracing::warn!(worker = %address.name, address = %address.uri, %error, "cannot use this endpoint's address");
+                }
+            }
+        }
     }
 
     /// Workers that serve `model`, ready ones first by load, then the others.
     fn candidates(&self, model: &str, now: Instant) -> (Vec<Arc<Worker>>, Vec<Arc<Worker>>) {
         let (ready, not_ready): (Vec<_>, Vec<_>) = self
-            .workers
-            .iter()
+            .workers()
+            .into_iter()
             .filter(|w| w.state().models.iter().any(|m| m == model))
-            .cloned()
             .partition(|w| w.ready(now));
         // Scores change under our feet (reports arrive, requests start): take each once, so the sort sees
         // a consistent order.
@@ -343,10 +504,54 @@ impl WorkerPool {
     }
 }
 
+/// Builds a member and starts its monitor.
+fn member(w: &WorkerAddress, endpoint: Endpoint, discovered: bool) -> Member {
+    let worker = Arc::new(Worker {
+        name: w.name.as_str().into(),
+        uri: w.uri.clone(),
+        channel: endpoint.connect_lazy(),
+        state: Mutex::new(WorkerState::default()),
+        in_flight: Arc::new(AtomicU64::new(0)),
+        cost: w.cost,
+        discovered,
+        admission: AtomicU8::new(ADMITTED),
+        joined: std::time::Instant::now(),
+    });
+    let monitor = tokio::spawn(monitor(worker.clone()));
+    Member { worker, monitor }
+}
+
+/// Where the discovery hands its endpoint sets: the pool, while it lives.
+struct Sink(Weak<WorkerPool>);
+
+impl sluice_discovery::Members for Sink {
+    fn set(&self, endpoints: Vec<sluice_discovery::Endpoint>) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.reconcile(&endpoints);
+            if let Some((s, _)) = pool.discovery_slot().as_mut() {
+                s.synced = true;
+                s.updates += 1;
+            }
+        }
+    }
+
+    fn watch_failed(&self, error: &str) {
+        if let Some(pool) = self.0.upgrade()
+            && let Some((s, _)) = pool.discovery_slot().as_mut()
+        {
+            s.failures += 1;
+            s.last_error = Some(error.to_owned());
+        }
+    }
+}
+
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        for m in &self.monitors {
-            m.abort();
+        for m in self.members_read().iter() {
+            m.monitor.abort();
+        }
+        if let Some((_, task)) = self.discovery_slot().take() {
+            task.abort();
         }
     }
 }
@@ -368,7 +573,8 @@ impl Backend for WorkerPool {
     /// there is charged; owned hardware is not free).
     fn models(&self) -> Vec<ModelCard> {
         let mut cards: Vec<ModelCard> = Vec::new();
-        for w in &self.workers {
+        for m in self.members_read().iter() {
+            let w = &m.worker;
             let s = w.state();
             let prices = w.busy_prices(&s);
             for id in &s.models {
@@ -393,19 +599,23 @@ impl Backend for WorkerPool {
 
     /// Asked on every request: checks the workers' lists without building [`Self::models`].
     fn serves(&self, model: &str) -> bool {
-        self.workers
+        self.members_read()
             .iter()
-            .any(|w| w.state().models.iter().any(|m| m == model))
+            .any(|w| w.worker.state().models.iter().any(|m| m == model))
     }
 
     fn ready(&self) -> bool {
         let now = Instant::now();
-        self.workers.iter().any(|w| w.ready(now))
+        self.members_read().iter().any(|m| m.worker.ready(now))
     }
 
     fn members(&self) -> Vec<MemberStatus> {
         let now = Instant::now();
-        self.workers.iter().map(|w| w.status(now)).collect()
+        self.members_read().iter().map(|m| m.worker.status(now)).collect()
+    }
+
+    fn discovery(&self) -> Option<serde_json::Value> {
+        self.discovery_status().and_then(|s| serde_json::to_value(s).ok())
     }
 
     fn dispatch<'a>(

@@ -202,6 +202,11 @@ pub struct MemberStatus {
     /// The worker's recent prefill and decode rates (what its requests are charged by).
     #[serde(skip)]
     pub throughput: Option<crate::cost::Throughput>,
+    /// Where the gateway learned of it: `config`, `kubernetes`, or `cloud`.
+    pub source: &'static str,
+    /// For a worker: what its node costs, and since when it is in the pool.
+    #[serde(skip)]
+    pub node: Option<(crate::cost::NodeCost, std::time::Instant)>,
 }
 
 /// A place requests can be sent: the local worker pool, or one cloud API.
@@ -219,6 +224,10 @@ pub trait Backend: Send + Sync {
     /// At least one member could take a request now.
     fn ready(&self) -> bool;
     fn members(&self) -> Vec<MemberStatus>;
+    /// How the backend finds its members, when it finds them at run time (the pool's EndpointSlice watch).
+    fn discovery(&self) -> Option<Value> {
+        None
+    }
     /// Sends the request; resolves once a member has accepted it (or every member that could has failed).
     fn dispatch<'a>(
         &'a self,

@@ -130,3 +130,77 @@ fn air_gapped_mode_refuses_any_cloud_backend_and_says_why() {
     assert!(c.air_gapped && c.clouds.is_empty());
     assert!(!validate(FULL).unwrap().air_gapped);
 }
+
+#[test]
+fn workers_can_come_from_kubernetes_alone() {
+    let text = "\
+allow_unauthenticated: true
+local:
+  cost: { overhead_usd_per_hour: 2.0 }
+  kubernetes:
+    service: sluice-workers
+    namespace: inference
+    port: 50051
+";
+    let c = validate(text).unwrap();
+    let local = c.local.unwrap();
+    assert!(local.workers.is_empty());
+    assert_eq!(
+        local.kubernetes,
+        Some(sluice_discovery::Target {
+            service: "sluice-workers".into(),
+            namespace: Some("inference".into()),
+            port: sluice_discovery::Port::Number(50051),
+            kubeconfig: None,
+        })
+    );
+    // A discovered worker's node is priced at the pool's figure.
+    assert_eq!(
+        local
+            .node_cost_of("sluice-workers-7d9f-abcde")
+            .overhead_usd_per_hour,
+        2.0
+    );
+    // The defaults: the port named grpc, the namespace of the credentials.
+    let c = validate("allow_unauthenticated: true\nlocal:\n  kubernetes: { service: w }\n").unwrap();
+    let k = c.local.unwrap().kubernetes.unwrap();
+    assert_eq!(k.port, sluice_discovery::Port::Name("grpc".into()));
+    assert_eq!(k.namespace, None);
+}
+
+#[test]
+fn kubernetes_settings_are_checked() {
+    let cases = [
+        ("kubernetes: {}", "local.kubernetes.service", "is required"),
+        (
+            "kubernetes: { service: Workers }",
+            "local.kubernetes.service",
+            "is not a Kubernetes name",
+        ),
+        (
+            "kubernetes: { service: w, namespace: -ns }",
+            "local.kubernetes.namespace",
+            "is not a Kubernetes name",
+        ),
+        (
+            "kubernetes: { service: w, port: 70000 }",
+            "local.kubernetes.port",
+            "70000 is not a port number",
+        ),
+        (
+            "kubernetes: { service: w, port: '' }",
+            "local.kubernetes.port",
+            "is not a port name",
+        ),
+        (
+            "kubernetes: { service: w, label: x }",
+            "local.kubernetes",
+            "unknown field `label`",
+        ),
+    ];
+    for (local, key, message) in cases {
+        let text = format!("allow_unauthenticated: true\nlocal:\n  {local}\n");
+        let e = validate(&text).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(message), "{local}: {e}");
+    }
+}

@@ -152,6 +152,8 @@ fn pool(workers: &[(&str, &str)]) -> WorkerPool {
         connect_timeout: Duration::from_secs(1),
         breaker_failures: 2,
         breaker_cooldown: Duration::from_secs(60),
+        kubernetes: None,
+        node_cost: crate::cost::NodeCost::default(),
     })
     .unwrap()
 }
@@ -295,4 +297,81 @@ async fn a_workers_model_is_priced_at_its_node_cost_over_its_token_rates() {
             decode_tokens_per_second: 100.0,
         })
     );
+}
+
+fn found(name: &str, uri: &str, state: sluice_discovery::EndpointState) -> sluice_discovery::Endpoint {
+    let authority = uri.trim_start_matches("http://");
+    let (host, port) = authority.rsplit_once(':').unwrap();
+    sluice_discovery::Endpoint {
+        name: name.into(),
+        host: host.into(),
+        port: port.parse().unwrap(),
+        state,
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_endpoints_join_stop_taking_requests_and_leave() {
+    use sluice_discovery::EndpointState::{NotServing, Ready, Terminating};
+    let (a, a_calls) = scripted(Answer::Text, 0).await;
+    let (b, b_calls) = scripted(Answer::Text, 0).await;
+    let (fixed, _) = scripted(Answer::Text, 3).await;
+    let pool = pool(&[("gpu-0", &fixed)]);
+
+    // Two pods appear; one of them at the configured worker's address is that worker, and a pod
+    // named like the configured worker gets its address added to its name.
+    pool.reconcile(&[
+        found("w-1", &a, Ready),
+        found("gpu-0", &b, Ready),
+        found("w-9", &fixed, Ready),
+    ]);
+    wait_ready(&pool, 3).await;
+    let members = pool.members();
+    let names: Vec<(&str, &str)> = members.iter().map(|m| (m.name.as_str(), m.source)).collect();
+    let b_name = format!("gpu-0@{}", b.trim_start_matches("http://"));
+    assert_eq!(
+        names,
+        vec![
+            ("gpu-0", "config"),
+            ("w-1", "kubernetes"),
+            (b_name.as_str(), "kubernetes")
+        ]
+    );
+
+    // w-1 starts terminating and the other pod fails its readiness probe: only the configured
+    // worker takes requests, and the members say why the others do not.
+    pool.reconcile(&[found("w-1", &a, Terminating), found("gpu-0", &b, NotServing)]);
+    for _ in 0..5 {
+        assert_eq!(served_by(&pool).await.unwrap(), "gpu-0");
+    }
+    assert_eq!(a_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(b_calls.load(Ordering::SeqCst), 0);
+    let detail = |name: &str| {
+        pool.members()
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| (m.ready, m.detail))
+            .unwrap()
+    };
+    assert!(
+        detail("w-1").1.starts_with("terminating (Kubernetes)"),
+        "{:?}",
+        detail("w-1")
+    );
+    assert!(
+        detail(&b_name).1.starts_with("not serving (Kubernetes"),
+        "{:?}",
+        detail(&b_name)
+    );
+
+    // Back to ready: it takes requests again (the least loaded: the configured one reports 3 running).
+    pool.reconcile(&[found("w-1", &a, Ready)]);
+    assert_eq!(served_by(&pool).await.unwrap(), "w-1");
+    assert_eq!(pool.members().len(), 2, "the pod no longer listed left");
+
+    // Everything Kubernetes listed leaves; the configured worker stays.
+    pool.reconcile(&[]);
+    let members = pool.members();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].name, "gpu-0");
 }
