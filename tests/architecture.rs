@@ -76,3 +76,44 @@ fn the_audit_log_is_a_leaf_without_a_runtime() {
         );
     }
 }
+
+/// Only the discovery crate knows Kubernetes: no other crate depends on kube or k8s-openapi, and no
+/// other source file names them.
+#[test]
+fn only_the_discovery_crate_knows_kubernetes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let crates = std::fs::read_dir(root.join("crates")).expect("crates/");
+    let mut checked = 0;
+    for entry in crates {
+        let dir = entry.expect("entry").path();
+        let name = dir.file_name().expect("name").to_string_lossy().into_owned();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
+        let mentions = |text: &str| {
+            text.contains("kube") || text.contains("k8s-openapi") || text.contains("k8s_openapi")
+        };
+        if name == "discovery" {
+            assert!(manifest.contains("\nkube.workspace"), "{manifest}");
+            continue;
+        }
+        let deps = manifest.split("[dev-dependencies]").next().unwrap_or_default();
+        assert!(!mentions(deps), "crates/{name} depends on Kubernetes crates");
+        let mut stack = vec![dir.join("src")];
+        while let Some(d) = stack.pop() {
+            for f in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&p).expect("source");
+                    assert!(
+                        !text.contains("kube::") && !text.contains("k8s_openapi"),
+                        "{} uses Kubernetes types",
+                        p.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} source files read");
+}

@@ -279,7 +279,8 @@ pub struct DiscoveryStatus {
 pub struct WorkerPool {
     config: PoolConfig,
     members: RwLock<Vec<Member>>,
-    discovery: Mutex<Option<(DiscoveryStatus, JoinHandle<()>)>>,
+    discovery: Mutex<Option<DiscoveryStatus>>,
+    discovery_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A problem with the pool's settings found when it is built.
@@ -310,6 +311,7 @@ impl WorkerPool {
             config,
             members: RwLock::new(members),
             discovery: Mutex::new(None),
+            discovery_task: Mutex::new(None),
         })
     }
 
@@ -320,21 +322,28 @@ impl WorkerPool {
             ..DiscoveryStatus::default()
         };
         tracing::info!(following = %status.following, "finding workers through Kubernetes");
+        // The status is in place before the first set can arrive.
+        *self.discovery_slot() = Some(status);
         let sink: Arc<dyn sluice_discovery::Members> = Arc::new(Sink(Arc::downgrade(self)));
         let task = tokio::spawn(discovery.run(sink));
-        let mut slot = self.discovery_slot();
-        if let Some((_, old)) = slot.replace((status, task)) {
+        if let Some(old) = self.task_slot().replace(task) {
             old.abort();
         }
     }
 
     /// How the EndpointSlice watch is doing, when there is one.
     pub fn discovery_status(&self) -> Option<DiscoveryStatus> {
-        self.discovery_slot().as_ref().map(|(s, _)| s.clone())
+        self.discovery_slot().clone()
     }
 
-    fn discovery_slot(&self) -> std::sync::MutexGuard<'_, Option<(DiscoveryStatus, JoinHandle<()>)>> {
+    fn discovery_slot(&self) -> std::sync::MutexGuard<'_, Option<DiscoveryStatus>> {
         self.discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn task_slot(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
+        self.discovery_task
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -528,7 +537,7 @@ impl sluice_discovery::Members for Sink {
     fn set(&self, endpoints: Vec<sluice_discovery::Endpoint>) {
         if let Some(pool) = self.0.upgrade() {
             pool.reconcile(&endpoints);
-            if let Some((s, _)) = pool.discovery_slot().as_mut() {
+            if let Some(s) = pool.discovery_slot().as_mut() {
                 s.synced = true;
                 s.updates += 1;
             }
@@ -537,7 +546,7 @@ impl sluice_discovery::Members for Sink {
 
     fn watch_failed(&self, error: &str) {
         if let Some(pool) = self.0.upgrade()
-            && let Some((s, _)) = pool.discovery_slot().as_mut()
+            && let Some(s) = pool.discovery_slot().as_mut()
         {
             s.failures += 1;
             s.last_error = Some(error.to_owned());
@@ -550,7 +559,7 @@ impl Drop for WorkerPool {
         for m in self.members_read().iter() {
             m.monitor.abort();
         }
-        if let Some((_, task)) = self.discovery_slot().take() {
+        if let Some(task) = self.task_slot().take() {
             task.abort();
         }
     }
