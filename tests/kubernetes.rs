@@ -296,6 +296,17 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
         scrape.contains("sluice_backend_up{backend=\"worker-b\"} 1"),
         "{scrape}"
     );
+    assert_eq!(
+        common::metric(&scrape, "sluice_discovery_synced{backend=\"local\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(
+            &scrape,
+            "sluice_discovery_watch_failures_total{backend=\"local\"}"
+        ),
+        Some(0.0)
+    );
 
     // The API misbehaves: 410 Gone, a dropped watch, then two failing lists after another 410. The pool
     // keeps worker-b throughout and changes made meanwhile arrive.
@@ -315,6 +326,12 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
         members(&gateway),
         [pair("worker-b", true), pair("worker-c", true)]
     );
+    // The 410s and the failed lists are counted; a dropped watch is not a failure.
+    let failures = common::metric(
+        &gateway.scrape(),
+        "sluice_discovery_watch_failures_total{backend=\"local\"}",
+    );
+    assert!(failures >= Some(4.0), "{failures:?}");
     wait_until(&gateway, "requests still flowing", || {
         served("worker-b") > served_b + 2
     });

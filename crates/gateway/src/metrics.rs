@@ -47,6 +47,10 @@ pub struct GatewayMetrics {
     pub cloud_equivalent: UsdCounter,
     /// What each worker node costs with wall time, busy or idle. Labels: node.
     pub node_cost: UsdCounter,
+    /// 1 once the pool's EndpointSlice watch has listed the Service. Labels: backend (the pool).
+    pub discovery_synced: IntGaugeVec,
+    /// EndpointSlice watch failures, each retried with backoff. Labels: backend (the pool).
+    pub discovery_failures: IntCounterVec,
 }
 
 /// A counter of US dollars kept in integer picodollars, so that millions of small amounts add up exactly;
@@ -234,6 +238,22 @@ impl GatewayMetrics {
             "What each worker node has cost since the gateway started, busy or idle.",
             &["node"],
         )?;
+        let discovery_synced = IntGaugeVec::new(
+            Opts::new(
+                "sluice_discovery_synced",
+                "1 once the pool's Kubernetes EndpointSlice watch has listed its Service.",
+            ),
+            &["backend"],
+        )?;
+        let discovery_failures = IntCounterVec::new(
+            Opts::new(
+                "sluice_discovery_watch_failures_total",
+                "Kubernetes EndpointSlice watch failures (each retried with backoff; the pool keeps its workers).",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(discovery_synced.clone()))?;
+        registry.register(Box::new(discovery_failures.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(cloud_equivalent.clone()))?;
         registry.register(Box::new(node_cost.clone()))?;
@@ -264,6 +284,8 @@ impl GatewayMetrics {
             cost,
             cloud_equivalent,
             node_cost,
+            discovery_synced,
+            discovery_failures,
         })
     }
 

@@ -181,6 +181,17 @@ impl App {
         let elapsed = self.started.elapsed();
         let mut now: Vec<String> = Vec::new();
         for backend in &self.fleet.backends {
+            if let Some(d) = backend.discovery() {
+                let name = [backend.name()];
+                let synced = d["synced"].as_bool().unwrap_or(false);
+                self.metrics
+                    .discovery_synced
+                    .with_label_values(&name)
+                    .set(i64::from(synced));
+                let failures = self.metrics.discovery_failures.with_label_values(&name);
+                let total = d["failures"].as_u64().unwrap_or(0);
+                failures.inc_by(total.saturating_sub(failures.get()));
+            }
             for m in backend.members() {
                 now.push(m.name.clone());
                 // A node costs from when the gateway knows of it: its start, or the worker's arrival.
