@@ -646,3 +646,57 @@ pub fn ensure_debian_package(binary: &str, package: &str) -> bool {
     }
     present(binary)
 }
+
+/// The Python packages `tests/chart.rs` drives: Helm's own engine and Kubernetes' schemas.
+pub const CHART_PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    // (pip requirement, module, expression giving the installed version)
+    ("helm-python-sdk==0.2.2", "helm_python", "helm_python.__version__"),
+    (
+        "kubernetes-validate==1.37.0",
+        "kubernetes_validate",
+        "kubernetes_validate.version.__version__",
+    ),
+];
+
+/// Installs the pinned `packages` (`(requirement, module, version expression)`) with pip when `python3` lacks
+/// them or has other versions, as `.ci/run` does for the OpenAI SDK: a plain `pip install`, then with
+/// `--break-system-packages` where Debian's Python refuses the first.
+pub fn ensure_python_packages(packages: &[(&str, &str, &str)]) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(requirement, module, version)| {
+            let want = requirement.rsplit("==").next().unwrap_or_default();
+            let check = format!("import sys, {module}\nsys.exit({version} != {want:?})");
+            !Command::new("python3")
+                .args(["-c", &check])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(requirement, _, _)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(extra)
+            .args(&missing)
+            .output()
+            .expect("run pip")
+    };
+    let first = pip(&[]);
+    if first.status.success() {
+        return;
+    }
+    let second = pip(&["--break-system-packages"]);
+    assert!(
+        second.status.success(),
+        "pip install {missing:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&second.stderr)
+    );
+}
