@@ -371,6 +371,11 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
     wait_until(&gateway, "an empty pool", || members(&gateway).is_empty());
     let (status, body) = http(gateway.public, "GET", "/readyz", None);
     assert_eq!(status, 503, "{body}");
+    // Its model is still the pool's: a request for it is told no worker is ready, not that it is unknown.
+    let o = chat(gateway.public, 8);
+    assert_eq!(o.status, 503, "{}", o.body);
+    let error: Value = serde_json::from_str(&o.body).expect("JSON error");
+    assert_eq!(error["error"]["code"], "backend_unavailable", "{}", o.body);
     drop(c);
     drop(b);
 }

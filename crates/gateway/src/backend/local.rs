@@ -281,6 +281,9 @@ pub struct WorkerPool {
     members: RwLock<Vec<Member>>,
     discovery: Mutex<Option<DiscoveryStatus>>,
     discovery_task: Mutex<Option<JoinHandle<()>>>,
+    /// Models of workers that left: still this pool's to serve, so that a request for one while no
+    /// worker has it is a 503 (no worker ready), not a 404 (unknown model).
+    departed_models: Mutex<Vec<String>>,
 }
 
 /// A problem with the pool's settings found when it is built.
@@ -312,6 +315,7 @@ impl WorkerPool {
             members: RwLock::new(members),
             discovery: Mutex::new(None),
             discovery_task: Mutex::new(None),
+            departed_models: Mutex::new(Vec::new()),
         })
     }
 
@@ -377,10 +381,19 @@ impl WorkerPool {
             .members
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut departed = self
+            .departed_models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         members.retain(|m| {
             let keep = !m.worker.discovered || wanted.iter().any(|(uri, _)| *uri == m.worker.uri);
             if !keep {
                 m.monitor.abort();
+                for model in &m.worker.state().models {
+                    if !departed.contains(model) {
+                        departed.push(model.clone());
+                    }
+                }
                 tracing::info!(worker = %m.worker.name, address = %m.worker.uri, in_flight = m.worker.in_flight.load(Ordering::Relaxed), "worker left (no longer in the EndpointSlices)");
             }
             keep
@@ -579,7 +592,7 @@ impl Backend for WorkerPool {
     }
 
     /// Each model with the lowest busy-time price among the workers that serve it (what a request
-    /// there is charged; owned hardware is not free).
+    /// there is charged; owned hardware is not free), and the models of workers that left.
     fn models(&self) -> Vec<ModelCard> {
         let mut cards: Vec<ModelCard> = Vec::new();
         for m in self.members_read().iter() {
@@ -602,15 +615,36 @@ impl Backend for WorkerPool {
                 }
             }
         }
+        // Models of workers that left stay the pool's (unpriced until a worker with them reports).
+        for id in self
+            .departed_models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            if !cards.iter().any(|c| &c.id == id) {
+                cards.push(ModelCard {
+                    id: id.clone(),
+                    prices: None,
+                });
+            }
+        }
         cards.sort_by(|a, b| a.id.cmp(&b.id));
         cards
     }
 
-    /// Asked on every request: checks the workers' lists without building [`Self::models`].
+    /// Asked on every request: checks the workers' lists without building [`Self::models`]. A model
+    /// of a worker that left still counts: the pool serves it when a worker with it is back.
     fn serves(&self, model: &str) -> bool {
         self.members_read()
             .iter()
             .any(|w| w.worker.state().models.iter().any(|m| m == model))
+            || self
+                .departed_models
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .any(|m| m == model)
     }
 
     fn ready(&self) -> bool {

@@ -375,3 +375,30 @@ async fn kubernetes_endpoints_join_stop_taking_requests_and_leave() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].name, "gpu-0");
 }
+
+#[tokio::test]
+async fn a_pool_whose_workers_all_left_still_serves_their_model_and_says_none_is_ready() {
+    let (a, _) = scripted(Answer::Text, 0).await;
+    let pool = pool(&[]);
+    assert!(!pool.serves("m"));
+    pool.reconcile(&[found("w-1", &a, sluice_discovery::EndpointState::Ready)]);
+    wait_ready(&pool, 1).await;
+    pool.reconcile(&[]);
+    assert!(pool.members().is_empty());
+    // A 503 (no worker ready) rather than a 404 (no such model) while the pool is empty.
+    assert!(pool.serves("m"));
+    assert!(!pool.serves("other"));
+    assert_eq!(
+        pool.models(),
+        vec![ModelCard {
+            id: "m".into(),
+            prices: None
+        }]
+    );
+    match pool.dispatch(&request(), &context()).await {
+        Err(BackendError::Unavailable(why)) => {
+            assert_eq!(why, "no worker serving `m` is ready (none known)");
+        }
+        other => panic!("{:?}", other.map(|d| d.served_by)),
+    }
+}
