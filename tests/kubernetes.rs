@@ -379,3 +379,32 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
     drop(c);
     drop(b);
 }
+
+/// Outside a cluster and without a kubeconfig, a gateway told to find its workers through Kubernetes
+/// refuses to start and says why, rather than serving an empty pool.
+#[test]
+fn without_credentials_the_gateway_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:0\nadmin_listen: off\nallow_unauthenticated: true\nlocal:\n  kubernetes: { service: sluice-workers }\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(common::sluice_bin())
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .output()
+        .expect("run sluice gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("local.kubernetes: no Kubernetes credentials: not running in a pod"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("set local.kubernetes.kubeconfig"), "{stderr}");
+}
