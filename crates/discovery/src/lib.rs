@@ -7,8 +7,9 @@
 //!
 //! - a new ready endpoint joins the pool; one that is not serving or is terminating stays a member
 //!   (its requests in flight finish) but takes no new requests; a deleted one leaves;
-//! - watch errors retry with exponential backoff (0.8 s doubling to 30 s, with jitter); an expired
-//!   resource version (410 Gone) re-lists;
+//! - watch errors retry with exponential backoff (0.8 s doubling to 30 s, plus up to a quarter of
+//!   jitter), reset once the watch delivers again; an expired resource version (410 Gone) re-lists,
+//!   reading the latest state (a quorum read, not the API server's cache);
 //! - while a re-list is under way the last complete set stands: the reflector swaps the new list in
 //!   only once it is whole, so a transient API error never empties the pool.
 //!
@@ -17,11 +18,17 @@
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
+
+/// The first retry's delay after a watch error, doubled after each error in a row up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(800);
+/// The longest delay between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 use kube::{Api, Client, Config};
 
 #[cfg(feature = "mock-api-server")]
@@ -196,12 +203,21 @@ impl Discovery {
     }
 
     /// Follows the Service's EndpointSlices for as long as it is polled, handing every change of the
-    /// endpoint set to `members`. Errors are reported to `members` and retried; it never returns.
+    /// endpoint set to `members`. Errors are reported to `members` and retried with backoff; it never
+    /// returns.
     pub async fn run(self, members: Arc<dyn Members>) {
         let api: Api<EndpointSlice> = Api::namespaced(self.client, &self.namespace);
-        let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", self.service));
+        let config = watcher::Config::default()
+            .labels(&format!("{SERVICE_NAME_LABEL}={}", self.service))
+            // After a 410 the list must not go back in time: read the latest state, not a cache. There are
+            // only a few slices per Service, so the quorum read is cheap.
+            .list_semantic(watcher::ListSemantic::MostRecent);
         let (store, writer) = reflector::store();
-        let mut events = pin!(watcher::watcher(api, config).default_backoff().reflect(writer));
+        // The backoff is ours, not the stream's: kube's `default_backoff` resets on every `Ok` item, and
+        // the watcher yields `Init` before each list attempt without touching the network, so a failing
+        // list would be retried every 0.8 s for ever.
+        let mut events = pin!(watcher::watcher(api, config).reflect(writer));
+        let mut backoff = Backoff::default();
         let mut last: Option<Vec<Endpoint>> = None;
         let mut failing = false;
         while let Some(event) = events.next().await {
@@ -209,6 +225,7 @@ impl Discovery {
                 // A (re-)list under way: the store still holds the last complete set.
                 Ok(Event::Init | Event::InitApply(_)) => {}
                 Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
+                    backoff.reset();
                     if failing {
                         tracing::info!(service = %self.service, "EndpointSlice watch recovered");
                         failing = false;
@@ -227,18 +244,47 @@ impl Discovery {
                 }
                 Err(e) => {
                     let error = e.to_string();
-                    tracing::warn!(service = %self.service, %error, "EndpointSlice watch failed; retrying with backoff");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service = %self.service, %error, retry_in = ?delay, "EndpointSlice watch failed");
                     failing = true;
                     members.watch_failed(&error);
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 }
 
-/// The endpoints the slices list on `port`, one per address, sorted by name. An address listed twice
-/// (as while a slice is being replaced) keeps its readiest state; a slice without the port contributes
-/// nothing.
+/// Exponential backoff with a little jitter, so that gateway replicas do not retry in step.
+#[derive(Debug, Default)]
+struct Backoff {
+    errors: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let base = MIN_BACKOFF
+            .saturating_mul(1 << self.errors.min(16))
+            .min(MAX_BACKOFF);
+        self.errors = self.errors.saturating_add(1);
+        // Up to a quarter more, from the clock's nanoseconds: enough to spread replicas out, and the
+        // delays still grow strictly while under the cap.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    fn reset(&mut self) {
+        self.errors = 0;
+    }
+}
+
+/// The endpoints the slices list on `port`, sorted by name: one per pod (a dual-stack pod listed in an
+/// IPv4 and an IPv6 slice is one worker, reached over IPv4), one per address for endpoints without a
+/// pod. An address listed twice (as while a slice is being replaced) keeps its readiest state; a slice
+/// without the port contributes nothing.
 pub fn endpoints_of<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, port: &Port) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
     for slice in slices {
@@ -285,14 +331,16 @@ pub fn endpoints_of<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>, por
             }
         }
     }
-    // A pod with two addresses (dual stack) would otherwise give two members one name.
-    out.sort_by(|a, b| (&a.name, &a.host).cmp(&(&b.name, &b.host)));
-    for i in 1..out.len() {
-        if out[..i].iter().any(|x| x.name == out[i].name) {
-            out[i].name = format!("{}@{}", out[i].name, out[i].host);
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    // One worker per name: the readiest address, IPv4 before IPv6, then the lowest.
+    out.sort_by(|a, b| {
+        (&a.name, a.state, a.host.contains(':'), &a.host).cmp(&(
+            &b.name,
+            b.state,
+            b.host.contains(':'),
+            &b.host,
+        ))
+    });
+    out.dedup_by(|later, first| later.name == first.name);
     out
 }
 

@@ -130,7 +130,7 @@ struct World {
     compacted: u64,
     watches: Vec<Watch>,
     failing_lists: u32,
-    requests: Vec<Request>,
+    requests: Vec<(std::time::Instant, Request)>,
 }
 
 impl World {
@@ -139,15 +139,25 @@ impl World {
         let rv = self.resource_version;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let key = key_of(&object);
-        if kind == "DELETED" {
-            self.objects.remove(&key);
+        let before = if kind == "DELETED" {
+            self.objects.remove(&key)
         } else {
-            self.objects.insert(key.clone(), object.clone());
-        }
+            self.objects.insert(key.clone(), object.clone())
+        };
         self.watches.retain(|w| {
-            if w.namespace != key.0 || !matches(&w.selector, &object) {
+            if w.namespace != key.0 {
                 return !w.tx.is_closed();
             }
+            // An object that stops matching a watch's selector is DELETED for that watch, as the real
+            // server does; one that starts matching is ADDED.
+            let was = before.as_ref().is_some_and(|b| matches(&w.selector, b));
+            let is = matches(&w.selector, &object);
+            let kind = match (was, is) {
+                (_, true) if kind == "MODIFIED" && !was => "ADDED",
+                (_, true) => kind,
+                (true, false) => "DELETED",
+                (false, false) => return !w.tx.is_closed(),
+            };
             w.tx.send(Frame::Event(json!({"type": kind, "object": object})))
                 .is_ok()
         });
@@ -287,6 +297,11 @@ impl MockApiServer {
 
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Request> {
+        self.world().requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// Every request so far with the time it arrived.
+    pub fn requests_timed(&self) -> Vec<(std::time::Instant, Request)> {
         self.world().requests.clone()
     }
 }
@@ -334,10 +349,13 @@ async fn endpoint_slices(
     let mut w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if param("watch").is_some_and(|v| v == "true" || v == "1") {
         let from = param("resourceVersion").unwrap_or("0").to_owned();
-        w.requests.push(Request::Watch {
-            namespace: namespace.clone(),
-            resource_version: from.clone(),
-        });
+        w.requests.push((
+            std::time::Instant::now(),
+            Request::Watch {
+                namespace: namespace.clone(),
+                resource_version: from.clone(),
+            },
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
         let from_rv: u64 = from.parse().unwrap_or(0);
         if from_rv < w.compacted {
@@ -368,10 +386,13 @@ async fn endpoint_slices(
         )
             .into_response();
     }
-    w.requests.push(Request::List {
-        namespace: namespace.clone(),
-        selector: selector_text,
-    });
+    w.requests.push((
+        std::time::Instant::now(),
+        Request::List {
+            namespace: namespace.clone(),
+            selector: selector_text,
+        },
+    ));
     if w.failing_lists > 0 {
         w.failing_lists -= 1;
         return status(

@@ -74,7 +74,7 @@ fn an_address_in_two_slices_counts_once_at_its_readiest() {
 }
 
 #[test]
-fn a_dual_stack_pod_gets_two_distinct_names() {
+fn a_dual_stack_pod_is_one_worker_reached_over_ipv4() {
     let v4 = slice(serde_json::json!({
         "metadata": {"name": "w-v4"}, "addressType": "IPv4",
         "ports": [{"name": "grpc", "port": 50051}],
@@ -83,16 +83,32 @@ fn a_dual_stack_pod_gets_two_distinct_names() {
     let v6 = slice(serde_json::json!({
         "metadata": {"name": "w-v6"}, "addressType": "IPv6",
         "ports": [{"name": "grpc", "port": 50051}],
-        "endpoints": [{"addresses": ["fd00::1"], "targetRef": {"kind": "Pod", "name": "w-1"}}],
+        "endpoints": [
+            {"addresses": ["fd00::1"], "targetRef": {"kind": "Pod", "name": "w-1"}},
+            {"addresses": ["fd00::2"], "targetRef": {"kind": "Pod", "name": "w-2"}},
+        ],
     }));
     let got = endpoints_of([&v6, &v4], &grpc());
     assert_eq!(
         got,
         vec![
             endpoint("w-1", "10.0.0.1", 50051, EndpointState::Ready),
-            endpoint("w-1@fd00::1", "fd00::1", 50051, EndpointState::Ready),
+            endpoint("w-2", "fd00::2", 50051, EndpointState::Ready),
         ]
     );
-    assert_eq!(got[1].authority(), "[fd00::1]:50051");
     assert_eq!(got[0].authority(), "10.0.0.1:50051");
+    assert_eq!(got[1].authority(), "[fd00::2]:50051");
+}
+
+#[test]
+fn the_backoff_doubles_to_its_cap_and_resets() {
+    let mut b = Backoff::default();
+    let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+    for (i, d) in delays.iter().enumerate() {
+        let base = MIN_BACKOFF.saturating_mul(1 << i).min(MAX_BACKOFF);
+        assert!(*d >= base && *d <= base.mul_f64(1.25), "retry {i}: {d:?}");
+    }
+    assert!(delays[..6].windows(2).all(|w| w[1] > w[0]), "{delays:?}");
+    b.reset();
+    assert!(b.next_delay() <= MIN_BACKOFF.mul_f64(1.25));
 }

@@ -162,6 +162,14 @@ async fn follows_a_service_through_list_add_modify_and_delete() {
     assert!(mock.delete(NS, "sluice-workers-abcde"));
     recorder.wait_for(&[]).await;
 
+    // A slice relabelled to another Service leaves this one's set (the server sends DELETED).
+    mock.apply(workers(&[MockEndpoint::ready("w-5", "10.0.0.5")]));
+    recorder.wait_for(&[("w-5", Ready)]).await;
+    let mut moved = workers(&[MockEndpoint::ready("w-5", "10.0.0.5")]);
+    moved["metadata"]["labels"]["kubernetes.io/service-name"] = serde_json::json!("other");
+    mock.apply(moved);
+    recorder.wait_for(&[]).await;
+
     // Nothing of the other Service or namespace ever showed, and nothing failed.
     assert!(
         recorder.sets().iter().flatten().all(|e| e.name.starts_with("w-")),
@@ -240,16 +248,30 @@ async fn gone_dropped_connections_and_failing_lists_never_empty_the_set() {
     assert_ne!(resumed, "0", "the watch resumes from a resource version");
     wait_until(|| mock.open_watches() == 1, "the watch to reopen").await;
 
-    // The API server fails: lists answer 500 twice after a 410. The set stands all along.
+    // The API server fails: lists answer 500 three times after a 410. The set stands all along, and
+    // the retries back off: each wait is longer than the one before.
     let failures_before = recorder.failures().len();
     let sets_before = recorder.sets().len();
-    mock.fail_lists(2);
+    mock.fail_lists(3);
     mock.expire();
-    wait_until(|| lists(&mock) == 5, "two failed lists and a good one").await;
+    wait_until(|| lists(&mock) == 6, "three failed lists and a good one").await;
+    let list_times: Vec<std::time::Instant> = mock
+        .requests_timed()
+        .into_iter()
+        .filter(|(_, r)| matches!(r, Request::List { .. }))
+        .map(|(t, _)| t)
+        .collect();
+    let gaps: Vec<Duration> = list_times[2..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps.len(), 3);
+    assert!(gaps[0] >= Duration::from_millis(1600), "{gaps:?}");
+    assert!(
+        gaps[1] > gaps[0].mul_f64(1.5) && gaps[2] > gaps[1].mul_f64(1.5),
+        "the backoff grows: {gaps:?}"
+    );
     wait_until(|| mock.open_watches() == 1, "the watch to reopen").await;
     assert!(
-        recorder.failures().len() >= failures_before + 3,
-        "the 410 and both 500s are reported: {:?}",
+        recorder.failures().len() >= failures_before + 4,
+        "the 410 and the three 500s are reported: {:?}",
         recorder.failures()
     );
     assert!(
