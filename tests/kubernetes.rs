@@ -257,7 +257,7 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
     publish(&[a.endpoint(), b.endpoint()]);
     wait_until(&gateway, "worker-b serving", || served("worker-b") >= 2);
 
-    // worker-a is deleted the way Kubernetes does it: its endpoint turns terminating and it gets SIGTERM
+    // worker-a is deleted the way Kubernetes does it: it gets SIGTERM and its endpoint turns terminating
     // while it has a request in flight. That request finishes; new ones go to worker-b.
     wait_until(&gateway, "a request in flight on worker-a", || {
         backends(&gateway)["backends"][0]["members"]
@@ -266,9 +266,12 @@ fn workers_join_drain_and_leave_through_endpointslices_without_losing_a_request(
             .iter()
             .any(|m| m["member"]["name"] == "worker-a" && m["member"]["in_flight"].as_u64() > Some(0))
     });
+    // The kubelet's SIGTERM and the endpoint's change race; here the signal wins, so the worker drains
+    // (refusing new requests) a moment before the gateway hears it is terminating.
     let terminating_at = Instant::now();
-    publish(&[a.endpoint().terminating(), b.endpoint()]);
     a.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    publish(&[a.endpoint().terminating(), b.endpoint()]);
     assert!(
         a.wait_exit(Duration::from_secs(30)).success(),
         "worker-a drains and exits 0"

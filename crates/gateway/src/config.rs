@@ -643,6 +643,12 @@ fn local_pool(at: &Locator<'_>, raw: RawLocal) -> Result<PoolConfig, ConfigError
     }
     let node_cost = node_cost(at, "local.cost", &[raw.cost.as_ref()])?;
     let kubernetes = raw.kubernetes.map(|k| kubernetes(at, k)).transpose()?;
+    if kubernetes.is_some() && tls.as_ref().is_some_and(|t| t.domain.is_none()) {
+        return Err(at.error(
+            "local.tls.domain",
+            "is required with local.kubernetes: discovered workers are reached by pod IP, so name the host their certificates are for",
+        ));
+    }
     let connect_timeout = seconds(
         at,
         "local.connect_timeout_seconds",

@@ -98,15 +98,6 @@ impl UsdCounter {
     pub fn totals(&self) -> Vec<(Vec<String>, Pico)> {
         self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
-
-    /// Raises a series to `total` (never lowers it): for amounts computed whole, such as a node's cost
-    /// since start.
-    pub fn raise_to(&self, values: &[&str], total: Pico) {
-        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
-        let mut totals = self.lock();
-        let t = totals.entry(key).or_default();
-        *t = (*t).max(total);
-    }
 }
 
 impl Collector for UsdCounter {

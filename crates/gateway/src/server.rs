@@ -95,7 +95,9 @@ pub struct App {
     pub audit: std::sync::OnceLock<sluice_audit::AuditHandle>,
     in_flight: Arc<Semaphore>,
     /// Members the gauges were last set for: the series of one that left are removed.
-    gauged: std::sync::Mutex<Vec<String>>,
+    /// For each, when a worker's current stint in the pool began and the node cost counted for it.
+    gauged:
+        std::sync::Mutex<std::collections::BTreeMap<String, Option<(std::time::Instant, crate::cost::Pico)>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -137,7 +139,7 @@ impl App {
             decisions: DecisionLog::new(RECENT_DECISIONS),
             started: std::time::Instant::now(),
             audit: std::sync::OnceLock::new(),
-            gauged: std::sync::Mutex::new(Vec::new()),
+            gauged: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             fleet,
             policy,
             config,
@@ -175,11 +177,16 @@ impl App {
             .unwrap_or_default()
     }
 
-    /// Sets `sluice_backend_up` and `sluice_backend_in_flight` from the members' state, and each node's
-    /// cost since the gateway started.
+    /// Sets `sluice_backend_up` and `sluice_backend_in_flight` from the members' state, and adds each
+    /// node's cost since the last refresh.
     fn refresh_backend_gauges(&self) {
+        // Held throughout: two scrapes at once must not count the same node time twice.
+        let mut gauged = self
+            .gauged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let elapsed = self.started.elapsed();
-        let mut now: Vec<String> = Vec::new();
+        let mut now = std::collections::BTreeMap::new();
         for backend in &self.fleet.backends {
             if let Some(d) = backend.discovery() {
                 let name = [backend.name()];
@@ -193,12 +200,20 @@ impl App {
                 failures.inc_by(total.saturating_sub(failures.get()));
             }
             for m in backend.members() {
-                now.push(m.name.clone());
-                // A node costs from when the gateway knows of it: its start, or the worker's arrival.
-                if let Some((cost, joined)) = m.node {
-                    let known = elapsed.min(joined.elapsed());
-                    self.metrics.node_cost.raise_to(&[&m.name], cost.over(known));
-                }
+                // A node costs from when the gateway knows of it: its start, or the worker's arrival. A
+                // worker that comes back under the same name starts a new stint, added to the old.
+                let stint = m.node.map(|(cost, joined)| {
+                    let counted = match gauged.get(&m.name) {
+                        Some(Some((since, counted))) if *since == joined => *counted,
+                        _ => 0,
+                    };
+                    let total = cost.over(elapsed.min(joined.elapsed()));
+                    self.metrics
+                        .node_cost
+                        .add(&[&m.name], total.saturating_sub(counted));
+                    (joined, total.max(counted))
+                });
+                now.insert(m.name.clone(), stint);
                 self.metrics
                     .backend_up
                     .with_label_values(&[&m.name])
@@ -210,11 +225,7 @@ impl App {
             }
         }
         // A worker that left the pool is no longer up or busy: its series go (its node cost stays).
-        let mut gauged = self
-            .gauged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for gone in gauged.iter().filter(|g| !now.contains(g)) {
+        for gone in gauged.keys().filter(|g| !now.contains_key(*g)) {
             let _ = self.metrics.backend_up.remove_label_values(&[gone]);
             let _ = self.metrics.backend_in_flight.remove_label_values(&[gone]);
         }

@@ -301,15 +301,21 @@ pub enum PoolError {
 impl WorkerPool {
     /// Builds the pool and starts following every configured worker. Must run inside a Tokio runtime.
     pub fn start(config: PoolConfig) -> Result<Self, PoolError> {
-        let mut members = Vec::with_capacity(config.workers.len());
+        // Every address is checked before any monitor starts, so a bad one leaves nothing running.
+        let mut endpoints = Vec::with_capacity(config.workers.len());
         for w in &config.workers {
-            let endpoint = endpoint(w, &config).map_err(|source| PoolError::Address {
+            endpoints.push(endpoint(w, &config).map_err(|source| PoolError::Address {
                 name: w.name.clone(),
                 uri: w.uri.clone(),
                 source,
-            })?;
-            members.push(member(w, endpoint, false));
+            })?);
         }
+        let members = config
+            .workers
+            .iter()
+            .zip(endpoints)
+            .map(|(w, e)| member(w, e, false))
+            .collect();
         Ok(Self {
             config,
             members: RwLock::new(members),
@@ -365,8 +371,9 @@ impl WorkerPool {
     }
 
     /// Makes the discovered members what Kubernetes lists: new endpoints join, known ones take its
-    /// state, missing ones leave. Configured workers are left alone (an endpoint at a configured
-    /// worker's address is that worker).
+    /// state, missing ones leave. A member is the same endpoint when both its address and its pod are:
+    /// a new pod given an old pod's address is a new worker (fresh breaker, models and cost). Configured
+    /// workers are left alone (an endpoint at a configured worker's address is that worker).
     pub fn reconcile(&self, endpoints: &[sluice_discovery::Endpoint]) {
         let scheme = if self.config.tls.is_some() {
             "https"
@@ -377,6 +384,13 @@ impl WorkerPool {
             .iter()
             .map(|e| (format!("{scheme}://{}", e.authority()), e))
             .collect();
+        // A discovered member's name is its endpoint's, or that with the address when it clashed.
+        let same = |w: &Worker, uri: &str, e: &sluice_discovery::Endpoint| {
+            w.uri == uri
+                && (!w.discovered
+                    || *w.name == *e.name
+                    || *w.name == *format!("{}@{}", e.name, e.authority()))
+        };
         let mut members = self
             .members
             .write()
@@ -386,7 +400,7 @@ impl WorkerPool {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         members.retain(|m| {
-            let keep = !m.worker.discovered || wanted.iter().any(|(uri, _)| *uri == m.worker.uri);
+            let keep = !m.worker.discovered || wanted.iter().any(|(uri, e)| same(&m.worker, uri, e));
             if !keep {
                 m.monitor.abort();
                 for model in &m.worker.state().models {
@@ -400,7 +414,7 @@ impl WorkerPool {
         });
         for (uri, e) in wanted {
             let admission = admission_of(e.state);
-            if let Some(m) = members.iter().find(|m| m.worker.uri == uri) {
+            if let Some(m) = members.iter().find(|m| same(&m.worker, &uri, e)) {
                 if m.worker.discovered {
                     let before = m.worker.admission.swap(admission, Ordering::Relaxed);
                     if before != admission {

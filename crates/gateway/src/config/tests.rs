@@ -197,6 +197,11 @@ fn kubernetes_settings_are_checked() {
             "local.kubernetes",
             "unknown field `label`",
         ),
+        (
+            "kubernetes: { service: w }\n  tls: {}",
+            "local.tls.domain",
+            "is required with local.kubernetes",
+        ),
     ];
     for (local, key, message) in cases {
         let text = format!("allow_unauthenticated: true\nlocal:\n  {local}\n");

@@ -37,6 +37,8 @@ struct ScriptedBackend {
     script: Mutex<Script>,
     received: Mutex<Vec<ChatRequest>>,
     dropped: Arc<AtomicUsize>,
+    /// What `members` reports.
+    members: Mutex<Vec<MemberStatus>>,
 }
 
 impl ScriptedBackend {
@@ -53,6 +55,7 @@ impl ScriptedBackend {
             script: Mutex::new(script),
             received: Mutex::new(Vec::new()),
             dropped: Arc::new(AtomicUsize::new(0)),
+            members: Mutex::new(Vec::new()),
         })
     }
 
@@ -96,7 +99,7 @@ impl Backend for ScriptedBackend {
         true
     }
     fn members(&self) -> Vec<MemberStatus> {
-        Vec::new()
+        self.members.lock().unwrap().clone()
     }
     fn dispatch<'a>(
         &'a self,
@@ -1235,4 +1238,57 @@ async fn the_dashboard_is_self_contained_and_its_figures_add_up() {
         rows.contains(&json!({"rule": "default", "route": "local", "requests": 1})),
         "{rows:?}"
     );
+}
+
+/// A worker that leaves and comes back under the same name (a pod recreated with its name) is charged
+/// for both stints: the second adds to the first rather than having to outgrow it.
+#[tokio::test]
+async fn node_cost_adds_up_across_a_workers_stints() {
+    let local = ScriptedBackend::new("local", Route::Local, vec!["m"], answer(&["x"]));
+    let app = app_with(vec![local.clone()], Limits::default());
+    let cost = crate::cost::NodeCost::default();
+    let node = |joined: std::time::Instant| MemberStatus {
+        name: "w-1".into(),
+        address: "http://10.0.0.1:50051".into(),
+        ready: true,
+        detail: "ready".into(),
+        models: vec!["m".into()],
+        in_flight: 0,
+        running: None,
+        waiting: None,
+        slots: None,
+        throughput: None,
+        source: "kubernetes",
+        node: Some((cost, joined)),
+    };
+    let counted = || app.metrics.node_cost.get(&["w-1"]);
+
+    *local.members.lock().unwrap() = vec![node(std::time::Instant::now())];
+    std::thread::sleep(Duration::from_millis(60));
+    app.refresh_backend_gauges();
+    let first = counted();
+    assert!(first >= cost.over(Duration::from_millis(60)), "{first}");
+    app.refresh_backend_gauges();
+    assert!(
+        counted() - first < cost.over(Duration::from_millis(20)),
+        "a refresh counts only new time"
+    );
+
+    // It leaves: its gauges go, its cost stays.
+    local.members.lock().unwrap().clear();
+    app.refresh_backend_gauges();
+    let after_first = counted();
+    assert!(
+        !app.metrics
+            .encode()
+            .contains("sluice_backend_up{backend=\"w-1\"}")
+    );
+
+    // It comes back under the same name for a shorter stint: that stint's cost is added.
+    *local.members.lock().unwrap() = vec![node(std::time::Instant::now())];
+    std::thread::sleep(Duration::from_millis(30));
+    app.refresh_backend_gauges();
+    let second = counted() - after_first;
+    assert!(second >= cost.over(Duration::from_millis(30)), "{second}");
+    assert!(second < cost.over(Duration::from_millis(60)), "{second}");
 }

@@ -369,6 +369,13 @@ async fn kubernetes_endpoints_join_stop_taking_requests_and_leave() {
     assert_eq!(served_by(&pool).await.unwrap(), "w-1");
     assert_eq!(pool.members().len(), 2, "the pod no longer listed left");
 
+    // A new pod given the old pod's address is a new worker, not the old one renamed.
+    pool.reconcile(&[found("w-7", &a, Ready)]);
+    let names: Vec<String> = pool.members().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["gpu-0", "w-7"]);
+    wait_ready(&pool, 2).await;
+    assert_eq!(served_by(&pool).await.unwrap(), "w-7");
+
     // Everything Kubernetes listed leaves; the configured worker stays.
     pool.reconcile(&[]);
     let members = pool.members();
