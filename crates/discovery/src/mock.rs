@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -327,19 +327,9 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
 async fn endpoint_slices(
     State(world): State<Arc<Mutex<World>>>,
     UrlPath(namespace): UrlPath<String>,
-    RawQuery(query): RawQuery,
+    Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let params: Vec<(String, String)> = query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_owned(), decode(v))
-        })
-        .collect();
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let param = |name: &str| params.get(name).map(String::as_str);
     let selector_text = param("labelSelector").unwrap_or_default().to_owned();
     let selector: Vec<(String, String)> = selector_text
         .split(',')
@@ -414,30 +404,4 @@ async fn endpoint_slices(
         "items": items,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
-
-/// Percent-decoding of a query value (`+` is a space).
-fn decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -94,8 +94,8 @@ pub struct App {
     /// The audit log's writer, when one is configured (set once by `run`).
     pub audit: std::sync::OnceLock<sluice_audit::AuditHandle>,
     in_flight: Arc<Semaphore>,
-    /// Members the gauges were last set for: the series of one that left are removed.
-    /// For each, when a worker's current stint in the pool began and the node cost counted for it.
+    /// The members the gauges were last set for (the series of one that left are removed), each with
+    /// when its current stint in the pool began and the node cost counted for that stint.
     gauged:
         std::sync::Mutex<std::collections::BTreeMap<String, Option<(std::time::Instant, crate::cost::Pico)>>>,
 }
@@ -190,14 +190,12 @@ impl App {
         for backend in &self.fleet.backends {
             if let Some(d) = backend.discovery() {
                 let name = [backend.name()];
-                let synced = d["synced"].as_bool().unwrap_or(false);
                 self.metrics
                     .discovery_synced
                     .with_label_values(&name)
-                    .set(i64::from(synced));
+                    .set(i64::from(d.synced));
                 let failures = self.metrics.discovery_failures.with_label_values(&name);
-                let total = d["failures"].as_u64().unwrap_or(0);
-                failures.inc_by(total.saturating_sub(failures.get()));
+                failures.inc_by(d.failures.saturating_sub(failures.get()));
             }
             for m in backend.members() {
                 // A node costs from when the gateway knows of it: its start, or the worker's arrival. A
@@ -707,11 +705,7 @@ impl Ledger {
                 (cost, None)
             }
             Route::Local => {
-                // A stream the client left has no usage: what was generated still ran.
-                let usage = self.usage.unwrap_or(Usage {
-                    prompt_tokens: 0,
-                    completion_tokens: self.generated,
-                });
+                let usage = self.usage_or_generated();
                 if usage.prompt_tokens + usage.completion_tokens == 0 {
                     return (0, None);
                 }
@@ -734,6 +728,15 @@ impl Ledger {
                 (cost, equivalent)
             }
         }
+    }
+
+    /// The backend's usage; for an answer without one (a stream the client left), what was generated,
+    /// which still ran.
+    fn usage_or_generated(&self) -> Usage {
+        self.usage.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: self.generated,
+        })
     }
 
     fn token(&mut self) {
@@ -801,10 +804,7 @@ impl Drop for Ledger {
             record.served_model = Some(self.served_model.clone());
             record.status = self.status;
             record.code = code.to_owned();
-            let usage = self.usage.unwrap_or(Usage {
-                prompt_tokens: 0,
-                completion_tokens: self.generated,
-            });
+            let usage = self.usage_or_generated();
             record.prompt_tokens = usage.prompt_tokens;
             record.completion_tokens = usage.completion_tokens;
             record.cost_usd = crate::cost::usd(cost);
@@ -824,6 +824,15 @@ impl Drop for Ledger {
                 error: self.error.take(),
             },
         );
+    }
+}
+
+/// Completes a decision's audit record with the refusal the client got and sends it.
+fn audit_refusal(app: &App, mut record: sluice_audit::Record, error: &ApiError) {
+    if let Some(log) = app.audit.get() {
+        record.status = error.status.as_u16();
+        record.code = error.code.to_owned();
+        log.send(record);
     }
 }
 
@@ -981,10 +990,8 @@ async fn chat_completions(
         Err(refusal) => {
             routing.rule = refusal.rule;
             routing.level = refusal.level;
-            if let (Some(mut record), Some(log)) = (audit, app.audit.get()) {
-                record.status = refusal.error.status.as_u16();
-                record.code = refusal.error.code.to_owned();
-                log.send(*record);
+            if let Some(record) = audit {
+                audit_refusal(&app, *record, &refusal.error);
             }
             return reject(&app, &routing, refusal.error.code, *refusal.error);
         }
@@ -1113,13 +1120,8 @@ async fn chat_completions(
         // Nothing was tried: the record ends here (otherwise the last ledger carries it).
         let nothing_tried = failures.is_empty();
         let audit_refusal = |e: &ApiError| {
-            if let (Some(record), Some(log)) = (&audit, app.audit.get())
-                && nothing_tried
-            {
-                let mut record = record.clone();
-                record.status = e.status.as_u16();
-                record.code = e.code.to_owned();
-                log.send(*record);
+            if let Some(record) = audit.as_deref().filter(|_| nothing_tried) {
+                audit_refusal(&app, record.clone(), e);
             }
         };
         if let Some(e) = unsupported.filter(|_| failures.is_empty()) {

@@ -27,8 +27,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{
-    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Prices,
-    Route, Usage, with_causes,
+    Backend, BackendError, ChatEvent, DiscoveryStatus, DispatchContext, Dispatched, InFlight, MemberStatus,
+    ModelCard, Prices, Route, Usage, with_causes,
 };
 use crate::api::ChatRequest;
 use crate::level::Level;
@@ -261,20 +261,6 @@ struct Member {
     monitor: JoinHandle<()>,
 }
 
-/// How the EndpointSlice watch is doing, for `/admin/backends`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct DiscoveryStatus {
-    /// What is followed, and where.
-    pub following: String,
-    /// A complete list has arrived.
-    pub synced: bool,
-    /// Endpoint sets received.
-    pub updates: u64,
-    /// Watch failures so far (each retried with backoff; the last set stands meanwhile).
-    pub failures: u64,
-    pub last_error: Option<String>,
-}
-
 /// The local worker pool.
 pub struct WorkerPool {
     config: PoolConfig,
@@ -339,11 +325,6 @@ impl WorkerPool {
         if let Some(old) = self.task_slot().replace(task) {
             old.abort();
         }
-    }
-
-    /// How the EndpointSlice watch is doing, when there is one.
-    pub fn discovery_status(&self) -> Option<DiscoveryStatus> {
-        self.discovery_slot().clone()
     }
 
     fn discovery_slot(&self) -> std::sync::MutexGuard<'_, Option<DiscoveryStatus>> {
@@ -671,8 +652,8 @@ impl Backend for WorkerPool {
         self.members_read().iter().map(|m| m.worker.status(now)).collect()
     }
 
-    fn discovery(&self) -> Option<serde_json::Value> {
-        self.discovery_status().and_then(|s| serde_json::to_value(s).ok())
+    fn discovery(&self) -> Option<DiscoveryStatus> {
+        self.discovery_slot().clone()
     }
 
     fn dispatch<'a>(

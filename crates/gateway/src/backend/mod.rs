@@ -209,6 +209,21 @@ pub struct MemberStatus {
     pub node: Option<(crate::cost::NodeCost, std::time::Instant)>,
 }
 
+/// How a backend's watch for its members is doing (the pool's EndpointSlice watch), for `/admin/backends`
+/// and the discovery series.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DiscoveryStatus {
+    /// What is followed, and where.
+    pub following: String,
+    /// A complete list has arrived.
+    pub synced: bool,
+    /// Endpoint sets received.
+    pub updates: u64,
+    /// Watch failures so far (each retried with backoff; the last set stands meanwhile).
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
 /// A place requests can be sent: the local worker pool, or one cloud API.
 pub trait Backend: Send + Sync {
     /// The configured name (`x-sluice-backend` names the member that served).
@@ -225,7 +240,7 @@ pub trait Backend: Send + Sync {
     fn ready(&self) -> bool;
     fn members(&self) -> Vec<MemberStatus>;
     /// How the backend finds its members, when it finds them at run time (the pool's EndpointSlice watch).
-    fn discovery(&self) -> Option<Value> {
+    fn discovery(&self) -> Option<DiscoveryStatus> {
         None
     }
     /// Sends the request; resolves once a member has accepted it (or every member that could has failed).
