@@ -56,7 +56,12 @@ pub struct Record {
     pub rule: Option<String>,
     /// `local` or `cloud`, once a backend was chosen.
     pub route: Option<String>,
+    /// The member that served (a worker or a cloud backend), or the last one tried.
     pub backend: Option<String>,
+    /// Backends tried first, in order, that were down or full. Absent from the line when none was (and
+    /// in records written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
     /// The HTTP status the client got.
     pub status: u16,
     /// `ok`, or the stable error code the client got.

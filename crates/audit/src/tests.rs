@@ -30,6 +30,7 @@ fn record(i: u64) -> Record {
         rule: Some("pii-stays-local".into()),
         route: Some("local".into()),
         backend: Some("local".into()),
+        fallbacks: Vec::new(),
         status: 200,
         code: "ok".into(),
         prompt_tokens: 12,
