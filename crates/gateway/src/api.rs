@@ -1,10 +1,32 @@
 //! The OpenAI chat completions request as this gateway reads it: parsed from the raw body, checked field
 //! by field with messages that name the field, and kept whole so that OpenAI-compatible backends receive
-//! exactly what the client sent.
+//! exactly what the client sent. Knows nothing of HTTP: its errors are [`InvalidRequest`]s.
 
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+/// Why a body is not a chat request this gateway accepts: a stable snake_case `code`, a message that
+/// names the field, and the field (`param`). A 400 for the client (mapped in `error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest {
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl InvalidRequest {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+}
 
 /// Largest `max_tokens` / `max_completion_tokens` accepted; anything above is a mistake, not a request.
 pub const MAX_TOKENS_LIMIT: u64 = 1_000_000;
@@ -104,22 +126,22 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
-    ApiError::invalid(
+fn wrong_type(param: &str, expected: &str, got: &Value) -> InvalidRequest {
+    InvalidRequest::new(
         "invalid_type",
         format!("`{param}` must be {expected}, got {}.", kind(got)),
     )
     .with_param(param)
 }
 
-fn bad_value(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid("invalid_value", message).with_param(param)
+fn bad_value(param: &str, message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest::new("invalid_value", message).with_param(param)
 }
 
 /// Parses and checks a request body.
-pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, InvalidRequest> {
     if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ApiError::invalid(
+        return Err(InvalidRequest::new(
             "invalid_utf8",
             format!(
                 "The body is not valid UTF-8 (invalid byte at offset {}).",
@@ -128,7 +150,7 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         ));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::invalid(
+        InvalidRequest::new(
             "invalid_json",
             format!(
                 "The body is not valid JSON: {e} (line {}, column {}).",
@@ -138,7 +160,7 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         )
     })?;
     let Value::Object(body) = value else {
-        return Err(ApiError::invalid(
+        return Err(InvalidRequest::new(
             "invalid_json",
             format!("The body must be a JSON object, got {}.", kind(&value)),
         ));
@@ -146,11 +168,11 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     check(body)
 }
 
-fn check(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
+fn check(body: Map<String, Value>) -> Result<ChatRequest, InvalidRequest> {
     let model = match body.get("model") {
         None | Some(Value::Null) => {
             return Err(
-                ApiError::invalid("missing_required_parameter", "`model` is required.").with_param("model"),
+                InvalidRequest::new("missing_required_parameter", "`model` is required.").with_param("model"),
             );
         }
         Some(Value::String(s)) if s.is_empty() || s.len() > MAX_MODEL_ID_LEN => {
@@ -166,7 +188,7 @@ fn check(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
     let messages = match body.get("messages") {
         None | Some(Value::Null) => {
             return Err(
-                ApiError::invalid("missing_required_parameter", "`messages` is required.")
+                InvalidRequest::new("missing_required_parameter", "`messages` is required.")
                     .with_param("messages"),
             );
         }
@@ -300,7 +322,7 @@ fn check(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
     })
 }
 
-fn max_tokens_value(param: &str, n: i64) -> Result<u32, ApiError> {
+fn max_tokens_value(param: &str, n: i64) -> Result<u32, InvalidRequest> {
     if n < 1 || n as u64 > MAX_TOKENS_LIMIT {
         return Err(bad_value(
             param,
@@ -310,7 +332,7 @@ fn max_tokens_value(param: &str, n: i64) -> Result<u32, ApiError> {
     Ok(n as u32)
 }
 
-fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, InvalidRequest> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -318,7 +340,7 @@ fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiErr
     }
 }
 
-fn opt_int(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
+fn opt_int(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, InvalidRequest> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
@@ -332,7 +354,7 @@ fn opt_int(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError
     }
 }
 
-fn opt_number(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+fn opt_number(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, InvalidRequest> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -340,7 +362,7 @@ fn opt_number(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiEr
     }
 }
 
-fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
+fn message(i: usize, m: &Value) -> Result<Message, InvalidRequest> {
     let at = |field: &str| format!("messages[{i}].{field}");
     let Value::Object(m) = m else {
         return Err(wrong_type(&format!("messages[{i}]"), "an object", m));
@@ -356,7 +378,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
             )
         })?,
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
+            return Err(InvalidRequest::new(
                 "missing_required_parameter",
                 format!("`{}` is required.", at("role")),
             )
@@ -378,7 +400,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
         None | Some(Value::Null) => {
             // Only an assistant message that calls tools may go without content.
             if !(role == Role::Assistant && has_tool_calls) {
-                return Err(ApiError::invalid(
+                return Err(InvalidRequest::new(
                     "missing_required_parameter",
                     format!(
                         "`{}` is required for a {} message.",
@@ -404,7 +426,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
                         Some(Value::String(t)) => texts.push(t.as_str()),
                         Some(v) => return Err(wrong_type(&format!("{path}.text"), "a string", v)),
                         None => {
-                            return Err(ApiError::invalid(
+                            return Err(InvalidRequest::new(
                                 "missing_required_parameter",
                                 format!("`{path}.text` is required for a text part."),
                             )
@@ -419,7 +441,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
                         ));
                     }
                     None => {
-                        return Err(ApiError::invalid(
+                        return Err(InvalidRequest::new(
                             "missing_required_parameter",
                             format!("`{path}.type` is required."),
                         )
@@ -438,7 +460,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
         }
     };
     if role == Role::Tool && !matches!(m.get("tool_call_id"), Some(Value::String(_))) {
-        return Err(ApiError::invalid(
+        return Err(InvalidRequest::new(
             "missing_required_parameter",
             format!(
                 "`{}` (a string) is required for a tool message.",
@@ -461,7 +483,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
     })
 }
 
-fn check_tool_call(path: &str, call: &Value) -> Result<(), ApiError> {
+fn check_tool_call(path: &str, call: &Value) -> Result<(), InvalidRequest> {
     let Value::Object(call) = call else {
         return Err(wrong_type(path, "an object", call));
     };
@@ -491,7 +513,7 @@ fn check_tool_call(path: &str, call: &Value) -> Result<(), ApiError> {
     }
 }
 
-fn check_tool(i: usize, tool: &Value) -> Result<(), ApiError> {
+fn check_tool(i: usize, tool: &Value) -> Result<(), InvalidRequest> {
     let path = format!("tools[{i}]");
     let Value::Object(tool) = tool else {
         return Err(wrong_type(&path, "an object", tool));

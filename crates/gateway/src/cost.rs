@@ -13,7 +13,25 @@
 
 use std::time::Duration;
 
-use crate::backend::{Prices, Usage};
+use serde_json::Value;
+use sluice_policy::Prices;
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// Reads an OpenAI `usage` object.
+    pub fn from_openai(v: &Value) -> Option<Self> {
+        Some(Self {
+            prompt_tokens: v.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: v.get("completion_tokens")?.as_u64()?,
+        })
+    }
+}
 
 /// An amount of money in picodollars (10^-12 USD). A million tokens at a millionth of a cent still
 /// counts exactly; u128 does not overflow in any lifetime.

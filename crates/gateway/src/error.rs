@@ -1,11 +1,19 @@
 //! Every error a client can see, and its one mapping to HTTP: status, OpenAI-shaped body
-//! (`{"error": {"message", "type", "param", "code"}}`), a stable snake_case `code`, and `Retry-After` where
-//! waiting helps.
+//! (`{"error": {"message", "type", "param", "code"}}`), a stable snake_case `code` (also the metric label),
+//! and `Retry-After` where waiting helps. The domain errors of the other steps (the policy's
+//! [`Refusal`], a backend's [`BackendError`] and [`Unsupported`], the dispatcher's [`Unserved`]) become
+//! [`ApiError`]s here and nowhere else; `sluice policy explain` uses the same mapping.
+//! Must never decide anything: it only translates.
 
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use sluice_policy::{Explanation, Refusal, RefusalReason};
+
+use crate::api::InvalidRequest;
+use crate::backend::{BackendError, Unsupported};
+use crate::dispatch::Unserved;
 
 /// A client-visible failure. Build it with the constructors below; [`IntoResponse`] is the only place
 /// where errors become HTTP.
@@ -106,15 +114,6 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             format!("The request body is over this gateway's limit of {limit} bytes."),
-        )
-    }
-
-    /// 415: a body that does not say it is JSON.
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "The body must be JSON, sent with `Content-Type: application/json`.",
         )
     }
 
@@ -220,12 +219,117 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
-        // The code travels with the response so the metrics layer can label it.
-        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }
 
-/// The `code` of an error response, for metrics and logs.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        let mut error = Self::invalid(e.code, e.message);
+        error.param = e.param;
+        error
+    }
+}
+
+impl From<&Refusal> for ApiError {
+    fn from(r: &Refusal) -> Self {
+        match &r.reason {
+            RefusalReason::Rejected { rule, reason } => Self::policy_rejected(rule, reason),
+            RefusalReason::ModelNotFound { model, served } => {
+                let mut e = Self::model_not_found(model);
+                if !served.is_empty() {
+                    e.message
+                        .push_str(&format!(" Models served now: {}.", served.join(", ")));
+                }
+                e
+            }
+            RefusalReason::NoCompliantBackend(message) => Self::no_compliant_backend(message.clone()),
+        }
+    }
+}
+
+impl From<&BackendError> for ApiError {
+    fn from(e: &BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(m) => Self::no_backend(m.clone()),
+            BackendError::Full(m) => Self::backends_full(m.clone()),
+            BackendError::Timeout(m) => Self::backend_timeout(m.clone()),
+            BackendError::Rejected { message, code } => Self::invalid(code, message.clone()),
+            BackendError::Upstream {
+                status,
+                message,
+                code,
+                param,
+            } => Self::upstream(*status, message.clone(), code.clone(), param.clone()),
+            BackendError::Failed(m) => Self::backend_failed(m.clone()),
+            BackendError::Interrupted(m) => Self::backend_stream_broken(m.clone()),
+        }
+    }
+}
+
+impl From<&Unsupported> for ApiError {
+    fn from(u: &Unsupported) -> Self {
+        Self::invalid(
+            "unsupported_parameter",
+            format!(
+                "{} not supported by the local model `{}`; ask for a cloud model, or leave it out.",
+                u.what, u.model
+            ),
+        )
+        .with_param(u.param)
+    }
+}
+
+/// What the client gets when no allowed target served the request, and whether it counts in
+/// `sluice_rejected_total` (a refusal of the gateway's own, as opposed to a backend's failure).
+pub fn unserved(u: &Unserved) -> (ApiError, bool) {
+    if let Some(last) = u.fatal.as_ref() {
+        return (ApiError::from(&last.error), false);
+    }
+    if let Some(e) = u.unsupported.as_ref().filter(|_| u.failures.is_empty()) {
+        return (ApiError::from(e), true);
+    }
+    let summary = u
+        .failures
+        .iter()
+        .map(|f| format!("{}: {}", f.backend, f.error))
+        .collect::<Vec<_>>()
+        .join("; ");
+    match u.failures.last() {
+        // Somewhere would have served it, but not at this level: say so, not merely "down".
+        Some(_) if !u.excluded.is_empty() => (
+            ApiError::no_compliant_backend(format!(
+                "The request is {} (rule `{}`); every backend allowed to take it is down or full ({summary}), and the others may not take it ({}).",
+                u.level,
+                u.rule,
+                u.excluded
+                    .iter()
+                    .map(|x| format!("{}: {}", x.backend, x.why))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            true,
+        ),
+        Some(last) if u.failures.len() > 1 => {
+            let mut error = ApiError::from(&last.error);
+            error.message = format!("Every backend that may serve the request is down or full: {summary}.");
+            (error, false)
+        }
+        Some(last) => (ApiError::from(&last.error), false),
+        None => (
+            ApiError::no_compliant_backend(format!(
+                "The request is {}; the policy found no backend cleared for it.",
+                u.level
+            )),
+            true,
+        ),
+    }
+}
+
+/// Completes an explanation of a refusal with what the client gets: status, code and message.
+pub fn explain_refusal(e: &mut Explanation, refusal: &Refusal) {
+    let error = ApiError::from(refusal);
+    e.status = Some(error.status.as_u16());
+    e.code = Some(error.code);
+    e.reason = error.message;
+}

@@ -1,27 +1,34 @@
 //! The Sluice gateway: the OpenAI API in front of the organisation's workers and cloud APIs.
 //!
-//! It owns the public HTTP surface (`server`: routes, tower stack, streaming), request parsing
-//! (`api`), keys (`auth`), the one mapping of errors to HTTP (`error`), the routing seam (`route`: a pure
-//! [`route::Policy`] decides, the dispatcher enforces clearances), the policy engine behind it (`policy`:
-//! rules, virtual models, strategies, explanations), the backends behind the
-//! [`backend::Backend`] trait (`backend::local`: workers over gRPC; `backend::cloud`: OpenAI-compatible
-//! APIs), observed latency (`stats`) and its Prometheus series (`metrics`).
+//! A request reads one way through it, each step in a module of its own that says what it owns:
+//! `intake` (parse with `api`, hints, scan) -> the policy (`sluice-policy`, a crate of its own: pure) ->
+//! `dispatch` (targets in order, the clearance invariant, fallback) -> `backend` (`local`: workers over
+//! gRPC; `cloud`: OpenAI-compatible APIs) -> `wire` (what the client sees: JSON or server-sent events)
+//! -> `accounting` (the only writer of metrics, stats, cost, audit records and the decision log).
+//! Around them: `server` (routers, handlers, `run`), `fleet` (the backends in their one order, and the
+//! snapshot the policy decides on), `config`, `auth`, `error` (the one mapping of errors to HTTP),
+//! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`.
 //!
 //! It must never link candle or any model code: it talks to workers only through `sluice-proto`.
 
+pub mod accounting;
 pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod cost;
 pub mod dashboard;
+pub mod dispatch;
 pub mod error;
+pub mod fleet;
+pub mod headers;
+pub mod intake;
 pub mod level;
 pub mod metrics;
-pub mod policy;
-pub mod route;
 pub mod server;
+pub mod shed;
 pub mod stats;
+pub mod wire;
 
 pub use axum::http;
 pub use config::{GatewayConfig, RawGatewayConfig};

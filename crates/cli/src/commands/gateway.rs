@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sluice_gateway::api::parse_chat_request;
+use sluice_gateway::backend::BackendError;
+use sluice_gateway::dispatch::{FailedTarget, Unserved};
+use sluice_gateway::error;
+use sluice_gateway::headers::HttpHeaders;
 use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
-use sluice_gateway::level::Level;
-use sluice_gateway::policy::{Action, Engine, Explanation};
-use sluice_gateway::route::{Policy, RequestFacts, client_hints, scan_request};
-use sluice_gateway::{GatewayConfig, RawGatewayConfig};
+use sluice_gateway::{GatewayConfig, RawGatewayConfig, intake};
+use sluice_policy::{Action, Decision, Explanation, FleetView, Level, Policy, PolicyEngine};
 
 use super::{Failure, shutdown_signal};
 use crate::args::{ExplainArgs, GatewayArgs};
@@ -109,8 +110,6 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         std::fs::read(&args.request)
             .map_err(|e| Failure::Usage(format!("{}: {e}", args.request.display())))?
     };
-    let request = parse_chat_request(&body)
-        .map_err(|e| Failure::Usage(format!("{}: {}", args.request.display(), e.message)))?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {
         let (name, value) = h
@@ -122,7 +121,14 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             .map_err(|_| Failure::Usage(format!("--header {h:?}: the value is not a header value")))?;
         headers.append(name, value);
     }
-    let (declared, prefer) = client_hints(&headers).map_err(|e| Failure::Usage(e.message))?;
+    // Read exactly as the gateway reads a request: parse, hints, scan.
+    let read = intake::read(&body, &headers, &config.scanner).map_err(|r| {
+        Failure::Usage(match r.error.code {
+            // A bad --header, not a bad request file.
+            "invalid_sensitivity" | "invalid_prefer" => r.error.message.clone(),
+            _ => format!("{}: {}", args.request.display(), r.error.message),
+        })
+    })?;
     for d in &args.down {
         let known =
             config.clouds.iter().any(|c| &c.name == d) || config.local.as_ref().is_some_and(|l| &l.name == d);
@@ -136,24 +142,26 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .or_else(|| config.keys.first().map(|k| k.tenant.clone()))
         .unwrap_or_else(|| sluice_gateway::auth::ANONYMOUS.to_owned());
     let local_models = if args.local_model.is_empty() {
-        assumed_local_models(&config, &request.model)
+        assumed_local_models(&config, &read.request.model)
     } else {
         args.local_model.clone()
     };
-    let fleet = config.offline_view(&local_models, &args.down);
-    let (prompt_tokens, scan) = scan_request(&config.scanner, &request);
-    let facts = RequestFacts {
-        tenant: &tenant,
-        request: &request,
-        headers: &headers,
-        declared,
-        scan: &scan,
-        prefer,
-        prompt_tokens,
-    };
-    let result = Engine::new(config.policy.clone()).decide(&facts, &fleet);
-    let e =
-        sluice_gateway::policy::explain("(explain)", &facts, config.policy.floor(&tenant), &fleet, &result);
+    let fleet = sluice_gateway::fleet::offline_view(&config, &local_models, &args.down);
+    let http_headers = HttpHeaders(&headers);
+    let facts = read.facts(&tenant, &http_headers);
+    let result = PolicyEngine::new(config.policy.clone()).decide(&facts, &fleet);
+    let mut e = sluice_policy::explain("(explain)", &facts, config.policy.floor(&tenant), &fleet, &result);
+    match &result {
+        Err(refusal) => error::explain_refusal(&mut e, refusal),
+        // The gateway would try each target, find them all down and answer so.
+        Ok(d) if !d.targets.iter().any(|t| fleet.backends[t.backend].ready) => {
+            let failed = all_down(d, &fleet, e.level);
+            let (error, _) = error::unserved(&failed);
+            e.status = Some(error.status.as_u16());
+            e.code = Some(error.code);
+        }
+        Ok(_) => {}
+    }
     if args.json {
         println!(
             "{}",
@@ -163,6 +171,30 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     }
     print!("{}", render(&e, &local_models, &args.down));
     Ok(())
+}
+
+/// What the dispatcher meets when every target is down: each answers that it is unavailable.
+fn all_down(d: &Decision, fleet: &FleetView, level: Level) -> Unserved {
+    Unserved {
+        level,
+        rule: d.rule.clone(),
+        excluded: d.excluded.clone(),
+        failures: d
+            .targets
+            .iter()
+            .map(|t| {
+                let b = &fleet.backends[t.backend];
+                FailedTarget {
+                    backend: b.name.clone(),
+                    route: b.route,
+                    model: t.model.clone(),
+                    error: BackendError::Unavailable(format!("{} is down", b.name)),
+                }
+            })
+            .collect(),
+        unsupported: None,
+        fatal: None,
+    }
 }
 
 /// What the local pool is assumed to serve when no `--local-model` is given: every model the policy
@@ -203,15 +235,9 @@ fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {
     let mut out = String::new();
     let _ = match (e.outcome, e.status, e.code) {
         ("reject", Some(status), Some(code)) => writeln!(out, "decision:  refused, {status} {code}"),
-        // The gateway would try each target, find them down and answer so.
-        _ if !e.targets.iter().any(|t| t.ready) => writeln!(
+        (_, Some(status), Some(code)) => writeln!(
             out,
-            "decision:  refused, 503 {}: every backend allowed to take it is down",
-            if e.excluded.is_empty() {
-                "backend_unavailable"
-            } else {
-                "no_compliant_backend"
-            }
+            "decision:  refused, {status} {code}: every backend allowed to take it is down"
         ),
         _ => writeln!(out, "decision:  route"),
     };

@@ -272,7 +272,7 @@ fn new_key() -> String {
 async fn wait_ready(workers: &[String], limit: Duration) -> bool {
     let until = tokio::time::Instant::now() + limit;
     for address in workers {
-        let Some(uri) = sluice_gateway::config::worker_uri(address, false) else {
+        let Some(uri) = sluice_gateway::backend::local::worker_uri(address, false) else {
             return false;
         };
         loop {

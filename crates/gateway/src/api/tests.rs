@@ -1,7 +1,9 @@
 use super::*;
+use crate::error::ApiError;
 
+/// Parses as the gateway answers: through the one mapping of errors to HTTP.
 fn parse(body: &str) -> Result<ChatRequest, ApiError> {
-    parse_chat_request(body.as_bytes())
+    parse_chat_request(body.as_bytes()).map_err(ApiError::from)
 }
 
 #[test]

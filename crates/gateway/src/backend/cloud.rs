@@ -200,7 +200,11 @@ impl CloudBackend {
                     self.config.name
                 ))));
             };
-            let usage = completion.get("usage").and_then(Usage::from_openai);
+            // A provider that reports no usage is taken at its word: nothing to meter.
+            let usage = completion
+                .get("usage")
+                .and_then(Usage::from_openai)
+                .unwrap_or_default();
             let events = futures_util::stream::iter([
                 Ok(ChatEvent::Completion(completion)),
                 Ok(ChatEvent::Finished {
@@ -290,7 +294,9 @@ fn with_in_flight(
 type UpstreamStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, OpenAIError>> + Send>>;
 
 /// The upstream chunks as [`ChatEvent::Chunk`]s, then [`ChatEvent::Finished`] with the finish reason and
-/// the usage the provider reported.
+/// the usage the provider reported (zero when it reported none). The usage asked for on the gateway's
+/// behalf is taken out of the chunks: the usage-only chunk is not passed on, and the others lose their
+/// `usage` field, so that the wire layer alone decides what the client sees of it.
 fn chunk_events(
     name: String,
     first: Value,
@@ -319,64 +325,80 @@ fn chunk_events(
         deadline,
     };
     futures_util::stream::unfold(state, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let next = match s.pending.take() {
-            Some(v) => Ok(Some(Ok(v))),
-            None => tokio::time::timeout_at(s.deadline.min(Instant::now() + s.idle), s.upstream.next()).await,
-        };
-        let item = match next {
-            Err(_) => {
-                s.done = true;
-                Err(BackendError::Timeout(format!(
-                    "cloud backend {} stopped sending mid-answer",
-                    s.name
-                )))
+        loop {
+            if s.done {
+                return None;
             }
-            Ok(None) => {
-                s.done = true;
-                match s.finish_reason.take() {
-                    Some(finish_reason) => Ok(ChatEvent::Finished {
-                        finish_reason,
-                        usage: s.usage,
-                    }),
-                    None => Err(BackendError::Interrupted(format!(
-                        "cloud backend {} ended the stream without a finish reason",
-                        s.name
-                    ))),
+            let next = match s.pending.take() {
+                Some(v) => Ok(Some(Ok(v))),
+                None => {
+                    tokio::time::timeout_at(s.deadline.min(Instant::now() + s.idle), s.upstream.next()).await
                 }
-            }
-            Ok(Some(Err(e))) => {
-                s.done = true;
-                Err(BackendError::Interrupted(format!(
-                    "cloud backend {} failed mid-answer: {e}",
-                    s.name
-                )))
-            }
-            Ok(Some(Ok(chunk))) => {
-                if let Some(error) = chunk.get("error") {
+            };
+            let item = match next {
+                Err(_) => {
                     s.done = true;
-                    let message = error
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown error");
-                    Err(BackendError::Interrupted(format!(
-                        "cloud backend {} failed mid-answer: {message}",
+                    Err(BackendError::Timeout(format!(
+                        "cloud backend {} stopped sending mid-answer",
                         s.name
                     )))
-                } else {
-                    if let Some(reason) = chunk.pointer("/choices/0/finish_reason").and_then(Value::as_str) {
-                        s.finish_reason = Some(reason.to_owned());
-                    }
-                    if let Some(usage) = chunk.get("usage").and_then(Usage::from_openai) {
-                        s.usage = Some(usage);
-                    }
-                    Ok(ChatEvent::Chunk(chunk))
                 }
-            }
-        };
-        Some((item, s))
+                Ok(None) => {
+                    s.done = true;
+                    match s.finish_reason.take() {
+                        Some(finish_reason) => Ok(ChatEvent::Finished {
+                            finish_reason,
+                            usage: s.usage.unwrap_or_default(),
+                        }),
+                        None => Err(BackendError::Interrupted(format!(
+                            "cloud backend {} ended the stream without a finish reason",
+                            s.name
+                        ))),
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    s.done = true;
+                    Err(BackendError::Interrupted(format!(
+                        "cloud backend {} failed mid-answer: {e}",
+                        s.name
+                    )))
+                }
+                Ok(Some(Ok(mut chunk))) => {
+                    if let Some(error) = chunk.get("error") {
+                        s.done = true;
+                        let message = error
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("unknown error");
+                        Err(BackendError::Interrupted(format!(
+                            "cloud backend {} failed mid-answer: {message}",
+                            s.name
+                        )))
+                    } else {
+                        if let Some(reason) =
+                            chunk.pointer("/choices/0/finish_reason").and_then(Value::as_str)
+                        {
+                            s.finish_reason = Some(reason.to_owned());
+                        }
+                        if let Some(usage) = chunk.get("usage").and_then(Usage::from_openai) {
+                            s.usage = Some(usage);
+                        }
+                        let usage_only = chunk
+                            .get("choices")
+                            .and_then(Value::as_array)
+                            .is_some_and(Vec::is_empty);
+                        if usage_only {
+                            continue;
+                        }
+                        if let Value::Object(o) = &mut chunk {
+                            o.remove("usage");
+                        }
+                        Ok(ChatEvent::Chunk(chunk))
+                    }
+                }
+            };
+            return Some((item, s));
+        }
     })
     .boxed()
 }

@@ -1,5 +1,9 @@
-//! The dispatch seam: the gateway talks to every backend through [`Backend`], never to gRPC or HTTP
-//! client types. A backend takes a checked request and answers with a stream of [`ChatEvent`]s.
+//! The backend seam: the gateway talks to every backend through [`Backend`], never to gRPC or HTTP
+//! client types. A backend says which requests it can take ([`Backend::supports`]), takes a checked
+//! request and answers with a stream of [`ChatEvent`]s in one normalised model: content, then
+//! [`ChatEvent::Finished`] with the usage always present. What the client sees of it (chunk shapes,
+//! whether usage is shown) is the wire layer's business, never a backend's.
+//! Backends never decide routing and never build HTTP responses.
 
 pub mod cloud;
 pub mod local;
@@ -11,63 +15,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
+pub use sluice_policy::{ModelCard, Prices, Route};
 use tokio::time::Instant;
 
 use crate::api::ChatRequest;
+pub use crate::cost::Usage;
 use crate::level::Level;
-
-/// Where a request runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// On the organisation's own workers.
-    Local,
-    /// On a cloud API.
-    Cloud,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Cloud => "cloud",
-        }
-    }
-}
-
-/// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-impl Usage {
-    /// Reads an OpenAI `usage` object.
-    pub fn from_openai(v: &Value) -> Option<Self> {
-        Some(Self {
-            prompt_tokens: v.get("prompt_tokens")?.as_u64()?,
-            completion_tokens: v.get("completion_tokens")?.as_u64()?,
-        })
-    }
-}
 
 /// One step of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
     /// Generated text (a worker's delta; valid UTF-8, stop sequences already applied).
     Text(String),
-    /// An OpenAI `chat.completion.chunk` from an OpenAI-compatible backend, passed on as it came.
+    /// An OpenAI `chat.completion.chunk` from an OpenAI-compatible backend, as it came less its `usage`
+    /// (reported in [`ChatEvent::Finished`]); usage-only chunks are not passed on. Such chunks carry their
+    /// own finish reason.
     Chunk(Value),
-    /// A whole OpenAI `chat.completion` from an OpenAI-compatible backend (not streamed).
+    /// A whole OpenAI `chat.completion` from an OpenAI-compatible backend (not streamed), as it came.
     Completion(Value),
     /// The end: why generation stopped and what it used. Always the last event of a good answer.
-    Finished {
-        finish_reason: String,
-        usage: Option<Usage>,
-    },
+    Finished { finish_reason: String, usage: Usage },
 }
 
-/// Why a backend could not serve a request. Mapped to HTTP in `server`, through [`crate::error::ApiError`].
+/// What a backend cannot do with a request: the request field at fault and what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub param: &'static str,
+    pub what: String,
+    pub model: String,
+}
+
+/// Why a backend could not serve a request. Mapped to HTTP in `error`, and nowhere else.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
     /// Nothing that serves the model is reachable or ready.
@@ -100,16 +78,18 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// A low-cardinality name, for metrics and logs.
-    pub fn label(&self) -> &'static str {
+    /// Whether the error counts against the member in its observed stats (a refused request does not).
+    pub fn member_fault(&self) -> Option<String> {
         match self {
-            Self::Unavailable(_) => "unavailable",
-            Self::Full(_) => "full",
-            Self::Timeout(_) => "timeout",
-            Self::Rejected { .. } | Self::Upstream { .. } => "rejected",
-            Self::Failed(_) => "failed",
-            Self::Interrupted(_) => "interrupted",
+            Self::Rejected { .. } | Self::Upstream { .. } => None,
+            other => Some(other.to_string()),
         }
+    }
+
+    /// Whether the dispatcher may try the next allowed target: the backend is down or full, and took
+    /// nothing of the request.
+    pub fn may_fall_back(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Full(_))
     }
 }
 
@@ -170,21 +150,6 @@ pub struct DispatchContext {
     pub deadline: Instant,
 }
 
-/// A model a backend serves, as `/v1/models` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelCard {
-    pub id: String,
-    /// List prices in USD per million tokens (cloud models).
-    pub prices: Option<Prices>,
-}
-
-/// List prices in USD per million input and output tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Prices {
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-}
-
 /// One member of a backend (a worker of the pool, or the cloud API itself) as the operator sees it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberStatus {
@@ -207,6 +172,15 @@ pub struct MemberStatus {
     /// For a worker: what its node costs, and since when it is in the pool.
     #[serde(skip)]
     pub node: Option<(crate::cost::NodeCost, std::time::Instant)>,
+}
+
+/// A worker that left the pool: its node cost is owed from `joined` to `left`.
+#[derive(Debug, Clone)]
+pub struct Departure {
+    pub name: String,
+    pub cost: crate::cost::NodeCost,
+    pub joined: std::time::Instant,
+    pub left: std::time::Instant,
 }
 
 /// How a backend's watch for its members is doing (the pool's EndpointSlice watch), for `/admin/backends`
@@ -235,6 +209,16 @@ pub trait Backend: Send + Sync {
     fn models(&self) -> Vec<ModelCard>;
     fn serves(&self, model: &str) -> bool {
         self.models().iter().any(|m| m.id == model)
+    }
+    /// Whether it can take this request at all (a local model reads text only); the dispatcher tries
+    /// the next allowed target when it cannot.
+    fn supports(&self, _request: &ChatRequest, _model: &str) -> Result<(), Unsupported> {
+        Ok(())
+    }
+    /// Members that left since the last call, with what their node costs and when their stint began
+    /// and ended, so that node cost is charged to the departure.
+    fn departures(&self) -> Vec<Departure> {
+        Vec::new()
     }
     /// At least one member could take a request now.
     fn ready(&self) -> bool;

@@ -1,4 +1,6 @@
 use super::*;
+use crate::backend::local::worker_uri;
+use crate::level::Level;
 
 fn env(var: &str) -> Option<String> {
     match var {

@@ -6,15 +6,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::to_bytes;
 use axum::http::Request as HttpRequest;
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use tower::ServiceExt;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{Value, json};
+use sluice_policy::{Level, Policy, PolicyConfig, PolicyEngine, RequestFacts, Route};
+
 use super::*;
+use crate::api::ChatRequest;
 use crate::auth::{ApiKey, hash_key};
-use crate::backend::{Dispatched, MemberStatus, ModelCard};
-use crate::config::Limits;
-use crate::policy::PolicyConfig;
+use crate::backend::{
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, MemberStatus, ModelCard, Usage,
+};
+use crate::config::{GatewayConfig, Limits};
+use crate::fleet::Fleet;
 
 const KEY: &str = "sk-test-acme";
 
@@ -76,6 +87,17 @@ impl Drop for DropCount {
 impl Backend for ScriptedBackend {
     fn name(&self) -> &str {
         self.name
+    }
+    /// As the real pool: a local model reads text only.
+    fn supports(&self, request: &ChatRequest, model: &str) -> Result<(), crate::backend::Unsupported> {
+        match crate::api::text_only_conflicts(request).filter(|_| self.route == Route::Local) {
+            None => Ok(()),
+            Some((param, what)) => Err(crate::backend::Unsupported {
+                param,
+                what,
+                model: model.to_owned(),
+            }),
+        }
     }
     fn route(&self) -> Route {
         self.route
@@ -152,10 +174,10 @@ fn answer(words: &[&str]) -> Script {
         .collect();
     events.push(Ok(ChatEvent::Finished {
         finish_reason: "stop".into(),
-        usage: Some(Usage {
+        usage: Usage {
             prompt_tokens: 7,
             completion_tokens: words.len() as u64,
-        }),
+        },
     }));
     Script::Answer(events)
 }
@@ -194,7 +216,7 @@ fn app_with(backends: Vec<Arc<ScriptedBackend>>, limits: Limits) -> Arc<App> {
     App::new(
         config(limits),
         fleet,
-        Arc::new(crate::policy::Engine::default()),
+        Arc::new(PolicyEngine::default()),
         prometheus::Registry::new(),
     )
     .unwrap()
@@ -266,7 +288,7 @@ async fn a_local_answer_carries_the_routing_headers() {
     );
     assert!(headers["x-request-id"].to_str().unwrap().starts_with("req_"));
     assert_eq!(worker.received(), 1);
-    let text = app.metrics.encode();
+    let text = app.accounts.metrics.encode();
     assert!(
         text.contains(r#"sluice_requests_total{backend="worker-a",code="ok",model="local-model",route="local",tenant="acme"} 1"#),
         "{text}"
@@ -321,21 +343,19 @@ async fn a_streamed_local_answer_is_openai_server_sent_events() {
 
 #[tokio::test]
 async fn cloud_chunks_pass_through_and_metering_usage_is_hidden_unless_asked() {
-    let chunk = |content: &str| json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}], "usage": null});
+    // As a cloud backend passes them on: the metering usage is in `Finished`, not in the chunks.
+    let chunk = |content: &str| json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
     let events = vec![
         Ok(ChatEvent::Chunk(chunk("Hi"))),
         Ok(ChatEvent::Chunk(
-            json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": null}),
-        )),
-        Ok(ChatEvent::Chunk(
-            json!({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}),
+            json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
         )),
         Ok(ChatEvent::Finished {
             finish_reason: "stop".into(),
-            usage: Some(Usage {
+            usage: Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
-            }),
+            },
         }),
     ];
     let app = app_with(vec![cloud(Script::Answer(events))], Limits::default());
@@ -350,7 +370,7 @@ async fn cloud_chunks_pass_through_and_metering_usage_is_hidden_unless_asked() {
          data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"id\":\"c1\",\"object\":\"chat.completion.chunk\"}\n\n\
          data: [DONE]\n\n"
     );
-    let metrics = app.metrics.encode();
+    let metrics = app.accounts.metrics.encode();
     assert!(
         metrics.contains(r#"sluice_tokens_total{backend="cloud-a",direction="input",route="cloud"} 3"#),
         "{metrics}"
@@ -534,7 +554,12 @@ async fn backend_failures_map_to_distinct_5xx_codes() {
         "the provider's code, as it came"
     );
     assert_eq!(body["error"]["param"], "messages");
-    assert!(app.metrics.encode().contains(r#"code="upstream_rejected""#));
+    assert!(
+        app.accounts
+            .metrics
+            .encode()
+            .contains(r#"code="upstream_rejected""#)
+    );
     for (error, status, code) in cases {
         let app = app_with(vec![local(Script::Refuse(error))], Limits::default());
         let (got_status, got_code, headers) = error_of(&app, post(HELLO)).await;
@@ -603,7 +628,7 @@ async fn a_client_that_leaves_cancels_the_backend_stream() {
     assert_eq!(worker.dropped.load(Ordering::SeqCst), 0);
     drop(stream);
     wait_until(|| worker.dropped.load(Ordering::SeqCst) == 1).await;
-    wait_until(|| app.metrics.encode().contains(r#"code="client_closed""#)).await;
+    wait_until(|| app.accounts.metrics.encode().contains(r#"code="client_closed""#)).await;
 }
 
 async fn wait_until(done: impl Fn() -> bool) {
@@ -641,7 +666,7 @@ async fn a_client_that_stops_reading_loses_its_stream_at_the_deadline() {
     wait_until(|| worker.dropped.load(Ordering::SeqCst) == 1).await;
     let next = public_router(app.clone()).oneshot(post(body)).await.unwrap();
     assert_eq!(next.status(), StatusCode::OK);
-    assert!(app.metrics.encode().contains(r#"code="client_stalled""#));
+    assert!(app.accounts.metrics.encode().contains(r#"code="client_stalled""#));
     drop(stalled);
 }
 
@@ -816,7 +841,7 @@ async fn sensitive_content_anywhere_never_reaches_a_cloud() {
     .await;
     assert_eq!(status, StatusCode::OK, "benign requests still go");
     assert_eq!(cloud.received(), 1);
-    let metrics = app.metrics.encode();
+    let metrics = app.accounts.metrics.encode();
     assert!(
         metrics.contains(r#"sluice_sensitive_findings_total{kind="payment_card"} 8"#),
         "{metrics}"
@@ -847,7 +872,7 @@ fn app_with_policy(backends: Vec<Arc<ScriptedBackend>>, config_policy: PolicyCon
     App::new(
         config,
         fleet,
-        Arc::new(Engine::new(config_policy)),
+        Arc::new(PolicyEngine::new(config_policy)),
         prometheus::Registry::new(),
     )
     .unwrap()
@@ -855,18 +880,18 @@ fn app_with_policy(backends: Vec<Arc<ScriptedBackend>>, config_policy: PolicyCon
 
 /// `auto`: the local model or the cloud's, cheapest first.
 fn auto_policy() -> PolicyConfig {
-    use crate::policy::{Member, Strategy, VirtualModel};
+    use sluice_policy::{Strategy, VirtualMember, VirtualModel};
     PolicyConfig {
         models: vec![VirtualModel {
             name: "auto".into(),
             strategy: Strategy::CheapestWithinSlo,
             max_ttft_seconds: 2.0,
             members: vec![
-                Member {
+                VirtualMember {
                     backend: "worker-a".into(),
                     model: "local-model".into(),
                 },
-                Member {
+                VirtualMember {
                     backend: "cloud-a".into(),
                     model: "gpt-4o-mini".into(),
                 },
@@ -878,7 +903,7 @@ fn auto_policy() -> PolicyConfig {
 
 /// Sensitive requests for `gpt-4o-mini` are served by `local-model`.
 fn substitute_policy() -> PolicyConfig {
-    use crate::policy::{Action, Conditions, LevelSet, Rule};
+    use sluice_policy::{Action, Conditions, LevelSet, Rule};
     PolicyConfig {
         rules: vec![Rule {
             name: "sensitive-stays-local".into(),
@@ -914,12 +939,12 @@ impl Policy for Reckless {
     fn decide(
         &self,
         facts: &RequestFacts<'_>,
-        fleet: &crate::route::FleetView,
-    ) -> Result<crate::route::Decision, crate::route::Refusal> {
-        Ok(crate::route::Decision {
-            targets: vec![crate::route::Target {
+        fleet: &sluice_policy::FleetView,
+    ) -> Result<sluice_policy::Decision, sluice_policy::Refusal> {
+        Ok(sluice_policy::Decision {
+            targets: vec![sluice_policy::Target {
                 backend: fleet.backends.len() - 1,
-                model: facts.request.model.clone(),
+                model: facts.model.to_owned(),
             }],
             rule: "reckless".into(),
             level: Level::Public,
@@ -954,7 +979,12 @@ async fn the_dispatcher_overrules_a_policy_that_picks_a_backend_cleared_below_th
     );
     assert_eq!(headers["x-sluice-sensitivity"], "restricted");
     assert_eq!(cloud.received(), 0);
-    assert!(app.metrics.encode().contains("sluice_clearance_blocked_total 1"));
+    assert!(
+        app.accounts
+            .metrics
+            .encode()
+            .contains("sluice_clearance_blocked_total 1")
+    );
 }
 
 #[tokio::test]
@@ -1026,7 +1056,7 @@ async fn with_the_local_worker_down_a_substituted_request_is_refused_never_sent_
     );
     assert_eq!(headers["x-sluice-rule"], "sensitive-stays-local");
     assert_eq!((worker.received(), cloud.received()), (1, 0));
-    let text = app.metrics.encode();
+    let text = app.accounts.metrics.encode();
     assert!(
         text.contains(r#"sluice_requests_total{backend="worker-a",code="no_compliant_backend",model="local-model",route="local",tenant="acme"} 1"#),
         "{text}"
@@ -1051,7 +1081,7 @@ async fn auto_falls_back_along_the_allowed_targets_and_counts_the_request_once()
     assert_eq!(headers["x-sluice-model"], "gpt-4o-mini");
     assert!(!headers.contains_key("x-sluice-substituted-for"));
     assert_eq!(cloud.received.lock().unwrap()[0].body["model"], "gpt-4o-mini");
-    let text = app.metrics.encode();
+    let text = app.accounts.metrics.encode();
     assert!(!text.contains(r#"backend="worker-a",code="#), "{text}");
     assert!(text.contains(r#"sluice_requests_total{backend="cloud-a",code="ok",model="gpt-4o-mini",route="cloud",tenant="acme"} 1"#), "{text}");
 
@@ -1117,7 +1147,7 @@ async fn a_large_body_is_scanned_to_its_last_byte() {
         "messages": [{"role": "user", "content": format!("{filler} pay with {}", card())}],
     })
     .to_string();
-    assert!(body.len() > SCAN_INLINE_BYTES);
+    assert!(body.len() > crate::intake::SCAN_INLINE_BYTES);
     let (status, code, headers) = error_of(&app, post(&body)).await;
     assert_eq!(
         (status, code.as_str()),
@@ -1160,10 +1190,10 @@ async fn app_after(models: &[&str]) -> Arc<App> {
     let usage = |p, c| {
         Ok(ChatEvent::Finished {
             finish_reason: "stop".into(),
-            usage: Some(Usage {
+            usage: Usage {
                 prompt_tokens: p,
                 completion_tokens: c,
-            }),
+            },
         })
     };
     let cloud = cloud(Script::Answer(vec![
@@ -1182,7 +1212,7 @@ async fn app_after(models: &[&str]) -> Arc<App> {
 #[tokio::test]
 async fn answers_are_priced_at_list_price_or_at_the_node_and_at_the_reference_model() {
     let app = app_after(&["gpt-4o-mini", "gpt-4o-mini", "local-model"]).await;
-    let m = &app.metrics;
+    let m = &app.accounts.metrics;
     // 2 x (1,000 x 0.15 + 500 x 0.60) / 10^6 USD, to the picodollar.
     assert_eq!(m.cost.get(&["cloud", "cloud-a"]), 900_000_000);
     // The local answer at the reference model's prices: 7 x 0.15 + 2 x 0.60 micro-dollars.
@@ -1261,7 +1291,7 @@ async fn node_cost_adds_up_across_a_workers_stints() {
         source: "kubernetes",
         node: Some((cost, joined)),
     };
-    let counted = || app.metrics.node_cost.get(&["w-1"]);
+    let counted = || app.accounts.metrics.node_cost.get(&["w-1"]);
 
     *local.members.lock().unwrap() = vec![node(std::time::Instant::now())];
     std::thread::sleep(Duration::from_millis(60));
@@ -1279,7 +1309,8 @@ async fn node_cost_adds_up_across_a_workers_stints() {
     app.refresh_backend_gauges();
     let after_first = counted();
     assert!(
-        !app.metrics
+        !app.accounts
+            .metrics
             .encode()
             .contains("sluice_backend_up{backend=\"w-1\"}")
     );
@@ -1291,4 +1322,159 @@ async fn node_cost_adds_up_across_a_workers_stints() {
     let second = counted() - after_first;
     assert!(second >= cost.over(Duration::from_millis(30)), "{second}");
     assert!(second < cost.over(Duration::from_millis(60)), "{second}");
+}
+
+/// A worker that joins and leaves between two refreshes is charged for its stint up to its departure
+/// (the pool reports when it left), and not for the time after.
+#[tokio::test]
+async fn a_worker_that_leaves_between_two_scrapes_is_charged_to_its_departure() {
+    use crate::backend::local::{PoolConfig, WorkerPool};
+    let cost = crate::cost::NodeCost::default();
+    let pool = Arc::new(
+        WorkerPool::start(PoolConfig {
+            name: "local".into(),
+            workers: Vec::new(),
+            tls: None,
+            clearance: Level::Restricted,
+            connect_timeout: Duration::from_secs(1),
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(60),
+            kubernetes: None,
+            node_cost: cost,
+        })
+        .unwrap(),
+    );
+    let app = App::new(
+        config(Limits::default()),
+        Fleet {
+            backends: vec![pool.clone() as Arc<dyn Backend>],
+        },
+        Arc::new(PolicyEngine::default()),
+        prometheus::Registry::new(),
+    )
+    .unwrap();
+    app.refresh_backend_gauges();
+    pool.reconcile(&[sluice_discovery::Endpoint {
+        name: "w-1".into(),
+        host: "127.0.0.1".into(),
+        port: 9,
+        state: sluice_discovery::EndpointState::Ready,
+    }]);
+    std::thread::sleep(Duration::from_millis(120));
+    pool.reconcile(&[]);
+    std::thread::sleep(Duration::from_millis(120));
+    app.refresh_backend_gauges();
+    let charged = app.accounts.metrics.node_cost.get(&["w-1"]);
+    assert!(charged >= cost.over(Duration::from_millis(120)), "{charged}");
+    assert!(
+        charged < cost.over(Duration::from_millis(200)),
+        "{charged}: charged past its departure"
+    );
+    // Charged once: later refreshes add nothing.
+    app.refresh_backend_gauges();
+    assert_eq!(app.accounts.metrics.node_cost.get(&["w-1"]), charged);
+}
+
+/// The decision log and the audit record say how the request ended: the member that served, the
+/// targets tried first, the status and code.
+#[tokio::test]
+async fn the_decision_and_its_audit_record_show_the_target_that_served_and_the_fallbacks() {
+    let dir = tempfile_dir();
+    let path = dir.join("audit.jsonl");
+    let worker = local(Script::Refuse(BackendError::Full(
+        "worker-a: every slot is busy".into(),
+    )));
+    let cloud = cloud(answer(&["from", " cloud"]));
+    let app = app_with_policy(vec![worker.clone(), cloud.clone()], auto_policy());
+    let log = sluice_audit::AuditLog::open(&path, sluice_audit::AuditOptions::default()).unwrap();
+    app.accounts.audit_into(sluice_audit::spawn_writer(log).unwrap());
+    let (status, headers, _) = send(
+        &app,
+        post(r#"{"model":"auto","messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-sluice-decision-id"].to_str().unwrap().to_owned();
+    let (status, e) = admin_get(&app, &format!("/admin/decisions/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        e["ended"],
+        json!({
+            "backend": "cloud-a",
+            "route": "cloud",
+            "model": "gpt-4o-mini",
+            "fallbacks": [{"backend": "worker-a", "model": "local-model", "code": "backend_overloaded"}],
+            "status": 200,
+            "code": "ok",
+        })
+    );
+    let (_, list) = admin_get(&app, "/admin/decisions").await;
+    assert_eq!(list["decisions"][0]["served_by"], "cloud-a");
+
+    // Nothing up: the last target tried and the 503 are recorded too.
+    let worker = local(Script::Refuse(BackendError::Unavailable("worker-a: down".into())));
+    let app2 = app_with(vec![worker], Limits::default());
+    let (_, headers, _) = send(
+        &app2,
+        post(r#"{"model":"local-model","messages":[{"role":"user","content":"hello"}]}"#),
+    )
+    .await;
+    let id2 = headers["x-sluice-decision-id"].to_str().unwrap().to_owned();
+    let (_, e) = admin_get(&app2, &format!("/admin/decisions/{id2}")).await;
+    assert_eq!(
+        (&e["ended"]["backend"], &e["ended"]["status"], &e["ended"]["code"]),
+        (&json!("worker-a"), &json!(503), &json!("backend_unavailable"))
+    );
+
+    app.accounts.audit().unwrap().flush();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let record: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(record["decision_id"], id);
+    assert_eq!(record["backend"], "cloud-a");
+    assert_eq!(record["fallbacks"], json!(["worker-a"]));
+    assert_eq!((&record["status"], &record["code"]), (&json!(200), &json!("ok")));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A cloud stream whose client asked for usage gets it in a last chunk without choices, under the
+/// upstream's id, and `"usage": null` on the others, as OpenAI sends them.
+#[tokio::test]
+async fn cloud_usage_is_shown_when_the_client_asks_for_it() {
+    let events = vec![
+        Ok(ChatEvent::Chunk(
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+        )),
+        Ok(ChatEvent::Finished {
+            finish_reason: "stop".into(),
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            },
+        }),
+    ];
+    let app = app_with(vec![cloud(Script::Answer(events))], Limits::default());
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, text) = send(&app, post(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let frames: Vec<&str> = text
+        .as_str()
+        .unwrap()
+        .split("\n\n")
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    let first: Value = serde_json::from_str(&frames[0][6..]).unwrap();
+    assert_eq!(first["usage"], Value::Null);
+    assert!(first.as_object().unwrap().contains_key("usage"));
+    let usage: Value = serde_json::from_str(&frames[1][6..]).unwrap();
+    assert_eq!((&usage["id"], &usage["created"]), (&json!("c1"), &json!(7)));
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 4);
+    assert_eq!(frames[2], "data: [DONE]");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-gw-{}", super::ids::new_id("t")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

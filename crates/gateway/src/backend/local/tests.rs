@@ -3,13 +3,19 @@
 
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
+use futures_util::StreamExt;
+use sluice_proto::v1;
 use sluice_proto::v1::worker_server::{Worker as WorkerRpc, WorkerServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 
+use super::monitor::WORKER_SERVICE;
 use super::*;
 use crate::api::parse_chat_request;
+use crate::backend::ChatEvent;
 
 /// How a scripted worker answers `Generate`.
 #[derive(Clone, Copy)]

@@ -3,60 +3,11 @@
 //! prints one; the gateway keeps the recent ones for `/admin/decisions/{id}`.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use sluice_sensitivity::Level;
 
-use crate::level::Level;
-use crate::route::{Decision, Excluded, FleetView, Refusal, RequestFacts};
-
-/// Calls `f` with every string of a JSON object, object keys included, depth first, and its path
-/// (`messages[1].content`; a key's path ends in `{key}`). The scanner reads strings in this order.
-fn walk<'a>(body: &'a Map<String, Value>, with_paths: bool, f: &mut dyn FnMut(&'a str, Option<String>)) {
-    fn value<'a>(v: &'a Value, path: Option<&str>, f: &mut dyn FnMut(&'a str, Option<String>)) {
-        match v {
-            Value::String(s) => f(s, path.map(str::to_owned)),
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let p = path.map(|p| format!("{p}[{i}]"));
-                    value(item, p.as_deref(), f);
-                }
-            }
-            Value::Object(map) => object(map, path, f),
-            _ => {}
-        }
-    }
-    fn object<'a>(
-        map: &'a Map<String, Value>,
-        path: Option<&str>,
-        f: &mut dyn FnMut(&'a str, Option<String>),
-    ) {
-        for (k, v) in map {
-            let p = path.map(|p| {
-                if p.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{p}.{k}")
-                }
-            });
-            f(k, p.as_ref().map(|p| format!("{p}{{key}}")));
-            value(v, p.as_deref(), f);
-        }
-    }
-    object(body, with_paths.then_some(""), f);
-}
-
-/// Every string of a request body, in the order the scanner numbers them.
-pub fn strings(body: &Map<String, Value>) -> Vec<&str> {
-    let mut out = Vec::new();
-    walk(body, false, &mut |s, _| out.push(s));
-    out
-}
-
-/// The path of every string of a request body, in the order of [`strings`].
-pub fn string_paths(body: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    walk(body, true, &mut |_, p| out.push(p.unwrap_or_default()));
-    out
-}
+use crate::decision::{Decision, Excluded, Refusal};
+use crate::facts::{RequestFacts, string_paths};
+use crate::fleet::FleetView;
 
 /// One finding: what and where, never the text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,6 +34,32 @@ pub struct TargetAt {
     pub ready: bool,
 }
 
+/// One backend tried before the one that served (or before the request failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    /// The backend, and the member of it that was tried when one was.
+    pub backend: String,
+    pub model: String,
+    /// Why it did not serve: the stable code of its error.
+    pub code: &'static str,
+}
+
+/// How a routed request ended: where it was served (or last tried), what was tried before, and the
+/// status and code the client got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ended {
+    /// The member that served (a worker or a cloud backend), or the last one tried.
+    pub backend: Option<String>,
+    pub route: Option<&'static str>,
+    /// The model it was asked for there.
+    pub model: Option<String>,
+    /// Backends tried first, in order, that were down or full.
+    pub fallbacks: Vec<Attempt>,
+    pub status: u16,
+    /// `ok`, or the stable error code the client got.
+    pub code: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     pub decision_id: String,
@@ -107,7 +84,10 @@ pub struct Explanation {
     /// Where it may go, best first.
     pub targets: Vec<TargetAt>,
     pub excluded: Vec<Excluded>,
-    /// For a refusal: the HTTP status and code the client gets.
+    /// How the request ended, once it has: filled by the gateway when the answer is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Ended>,
+    /// For a refusal: the HTTP status and code the client gets (filled by the gateway's error mapping).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,7 +106,7 @@ pub fn explain(
     let paths = if facts.scan.findings.is_empty() {
         Vec::new()
     } else {
-        string_paths(&facts.request.body)
+        string_paths(facts.body)
     };
     let findings = facts
         .scan
@@ -144,7 +124,7 @@ pub fn explain(
     let mut e = Explanation {
         decision_id: decision_id.to_owned(),
         tenant: facts.tenant.to_owned(),
-        model: facts.request.model.clone(),
+        model: facts.model.to_owned(),
         level: facts.level().max(floor),
         detected: facts.scan.level,
         declared: facts.declared,
@@ -159,6 +139,7 @@ pub fn explain(
         substituted_for: None,
         targets: Vec::new(),
         excluded: Vec::new(),
+        ended: None,
         status: None,
         code: None,
         reason: String::new(),
@@ -192,9 +173,9 @@ pub fn explain(
             }
             e.rule = r.rule.clone();
             e.excluded = r.excluded.clone();
-            e.status = Some(r.error.status.as_u16());
-            e.code = Some(r.error.code);
-            e.reason = r.error.message.clone();
+            // The client's status, code and message are the gateway's to say (its error mapping fills
+            // them); the policy knows only the kind of refusal.
+            e.reason = r.reason.as_str().to_owned();
         }
     }
     e

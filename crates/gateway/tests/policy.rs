@@ -1,14 +1,42 @@
-use axum::http::{HeaderMap, HeaderValue};
+//! The policy engine (`sluice-policy`) with the gateway's request parsing and error mapping: rules,
+//! virtual models, strategies, checks and lints, and explanations.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err,
+    reason = "tests"
+)]
+
 use sluice_config::Locator;
+use sluice_gateway::api::{ChatRequest, parse_chat_request};
+use sluice_gateway::error::ApiError;
+use sluice_policy::config::{BackendInfo, Context, RawPolicy, compile};
+use sluice_policy::lint::lint;
+use sluice_policy::*;
 use sluice_sensitivity::{Scan, Scanner};
 
-use super::config::{BackendInfo, Context, RawPolicy, compile, lint};
-use super::*;
-use crate::api::{ChatRequest, parse_chat_request};
-use crate::backend::{ModelCard, Prices};
-use crate::route::{BackendView, Load};
-
+#[path = "policy/props.rs"]
 mod props;
+
+/// A refusal as the client gets it: the gateway's one mapping of the policy's refusals.
+#[derive(Debug)]
+struct Refused {
+    error: ApiError,
+    level: Option<Level>,
+    rule: Option<String>,
+    excluded: Vec<Excluded>,
+}
+
+fn refused(r: Refusal) -> Refused {
+    Refused {
+        error: ApiError::from(&r),
+        level: r.level,
+        rule: r.rule,
+        excluded: r.excluded,
+    }
+}
 
 const LOCAL_MODEL: &str = "smollm2";
 
@@ -125,7 +153,7 @@ fn problems(yaml: &str) -> (Vec<String>, Vec<String>) {
 struct Req {
     request: ChatRequest,
     scan: Scan,
-    headers: HeaderMap,
+    headers: Vec<(String, String)>,
     tenant: &'static str,
     prefer: Option<Route>,
 }
@@ -141,7 +169,7 @@ fn req(model: &str, text: &str) -> Req {
     Req {
         request,
         scan,
-        headers: HeaderMap::new(),
+        headers: Vec::new(),
         tenant: "acme",
         prefer: None,
     }
@@ -149,31 +177,36 @@ fn req(model: &str, text: &str) -> Req {
 
 impl Req {
     fn header(mut self, k: &'static str, v: &'static str) -> Self {
-        self.headers.append(k, HeaderValue::from_static(v));
+        self.headers.push((k.to_owned(), v.to_owned()));
         self
     }
 
     fn facts(&self) -> RequestFacts<'_> {
         let declared = self
             .headers
-            .get("x-sluice-sensitivity")
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+            .iter()
+            .find(|(k, _)| k == "x-sluice-sensitivity")
+            .and_then(|(_, v)| v.parse().ok());
         RequestFacts {
             tenant: self.tenant,
-            request: &self.request,
+            model: &self.request.model,
+            max_tokens: self.request.max_tokens,
+            body: &self.request.body,
             headers: &self.headers,
             declared,
             scan: &self.scan,
             prefer: self.prefer,
-            prompt_tokens: crate::route::estimate_tokens(
-                strings(&self.request.body).iter().map(|s| s.len()).sum(),
-            ),
+            prompt_tokens: estimate_tokens(strings(&self.request.body).iter().map(|s| s.len()).sum()),
         }
     }
 }
 
-fn decide(policy: &PolicyConfig, fleet: &FleetView, r: &Req) -> Result<Decision, Refusal> {
-    Engine::new(policy.clone()).decide(&r.facts(), fleet)
+fn decide(policy: &PolicyConfig, fleet: &FleetView, r: &Req) -> Result<Decision, Refused> {
+    decide_raw(policy, fleet, r).map_err(refused)
+}
+
+fn decide_raw(policy: &PolicyConfig, fleet: &FleetView, r: &Req) -> Result<Decision, Refusal> {
+    PolicyEngine::new(policy.clone()).decide(&r.facts(), fleet)
 }
 
 /// Backend names of the targets, best first.
@@ -554,11 +587,11 @@ fn an_explanation_says_where_findings_are_and_never_what_they_say() {
     let r = Req {
         scan: scanner().scan_all(strings(&request.body)),
         request,
-        headers: HeaderMap::new(),
+        headers: Vec::new(),
         tenant: "acme",
         prefer: None,
     };
-    let result = decide(&p, &f, &r);
+    let result = decide_raw(&p, &f, &r);
     let e = explain("dec_1", &r.facts(), Level::Public, &f, &result);
     assert_eq!(e.outcome, "route");
     assert_eq!(e.rule.as_deref(), Some("sensitive-stays-local"));

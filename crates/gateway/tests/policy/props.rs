@@ -128,7 +128,7 @@ prop_compose! {
                 name: "auto".into(),
                 strategy: Strategy::CheapestWithinSlo,
                 max_ttft_seconds: max_ttft,
-                members: members.into_iter().map(|(backend, m)| Member { backend, model: m.to_owned() }).collect(),
+                members: members.into_iter().map(|(backend, m)| VirtualMember { backend, model: m.to_owned() }).collect(),
             }],
             floors: [("legal".to_owned(), floor)].into(),
             strategy: Strategy::CheapestWithinSlo,
@@ -173,11 +173,13 @@ proptest! {
             complete: !incomplete,
             incomplete: None,
         };
-        let headers = HeaderMap::new();
+        let headers: Vec<(String, String)> = Vec::new();
         let tenant = if legal { "legal" } else { "acme" };
         let facts = RequestFacts {
             tenant,
-            request: &request,
+            model: &request.model,
+            max_tokens: request.max_tokens,
+            body: &request.body,
             headers: &headers,
             declared,
             scan: &scan,
@@ -186,7 +188,7 @@ proptest! {
         };
         let floor = config.floor(tenant);
         let lowest = scan.level.max(declared.unwrap_or(Level::Public)).max(floor);
-        match Engine::new(config).decide(&facts, &fleet) {
+        match PolicyEngine::new(config).decide(&facts, &fleet) {
             Ok(d) => {
                 prop_assert!(d.level >= lowest, "level {} below {}", d.level, lowest);
                 prop_assert!(!d.targets.is_empty());
@@ -203,6 +205,7 @@ proptest! {
                 prop_assert_eq!(seen.len(), d.targets.len(), "a target is listed twice");
             }
             Err(r) => {
+                let r = refused(r);
                 prop_assert!(r.error.status.is_client_error() || r.error.status.as_u16() == 503);
                 prop_assert!(r.level.is_none_or(|l| l >= lowest));
             }

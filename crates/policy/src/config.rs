@@ -1,20 +1,17 @@
 //! The `policy` section of the gateway configuration: as written ([`RawPolicy`]), checked into a
-//! [`PolicyConfig`] with every problem reported at once (file, line, key), and linted for rules that can
-//! never match or can never be served ([`lint`]).
+//! [`PolicyConfig`] with every problem reported at once (file, line, key). Linted in [`crate::lint`].
 
 use std::collections::BTreeMap;
 
-use axum::http::HeaderName;
 use serde::Deserialize;
 use sluice_config::{ConfigError, Locator};
-use sluice_sensitivity::{Kind, Scanner};
+use sluice_sensitivity::{Kind, Level, Scanner};
 
-use super::{
-    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, Member, Place, PolicyConfig, Rule,
-    Strategy, VirtualModel,
+use crate::fleet::Route;
+use crate::rules::{
+    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, Place, PolicyConfig, Rule, Strategy,
+    VirtualMember, VirtualModel, is_header_name, is_plain_name,
 };
-use crate::backend::Route;
-use crate::level::Level;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,7 +174,7 @@ pub struct BackendInfo {
 }
 
 impl BackendInfo {
-    fn serves(&self, model: &str) -> Option<bool> {
+    pub(crate) fn serves(&self, model: &str) -> Option<bool> {
         self.models.as_ref().map(|m| m.iter().any(|x| x == model))
     }
 }
@@ -281,11 +278,11 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
             }
             if members
                 .iter()
-                .any(|x: &Member| x.backend == b && x.model == model)
+                .any(|x: &VirtualMember| x.backend == b && x.model == model)
             {
                 errors.push(at.error(&mkey("model"), "this member is listed twice"));
             }
-            members.push(Member { backend: b, model });
+            members.push(VirtualMember { backend: b, model });
         }
         if members.is_empty() {
             errors.push(at.error(&key("members"), "list at least one backend and model"));
@@ -305,7 +302,7 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
         let name = r.name.unwrap_or_default();
         if name.is_empty() {
             errors.push(at.error(&format!("policy.rules[{i}]"), "`name` is required"));
-        } else if !crate::config::is_plain_name(&name) {
+        } else if !is_plain_name(&name) {
             errors.push(at.error(
                 &key("name"),
                 format!("{name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
@@ -446,10 +443,11 @@ fn conditions(at: &Locator<'_>, i: usize, w: RawWhen, errors: &mut Vec<ConfigErr
     let models = non_empty("model", w.model.map(OneOrMany::into_vec), errors);
     let mut headers = Vec::new();
     for (name, values) in w.headers.unwrap_or_default() {
-        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+        if !is_header_name(&name) {
             errors.push(at.error(&key(&format!("headers.{name}")), "is not a header name"));
             continue;
-        };
+        }
+        let header = name.to_ascii_lowercase();
         let values = values.into_vec();
         if values.is_empty() {
             errors.push(at.error(&key(&format!("headers.{name}")), "give a value, or \"*\" for any"));
@@ -476,154 +474,5 @@ fn conditions(at: &Locator<'_>, i: usize, w: RawWhen, errors: &mut Vec<ConfigErr
         models,
         headers,
         prompt_tokens,
-    }
-}
-
-/// Problems that do not stop the gateway but are almost certainly mistakes: rules that can never match,
-/// rules whose targets can never take what they match, backends nothing reaches, floors for tenants no
-/// key belongs to.
-pub fn lint(policy: &PolicyConfig, at: &Locator<'_>, cx: Context<'_>) -> Vec<ConfigError> {
-    let mut warnings = Vec::new();
-    for (i, rule) in policy.rules.iter().enumerate() {
-        let key = |f: &str| format!("policy.rules[{i}].{f}");
-        if let Some(why) = never_matches(&rule.when, cx.scanner) {
-            warnings.push(at.error(
-                &key("when"),
-                format!("rule `{}` can never match: {why}", rule.name),
-            ));
-        } else if let Some(earlier) = policy.rules[..i].iter().find(|e| covers(&e.when, &rule.when)) {
-            warnings.push(at.error(
-                &key("name"),
-                format!(
-                    "rule `{}` can never match: every request it matches is matched first by `{}`",
-                    rule.name, earlier.name
-                ),
-            ));
-        }
-        if let (Some(min), Some(targets)) = (rule.when.levels.min(), targets_of(policy, rule, cx))
-            && !targets.is_empty()
-            && targets.iter().all(|b| b.clearance < min)
-        {
-            warnings.push(at.error(
-                &key("then"),
-                format!(
-                    "rule `{}` matches {min} requests or above, but sends them only to backends cleared below that ({}): every such request will be refused",
-                    rule.name,
-                    targets
-                        .iter()
-                        .map(|b| format!("{}: {}", b.name, b.clearance))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        for m in rule.when.models.iter().flatten() {
-            let known =
-                policy.virtual_model(m).is_some() || cx.backends.iter().any(|b| b.serves(m) != Some(false));
-            if !known {
-                warnings.push(at.error(
-                    &key("when.model"),
-                    format!("no backend serves the model {m:?}, and no virtual model has that name"),
-                ));
-            }
-        }
-    }
-    // Past a rule that matches everything, the built-in default is never reached: backends that no rule
-    // up to it sends requests to are never used.
-    if let Some(last) = policy.rules.iter().position(|r| r.when == Conditions::default()) {
-        for b in cx.backends {
-            let reached = policy.rules[..=last]
-                .iter()
-                .any(|r| targets_of(policy, r, cx).is_some_and(|t| t.iter().any(|x| x.name == b.name)));
-            if !reached {
-                warnings.push(at.error(
-                    "policy.rules",
-                    format!(
-                        "no rule sends requests to backend {} (rule `{}` matches every request first)",
-                        b.name, policy.rules[last].name
-                    ),
-                ));
-            }
-        }
-    }
-    for tenant in policy.floors.keys() {
-        if !cx.tenants.contains(tenant) {
-            warnings.push(at.error(
-                &format!("policy.tenants.{tenant}"),
-                format!("no API key belongs to the tenant {tenant:?}"),
-            ));
-        }
-    }
-    warnings
-}
-
-/// Why conditions can never hold, if they cannot.
-fn never_matches(when: &Conditions, scanner: &Scanner) -> Option<String> {
-    if when.levels.is_empty() {
-        return Some("its level conditions leave no level".to_owned());
-    }
-    if let Some(kinds) = &when.findings {
-        let max = when.levels.max()?;
-        let possible: Vec<Kind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| scanner.is_enabled(*k) && (k.is_tenant_rule() || scanner.level(*k) <= max))
-            .collect();
-        if possible.is_empty() {
-            return Some(format!(
-                "each of its finding kinds is turned off or makes a request more sensitive than {max}"
-            ));
-        }
-    }
-    None
-}
-
-/// Whether every request `later` matches is matched by `earlier`.
-fn covers(earlier: &Conditions, later: &Conditions) -> bool {
-    fn list_covers<T: PartialEq>(e: &Option<Vec<T>>, l: &Option<Vec<T>>) -> bool {
-        match (e, l) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(e), Some(l)) => l.iter().all(|x| e.contains(x)),
-        }
-    }
-    earlier.levels.is_superset_of(later.levels)
-        && list_covers(&earlier.findings, &later.findings)
-        && list_covers(&earlier.tenants, &later.tenants)
-        && list_covers(&earlier.models, &later.models)
-        && earlier.headers.iter().all(|eh| {
-            later.headers.iter().any(|lh| {
-                lh.name == eh.name
-                    && match (&eh.values, &lh.values) {
-                        (None, _) => true,
-                        (Some(_), None) => false,
-                        (Some(e), Some(l)) => l.iter().all(|v| e.iter().any(|x| x.eq_ignore_ascii_case(v))),
-                    }
-            })
-        })
-        && earlier.prompt_tokens.0 <= later.prompt_tokens.0
-        && earlier.prompt_tokens.1 >= later.prompt_tokens.1
-}
-
-/// The backends a rule can send requests to; `None` for a rejection.
-fn targets_of<'a>(policy: &PolicyConfig, rule: &Rule, cx: Context<'a>) -> Option<Vec<&'a BackendInfo>> {
-    let by_name = |n: &str| cx.backends.iter().find(|b| b.name == n);
-    match &rule.then {
-        Action::Reject(_) => None,
-        Action::Route(places) => Some(
-            cx.backends
-                .iter()
-                .filter(|b| places.iter().any(|p| p.admits(&b.name, b.route)))
-                .collect(),
-        ),
-        Action::Substitute { model, backend } => Some(match (backend, policy.virtual_model(model)) {
-            (_, Some(v)) => v.members.iter().filter_map(|m| by_name(&m.backend)).collect(),
-            (Some(b), None) => by_name(b).into_iter().collect(),
-            (None, None) => cx
-                .backends
-                .iter()
-                .filter(|b| b.serves(model) == Some(true) || b.route == Route::Local)
-                .collect(),
-        }),
     }
 }

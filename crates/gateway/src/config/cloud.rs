@@ -1,0 +1,150 @@
+//! Validation of the `clouds:` section (each OpenAI-compatible backend: address, key, clearance,
+//! timeouts, retries and priced models) and of `cost.reference_model`, the cloud model locally served
+//! requests are also priced at.
+//!
+//! It reads the environment only for the API keys it names: it never contacts a cloud.
+
+use std::time::Duration;
+
+use sluice_config::{ConfigError, Locator};
+
+use super::fields::{check_name, level, seconds};
+use super::raw::{RawCloud, RawCost};
+use crate::backend::Prices;
+use crate::backend::cloud::{CloudConfig, CloudModel};
+use crate::level::Level;
+
+/// The reference model: as configured (prices given, or those of the cloud model with that id), or else
+/// the first cloud model listed.
+pub(super) fn reference_model(
+    at: &Locator<'_>,
+    raw: RawCost,
+    clouds: &[CloudConfig],
+) -> Result<Option<(String, Prices)>, ConfigError> {
+    let listed = |id: &str| {
+        clouds
+            .iter()
+            .flat_map(|c| &c.models)
+            .find(|m| m.id == id)
+            .map(|m| m.prices)
+    };
+    let Some(r) = raw.reference_model else {
+        return Ok(clouds
+            .iter()
+            .flat_map(|c| &c.models)
+            .next()
+            .map(|m| (m.id.clone(), m.prices)));
+    };
+    let key = "cost.reference_model";
+    let id = r.id.ok_or_else(|| at.error(key, "`id` is required"))?;
+    let prices = match (r.input_usd_per_mtok, r.output_usd_per_mtok) {
+        (Some(i), Some(o)) if i.is_finite() && o.is_finite() && i >= 0.0 && o >= 0.0 => Prices {
+            input_usd_per_mtok: i,
+            output_usd_per_mtok: o,
+        },
+        (None, None) => listed(&id).ok_or_else(|| {
+            at.error(
+                &format!("{key}.id"),
+                format!(
+                    "{id:?} is no configured cloud model: give its input_usd_per_mtok and output_usd_per_mtok"
+                ),
+            )
+        })?,
+        _ => {
+            return Err(at.error(
+                key,
+                "give both input_usd_per_mtok and output_usd_per_mtok (0 or more), or neither",
+            ));
+        }
+    };
+    Ok(Some((id, prices)))
+}
+
+pub(super) fn cloud(
+    at: &Locator<'_>,
+    i: usize,
+    raw: RawCloud,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CloudConfig, ConfigError> {
+    let key = |f: &str| format!("clouds[{i}].{f}");
+    let name = raw
+        .name
+        .ok_or_else(|| at.error(&format!("clouds[{i}]"), "`name` is required"))?;
+    check_name(at, &key("name"), &name)?;
+    let base_url = raw.base_url.ok_or_else(|| {
+        at.error(
+            &format!("clouds[{i}]"),
+            "`base_url` is required (e.g. https://api.openai.com/v1)",
+        )
+    })?;
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err(at.error(
+            &key("base_url"),
+            format!("{base_url:?} must start with https:// or http://"),
+        ));
+    }
+    let api_key = match raw.api_key_env {
+        None => None,
+        Some(var) => match env(&var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                return Err(at.error(
+                    &key("api_key_env"),
+                    format!("the environment variable {var} is not set"),
+                ));
+            }
+        },
+    };
+    let clearance = level(at, &key("clearance"), raw.clearance, Level::Internal)?;
+    let timeout = seconds(at, &key("timeout_seconds"), raw.timeout_seconds, 60.0)?;
+    let connect_timeout = seconds(
+        at,
+        &key("connect_timeout_seconds"),
+        raw.connect_timeout_seconds,
+        5.0,
+    )?;
+    let max_retries = raw.max_retries.unwrap_or(2);
+    if max_retries > 10 {
+        return Err(at.error(&key("max_retries"), "must be at most 10"));
+    }
+    let retry_backoff = Duration::from_millis(raw.retry_backoff_ms.unwrap_or(250));
+    let mut models = Vec::new();
+    for (j, m) in raw.models.unwrap_or_default().into_iter().enumerate() {
+        let mkey = |f: &str| format!("clouds[{i}].models[{j}].{f}");
+        let id =
+            m.id.ok_or_else(|| at.error(&format!("clouds[{i}].models[{j}]"), "`id` is required"))?;
+        if id.is_empty() || id.len() > 256 {
+            return Err(at.error(&mkey("id"), "must be 1 to 256 characters"));
+        }
+        let price = |f: &str, v: Option<f64>| -> Result<f64, ConfigError> {
+            let v =
+                v.ok_or_else(|| at.error(&mkey(f), "is required (USD per million tokens, list price)"))?;
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(at.error(&mkey(f), format!("must be a price of 0 or more, got {v}")));
+            }
+            Ok(v)
+        };
+        let prices = Prices {
+            input_usd_per_mtok: price("input_usd_per_mtok", m.input_usd_per_mtok)?,
+            output_usd_per_mtok: price("output_usd_per_mtok", m.output_usd_per_mtok)?,
+        };
+        if models.iter().any(|x: &CloudModel| x.id == id) {
+            return Err(at.error(&mkey("id"), format!("the model {id:?} is listed twice")));
+        }
+        models.push(CloudModel { id, prices });
+    }
+    if models.is_empty() {
+        return Err(at.error(&key("models"), "list at least one model with its prices"));
+    }
+    Ok(CloudConfig {
+        name,
+        base_url,
+        api_key,
+        models,
+        clearance,
+        connect_timeout,
+        timeout,
+        max_retries,
+        retry_backoff,
+    })
+}

@@ -1,0 +1,165 @@
+//! The configuration as written in YAML: every key optional, unknown keys refused. [`RawGatewayConfig`]
+//! is the document; the other `Raw*` types are its sections.
+//!
+//! These types only mirror the file: they never check a value, never hold a default and never read the
+//! environment or the disk (the validation in the sibling modules does).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use sluice_policy::config::RawPolicy;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGatewayConfig {
+    /// Public address (the OpenAI API).
+    pub listen: Option<String>,
+    /// Operators' address (`/metrics`, `/admin/*`), or "off".
+    pub admin_listen: Option<String>,
+    /// Serve without API keys (every request is tenant `anonymous`). Off unless set.
+    pub allow_unauthenticated: Option<bool>,
+    /// Air-gapped mode: no cloud backend may be configured; the gateway refuses to start with one.
+    pub air_gapped: Option<bool>,
+    pub api_keys: Option<Vec<RawApiKey>>,
+    pub limits: Option<RawLimits>,
+    pub local: Option<RawLocal>,
+    pub clouds: Option<Vec<RawCloud>>,
+    pub drain_grace_seconds: Option<f64>,
+    /// The content scanner: level per finding kind, detectors turned off, keyword and regex lists.
+    pub sensitivity: Option<sluice_sensitivity::ScannerConfig>,
+    /// Rules, virtual models and tenant floors: where each request may and should go.
+    pub policy: Option<RawPolicy>,
+    pub cost: Option<RawCost>,
+    /// The audit log: one hash-chained JSON line per decision.
+    pub audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<PathBuf>,
+    /// The active file is rotated past this size.
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept.
+    pub keep: Option<usize>,
+    /// Record the SHA-256 of each request body (never the body itself). Off unless set.
+    pub hash_prompts: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    /// The cloud model locally served requests are also priced at.
+    pub reference_model: Option<RawCloudModel>,
+}
+
+/// What a worker node costs (every key optional; defaults in [`NodeCost::default`]).
+///
+/// [`NodeCost::default`]: crate::cost::NodeCost::default
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeCost {
+    pub capex_usd: Option<f64>,
+    pub lifetime_years: Option<f64>,
+    pub power_watts: Option<f64>,
+    pub pue: Option<f64>,
+    pub usd_per_kwh: Option<f64>,
+    pub overhead_usd_per_hour: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub tenant: Option<String>,
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    pub key_sha256: Option<String>,
+    /// Or: an environment variable holding the key itself (hashed at start, never kept).
+    pub key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub request_timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    pub name: Option<String>,
+    pub clearance: Option<String>,
+    pub workers: Option<Vec<RawWorker>>,
+    pub tls: Option<RawClientTls>,
+    pub connect_timeout_seconds: Option<f64>,
+    pub breaker: Option<RawBreaker>,
+    /// What each worker node costs; a worker's own `cost` overrides single keys.
+    pub cost: Option<RawNodeCost>,
+    /// Find (more) workers through the EndpointSlices of a Kubernetes Service.
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    pub port: Option<RawPort>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A port's name or number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub cost: Option<RawNodeCost>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u32>,
+    pub cooldown_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloud {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub clearance: Option<String>,
+    pub timeout_seconds: Option<f64>,
+    pub connect_timeout_seconds: Option<f64>,
+    pub max_retries: Option<u32>,
+    pub retry_backoff_ms: Option<u64>,
+    pub models: Option<Vec<RawCloudModel>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudModel {
+    pub id: Option<String>,
+    pub input_usd_per_mtok: Option<f64>,
+    pub output_usd_per_mtok: Option<f64>,
+}

@@ -1,0 +1,172 @@
+//! The dispatcher: sends a decided request to its targets in order, and is the one place every request
+//! passes on its way to a backend. It enforces the clearance invariant on whatever the policy returned
+//! (never to a backend cleared below the request's level), asks each backend whether it can take the
+//! request ([`crate::backend::Backend::supports`]), and falls back to the next target only when one is
+//! down or full, and only along the decision's targets. Every wait is bounded by the request's deadline.
+//! It never builds HTTP errors (the `error` module maps [`Unserved`]) and never writes metrics or logs
+//! of record (accounting does, from what it returns).
+
+use std::sync::Arc;
+
+use sluice_policy::{Decision, Excluded, Level, Route, Target};
+
+use crate::api::ChatRequest;
+use crate::backend::{Backend, BackendError, DispatchContext, Dispatched, Unsupported};
+use crate::fleet::Fleet;
+
+/// A target that was tried and did not serve.
+#[derive(Debug)]
+pub struct FailedTarget {
+    pub backend: String,
+    pub route: Route,
+    pub model: String,
+    pub error: BackendError,
+}
+
+/// An answer that has started.
+pub struct Started {
+    pub dispatched: Dispatched,
+    pub backend: Arc<dyn Backend>,
+    pub target: Target,
+    /// Targets tried before, down or full.
+    pub fallbacks: Vec<FailedTarget>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("backend", &self.backend.name())
+            .field("target", &self.target)
+            .field("fallbacks", &self.fallbacks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no target served the request.
+#[derive(Debug)]
+pub struct Unserved {
+    pub level: Level,
+    pub rule: String,
+    /// What the decision ruled out (a request with nowhere compliant to go, not merely nowhere up).
+    pub excluded: Vec<Excluded>,
+    /// Targets tried that were down or full, in order.
+    pub failures: Vec<FailedTarget>,
+    /// The first target that could not take the request at all.
+    pub unsupported: Option<Unsupported>,
+    /// A backend that refused or failed the request itself: the dispatcher stops there.
+    pub fatal: Option<FailedTarget>,
+}
+
+impl Unserved {
+    /// The last target tried (the one the request is counted on) and those tried before it.
+    pub fn last_and_earlier(&self) -> (Option<&FailedTarget>, &[FailedTarget]) {
+        match &self.fatal {
+            Some(f) => (Some(f), &self.failures),
+            None => match self.failures.split_last() {
+                Some((last, earlier)) => (Some(last), earlier),
+                None => (None, &[]),
+            },
+        }
+    }
+}
+
+/// What the dispatcher did with one request.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub result: Result<Started, Unserved>,
+    /// Targets the policy proposed below the request's clearance, refused here.
+    pub blocked: u32,
+    /// The last target considered: its route, backend and model (for the routing headers).
+    pub considered: Option<(Route, String, String)>,
+}
+
+/// Sends `request` to the decision's targets in order, at `level`.
+pub async fn dispatch(
+    fleet: &Fleet,
+    decision: &Decision,
+    level: Level,
+    request: &ChatRequest,
+    context: &DispatchContext,
+    decision_id: &str,
+) -> Dispatch {
+    let mut out = Dispatch {
+        result: Err(Unserved {
+            level,
+            rule: decision.rule.clone(),
+            excluded: decision.excluded.clone(),
+            failures: Vec::new(),
+            unsupported: None,
+            fatal: None,
+        }),
+        blocked: 0,
+        considered: None,
+    };
+    let mut failures = Vec::new();
+    let mut unsupported = None;
+    for target in &decision.targets {
+        let Some(backend) = fleet.backends.get(target.backend).cloned() else {
+            tracing::error!(
+                decision_id,
+                "the routing policy chose a backend that does not exist"
+            );
+            continue;
+        };
+        // The invariant, in the one place every request passes on its way to a backend: never to a
+        // backend cleared below the request's level, whatever the policy said.
+        if backend.clearance() < level {
+            tracing::error!(decision_id, backend = backend.name(), %level, clearance = %backend.clearance(), "the routing policy chose a backend cleared below the request; not sending");
+            out.blocked += 1;
+            continue;
+        }
+        out.considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
+        if let Err(u) = backend.supports(request, &target.model) {
+            unsupported.get_or_insert(u);
+            continue;
+        }
+        let sent = (target.model != request.model).then(|| request.with_model(&target.model));
+        let sent_request = sent.as_ref().unwrap_or(request);
+        tracing::debug!(request_id = %context.request_id, decision_id, backend = backend.name(), model = %target.model, "dispatching");
+        // Backends bound their own waits by the deadline; this holds whatever a backend does.
+        let result = tokio::time::timeout_at(context.deadline, backend.dispatch(sent_request, context))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Timeout(format!(
+                    "backend {} did not start the answer within the request timeout",
+                    backend.name()
+                )))
+            });
+        let failure = |error| FailedTarget {
+            backend: backend.name().to_owned(),
+            route: backend.route(),
+            model: target.model.clone(),
+            error,
+        };
+        match result {
+            Ok(dispatched) => {
+                out.result = Ok(Started {
+                    dispatched,
+                    backend: backend.clone(),
+                    target: target.clone(),
+                    fallbacks: failures,
+                });
+                return out;
+            }
+            Err(e) if e.may_fall_back() => {
+                tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
+                failures.push(failure(e));
+            }
+            Err(e) => {
+                tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend refused or failed");
+                if let Err(u) = &mut out.result {
+                    u.fatal = Some(failure(e));
+                }
+                break;
+            }
+        }
+    }
+    if let Err(u) = &mut out.result {
+        u.failures = failures;
+        u.unsupported = unsupported;
+    }
+    out
+}

@@ -1,0 +1,146 @@
+//! The fleet: every backend requests can go to, in the one order the configuration gives them
+//! ([`crate::config::BackendSpec`]: the local pool first, then the clouds), started from the
+//! configuration, and the snapshot of it ([`FleetView`]) the policy decides on, live ([`Fleet::view`])
+//! or as the configuration describes it ([`offline_view`], for `sluice policy explain`).
+//! It never sends requests (the dispatcher does) and never decides (the policy does).
+
+use std::sync::Arc;
+
+use sluice_policy::{BackendView, FleetView, Load, ModelCard, Route};
+
+use crate::backend::Backend;
+use crate::backend::cloud::{CloudBackend, CloudError};
+use crate::backend::local::{PoolError, WorkerPool};
+use crate::config::{BackendSpec, GatewayConfig};
+use crate::stats::Stats;
+
+/// Every backend requests can go to, in configuration order (the local pool first).
+#[derive(Clone, Default)]
+pub struct Fleet {
+    pub backends: Vec<Arc<dyn Backend>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.backends.iter().map(|b| b.name()))
+            .finish()
+    }
+}
+
+/// Why a backend could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    #[error("{0}")]
+    Cloud(#[from] CloudError),
+}
+
+impl Fleet {
+    /// Starts the configured backends in order, the local pool following `discovery` for more workers
+    /// when given.
+    pub fn start(
+        config: &GatewayConfig,
+        discovery: Option<sluice_discovery::Discovery>,
+    ) -> Result<Self, FleetError> {
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+        let mut discovery = discovery;
+        for spec in config.backends() {
+            match spec {
+                BackendSpec::Local(pool) => {
+                    let pool = Arc::new(WorkerPool::start(pool.clone())?);
+                    if let Some(d) = discovery.take() {
+                        pool.follow(d);
+                    }
+                    backends.push(pool);
+                }
+                BackendSpec::Cloud(cloud) => backends.push(Arc::new(CloudBackend::new(cloud.clone())?)),
+            }
+        }
+        Ok(Self { backends })
+    }
+
+    /// What a policy may know of the fleet right now: each backend's models, prices, readiness, load and
+    /// observed latency.
+    pub fn view(&self, stats: &Stats) -> FleetView {
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| {
+                let members = b.members();
+                let mut load = Load::default();
+                let (mut ttft, mut ttft_n, mut rate, mut rate_n) = (0.0, 0u32, 0.0, 0u32);
+                for m in members.iter().filter(|m| m.ready) {
+                    load.in_flight += m.in_flight;
+                    load.running += m.running.unwrap_or(0);
+                    load.waiting += m.waiting.unwrap_or(0);
+                    load.slots += m.slots.unwrap_or(0);
+                    let (t, r) = stats.latency(&m.name);
+                    if let Some(t) = t {
+                        ttft += t;
+                        ttft_n += 1;
+                    }
+                    if let Some(r) = r {
+                        rate += r;
+                        rate_n += 1;
+                    }
+                }
+                BackendView {
+                    name: b.name().to_owned(),
+                    route: b.route(),
+                    clearance: b.clearance(),
+                    models: b.models(),
+                    ready: b.ready(),
+                    load,
+                    ttft_seconds: (ttft_n > 0).then(|| ttft / f64::from(ttft_n)),
+                    tokens_per_second: (rate_n > 0).then(|| rate / f64::from(rate_n)),
+                }
+            })
+            .collect();
+        FleetView { backends }
+    }
+}
+
+/// The fleet as a configuration describes it, for explaining decisions without contacting anything:
+/// every backend up and idle unless named in `down`, the local pool serving `local_models` (its workers
+/// say what they serve only when they run).
+pub fn offline_view(config: &GatewayConfig, local_models: &[String], down: &[String]) -> FleetView {
+    let view = |name: &str, route, clearance, models| BackendView {
+        name: name.to_owned(),
+        route,
+        clearance,
+        models,
+        ready: !down.iter().any(|d| d == name),
+        load: Load::default(),
+        ttft_seconds: None,
+        tokens_per_second: None,
+    };
+    let backends = config
+        .backends()
+        .map(|spec| match spec {
+            BackendSpec::Local(l) => {
+                let models = local_models
+                    .iter()
+                    .map(|m| ModelCard {
+                        id: m.clone(),
+                        prices: None,
+                    })
+                    .collect();
+                view(&l.name, Route::Local, l.clearance, models)
+            }
+            BackendSpec::Cloud(c) => {
+                let models = c
+                    .models
+                    .iter()
+                    .map(|m| ModelCard {
+                        id: m.id.clone(),
+                        prices: Some(m.prices),
+                    })
+                    .collect();
+                view(&c.name, Route::Cloud, c.clearance, models)
+            }
+        })
+        .collect();
+    FleetView { backends }
+}

@@ -1,0 +1,57 @@
+//! Header names the gateway reads and writes, and [`RoutingHeaders`]: what a response says of its
+//! routing (`x-sluice-route`, `-backend`, `-rule`, `-sensitivity`, `-decision-id`, `-model`,
+//! `-substituted-for`), added to every answer of the chat API whatever it is. A leaf: it imports no
+//! other module of the gateway.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_policy::{Level, RequestHeaders, Route};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_ROUTE: HeaderName = HeaderName::from_static("x-sluice-route");
+pub const X_BACKEND: HeaderName = HeaderName::from_static("x-sluice-backend");
+pub const X_RULE: HeaderName = HeaderName::from_static("x-sluice-rule");
+pub const X_SENSITIVITY: HeaderName = HeaderName::from_static("x-sluice-sensitivity");
+pub const X_DECISION_ID: HeaderName = HeaderName::from_static("x-sluice-decision-id");
+pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
+pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
+pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
+
+/// The routing headers of one request, added to its response whatever it is.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingHeaders {
+    pub route: Option<Route>,
+    pub backend: Option<String>,
+    pub rule: Option<String>,
+    pub level: Option<Level>,
+    pub decision_id: Option<String>,
+    /// The model that served (a substitute's, or a virtual model's member).
+    pub model: Option<String>,
+    pub substituted_for: Option<String>,
+}
+
+impl RoutingHeaders {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut set = |name: HeaderName, value: Option<&str>| {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        };
+        set(X_ROUTE, self.route.map(Route::as_str));
+        set(X_BACKEND, self.backend.as_deref());
+        set(X_RULE, self.rule.as_deref());
+        set(X_SENSITIVITY, self.level.map(Level::as_str));
+        set(X_DECISION_ID, self.decision_id.as_deref());
+        set(X_MODEL, self.model.as_deref());
+        set(X_SUBSTITUTED_FOR, self.substituted_for.as_deref());
+    }
+}
+
+/// An HTTP header map as the policy reads headers.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpHeaders<'a>(pub &'a HeaderMap);
+
+impl RequestHeaders for HttpHeaders<'_> {
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.0.get_all(name).iter().map(HeaderValue::as_bytes).collect()
+    }
+}

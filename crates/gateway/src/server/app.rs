@@ -1,0 +1,56 @@
+//! [`App`]: what the handlers share (configuration, keys, the fleet, the policy, accounting, the
+//! load-shedding semaphore). Built once by [`crate::run`] or by tests around a fleet of their own.
+
+use std::sync::Arc;
+
+use sluice_policy::Policy;
+use tokio::sync::Semaphore;
+
+use crate::accounting::Accounting;
+use crate::auth::KeyStore;
+use crate::config::GatewayConfig;
+use crate::fleet::Fleet;
+
+/// Everything the handlers share.
+pub struct App {
+    pub config: GatewayConfig,
+    pub keys: KeyStore,
+    pub fleet: Fleet,
+    pub policy: Arc<dyn Policy>,
+    /// The only writer of metrics, stats, cost, audit records and the decision log.
+    pub accounts: Arc<Accounting>,
+    pub(super) in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("fleet", &self.fleet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the application state around a fleet (the backends are started by the caller).
+    pub fn new(
+        config: GatewayConfig,
+        fleet: Fleet,
+        policy: Arc<dyn Policy>,
+        registry: prometheus::Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let accounts = Arc::new(Accounting::new(&config, &fleet.backends, registry)?);
+        Ok(Arc::new(Self {
+            keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            accounts,
+            fleet,
+            policy,
+            config,
+        }))
+    }
+
+    /// Brings node cost and the member gauges up to now (each scrape does, and a timer in between).
+    pub fn refresh_backend_gauges(&self) {
+        self.accounts.refresh(&self.fleet.backends);
+    }
+}

@@ -1,0 +1,259 @@
+//! `POST /v1/chat/completions`: one request through every step, in order. Intake (parse, hints, scan)
+//! -> policy -> dispatch -> backend -> wire format, with accounting recording each step and the outcome.
+//! The handler only connects the steps: each decides in its own module, errors become HTTP only in
+//! `error`, and the routing headers go on every answer whatever it is.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use sluice_policy::Attempt;
+use tokio::time::Instant;
+
+use super::app::App;
+use super::ids::{RequestId, new_id};
+use crate::accounting::{self, Ledger, RecordFields, Served};
+use crate::auth::Tenant;
+use crate::backend::DispatchContext;
+use crate::dispatch::{Dispatch, FailedTarget, dispatch};
+use crate::error::{self, ApiError};
+use crate::headers::{HttpHeaders, RoutingHeaders};
+use crate::intake;
+use crate::shed::PermitSlot;
+use crate::wire::{self, Shape};
+
+fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    routing.apply(response.headers_mut());
+    response
+}
+
+pub(super) async fn completions(
+    State(app): State<Arc<App>>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    axum::Extension(request_id): axum::Extension<RequestId>,
+    permit: Option<axum::Extension<PermitSlot>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let arrived = Instant::now();
+    let accounts = &app.accounts;
+    let mut routing = RoutingHeaders::default();
+
+    // Intake.
+    let prompt_digest_of = body.as_ref().ok().cloned();
+    let intake = match intake::read_body(
+        body,
+        app.config.limits.max_body_bytes,
+        &headers,
+        &app.config.scanner,
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(refused) => {
+            accounts.rejected(refused.reason);
+            return respond(&routing, *refused.error);
+        }
+    };
+    accounts.scanned(&intake.scan);
+
+    // Policy.
+    let http_headers = HttpHeaders(&headers);
+    let facts = intake.facts(&tenant.0, &http_headers);
+    let decision_id = new_id("dec_");
+    routing.decision_id = Some(decision_id.clone());
+    let view = app.fleet.view(&accounts.stats);
+    let decided = app.policy.decide(&facts, &view);
+    let floor = app.config.policy.floor(&tenant.0);
+    let mut explanation = sluice_policy::explain(&decision_id, &facts, floor, &view, &decided);
+    if let Err(refusal) = &decided {
+        error::explain_refusal(&mut explanation, refusal);
+    }
+    accounts.decided(explanation);
+    // The audit record of this decision, when there is a log: what was decided now, how it ended later.
+    let audit = accounts.audit_record(RecordFields {
+        decision_id: &decision_id,
+        request_id: &request_id.0,
+        tenant: &tenant.0,
+        model: &intake.request.model,
+        level: match &decided {
+            Ok(d) => d.level,
+            Err(r) => r.level.unwrap_or_else(|| facts.level()),
+        },
+        scan: &intake.scan,
+        rule: match &decided {
+            Ok(d) => Some(d.rule.clone()),
+            Err(r) => r.rule.clone(),
+        },
+        body: prompt_digest_of.as_deref().unwrap_or_default(),
+    });
+    let decision = match decided {
+        Ok(d) => d,
+        Err(refusal) => {
+            let error = ApiError::from(&refusal);
+            routing.rule = refusal.rule;
+            routing.level = refusal.level;
+            accounts.refused(
+                &decision_id,
+                audit,
+                error.status.as_u16(),
+                error.code,
+                Some(error.code),
+            );
+            return respond(&routing, error);
+        }
+    };
+    // The policy may raise the level (a tenant floor), never lower it.
+    let level = decision.level.max(facts.level());
+    routing.rule = Some(decision.rule.clone());
+    routing.level = Some(level);
+    routing.substituted_for = decision.substituted_for.clone();
+    let tenant_label = if app.keys.tenants().any(|t| t == &*tenant.0) || &*tenant.0 == crate::auth::ANONYMOUS
+    {
+        tenant.0.to_string()
+    } else {
+        "other".to_owned()
+    };
+
+    // Dispatch.
+    let deadline = arrived + app.config.limits.request_timeout;
+    let context = DispatchContext {
+        request_id: request_id.0.to_string(),
+        deadline,
+    };
+    let Dispatch {
+        result,
+        blocked,
+        considered,
+    } = dispatch(
+        &app.fleet,
+        &decision,
+        level,
+        &intake.request,
+        &context,
+        &decision_id,
+    )
+    .await;
+    accounts.clearance_blocked(blocked);
+    if let Some((route, backend, model)) = considered {
+        routing.route = Some(route);
+        routing.backend = Some(backend);
+        routing.model = Some(model);
+    }
+    let served = |backend, member, model, index: usize| Served {
+        backend,
+        member,
+        model,
+        prices: view.backends.get(index).and_then(|b| b.prices(model)),
+        tenant_label: &tenant_label,
+        decision_id: &decision_id,
+        arrived,
+    };
+    let started = match result {
+        Ok(started) => started,
+        Err(unserved) => {
+            let (error, reason) = error::unserved(&unserved);
+            let (last, earlier) = unserved.last_and_earlier();
+            for f in earlier {
+                accounting::fell_back(accounts, &f.backend, f.error.member_fault());
+            }
+            let tried = last.and_then(|l| {
+                let index = app.fleet.backends.iter().position(|b| b.name() == l.backend)?;
+                Some((l, index))
+            });
+            match tried {
+                // The request is counted once, on the last backend tried, with the code the client gets.
+                Some((last, index)) => {
+                    if reason {
+                        accounts.rejected(error.code);
+                    }
+                    let backend = app.fleet.backends[index].clone();
+                    let mut ledger = Ledger::new(
+                        accounts,
+                        &served(&backend, &last.backend, &last.model, index),
+                        attempts(earlier),
+                        audit,
+                    );
+                    ledger.fail(error.status.as_u16(), error.code, last.error.member_fault());
+                }
+                // Nothing was tried: the record ends here.
+                None => {
+                    let label = if unserved.unsupported.is_some() {
+                        "unsupported"
+                    } else {
+                        error.code
+                    };
+                    accounts.refused(
+                        &decision_id,
+                        audit,
+                        error.status.as_u16(),
+                        error.code,
+                        reason.then_some(label),
+                    );
+                }
+            }
+            return respond(&routing, error);
+        }
+    };
+
+    // The backend answers; the wire layer writes it; its ledger records it.
+    for f in &started.fallbacks {
+        accounting::fell_back(accounts, &f.backend, f.error.member_fault());
+    }
+    accounting::dispatched(accounts, &decision.rule, started.backend.route());
+    let served_by = started.dispatched.served_by.to_string();
+    routing.backend = Some(served_by.clone());
+    let mut ledger = Ledger::new(
+        accounts,
+        &served(
+            &started.backend,
+            &served_by,
+            &started.target.model,
+            started.target.backend,
+        ),
+        attempts(&started.fallbacks),
+        audit,
+    );
+    let shape = Shape {
+        id: format!("chatcmpl-{}", decision_id.trim_start_matches("dec_")),
+        created: unix_now(),
+        model: started.target.model.clone(),
+        include_usage: intake.request.include_usage,
+    };
+    let events = started.dispatched.events;
+    if intake.request.stream {
+        let permit = permit.map(|axum::Extension(p)| p);
+        respond(
+            &routing,
+            wire::sse::stream(events, shape, Box::new(ledger), deadline, permit),
+        )
+    } else {
+        respond(
+            &routing,
+            wire::json::collect(events, shape, &mut ledger, deadline).await,
+        )
+    }
+}
+
+/// The targets tried before, as the outcome lists them.
+fn attempts(failures: &[FailedTarget]) -> Vec<Attempt> {
+    failures
+        .iter()
+        .map(|f| Attempt {
+            backend: f.backend.clone(),
+            model: f.model.clone(),
+            code: ApiError::from(&f.error).code,
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

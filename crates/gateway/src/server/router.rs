@@ -1,0 +1,169 @@
+//! The two routers and their tower stacks: the public OpenAI API and the operators' admin listener, the
+//! middleware of the public one (request ids, load shedding, authentication) and the small open
+//! endpoints (`/healthz`, `/readyz`, fallbacks).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use super::app::App;
+use super::ids::{RequestId, new_id};
+use super::{admin, chat, models};
+use crate::error::ApiError;
+use crate::headers::X_REQUEST_ID;
+use crate::shed::{PermitSlot, hold_until_body_ends};
+
+/// How long after a request's own deadline the outer timeout layer gives up on it.
+const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Builds the public router. Layers, outermost first; each request passes them in this order:
+/// 1. `SetSensitiveRequestHeaders`: marks `Authorization` so that no layer below logs it.
+/// 2. `Trace`: a span per request (method, path), with the status and latency at the end.
+/// 3. `request_id`: reads or makes the id, adds [`RequestId`] to the extensions (read by the handlers)
+///    and `x-request-id` to every response, errors included.
+/// 4. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
+///    lives in the response body, so a stream counts until its last byte.
+/// 5. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
+///    margin (504); the handler's own deadline normally answers first.
+/// 6. Routes. `/v1/*` sit behind `authenticate`, which adds [`crate::auth::Tenant`] (read by the handlers);
+///    `/healthz` and `/readyz` do not. `DefaultBodyLimit` caps bodies; the handler maps the 413.
+pub fn public_router(app: Arc<App>) -> Router {
+    let limits = app.config.limits;
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    api.merge(open)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(app.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+                .layer(TraceLayer::new_for_http())
+                .layer(middleware::from_fn(request_id))
+                .layer(middleware::from_fn_with_state(app, shed_load))
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::backend_timeout("The answer did not start within the request timeout.")
+                        .into_response()
+                }))
+                // A backstop: the handler's own deadline (arrival + request_timeout) ends requests first,
+                // with their routing headers and metrics; this only catches what would run past it.
+                .timeout(limits.request_timeout + TIMEOUT_BACKSTOP),
+        )
+}
+
+/// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
+/// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
+/// `/admin/summary` and `/dashboard` (cost, local against cloud), `/healthz`. Meant for a loopback or cluster-internal address.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/backends", get(admin::backends))
+        .route("/admin/decisions", get(admin::decisions))
+        .route("/admin/summary", get(admin::summary))
+        .route("/dashboard", get(admin::dashboard))
+        .route("/admin/decisions/{id}", get(admin::decision))
+        .route("/healthz", get(healthz))
+        .with_state(app)
+}
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id: Arc<str> = match request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            v.into()
+        }
+        _ => new_id("req_").into(),
+    };
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    response
+}
+
+async fn shed_load(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    // Health checks must answer even when the gateway is saturated.
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
+        app.accounts.rejected("overloaded");
+        return ApiError::overloaded(Duration::from_secs(1)).into_response();
+    };
+    let slot = PermitSlot::new(permit);
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    hold_until_body_ends(response, slot)
+}
+
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match app.keys.authenticate(header) {
+        Ok(tenant) => {
+            request.extensions_mut().insert(tenant);
+            next.run(request).await
+        }
+        Err(failure) => {
+            app.accounts.rejected("unauthenticated");
+            ApiError::unauthorized(failure.message()).into_response()
+        }
+    }
+}
+
+async fn fallback(request: Request) -> Response {
+    ApiError::no_route(request.uri().path()).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::method_not_allowed().into_response()
+}
+
+pub(super) async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let backends: Vec<Value> = app
+        .fleet
+        .backends
+        .iter()
+        .map(|b| json!({"name": b.name(), "route": b.route().as_str(), "ready": b.ready()}))
+        .collect();
+    let ready = app.fleet.backends.iter().any(|b| b.ready());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"status": if ready { "ready" } else { "not_ready" }, "backends": backends})),
+    )
+        .into_response()
+}

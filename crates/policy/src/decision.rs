@@ -1,0 +1,79 @@
+//! The seam between the policy and the dispatcher: a [`Policy`] turns [`RequestFacts`] and a
+//! [`FleetView`] into a [`Decision`] (where the request may go, best first) or a [`Refusal`] (why it may
+//! go nowhere, as data: the gateway's error module alone turns it into HTTP).
+
+use sluice_sensitivity::Level;
+
+use crate::facts::RequestFacts;
+use crate::fleet::FleetView;
+
+/// A place a request may be sent: a backend, and the model it is asked for there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into the fleet's backends (and [`FleetView::backends`]).
+    pub backend: usize,
+    pub model: String,
+}
+
+/// A backend a decision ruled out, and why (for explanations).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Excluded {
+    pub backend: String,
+    pub model: String,
+    pub why: String,
+}
+
+/// Where a request goes and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Where it may go, best first; the dispatcher falls back along this list and nowhere else.
+    pub targets: Vec<Target>,
+    /// The rule that decided (`x-sluice-rule`).
+    pub rule: String,
+    /// The request's sensitivity (`x-sluice-sensitivity`), tenant floor included.
+    pub level: Level,
+    /// The model the client asked for, when a rule substituted another.
+    pub substituted_for: Option<String>,
+    /// Backends that serve the model but were ruled out: when the targets all fail, the request had
+    /// nowhere compliant to go, not merely nowhere up.
+    pub excluded: Vec<Excluded>,
+    /// Why, in a sentence (for explanations).
+    pub reason: String,
+}
+
+/// Why the policy sends a request nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// A rule rejects requests like this one, with the reason clients read.
+    Rejected { rule: String, reason: String },
+    /// No backend and no virtual model serves the requested model; `served` lists what is.
+    ModelNotFound { model: String, served: Vec<String> },
+    /// The model is served, but nowhere the request may go: the message says where and why not.
+    NoCompliantBackend(String),
+}
+
+impl RefusalReason {
+    /// A stable snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "policy_rejected",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::NoCompliantBackend(_) => "no_compliant_backend",
+        }
+    }
+}
+
+/// A request the policy will not send anywhere: why, and what the policy had decided by then (reported
+/// in the routing headers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub rule: Option<String>,
+    pub level: Option<Level>,
+    pub excluded: Vec<Excluded>,
+}
+
+/// Decides where requests go.
+pub trait Policy: Send + Sync {
+    fn decide(&self, facts: &RequestFacts<'_>, fleet: &FleetView) -> Result<Decision, Refusal>;
+}

@@ -1,0 +1,290 @@
+//! The checked policy as data: rules (conditions and an action), virtual models, tenant floors and the
+//! strategies that order targets. Built by [`crate::config::compile`]; read by [`crate::PolicyEngine`].
+//! Plain values only: nothing here evaluates a request against the fleet.
+
+use std::collections::BTreeMap;
+
+use sluice_sensitivity::{Kind, Level};
+
+use crate::facts::RequestFacts;
+use crate::fleet::Route;
+
+/// The rule name reported when no rule matched.
+pub const DEFAULT_RULE: &str = "default";
+/// The latency objective of `cheapest_within_slo` unless configured: time to first token.
+pub const DEFAULT_MAX_TTFT_SECONDS: f64 = 2.0;
+/// Output tokens assumed for pricing when the request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_TOKENS: u32 = 256;
+
+/// How the backends a request may go to are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Lowest estimated price for this request (list prices times estimated tokens).
+    Cheapest,
+    /// Lowest expected latency (time to first token with queueing, plus generation).
+    Fastest,
+    /// The cheapest of those expected to meet the time-to-first-token objective; when none is, the
+    /// fastest.
+    #[default]
+    CheapestWithinSlo,
+}
+
+impl Strategy {
+    pub const NAMES: &'static str = "cheapest, fastest, cheapest_within_slo";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cheapest => "cheapest",
+            Self::Fastest => "fastest",
+            Self::CheapestWithinSlo => "cheapest_within_slo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cheapest" => Some(Self::Cheapest),
+            "fastest" => Some(Self::Fastest),
+            "cheapest_within_slo" => Some(Self::CheapestWithinSlo),
+            _ => None,
+        }
+    }
+}
+
+/// A set of levels, as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelSet(u8);
+
+impl LevelSet {
+    pub const ALL: Self = Self(0b1111);
+    pub const NONE: Self = Self(0);
+
+    fn bit(l: Level) -> u8 {
+        1 << (l as u8)
+    }
+
+    pub fn of(levels: impl IntoIterator<Item = Level>) -> Self {
+        Self(levels.into_iter().fold(0, |m, l| m | Self::bit(l)))
+    }
+
+    /// Every level from `min` to `max`, both included.
+    pub fn between(min: Level, max: Level) -> Self {
+        Self::of(Level::ALL.into_iter().filter(|l| (min..=max).contains(l)))
+    }
+
+    pub fn contains(self, l: Level) -> bool {
+        self.0 & Self::bit(l) != 0
+    }
+
+    pub fn intersect(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    pub fn is_superset_of(self, other: Self) -> bool {
+        other.0 & !self.0 == 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn min(self) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| self.contains(*l))
+    }
+
+    pub fn max(self) -> Option<Level> {
+        Level::ALL.into_iter().rev().find(|l| self.contains(*l))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Level> {
+        Level::ALL.into_iter().filter(move |l| self.contains(*l))
+    }
+}
+
+/// A header a rule tests: present with one of the values (compared without surrounding spaces, case
+/// insensitive), or present at all when `values` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderTest {
+    /// Lower case.
+    pub name: String,
+    pub values: Option<Vec<String>>,
+}
+
+/// What a rule requires of a request; every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    pub levels: LevelSet,
+    /// At least one finding of one of these kinds.
+    pub findings: Option<Vec<Kind>>,
+    pub tenants: Option<Vec<String>>,
+    /// The model the client asked for (a virtual model's name included).
+    pub models: Option<Vec<String>>,
+    pub headers: Vec<HeaderTest>,
+    /// Estimated prompt tokens, both bounds included.
+    pub prompt_tokens: (u64, u64),
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Self {
+            levels: LevelSet::ALL,
+            findings: None,
+            tenants: None,
+            models: None,
+            headers: Vec::new(),
+            prompt_tokens: (0, u64::MAX),
+        }
+    }
+}
+
+impl Conditions {
+    pub(crate) fn matches(&self, facts: &RequestFacts<'_>, level: Level) -> bool {
+        self.levels.contains(level)
+            && self
+                .findings
+                .as_ref()
+                .is_none_or(|kinds| facts.scan.findings.iter().any(|f| kinds.contains(&f.kind)))
+            && self
+                .tenants
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|t| t == facts.tenant))
+            && self
+                .models
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| m == facts.model))
+            && self.headers.iter().all(|h| {
+                facts.headers.values(&h.name).iter().any(|v| match &h.values {
+                    None => true,
+                    // Like `HeaderValue::to_str`: visible ASCII and spaces only.
+                    Some(values) => std::str::from_utf8(v)
+                        .ok()
+                        .filter(|v| v.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
+                        .is_some_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(v.trim()))),
+                })
+            })
+            && (self.prompt_tokens.0..=self.prompt_tokens.1).contains(&facts.prompt_tokens)
+    }
+}
+
+/// Where a `route` action may send requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Anywhere the model is served (the clearance check still applies).
+    Any,
+    /// The local worker pool.
+    Local,
+    /// Any cloud backend.
+    Cloud,
+    /// One backend, by name.
+    Backend(String),
+}
+
+impl Place {
+    pub(crate) fn admits(&self, name: &str, route: Route) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Local => route == Route::Local,
+            Self::Cloud => route == Route::Cloud,
+            Self::Backend(b) => b == name,
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::Local => f.write_str("local"),
+            Self::Cloud => f.write_str("cloud"),
+            Self::Backend(b) => f.write_str(b),
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Serve the requested model, only at these places.
+    Route(Vec<Place>),
+    /// Serve another model instead (a concrete or a virtual one), on `backend` when given; the response
+    /// says so in `x-sluice-substituted-for`.
+    Substitute { model: String, backend: Option<String> },
+    /// Refuse, with this reason (403 `policy_rejected`).
+    Reject(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub when: Conditions,
+    pub then: Action,
+    /// Orders the targets when several remain; the virtual model's or the policy's strategy otherwise.
+    pub strategy: Option<Strategy>,
+}
+
+/// One backend and model serving a virtual model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualMember {
+    pub backend: String,
+    pub model: String,
+}
+
+/// A model name clients may ask for that is served by any of several equivalent backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualModel {
+    pub name: String,
+    pub strategy: Strategy,
+    pub max_ttft_seconds: f64,
+    pub members: Vec<VirtualMember>,
+}
+
+/// The checked policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub rules: Vec<Rule>,
+    pub models: Vec<VirtualModel>,
+    /// Each tenant's lowest level.
+    pub floors: BTreeMap<String, Level>,
+    /// Orders the backends of a concrete model served by several.
+    pub strategy: Strategy,
+    pub max_ttft_seconds: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            models: Vec::new(),
+            floors: BTreeMap::new(),
+            strategy: Strategy::default(),
+            max_ttft_seconds: DEFAULT_MAX_TTFT_SECONDS,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn virtual_model(&self, name: &str) -> Option<&VirtualModel> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The level of a request from `tenant` before its findings: the tenant's floor.
+    pub fn floor(&self, tenant: &str) -> Level {
+        self.floors.get(tenant).copied().unwrap_or(Level::Public)
+    }
+}
+
+/// Names appear in headers and metric labels: keep them short and plain.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Whether `name` is an HTTP header name (a token of RFC 9110, section 5.1).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
