@@ -288,3 +288,76 @@ pub fn is_header_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use serde_json::Map;
+    use sluice_sensitivity::Scan;
+
+    use super::*;
+
+    fn matches(test: HeaderTest, headers: Vec<(String, String)>) -> bool {
+        let scan = Scan {
+            findings: Vec::new(),
+            level: Level::Public,
+            complete: true,
+            incomplete: None,
+        };
+        let body = Map::new();
+        let facts = RequestFacts {
+            tenant: "acme",
+            model: "m",
+            max_tokens: None,
+            body: &body,
+            headers: &headers,
+            declared: None,
+            scan: &scan,
+            prefer: None,
+            prompt_tokens: 1,
+        };
+        Conditions {
+            headers: vec![test],
+            ..Conditions::default()
+        }
+        .matches(&facts, Level::Public)
+    }
+
+    fn header(name: &str, value: &str) -> Vec<(String, String)> {
+        vec![(name.to_owned(), value.to_owned())]
+    }
+
+    #[test]
+    fn header_values_match_trimmed_and_without_case_and_any_value_matches_presence() {
+        let team = |values: Option<Vec<String>>| HeaderTest {
+            name: "x-team".into(),
+            values,
+        };
+        let legal = || Some(vec!["legal".to_owned()]);
+        assert!(matches(team(legal()), header("x-team", "  LEGAL ")));
+        assert!(!matches(team(legal()), header("x-team", "legal-ops")));
+        assert!(!matches(team(legal()), header("x-other", "legal")));
+        assert!(matches(team(None), header("x-team", "")));
+        assert!(!matches(team(None), Vec::new()));
+        // Not visible ASCII: never equal to a configured value (as `HeaderValue::to_str` refuses it).
+        assert!(!matches(team(legal()), header("x-team", "l\u{e9}gal")));
+        // Any of several values of the header.
+        let mut both = header("x-team", "sales");
+        both.push(("x-team".into(), "legal".into()));
+        assert!(matches(team(legal()), both));
+    }
+
+    #[test]
+    fn header_names_are_tokens_and_plain_names_are_short() {
+        for ok in ["x-team", "X-Team", "a.b_c~d"] {
+            assert!(is_header_name(ok), "{ok}");
+        }
+        for bad in ["", "x team", "x:team", "x\u{e9}"] {
+            assert!(!is_header_name(bad), "{bad:?}");
+        }
+        assert!(is_plain_name("gpu-0.pool_a"));
+        assert!(!is_plain_name(&"a".repeat(65)));
+        assert!(!is_plain_name("a b"));
+    }
+}
