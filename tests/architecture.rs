@@ -134,9 +134,9 @@ fn the_policy_engine_is_pure() {
     }
 }
 
-/// The source files of a crate's library: (module path, text without its `#[cfg(test)]` tail). Test
-/// files (`tests.rs`, anything under a `tests/` folder) are left out.
-fn modules(krate: &str) -> Vec<(String, String)> {
+/// The source files of a crate's library, test files (`tests.rs`, anything under a `tests/` folder) left
+/// out, each with its path relative to `src`.
+fn source_files(krate: &str) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(krate)
@@ -151,27 +151,38 @@ fn modules(krate: &str) -> Vec<(String, String)> {
                 if name != "tests" {
                     stack.push(path);
                 }
-                continue;
+            } else if name.ends_with(".rs") && name != "tests.rs" {
+                let rel = path.strip_prefix(&src).expect("under src").to_path_buf();
+                out.push((path, rel));
             }
-            if !name.ends_with(".rs") || name == "tests.rs" {
-                continue;
-            }
-            let rel = path.strip_prefix(&src).expect("under src").with_extension("");
-            let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
-                parts.pop();
-            }
-            let text = std::fs::read_to_string(&path).expect("read");
-            // Unit tests sit at the end of a file behind `#[cfg(test)]`; they are not the module's design.
-            let text = text.split("\n#[cfg(test)]").next().unwrap_or_default();
-            // Comments name modules in prose and doc links; only code imports.
-            let text: String = text
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            out.push((parts.join("::"), text));
         }
+    }
+    out.sort();
+    out
+}
+
+/// A crate's modules: (module path, code without comments and without its `#[cfg(test)]` tail).
+fn modules(krate: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, rel) in source_files(krate) {
+        let mut parts: Vec<String> = rel
+            .with_extension("")
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+            parts.pop();
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        // Unit tests sit at the end of a file behind `#[cfg(test)]`; they are not the module's design.
+        let text = text.split("\n#[cfg(test)]").next().unwrap_or_default();
+        // Comments name modules in prose and doc links; only code imports.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push((parts.join("::"), text));
     }
     out.sort();
     out
@@ -361,24 +372,11 @@ fn the_cycle_check_finds_a_cycle() {
 #[test]
 fn no_source_file_of_the_gateway_or_the_policy_is_over_600_lines() {
     for krate in ["crates/gateway", "crates/policy"] {
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(krate)
-            .join("src");
-        let mut stack = vec![src];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read src") {
-                let path = entry.expect("entry").path();
-                let name = path.file_name().expect("name").to_string_lossy().into_owned();
-                if path.is_dir() {
-                    if name != "tests" {
-                        stack.push(path);
-                    }
-                } else if name.ends_with(".rs") && name != "tests.rs" {
-                    let lines = std::fs::read_to_string(&path).expect("read").lines().count();
-                    assert!(lines <= 600, "{} has {lines} lines", path.display());
-                }
-            }
+        let files = source_files(krate);
+        assert!(files.len() > 5, "{krate}");
+        for (path, _) in files {
+            let lines = std::fs::read_to_string(&path).expect("read").lines().count();
+            assert!(lines <= 600, "{} has {lines} lines", path.display());
         }
     }
 }
@@ -404,4 +402,33 @@ fn no_step_of_a_request_imports_a_later_one() {
         }
     }
     assert!(checked > 5, "{checked}");
+}
+
+/// Accounting is the only writer of what is recorded about requests: no other module of the gateway
+/// touches a metric, the observed stats or the cost counters.
+#[test]
+fn only_accounting_writes_metrics_stats_and_cost() {
+    let writes = [
+        "with_label_values",
+        ".inc()",
+        ".inc_by(",
+        ".observe(",
+        "stats.record",
+        "cost.add(",
+        "audit.send(",
+        "log.send(",
+    ];
+    let files = modules("crates/gateway");
+    assert!(files.iter().any(|(m, _)| m == "accounting"));
+    for (module, text) in &files {
+        if module == "accounting" || module.starts_with("accounting::") || module == "metrics" {
+            continue;
+        }
+        for w in writes {
+            assert!(
+                !text.contains(w),
+                "{module} writes a record ({w}): only accounting may"
+            );
+        }
+    }
 }
