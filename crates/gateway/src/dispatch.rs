@@ -89,20 +89,11 @@ pub async fn dispatch(
     context: &DispatchContext,
     decision_id: &str,
 ) -> Dispatch {
-    let mut out = Dispatch {
-        result: Err(Unserved {
-            level,
-            rule: decision.rule.clone(),
-            excluded: decision.excluded.clone(),
-            failures: Vec::new(),
-            unsupported: None,
-            fatal: None,
-        }),
-        blocked: 0,
-        considered: None,
-    };
+    let mut blocked = 0;
+    let mut considered = None;
     let mut failures = Vec::new();
     let mut unsupported = None;
+    let mut fatal = None;
     for target in &decision.targets {
         let Some(backend) = fleet.backends.get(target.backend).cloned() else {
             tracing::error!(
@@ -115,10 +106,10 @@ pub async fn dispatch(
         // backend cleared below the request's level, whatever the policy said.
         if backend.clearance() < level {
             tracing::error!(decision_id, backend = backend.name(), %level, clearance = %backend.clearance(), "the routing policy chose a backend cleared below the request; not sending");
-            out.blocked += 1;
+            blocked += 1;
             continue;
         }
-        out.considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
+        considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
         if let Err(u) = backend.supports(request, &target.model) {
             unsupported.get_or_insert(u);
             continue;
@@ -143,13 +134,16 @@ pub async fn dispatch(
         };
         match result {
             Ok(dispatched) => {
-                out.result = Ok(Started {
-                    dispatched,
-                    backend: backend.clone(),
-                    target: target.clone(),
-                    fallbacks: failures,
-                });
-                return out;
+                return Dispatch {
+                    result: Ok(Started {
+                        dispatched,
+                        backend: backend.clone(),
+                        target: target.clone(),
+                        fallbacks: failures,
+                    }),
+                    blocked,
+                    considered,
+                };
             }
             Err(e) if e.may_fall_back() => {
                 tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
@@ -157,16 +151,21 @@ pub async fn dispatch(
             }
             Err(e) => {
                 tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend refused or failed");
-                if let Err(u) = &mut out.result {
-                    u.fatal = Some(failure(e));
-                }
+                fatal = Some(failure(e));
                 break;
             }
         }
     }
-    if let Err(u) = &mut out.result {
-        u.failures = failures;
-        u.unsupported = unsupported;
+    Dispatch {
+        result: Err(Unserved {
+            level,
+            rule: decision.rule.clone(),
+            excluded: decision.excluded.clone(),
+            failures,
+            unsupported,
+            fatal,
+        }),
+        blocked,
+        considered,
     }
-    out
 }

@@ -47,6 +47,21 @@ impl Refused {
 }
 
 impl Intake {
+    fn of(
+        request: ChatRequest,
+        declared: Option<Level>,
+        prefer: Option<Route>,
+        (prompt_tokens, scan): (u64, Scan),
+    ) -> Self {
+        Self {
+            request,
+            declared,
+            prefer,
+            prompt_tokens,
+            scan,
+        }
+    }
+
     /// What the policy knows of the request, from `tenant`.
     pub fn facts<'a>(
         &'a self,
@@ -77,14 +92,8 @@ fn parse(bytes: &[u8], headers: &HeaderMap) -> Result<(ChatRequest, Option<Level
 /// Reads a whole request on the calling thread.
 pub fn read(bytes: &[u8], headers: &HeaderMap, scanner: &Scanner) -> Result<Intake, Refused> {
     let (request, declared, prefer) = parse(bytes, headers)?;
-    let (prompt_tokens, scan) = scan_request(scanner, &request);
-    Ok(Intake {
-        request,
-        declared,
-        prefer,
-        prompt_tokens,
-        scan,
-    })
+    let scanned = scan_request(scanner, &request);
+    Ok(Intake::of(request, declared, prefer, scanned))
 }
 
 /// Reads a request as the handler receives it. A large body is scanned on the blocking pool (a few MiB
@@ -115,7 +124,7 @@ pub async fn read_body(
     }
     let (request, declared, prefer) = parse(&bytes, headers)?;
     let scanner = scanner.clone();
-    let (request, (prompt_tokens, scan)) = tokio::task::spawn_blocking(move || {
+    let (request, scanned) = tokio::task::spawn_blocking(move || {
         let scanned = scan_request(&scanner, &request);
         (request, scanned)
     })
@@ -124,13 +133,7 @@ pub async fn read_body(
         reason: "internal",
         error: Box::new(ApiError::internal(format!("The content scan failed: {e}"))),
     })?;
-    Ok(Intake {
-        request,
-        declared,
-        prefer,
-        prompt_tokens,
-        scan,
-    })
+    Ok(Intake::of(request, declared, prefer, scanned))
 }
 
 /// What a client may say about routing in its headers: the level it declares (`x-sluice-sensitivity`) and

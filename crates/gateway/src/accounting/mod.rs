@@ -150,7 +150,7 @@ impl Accounting {
                 .iter()
                 .map(|k| k.as_str().to_owned())
                 .collect(),
-            rule: fields.rule,
+            rule: fields.rule.map(str::to_owned),
             prompt_sha256: self.hash_prompts.then(|| {
                 sha2::Sha256::digest(fields.body)
                     .iter()
@@ -202,7 +202,7 @@ pub struct RecordFields<'a> {
     pub model: &'a str,
     pub level: sluice_policy::Level,
     pub scan: &'a Scan,
-    pub rule: Option<String>,
+    pub rule: Option<&'a str>,
     pub body: &'a [u8],
 }
 

@@ -87,8 +87,8 @@ pub(super) async fn completions(
         },
         scan: &intake.scan,
         rule: match &decided {
-            Ok(d) => Some(d.rule.clone()),
-            Err(r) => r.rule.clone(),
+            Ok(d) => Some(&d.rule),
+            Err(r) => r.rule.as_deref(),
         },
         body: prompt_digest_of.as_deref().unwrap_or_default(),
     });
