@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cargo bench -p sluice-gateway --bench load -- --target direct=URL --target sluice=URL:KEY ...
-//!     [--rates 250,500,1000] [--seconds 5] [--connections 32] [--model gpt-4o-mini]
+//!     [--rates 250,500,1000] [--seconds 5] [--connections 32] [--model gpt-4o-mini] [--rounds 1]
 //! ```
 
 #![allow(
@@ -37,6 +37,8 @@ struct Options {
     seconds: f64,
     connections: usize,
     model: String,
+    /// Closed-loop rounds; each round runs every target once, in an order that alternates.
+    rounds: usize,
 }
 
 fn options() -> Options {
@@ -46,6 +48,7 @@ fn options() -> Options {
         seconds: 5.0,
         connections: 32,
         model: "gpt-4o-mini".into(),
+        rounds: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,6 +68,7 @@ fn options() -> Options {
             "--seconds" => o.seconds = value().parse().expect("seconds"),
             "--connections" => o.connections = value().parse().expect("connections"),
             "--model" => o.model = value(),
+            "--rounds" => o.rounds = value().parse::<usize>().expect("rounds").max(1),
             // cargo bench passes --bench; other harness flags do not apply.
             _ => {}
         }
@@ -206,24 +210,52 @@ async fn main() {
     // Closed loop first: a gateway left with a backlog by an open-loop run it could not keep up with would
     // still be working it off.
     println!(
-        "closed loop ({} connections, {} s): the most each serves",
-        o.connections, o.seconds
+        "closed loop ({} connections, {} s, {} round(s)): the most each serves",
+        o.connections, o.seconds, o.rounds
     );
     println!(
-        "{:<10} {:>10} {:>8} {:>8} {:>7}",
-        "target", "req/s", "p50", "p99", "errors"
+        "{:<14} {:>5} {:>10} {:>8} {:>8} {:>7}",
+        "target", "round", "req/s", "p50", "p99", "errors"
     );
-    for t in &targets {
-        settle(&client, &targets, &body).await;
-        let run = closed_loop(&client, t, &body, o.connections, o.seconds).await;
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..o.rounds {
+        // Alternate the order, so that no target always runs first (or last) on a machine that drifts.
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order[1..].reverse();
+        }
+        for i in order {
+            let t = &targets[i];
+            settle(&client, &targets, &body).await;
+            let run = closed_loop(&client, t, &body, o.connections, o.seconds).await;
+            rates[i].push(run.rate());
+            println!(
+                "{:<14} {:>5} {:>10.0} {:>8.3} {:>8.3} {:>7}",
+                t.name,
+                round + 1,
+                run.rate(),
+                run.percentile(50.0),
+                run.percentile(99.0),
+                run.errors
+            );
+        }
+    }
+    if o.rounds > 1 {
         println!(
-            "{:<10} {:>10.0} {:>8.3} {:>8.3} {:>7}",
-            t.name,
-            run.rate(),
-            run.percentile(50.0),
-            run.percentile(99.0),
-            run.errors
+            "
+closed loop, over the rounds (req/s)"
         );
+        println!("{:<14} {:>10} {:>10} {:>10}", "target", "median", "min", "max");
+        for (t, r) in targets.iter().zip(&mut rates) {
+            r.sort_by(f64::total_cmp);
+            println!(
+                "{:<14} {:>10.0} {:>10.0} {:>10.0}",
+                t.name,
+                r[r.len() / 2],
+                r[0],
+                r[r.len() - 1]
+            );
+        }
     }
     // Open loop: each target runs at the same time as the first (the baseline), so that both see the same
     // machine and the difference is the target's own cost.
@@ -233,7 +265,7 @@ async fn main() {
         o.seconds, targets[0].name
     );
     println!(
-        "{:<10} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:<14} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
         "target", "rate", "achieved", "p50", "p90", "p99", "errors", "base p50", "base p99", "+p50", "+p99"
     );
     let base = &targets[0];
@@ -247,7 +279,7 @@ async fn main() {
             let (p50, p90, p99) = (run.percentile(50.0), run.percentile(90.0), run.percentile(99.0));
             let (b50, b99) = (b.percentile(50.0), b.percentile(99.0));
             println!(
-                "{:<10} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                "{:<14} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
                 t.name,
                 rate,
                 run.rate(),
