@@ -44,6 +44,18 @@ fn the_gateway_and_the_simulator_never_link_candle_or_the_engine() {
     }
 }
 
+/// The personal-data model's crate may come to link candle (it runs a BERT), never the LLM engine.
+#[test]
+fn the_personal_data_model_never_links_the_engine() {
+    let tree = linked("sluice-ner");
+    for forbidden in ["sluice-engine ", "sluice-worker ", "sluice-gateway "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "sluice-ner links {forbidden}"
+        );
+    }
+}
+
 #[test]
 fn the_simulator_links_no_other_sluice_crate() {
     let tree = linked("sluice-simcloud");
