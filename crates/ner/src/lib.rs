@@ -2,14 +2,16 @@
 //! as prose, shipped as a 4-bit ONNX file (see `docs/ner-model.md`).
 //!
 //! Today this crate owns the conversion of that file into plain f32 weights under Hugging Face's names
-//! ([`convert`]), written as safetensors ([`to_safetensors`]) that candle loads. It reads the ONNX file
-//! with its own minimal protobuf messages ([`onnx`]), so no ONNX runtime and no code generation is
-//! needed.
+//! ([`convert`]), written as safetensors ([`to_safetensors`]), and the model that runs them on candle
+//! ([`Tagger`]: label scores per token). It reads the ONNX file with its own minimal protobuf messages
+//! ([`onnx`]), so no ONNX runtime and no code generation is needed.
 //!
 //! It must never link the LLM engine or the worker, and never do network IO: it converts bytes it is
-//! given.
+//! given and runs ids it is given.
 
 pub mod convert;
+pub mod model;
 pub mod onnx;
 
 pub use convert::{ConvertError, Tensor, convert, to_safetensors};
+pub use model::{LABELS, ModelError, Tagger};

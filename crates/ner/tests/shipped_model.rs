@@ -190,3 +190,60 @@ fn the_shipped_model_converts_to_the_reference_weights() {
         assert_eq!(got, first, "{name}");
     }
 }
+
+/// candle's BERT over the converted weights gives onnxruntime's logits for a sentence (written once in
+/// `fixtures/rampart-reference.json`), and the same label on every token.
+#[test]
+fn candle_runs_the_converted_model_as_onnxruntime_does() {
+    let tensors = sluice_ner::convert(&std::fs::read(model_file()).unwrap()).unwrap();
+    let tagger = sluice_ner::Tagger::from_tensors(tensors).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/rampart-reference.json")).unwrap();
+    let ids: Vec<u32> = reference["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
+        .collect();
+    let logits = tagger.logits(&ids).unwrap();
+    assert_eq!(logits.len(), ids.len());
+    let mut worst = 0f32;
+    for (i, (row, want)) in logits
+        .iter()
+        .zip(reference["logits"].as_array().unwrap())
+        .enumerate()
+    {
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(row.len(), sluice_ner::LABELS.len());
+        for (a, b) in row.iter().zip(&want) {
+            worst = worst.max((a - b).abs());
+        }
+        let argmax = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap();
+        assert_eq!(
+            argmax as u64,
+            reference["argmax"][i].as_u64().unwrap(),
+            "token {i}"
+        );
+    }
+    eprintln!("largest logit difference against onnxruntime: {worst}");
+    assert!(worst < 1e-4, "largest logit difference {worst}");
+    // "john" and "smith" are a given name and a surname.
+    assert_eq!(
+        sluice_ner::LABELS[reference["argmax"][4].as_u64().unwrap() as usize],
+        "B-GIVEN_NAME"
+    );
+    assert!(matches!(
+        tagger.logits(&[]),
+        Err(sluice_ner::ModelError::Length(0))
+    ));
+}
