@@ -4,7 +4,8 @@
 //! Today this crate owns the conversion of that file into plain f32 weights under Hugging Face's names
 //! ([`convert`]), written as safetensors ([`to_safetensors`]), and the model that runs them on candle
 //! ([`Tagger`]: label scores per token), with the model's tokenizer ([`WordPieces`]: pieces with their
-//! byte offsets) and the overlapping windows long text is tagged in ([`windows`]). It reads the ONNX file with its own minimal protobuf messages
+//! byte offsets), the overlapping windows long text is tagged in ([`windows`]), and the entities read
+//! from the labels ([`Recognizer::entities`]: kind and byte range). It reads the ONNX file with its own minimal protobuf messages
 //! ([`onnx`]), so no ONNX runtime and no code generation is needed.
 //!
 //! It must never link the LLM engine or the worker, and never do network IO: it converts bytes it is
@@ -13,8 +14,10 @@
 pub mod convert;
 pub mod model;
 pub mod onnx;
+pub mod tag;
 pub mod tokenize;
 
 pub use convert::{ConvertError, Tensor, convert, to_safetensors};
 pub use model::{LABELS, ModelError, Tagger};
+pub use tag::{Entity, EntityKind, Recognizer, TagError};
 pub use tokenize::{Piece, TokenizeError, WordPieces, windows};

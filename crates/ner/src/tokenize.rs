@@ -38,6 +38,11 @@ impl WordPieces {
             .map_err(|e| TokenizeError(e.to_string()))
     }
 
+    /// The id of a token of the vocabulary (`[CLS]`, `[SEP]`).
+    pub fn id_of(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// The pieces of `text`, without `[CLS]` and `[SEP]`.
     pub fn pieces(&self, text: &str) -> Result<Vec<Piece>, TokenizeError> {
         let encoding = self
