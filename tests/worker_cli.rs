@@ -156,3 +156,59 @@ async fn mutual_tls_admits_only_clients_with_a_certificate() {
         "a client without a certificate must be refused"
     );
 }
+
+/// `sluice models pull --ner` fetches the personal-data model's files, checked by SHA-256, converts the
+/// model into f32 safetensors that say where they come from and under which licence, prints both paths,
+/// and a second pull uses what is there.
+#[test]
+fn models_pull_ner_fetches_and_converts_the_personal_data_model() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let pull = || {
+        let out = std::process::Command::new(common::sluice_bin())
+            .args(["models", "pull", "--ner", "--cache-dir"])
+            .arg(cache.path())
+            .output()
+            .expect("run sluice models pull --ner");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let printed = pull();
+    let paths: Vec<&str> = printed.lines().collect();
+    assert_eq!(paths.len(), 2, "{printed}");
+    assert!(paths[0].ends_with("rampart-1.4.0.f32.safetensors"), "{printed}");
+    assert!(paths[1].ends_with("rampart-1.4.0.tokenizer.json"), "{printed}");
+    let weights = std::fs::read(paths[0]).expect("weights");
+    // A safetensors file: the length of its JSON header, the header, then the data.
+    let n = usize::try_from(u64::from_le_bytes(weights[..8].try_into().expect("8 bytes"))).expect("size");
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).expect("header");
+    let meta = &header["__metadata__"];
+    assert_eq!(
+        meta["source_sha256"],
+        "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5"
+    );
+    assert!(
+        meta["licence"]
+            .as_str()
+            .expect("licence")
+            .contains("National Design Studio")
+    );
+    let tensors = header.as_object().expect("object").len() - 1;
+    assert_eq!(tensors, 103);
+    assert_eq!(header["classifier.weight"]["shape"], serde_json::json!([35, 384]));
+    assert_eq!(header["classifier.weight"]["dtype"], "F32");
+    let tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(paths[1]).expect("tokenizer")).expect("json");
+    assert_eq!(tokenizer["model"]["type"], "WordPiece");
+
+    let modified = std::fs::metadata(paths[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(pull(), printed);
+    assert_eq!(
+        std::fs::metadata(paths[0])
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        modified,
+        "converted again although it was there"
+    );
+}

