@@ -280,14 +280,14 @@ impl From<&Unsupported> for ApiError {
     }
 }
 
-/// What the client gets when no allowed target served the request, and whether it counts in
-/// `sluice_rejected_total` (a refusal of the gateway's own, as opposed to a backend's failure).
-pub fn unserved(u: &Unserved) -> (ApiError, bool) {
+/// What the client gets when no allowed target served the request, and the `sluice_rejected_total`
+/// reason when it counts there (a refusal of the gateway's own, as opposed to a backend's failure).
+pub fn unserved(u: &Unserved) -> (ApiError, Option<&'static str>) {
     if let Some(last) = u.fatal.as_ref() {
-        return (ApiError::from(&last.error), false);
+        return (ApiError::from(&last.error), None);
     }
     if let Some(e) = u.unsupported.as_ref().filter(|_| u.failures.is_empty()) {
-        return (ApiError::from(e), true);
+        return (ApiError::from(e), Some("unsupported"));
     }
     let summary = u
         .failures
@@ -308,20 +308,20 @@ pub fn unserved(u: &Unserved) -> (ApiError, bool) {
                     .collect::<Vec<_>>()
                     .join("; "),
             )),
-            true,
+            Some("no_compliant_backend"),
         ),
         Some(last) if u.failures.len() > 1 => {
             let mut error = ApiError::from(&last.error);
             error.message = format!("Every backend that may serve the request is down or full: {summary}.");
-            (error, false)
+            (error, None)
         }
-        Some(last) => (ApiError::from(&last.error), false),
+        Some(last) => (ApiError::from(&last.error), None),
         None => (
             ApiError::no_compliant_backend(format!(
                 "The request is {}; the policy found no backend cleared for it.",
                 u.level
             )),
-            true,
+            Some("no_compliant_backend"),
         ),
     }
 }

@@ -42,10 +42,9 @@ impl Fleet {
     /// when given.
     pub fn start(
         config: &GatewayConfig,
-        discovery: Option<sluice_discovery::Discovery>,
+        mut discovery: Option<sluice_discovery::Discovery>,
     ) -> Result<Self, FleetError> {
         let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-        let mut discovery = discovery;
         for spec in config.backends() {
             match spec {
                 BackendSpec::Local(pool) => {

@@ -134,6 +134,26 @@ impl Accounting {
         }
     }
 
+    /// A target tried before the one that served, down or full: counted in its member's stats only (the
+    /// request is counted once, where it ended).
+    pub fn fell_back(&self, backend: &str, fault: Option<String>) {
+        self.stats.record(
+            backend,
+            &Outcome {
+                error: fault,
+                ..Outcome::default()
+            },
+        );
+    }
+
+    /// The request was dispatched under `rule` to `route`.
+    pub fn dispatched(&self, rule: &str, route: Route) {
+        self.metrics
+            .decisions
+            .with_label_values(&[rule, route.as_str()])
+            .inc();
+    }
+
     /// The audit record of a decision, as far as it is known when it is made.
     pub fn audit_record(&self, fields: RecordFields<'_>) -> Option<Box<sluice_audit::Record>> {
         self.audit.get()?;
@@ -287,34 +307,12 @@ impl Ledger {
         }
     }
 
-    /// One more generated token (or chunk) reached the client.
-    pub fn token(&mut self) {
-        let now = Instant::now();
-        self.first_token.get_or_insert(now);
-        self.last_token = Some(now);
-        self.generated += 1;
-    }
-
-    /// The answer ended well, having used `usage`.
-    pub fn finished(&mut self, usage: Usage) {
-        self.usage = Some(usage);
-        self.end(200, "ok", None);
-    }
-
-    /// The client stopped reading; the answer ended at the deadline.
-    pub fn client_stalled(&mut self) {
-        self.end(408, "client_stalled", None);
-    }
-
-    /// Ends with the error the client gets; `fault` counts against the member in its stats.
-    pub fn fail(&mut self, status: u16, code: &'static str, fault: Option<String>) {
-        self.end(status, code, fault);
-    }
-
-    fn end(&mut self, status: u16, code: &'static str, error: Option<String>) {
+    /// Ends with the status and code the client gets (`ok` or an error's); `fault` counts against the
+    /// member in its stats.
+    pub fn end(&mut self, status: u16, code: &'static str, fault: Option<String>) {
         self.status = status;
         self.code = Some(code);
-        self.error = error;
+        self.error = fault;
     }
 
     /// Adds what the answer cost to the cost series: a cloud answer at its model's list prices, a local
@@ -435,41 +433,25 @@ impl Drop for Ledger {
     }
 }
 
+/// What the wire layer reports as an answer passes.
 impl crate::wire::Meter for Ledger {
     fn token(&mut self) {
-        Ledger::token(self);
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
+        self.generated += 1;
     }
     fn finished(&mut self, usage: Usage) {
-        Ledger::finished(self, usage);
+        self.usage = Some(usage);
+        self.end(200, "ok", None);
     }
     fn failed(&mut self, status: u16, code: &'static str, fault: Option<String>) {
-        self.fail(status, code, fault);
+        self.end(status, code, fault);
     }
     fn client_stalled(&mut self) {
-        Ledger::client_stalled(self);
+        self.end(408, "client_stalled", None);
     }
     fn member(&self) -> &str {
         &self.backend
     }
-}
-
-/// A target tried before the one that served, down or full: counted in its member's stats only (the
-/// request is counted once, where it ended).
-pub fn fell_back(accounts: &Accounting, backend: &str, fault: Option<String>) {
-    accounts.stats.record(
-        backend,
-        &Outcome {
-            error: fault,
-            ..Outcome::default()
-        },
-    );
-}
-
-/// The request was dispatched under `rule` to `route`.
-pub fn dispatched(accounts: &Accounting, rule: &str, route: Route) {
-    accounts
-        .metrics
-        .decisions
-        .with_label_values(&[rule, route.as_str()])
-        .inc();
 }

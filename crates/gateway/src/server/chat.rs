@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
-use crate::accounting::{self, Ledger, RecordFields, Served};
+use crate::accounting::{Ledger, RecordFields, Served};
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
 use crate::dispatch::{Dispatch, FailedTarget, dispatch};
@@ -160,7 +160,7 @@ pub(super) async fn completions(
             let (error, reason) = error::unserved(&unserved);
             let (last, earlier) = unserved.last_and_earlier();
             for f in earlier {
-                accounting::fell_back(accounts, &f.backend, f.error.member_fault());
+                accounts.fell_back(&f.backend, f.error.member_fault());
             }
             let tried = last.and_then(|l| {
                 let index = app.fleet.backends.iter().position(|b| b.name() == l.backend)?;
@@ -169,8 +169,8 @@ pub(super) async fn completions(
             match tried {
                 // The request is counted once, on the last backend tried, with the code the client gets.
                 Some((last, index)) => {
-                    if reason {
-                        accounts.rejected(error.code);
+                    if let Some(reason) = reason {
+                        accounts.rejected(reason);
                     }
                     let backend = app.fleet.backends[index].clone();
                     let mut ledger = Ledger::new(
@@ -179,22 +179,11 @@ pub(super) async fn completions(
                         attempts(earlier),
                         audit,
                     );
-                    ledger.fail(error.status.as_u16(), error.code, last.error.member_fault());
+                    ledger.end(error.status.as_u16(), error.code, last.error.member_fault());
                 }
                 // Nothing was tried: the record ends here.
                 None => {
-                    let label = if unserved.unsupported.is_some() {
-                        "unsupported"
-                    } else {
-                        error.code
-                    };
-                    accounts.refused(
-                        &decision_id,
-                        audit,
-                        error.status.as_u16(),
-                        error.code,
-                        reason.then_some(label),
-                    );
+                    accounts.refused(&decision_id, audit, error.status.as_u16(), error.code, reason);
                 }
             }
             return respond(&routing, error);
@@ -203,9 +192,9 @@ pub(super) async fn completions(
 
     // The backend answers; the wire layer writes it; its ledger records it.
     for f in &started.fallbacks {
-        accounting::fell_back(accounts, &f.backend, f.error.member_fault());
+        accounts.fell_back(&f.backend, f.error.member_fault());
     }
-    accounting::dispatched(accounts, &decision.rule, started.backend.route());
+    accounts.dispatched(&decision.rule, started.backend.route());
     let served_by = started.dispatched.served_by.to_string();
     routing.backend = Some(served_by.clone());
     let mut ledger = Ledger::new(

@@ -76,20 +76,23 @@ impl SseWriter {
                 self.queue.push_back(frame(&chunk.to_string()));
             }
             Ok(ChatEvent::Chunk(mut c)) => {
-                self.passing_chunks = true;
+                if !self.passing_chunks {
+                    // The usage chunk that ends the answer speaks for the upstream's chunks, which
+                    // share one id, creation time and model.
+                    self.passing_chunks = true;
+                    for (key, field) in [("id", &mut self.shape.id), ("model", &mut self.shape.model)] {
+                        if let Some(v) = c.get(key).and_then(Value::as_str) {
+                            v.clone_into(field);
+                        }
+                    }
+                    if let Some(created) = c.get("created").and_then(Value::as_u64) {
+                        self.shape.created = created;
+                    }
+                }
                 if c.pointer("/choices/0/delta/content")
                     .is_some_and(Value::is_string)
                 {
                     self.ledger.token();
-                }
-                // The usage chunk that ends the answer speaks for the upstream's chunks.
-                for (key, field) in [("id", &mut self.shape.id), ("model", &mut self.shape.model)] {
-                    if let Some(v) = c.get(key).and_then(Value::as_str) {
-                        v.clone_into(field);
-                    }
-                }
-                if let Some(created) = c.get("created").and_then(Value::as_u64) {
-                    self.shape.created = created;
                 }
                 if self.shape.include_usage
                     && let Value::Object(o) = &mut c
