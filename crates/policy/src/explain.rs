@@ -60,6 +60,13 @@ pub struct Ended {
     pub code: &'static str,
 }
 
+/// A combination of kinds a request's findings met.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CombinedAt {
+    pub name: String,
+    pub level: Level,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     pub decision_id: String,
@@ -74,6 +81,11 @@ pub struct Explanation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan_incomplete: Option<String>,
     pub findings: Vec<FindingAt>,
+    /// Combinations of kinds the findings met, with the level each gives.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub combined: Vec<CombinedAt>,
+    /// Whether the personal-data model read the text: `off`, `not_needed`, `ran` or `over_budget`.
+    pub ner: &'static str,
     pub prompt_tokens_estimate: u64,
     pub prefer: Option<&'static str>,
     /// `route` or `reject`.
@@ -132,6 +144,16 @@ pub fn explain(
         scan_complete: facts.scan.complete,
         scan_incomplete: facts.scan.incomplete.as_ref().map(ToString::to_string),
         findings,
+        combined: facts
+            .scan
+            .combined
+            .iter()
+            .map(|c| CombinedAt {
+                name: c.name.to_string(),
+                level: c.level,
+            })
+            .collect(),
+        ner: facts.scan.model.as_str(),
         prompt_tokens_estimate: facts.prompt_tokens,
         prefer: facts.prefer.map(|p| p.as_str()),
         outcome: "route",

@@ -23,7 +23,7 @@ pub mod rules;
 
 pub use decision::{Decision, Excluded, Policy, Refusal, RefusalReason, Target};
 pub use engine::PolicyEngine;
-pub use explain::{Attempt, Ended, Explanation, FindingAt, TargetAt, explain};
+pub use explain::{Attempt, CombinedAt, Ended, Explanation, FindingAt, TargetAt, explain};
 pub use facts::{NoHeaders, RequestFacts, RequestHeaders, estimate_tokens, string_paths, strings};
 pub use fleet::{BackendView, FleetView, Load, ModelCard, Prices, Route};
 pub use rules::{

@@ -304,6 +304,8 @@ mod tests {
             level: Level::Public,
             complete: true,
             incomplete: None,
+            combined: Vec::new(),
+            model: sluice_sensitivity::ModelPass::Off,
         };
         let body = Map::new();
         let facts = RequestFacts {

@@ -16,6 +16,8 @@ use crate::level::Level;
 ///   - { name: code-names, words: [Falcon, Blue Harbor], level: confidential }
 /// patterns:
 ///   - { name: ticket, pattern: 'TCK-[0-9]{6}', level: internal }
+/// combinations:
+///   - { name: person-with-health, all: [person_name], any: [health, date_of_birth], level: restricted }
 /// limits: { max_bytes: 1048576 }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -30,6 +32,8 @@ pub struct ScannerConfig {
     pub keywords: Vec<KeywordList>,
     /// Tenant regular expressions (Rust `regex` syntax).
     pub patterns: Vec<PatternRule>,
+    /// Kinds that together raise a request's level. Absent: [`Combination::defaults`]; `[]`: none.
+    pub combinations: Option<Vec<Combination>>,
     /// Bounds on what one scan reads.
     pub limits: ScanLimits,
 }
@@ -60,6 +64,67 @@ pub struct PatternRule {
     /// Level of a match; restricted unless set.
     #[serde(default = "default_rule_level")]
     pub level: Level,
+}
+
+/// Kinds found together in one request raise its level: when every kind in `all` is found and at
+/// least one in `any` (when `any` is given), the request is at least `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Combination {
+    /// Shown in explanations and audit records.
+    pub name: String,
+    #[serde(default)]
+    pub all: BTreeSet<Kind>,
+    #[serde(default)]
+    pub any: BTreeSet<Kind>,
+    /// Restricted unless set.
+    #[serde(default = "default_rule_level")]
+    pub level: Level,
+}
+
+impl Combination {
+    /// What the scanner combines unless configured otherwise: a person's name together with health or
+    /// special-category data, a date of birth, a postal address or an identifier is restricted; so is a
+    /// date of birth together with health or special-category data (a birth date and a diagnosis single
+    /// out a patient even without the name).
+    pub fn defaults() -> Vec<Combination> {
+        let set = |kinds: &[Kind]| kinds.iter().copied().collect::<BTreeSet<_>>();
+        vec![
+            Combination {
+                name: "person-with-personal-data".into(),
+                all: set(&[Kind::PersonName]),
+                any: set(&[
+                    Kind::Health,
+                    Kind::SpecialCategory,
+                    Kind::DateOfBirth,
+                    Kind::PostalAddress,
+                    Kind::Passport,
+                    Kind::DriversLicense,
+                    Kind::TaxId,
+                    Kind::BankAccount,
+                    Kind::RoutingNumber,
+                    Kind::GovernmentId,
+                    Kind::UsSsn,
+                    Kind::UkNino,
+                    Kind::EsDni,
+                    Kind::Iban,
+                    Kind::PaymentCard,
+                ]),
+                level: Level::Restricted,
+            },
+            Combination {
+                name: "birth-date-with-health".into(),
+                all: set(&[Kind::DateOfBirth]),
+                any: set(&[Kind::Health, Kind::SpecialCategory]),
+                level: Level::Restricted,
+            },
+        ]
+    }
+
+    /// Whether the kinds found (`has`) meet this combination.
+    pub(crate) fn met(&self, has: impl Fn(Kind) -> bool) -> bool {
+        self.all.iter().all(|&k| has(k)) && (self.any.is_empty() || self.any.iter().any(|&k| has(k)))
+    }
 }
 
 fn default_rule_level() -> Level {
@@ -108,8 +173,14 @@ pub enum ScannerError {
     EmptyPatternName { index: usize },
     #[error("keywords[{list}].words[{word}] is empty")]
     EmptyKeyword { list: usize, word: usize },
+    #[error("combinations[{index}]: the name is empty")]
+    EmptyCombinationName { index: usize },
+    #[error("combinations[{index}] ({name:?}): give the kinds that must be found together in all or any")]
+    EmptyCombination { index: usize, name: String },
     #[error("levels.{0}: {0} findings take the level of their list, so it cannot be set in levels")]
     TenantKindLevel(Kind),
+    #[error("the built-in date pattern: {0}")]
+    DatePattern(#[source] Box<regex::Error>),
     #[error("building the anchor matcher: {0}")]
     Matcher(#[from] aho_corasick::BuildError),
     #[error("combining the custom patterns: {0}")]

@@ -56,11 +56,36 @@ pub enum Kind {
     Keyword,
     /// A match of a tenant's regular expression.
     CustomPattern,
+    /// A person's name (given name, surname or both), found by the personal-data model.
+    PersonName,
+    /// A postal address: the building number, street, unit, city, state and postcode the personal-data
+    /// model found next to each other, as one finding.
+    PostalAddress,
+    /// A date written next to a birth cue ("DOB", "born", "date of birth", "geb.", "né le", ...).
+    DateOfBirth,
+    /// A condition, diagnosis, treatment or medication from the health vocabulary.
+    Health,
+    /// A term from a special category of data protection law (GDPR articles 9 and 10: sexual
+    /// orientation, sex life, religion, politics, ethnic origin, trade-union membership, genetic and
+    /// biometric data, criminal convictions); the finding's `rule` names the category.
+    SpecialCategory,
+    /// A passport number, found by the personal-data model.
+    Passport,
+    /// A driver's licence number, found by the personal-data model.
+    DriversLicense,
+    /// A tax identification number, found by the personal-data model.
+    TaxId,
+    /// A bank account number, found by the personal-data model.
+    BankAccount,
+    /// A bank routing number, found by the personal-data model.
+    RoutingNumber,
+    /// Another government identifier, found by the personal-data model.
+    GovernmentId,
 }
 
 impl Kind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 33] = [
         Self::PaymentCard,
         Self::Iban,
         Self::UsSsn,
@@ -83,6 +108,30 @@ impl Kind {
         Self::GenericSecret,
         Self::Keyword,
         Self::CustomPattern,
+        Self::PersonName,
+        Self::PostalAddress,
+        Self::DateOfBirth,
+        Self::Health,
+        Self::SpecialCategory,
+        Self::Passport,
+        Self::DriversLicense,
+        Self::TaxId,
+        Self::BankAccount,
+        Self::RoutingNumber,
+        Self::GovernmentId,
+    ];
+
+    /// The kinds only the personal-data model finds (the scanner merges them in with
+    /// [`crate::Scanner::merge`]).
+    pub const MODEL: [Kind; 8] = [
+        Self::PersonName,
+        Self::PostalAddress,
+        Self::Passport,
+        Self::DriversLicense,
+        Self::TaxId,
+        Self::BankAccount,
+        Self::RoutingNumber,
+        Self::GovernmentId,
     ];
 
     /// The stable snake_case name (`"payment_card"`).
@@ -110,17 +159,41 @@ impl Kind {
             Self::GenericSecret => "generic_secret",
             Self::Keyword => "keyword",
             Self::CustomPattern => "custom_pattern",
+            Self::PersonName => "person_name",
+            Self::PostalAddress => "postal_address",
+            Self::DateOfBirth => "date_of_birth",
+            Self::Health => "health",
+            Self::SpecialCategory => "special_category",
+            Self::Passport => "passport",
+            Self::DriversLicense => "drivers_license",
+            Self::TaxId => "tax_id",
+            Self::BankAccount => "bank_account",
+            Self::RoutingNumber => "routing_number",
+            Self::GovernmentId => "government_id",
         }
     }
 
     /// The level a finding of this kind has unless configuration says otherwise: credentials, keys,
-    /// payment cards, bank accounts and national identifiers are restricted; contact data (e-mail, phone,
-    /// IP address) is confidential. Keywords and custom patterns take the level of their list instead.
+    /// payment cards, bank accounts and national and travel identifiers are restricted; contact data
+    /// (e-mail, phone, IP address) is confidential; a name, an address, a date of birth, a health or a
+    /// special-category term alone is internal (so "Who was Abraham Lincoln?" may still go to the
+    /// cloud), and together they are restricted through the scanner's combinations
+    /// ([`crate::Combination::defaults`]). Keywords and custom patterns take the level of their list.
     pub fn default_level(self) -> Level {
         match self {
             Self::Email | Self::Phone | Self::IpAddress => Level::Confidential,
+            Self::PersonName
+            | Self::PostalAddress
+            | Self::DateOfBirth
+            | Self::Health
+            | Self::SpecialCategory => Level::Internal,
             _ => Level::Restricted,
         }
+    }
+
+    /// Whether only the personal-data model finds this kind.
+    pub fn is_model(self) -> bool {
+        Self::MODEL.contains(&self)
     }
 
     /// Whether the level comes from a tenant list (keywords, custom patterns) rather than from the kind.
@@ -167,14 +240,14 @@ impl From<Kind> for &'static str {
 
 /// A set of kinds as a bit mask: which detectors are on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct KindSet(u32);
+pub(crate) struct KindSet(u64);
 
 impl KindSet {
     pub(crate) fn all() -> Self {
         Self(Kind::ALL.iter().fold(0, |m, &k| m | Self::bit(k)))
     }
 
-    fn bit(kind: Kind) -> u32 {
+    fn bit(kind: Kind) -> u64 {
         1 << (kind as u32)
     }
 

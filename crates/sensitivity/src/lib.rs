@@ -24,11 +24,12 @@ mod detect;
 mod kind;
 mod level;
 mod scanner;
+mod vocab;
 
 use std::ops::Range;
 use std::sync::Arc;
 
-pub use config::{KeywordList, PatternRule, ScanLimits, ScannerConfig, ScannerError};
+pub use config::{Combination, KeywordList, PatternRule, ScanLimits, ScannerConfig, ScannerError};
 pub use kind::{Kind, UnknownKind};
 pub use level::{Level, UnknownLevel};
 pub use scanner::Scanner;
@@ -54,13 +55,17 @@ pub struct Finding {
 pub struct Scan {
     /// In order of string index, then position.
     pub findings: Vec<Finding>,
-    /// The highest level of the findings, `Public` when there are none, and `Restricted` whenever the scan
-    /// is incomplete: what was not read cannot be cleared.
+    /// The highest level of the findings and of the combinations they meet, `Public` when there are
+    /// none, and `Restricted` whenever the scan is incomplete: what was not read cannot be cleared.
     pub level: Level,
+    /// The combinations the findings meet (a name with a diagnosis, ...).
+    pub combined: Vec<Combined>,
     /// Whether every byte was scanned.
     pub complete: bool,
     /// Why the scan is incomplete, when it is.
     pub incomplete: Option<Incomplete>,
+    /// Whether the personal-data model read the text.
+    pub model: ModelPass,
 }
 
 impl Scan {
@@ -74,6 +79,62 @@ impl Scan {
     }
 }
 
+impl Scan {
+    /// Marks the scan incomplete (and so restricted), for a reason found outside the scanner: the
+    /// personal-data model could not read the text within its budget.
+    pub fn fail_closed(&mut self, why: Incomplete) {
+        if self.incomplete.is_none() {
+            self.incomplete = Some(why);
+        }
+        self.complete = false;
+        self.level = Level::Restricted;
+    }
+}
+
+/// A combination of kinds a scan met, and the level it gives the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Combined {
+    pub name: Arc<str>,
+    pub level: Level,
+}
+
+/// A span the personal-data model recognised, in this crate's vocabulary, to merge into a scan
+/// ([`Scanner::merge`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recognised {
+    pub kind: Kind,
+    /// Which string it is in, as in [`Finding::index`].
+    pub index: usize,
+    pub range: Range<usize>,
+}
+
+/// Whether the personal-data model read a request's text, and if not, why not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModelPass {
+    /// No model is configured.
+    #[default]
+    Off,
+    /// Its answer could not change where the request may go (already restricted, or bound only for
+    /// backends cleared for restricted data).
+    NotNeeded,
+    /// It read every string (`cached` of them were answered from the cache of earlier strings).
+    Ran { strings: usize, cached: usize },
+    /// It could not read the text within its budget: the scan is incomplete and restricted.
+    OverBudget,
+}
+
+impl ModelPass {
+    /// A stable snake_case name: `off`, `not_needed`, `ran`, `over_budget`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::NotNeeded => "not_needed",
+            Self::Ran { .. } => "ran",
+            Self::OverBudget => "over_budget",
+        }
+    }
+}
+
 /// Why some text was not scanned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Incomplete {
@@ -83,6 +144,15 @@ pub enum Incomplete {
     /// The prefilter refused the search (it cannot for the configurations `Scanner::new` builds).
     #[error("the prefilter could not search the text")]
     MatcherFailed,
+    /// The text is longer than the personal-data model's budget.
+    #[error("{bytes} bytes of text is over the personal-data model's limit of {max_bytes} bytes")]
+    ModelTooLarge { bytes: usize, max_bytes: usize },
+    /// The personal-data model did not finish within its time budget.
+    #[error("the personal-data model did not finish within {millis} ms")]
+    ModelTimedOut { millis: u64 },
+    /// The personal-data model failed on the text.
+    #[error("the personal-data model failed: {0}")]
+    ModelFailed(String),
 }
 
 #[cfg(test)]

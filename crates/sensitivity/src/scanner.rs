@@ -17,12 +17,13 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
-use crate::config::{ScanLimits, ScannerConfig, ScannerError};
+use crate::config::{Combination, ScanLimits, ScannerConfig, ScannerError};
 use crate::detect::credentials::{self, Format};
-use crate::detect::{Hit, contact, generic, numbers};
+use crate::detect::{Hit, birth, contact, generic, numbers};
 use crate::kind::{Kind, KindSet};
 use crate::level::Level;
-use crate::{Finding, Incomplete, Scan};
+use crate::vocab::Vocabulary;
+use crate::{Combined, Finding, Incomplete, ModelPass, Recognised, Scan};
 
 /// Total anchor bytes up to which the prefilter is a DFA (about 2 MiB of tables at that size).
 const MAX_DFA_ANCHOR_BYTES: usize = 16 * 1024;
@@ -50,7 +51,16 @@ struct Inner {
     levels: [Level; Kind::ALL.len()],
     keyword_rules: Vec<Rule>,
     patterns: Option<Patterns>,
+    /// The date pattern of the date-of-birth detector, when it is on.
+    date: Option<Regex>,
+    vocabulary: Option<Vocabulary>,
+    combinations: Vec<Compiled>,
     limits: ScanLimits,
+}
+
+struct Compiled {
+    name: Arc<str>,
+    rule: Combination,
 }
 
 struct Rule {
@@ -74,6 +84,7 @@ enum Action {
     SlackWebhook,
     Jwt,
     SecretName,
+    BirthCue,
     Keyword(usize),
 }
 
@@ -124,6 +135,18 @@ impl Scanner {
                 table.add(anchor.as_bytes(), Action::SecretName);
             }
         }
+        let date = if on.has(Kind::DateOfBirth) {
+            for cue in birth::CUES {
+                for variant in [cue.to_owned(), cue.to_uppercase()] {
+                    table.add(variant.as_bytes(), Action::BirthCue);
+                }
+            }
+            Some(birth::date_regex().map_err(|e| ScannerError::DatePattern(Box::new(e)))?)
+        } else {
+            None
+        };
+        let vocabulary = Vocabulary::new(on.has(Kind::Health), on.has(Kind::SpecialCategory))?;
+        let combinations = compile_combinations(config)?;
         let mut keyword_rules = Vec::new();
         if on.has(Kind::Keyword) {
             for (list, kw) in config.keywords.iter().enumerate() {
@@ -174,6 +197,9 @@ impl Scanner {
                 levels,
                 keyword_rules,
                 patterns,
+                date,
+                vocabulary,
+                combinations,
                 limits: config.limits,
             }),
         })
@@ -236,17 +262,97 @@ impl Scanner {
         } else {
             failed
         };
-        let level = if incomplete.is_some() {
-            Level::Restricted
-        } else {
-            findings.iter().map(|f| f.level).max().unwrap_or(Level::Public)
-        };
-        Scan {
+        let mut scan = Scan {
             complete: incomplete.is_none(),
             findings,
-            level,
+            level: Level::Public,
+            combined: Vec::new(),
             incomplete,
+            model: ModelPass::Off,
+        };
+        self.rate(&mut scan);
+        scan
+    }
+
+    /// Adds what the personal-data model recognised to a scan and rates it again. A recognised span
+    /// that overlaps a finding of the scanner's own detectors is left out (those are validated and name
+    /// the data more exactly: an IBAN, not a bank account; a health term, not a surname), as are kinds
+    /// that are off.
+    pub fn merge(&self, scan: &mut Scan, recognised: impl IntoIterator<Item = Recognised>) {
+        let own = scan.findings.len();
+        for r in recognised {
+            if !self.is_enabled(r.kind) || r.range.is_empty() {
+                continue;
+            }
+            let overlaps = scan.findings[..own].iter().any(|f| {
+                !f.kind.is_tenant_rule()
+                    && f.index == r.index
+                    && f.range.start < r.range.end
+                    && r.range.start < f.range.end
+            });
+            if !overlaps {
+                scan.findings.push(Finding {
+                    kind: r.kind,
+                    level: self.level(r.kind),
+                    index: r.index,
+                    range: r.range,
+                    rule: None,
+                });
+            }
         }
+        scan.findings
+            .sort_by_key(|f| (f.index, f.range.start, f.range.end));
+        self.rate(scan);
+    }
+
+    /// Whether a person's name, added to what `scan` found, would raise its level: the scan found
+    /// something a name combines with (a diagnosis, a birth date, an identifier).
+    pub fn name_would_raise(&self, scan: &Scan) -> bool {
+        let mut found = KindSet::default();
+        for f in &scan.findings {
+            found.insert(f.kind);
+        }
+        let mut with_name = found;
+        with_name.insert(Kind::PersonName);
+        let level = |set: KindSet| {
+            let own = scan.findings.iter().map(|f| f.level);
+            let name = set.has(Kind::PersonName).then(|| self.level(Kind::PersonName));
+            let combined = self
+                .inner
+                .combinations
+                .iter()
+                .filter(|c| c.rule.met(|k| set.has(k)))
+                .map(|c| c.rule.level);
+            own.chain(name).chain(combined).max().unwrap_or(Level::Public)
+        };
+        level(with_name) > level(found).max(self.level(Kind::PersonName))
+    }
+
+    /// The level of a scan: the highest of its findings and of the combinations they meet, and
+    /// restricted whenever it is incomplete.
+    fn rate(&self, scan: &mut Scan) {
+        let mut found = KindSet::default();
+        for f in &scan.findings {
+            found.insert(f.kind);
+        }
+        scan.combined = self
+            .inner
+            .combinations
+            .iter()
+            .filter(|c| c.rule.met(|k| found.has(k)))
+            .map(|c| Combined {
+                name: c.name.clone(),
+                level: c.rule.level,
+            })
+            .collect();
+        let found_level = scan.findings.iter().map(|f| f.level);
+        let combined_level = scan.combined.iter().map(|c| c.level);
+        scan.level = if scan.incomplete.is_some() {
+            Level::Restricted
+        } else {
+            found_level.chain(combined_level).max().unwrap_or(Level::Public)
+        };
+        scan.complete = scan.incomplete.is_none();
     }
 
     fn scan_text(&self, text: &str, index: usize, out: &mut Vec<Finding>) -> Result<(), Incomplete> {
@@ -271,6 +377,15 @@ impl Scanner {
                     .get(m.pattern().as_usize())
                     .map_or(&[][..], Vec::as_slice)
                 {
+                    if action == Action::BirthCue {
+                        if whole_word(text, s, e)
+                            && let Some(date) = &inner.date
+                            && let Some(hit) = birth::after_cue(date, text, e)
+                        {
+                            self.push(out, index, hit);
+                        }
+                        continue;
+                    }
                     if let Action::Keyword(list) = action {
                         if whole_word(text, s, e)
                             && let Some(rule) = inner.keyword_rules.get(list)
@@ -296,6 +411,9 @@ impl Scanner {
                 }
                 pos = resume.max(s + 1);
             }
+        }
+        if let Some(v) = &inner.vocabulary {
+            v.scan(text, index, |k| self.level(k), out)?;
         }
         if let Some(p) = &inner.patterns {
             let mut search = |re: &Regex, rule: &Rule| {
@@ -364,8 +482,8 @@ impl Scanner {
                     (None, e)
                 }
             },
-            // Keywords are matched in `scan_text`, which has the text as `str`.
-            Action::Keyword(_) => (None, e),
+            // Keywords and birth cues are matched in `scan_text`, which has the text as `str`.
+            Action::Keyword(_) | Action::BirthCue => (None, e),
         }
     }
 
@@ -404,6 +522,11 @@ impl fmt::Debug for Scanner {
                 "patterns",
                 &inner.patterns.as_ref().map_or(0, |p| p.regexes.len()),
             )
+            .field(
+                "vocabulary",
+                &inner.vocabulary.as_ref().map_or(0, Vocabulary::len),
+            )
+            .field("combinations", &inner.combinations.len())
             .field("limits", &inner.limits)
             .finish()
     }
@@ -440,7 +563,7 @@ impl AnchorTable {
 
 /// Whether the match `s..e` is a whole word: no letter, digit or underscore (Unicode) right before or
 /// after it, where its own first or last character is one.
-fn whole_word(text: &str, s: usize, e: usize) -> bool {
+pub(crate) fn whole_word(text: &str, s: usize, e: usize) -> bool {
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
     let Some(found) = text.get(s..e) else { return false };
     let left = !found.chars().next().is_some_and(is_word)
@@ -451,6 +574,29 @@ fn whole_word(text: &str, s: usize, e: usize) -> bool {
     let right = !found.chars().next_back().is_some_and(is_word)
         || !text.get(e..).and_then(|t| t.chars().next()).is_some_and(is_word);
     left && right
+}
+
+fn compile_combinations(config: &ScannerConfig) -> Result<Vec<Compiled>, ScannerError> {
+    let rules = config.combinations.clone().unwrap_or_else(Combination::defaults);
+    rules
+        .into_iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            if rule.name.trim().is_empty() {
+                return Err(ScannerError::EmptyCombinationName { index });
+            }
+            if rule.all.is_empty() && rule.any.is_empty() {
+                return Err(ScannerError::EmptyCombination {
+                    index,
+                    name: rule.name,
+                });
+            }
+            Ok(Compiled {
+                name: rule.name.trim().into(),
+                rule,
+            })
+        })
+        .collect()
 }
 
 fn compile_patterns(config: &ScannerConfig) -> Result<Option<Patterns>, ScannerError> {

@@ -990,3 +990,145 @@ mod config {
         assert_eq!(s.scan("a@example.com 4111111111111111").findings, []);
     }
 }
+
+fn recognised(kind: Kind, text: &str, part: &str) -> Recognised {
+    let start = text.find(part).unwrap();
+    Recognised {
+        kind,
+        index: 0,
+        range: start..start + part.len(),
+    }
+}
+
+#[test]
+fn a_date_of_birth_needs_its_cue() {
+    assert_eq!(
+        found("Patient DOB 1975-03-04, invoice dated 2024-03-04."),
+        [(Kind::DateOfBirth, "1975-03-04")]
+    );
+    assert_eq!(found("geb. 04.03.1975"), [(Kind::DateOfBirth, "04.03.1975")]);
+    // A cue inside another word is no cue.
+    assert_eq!(found("stubborn 1975-03-04"), []);
+    let scan = scanner().scan("She was born on 4 March 1975.");
+    assert_eq!(scan.level, Level::Internal);
+    assert!(scan.combined.is_empty());
+}
+
+#[test]
+fn health_and_special_terms_are_whole_words_ignoring_case() {
+    assert_eq!(
+        found("Diagnosed with HIV; takes Metformin."),
+        [(Kind::Health, "HIV"), (Kind::Health, "Metformin")]
+    );
+    assert_eq!(found("archival shivers"), []);
+    let scan = scanner().scan("He converted and is a Muslim.");
+    assert_eq!(scan.kinds(), [Kind::SpecialCategory]);
+    assert_eq!(scan.findings[0].rule.as_deref(), Some("religion"));
+    // Alone, a health term is internal: "What are the symptoms of diabetes?" may go to the cloud.
+    assert_eq!(
+        scanner().scan("What are the symptoms of diabetes?").level,
+        Level::Internal
+    );
+}
+
+#[test]
+fn a_name_alone_is_internal_and_with_a_diagnosis_restricted() {
+    let s = scanner();
+    let text = "Who was Abraham Lincoln?";
+    let mut scan = s.scan(text);
+    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Abraham Lincoln")]);
+    assert_eq!(scan.level, Level::Internal);
+    assert!(scan.combined.is_empty());
+
+    let text = "Patient Maria Gonzalez, DOB 1975-03-04, was diagnosed with HIV last week.";
+    let mut scan = s.scan(text);
+    assert_eq!(scan.level, Level::Restricted, "a birth date with a diagnosis");
+    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Maria Gonzalez")]);
+    assert_eq!(scan.level, Level::Restricted);
+    let names: Vec<&str> = scan.combined.iter().map(|c| &*c.name).collect();
+    assert_eq!(names, ["person-with-personal-data", "birth-date-with-health"]);
+    assert_eq!(scan.kinds(), [Kind::PersonName, Kind::DateOfBirth, Kind::Health]);
+}
+
+#[test]
+fn the_model_never_double_counts_what_a_detector_found() {
+    let s = scanner();
+    let text = "Pay GB82 WEST 1234 5698 7654 32 for Ana, who has Parkinson's.";
+    let mut scan = s.scan(text);
+    s.merge(
+        &mut scan,
+        [
+            recognised(Kind::BankAccount, text, "GB82 WEST 1234 5698 7654 32"),
+            recognised(Kind::PersonName, text, "Ana"),
+            // The model reads "Parkinson" as a surname; the vocabulary knows it is a disease.
+            recognised(Kind::PersonName, text, "Parkinson"),
+        ],
+    );
+    assert_eq!(
+        found_kinds(&scan, text),
+        [
+            (Kind::Iban, "GB82 WEST 1234 5698 7654 32"),
+            (Kind::PersonName, "Ana"),
+            (Kind::Health, "Parkinson")
+        ]
+    );
+    assert_eq!(scan.level, Level::Restricted);
+}
+
+fn found_kinds<'t>(scan: &Scan, text: &'t str) -> Vec<(Kind, &'t str)> {
+    scan.findings
+        .iter()
+        .map(|f| (f.kind, &text[f.range.clone()]))
+        .collect()
+}
+
+#[test]
+fn combinations_and_levels_are_configurable() {
+    let config: ScannerConfig = serde_json::from_value(serde_json::json!({
+        "levels": { "person_name": "confidential" },
+        "combinations": [{ "name": "name-and-city", "all": ["person_name", "postal_address"], "level": "confidential" }],
+    }))
+    .unwrap();
+    let s = Scanner::new(&config).unwrap();
+    let text = "Ana, HIV";
+    let mut scan = s.scan(text);
+    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    // The default combinations are replaced: a name with a diagnosis is now only as high as its parts.
+    assert_eq!(scan.level, Level::Confidential);
+    assert!(scan.combined.is_empty());
+
+    let none: ScannerConfig = serde_json::from_value(serde_json::json!({ "combinations": [] })).unwrap();
+    let s = Scanner::new(&none).unwrap();
+    let mut scan = s.scan(text);
+    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    assert_eq!(scan.level, Level::Internal);
+
+    let empty: ScannerConfig =
+        serde_json::from_value(serde_json::json!({ "combinations": [{ "name": "x" }] })).unwrap();
+    assert_eq!(
+        Scanner::new(&empty).unwrap_err().to_string(),
+        "combinations[0] (\"x\"): give the kinds that must be found together in all or any"
+    );
+    // A kind that is off is not merged.
+    let off: ScannerConfig =
+        serde_json::from_value(serde_json::json!({ "disabled": ["person_name"] })).unwrap();
+    let s = Scanner::new(&off).unwrap();
+    let mut scan = s.scan(text);
+    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    assert_eq!(scan.kinds(), [Kind::Health]);
+}
+
+#[test]
+fn a_scan_failed_closed_stays_restricted_after_a_merge() {
+    let s = scanner();
+    let mut scan = s.scan("hello");
+    scan.fail_closed(Incomplete::ModelTimedOut { millis: 5 });
+    assert_eq!(scan.level, Level::Restricted);
+    assert!(!scan.complete);
+    s.merge(&mut scan, []);
+    assert_eq!(scan.level, Level::Restricted);
+    assert_eq!(
+        scan.incomplete.unwrap().to_string(),
+        "the personal-data model did not finish within 5 ms"
+    );
+}

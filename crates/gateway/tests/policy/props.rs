@@ -172,6 +172,8 @@ proptest! {
             level: if incomplete { Level::Restricted } else { found },
             complete: !incomplete,
             incomplete: None,
+            combined: Vec::new(),
+            model: sluice_sensitivity::ModelPass::Off,
         };
         let headers: Vec<(String, String)> = Vec::new();
         let tenant = if legal { "legal" } else { "acme" };

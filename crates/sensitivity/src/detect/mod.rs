@@ -6,6 +6,7 @@
 //! Bounded work is what keeps a scan linear: a detector reads at most a fixed distance from its anchor,
 //! or, when it reads a run of unbounded length, tells the scanner to resume after that run.
 
+pub(crate) mod birth;
 pub(crate) mod contact;
 pub(crate) mod credentials;
 pub(crate) mod generic;

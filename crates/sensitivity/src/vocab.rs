@@ -1,0 +1,123 @@
+//! The health and special-category vocabularies (`data/health.txt`, `data/special.txt`; sources and
+//! curation in `docs/vocabularies.md`), matched as whole words ignoring case, in one Aho-Corasick pass
+//! of their own, so the thousands of terms do not slow the main prefilter's automaton.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+
+use crate::kind::Kind;
+use crate::{Finding, Incomplete, Level};
+
+/// One term per line, lower case; `#` starts a comment line.
+const HEALTH: &str = include_str!("../data/health.txt");
+/// `category<TAB>term` per line; `#` starts a comment line.
+const SPECIAL: &str = include_str!("../data/special.txt");
+
+/// What one term is: its kind, and for a special category its name.
+struct Term {
+    kind: Kind,
+    category: Option<Arc<str>>,
+}
+
+pub(crate) struct Vocabulary {
+    matcher: AhoCorasick,
+    terms: Vec<Term>,
+}
+
+impl Vocabulary {
+    /// The vocabularies of the kinds that are on; `None` when both are off.
+    pub(crate) fn new(health: bool, special: bool) -> Result<Option<Self>, aho_corasick::BuildError> {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut terms = Vec::new();
+        let mut seen = HashSet::new();
+        let mut add = |term: &str, kind: Kind, category: Option<&Arc<str>>| {
+            let term = term.trim();
+            if term.is_empty() {
+                return;
+            }
+            // The automaton folds ASCII case only; other letters match as written, all lower or all upper.
+            for variant in [term.to_lowercase(), term.to_uppercase()] {
+                if seen.insert(variant.to_ascii_lowercase()) {
+                    patterns.push(variant);
+                    terms.push(Term {
+                        kind,
+                        category: category.cloned(),
+                    });
+                }
+            }
+        };
+        if health {
+            for term in lines(HEALTH) {
+                add(term, Kind::Health, None);
+            }
+        }
+        if special {
+            let mut categories: Vec<Arc<str>> = Vec::new();
+            for line in lines(SPECIAL) {
+                let Some((category, term)) = line.split_once('\t') else {
+                    continue;
+                };
+                let category = match categories.iter().find(|c| &***c == category.trim()) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c: Arc<str> = category.trim().into();
+                        categories.push(c.clone());
+                        c
+                    }
+                };
+                add(term, Kind::SpecialCategory, Some(&category));
+            }
+        }
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let matcher = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)?;
+        Ok(Some(Self { matcher, terms }))
+    }
+
+    /// The terms in `text` (string `index`), each at the level of its kind.
+    pub(crate) fn scan(
+        &self,
+        text: &str,
+        index: usize,
+        level: impl Fn(Kind) -> Level,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), Incomplete> {
+        for m in self
+            .matcher
+            .try_find_iter(Input::new(text))
+            .map_err(|_| Incomplete::MatcherFailed)?
+        {
+            let (s, e) = (m.start(), m.end());
+            if !crate::scanner::whole_word(text, s, e) {
+                continue;
+            }
+            if let Some(term) = self.terms.get(m.pattern().as_usize()) {
+                out.push(Finding {
+                    kind: term.kind,
+                    level: level(term.kind),
+                    index,
+                    range: s..e,
+                    rule: term.category.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.terms.len()
+    }
+}
+
+/// The lines of a list that are not comments or blank.
+fn lines(list: &str) -> impl Iterator<Item = &str> {
+    list.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+}
