@@ -996,3 +996,137 @@ async fn sluice_up_uses_openai_when_a_key_is_set_and_honours_its_base_url() {
     }
     stop(child);
 }
+
+fn admin_of(banner: &str) -> std::net::SocketAddr {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Metrics"))
+        .and_then(|l| l.trim().strip_prefix("http://"))
+        .and_then(|l| l.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in:\n{banner}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_up_keeps_names_with_health_birth_dates_and_addresses_in_prose_off_the_cloud() {
+    // The cloud is an OpenAI-compatible stand-in that records every request it gets.
+    let openai = SimCloud::start(&["--api-key", "sk-upstream"]);
+    let base = openai.base_url();
+    let (child, banner) = sluice_up(&[("OPENAI_API_KEY", "sk-upstream"), ("OPENAI_BASE_URL", &base)]);
+    assert!(
+        banner.contains("Personal data    names, addresses and IDs in prose"),
+        "{banner}"
+    );
+    let admin = admin_of(&banner);
+    let r = common::sdk_at(&base_url_of(&banner), "prose");
+
+    // The patient's birth date and diagnosis are restricted on their own, before the model: it is not
+    // needed, and not run.
+    let c = &r["name_and_diagnosis"];
+    assert_eq!(c["headers"]["x-sluice-route"], "local", "{c}");
+    assert_eq!(c["headers"]["x-sluice-sensitivity"], "restricted", "{c}");
+    let id = c["headers"]["x-sluice-decision-id"].as_str().unwrap();
+    let (_, body) = common::http(admin, "GET", &format!("/admin/decisions/{id}"), None);
+    let d: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["ner"], "not_needed", "{d}");
+    assert_eq!(
+        d["combined"],
+        json!([{"name": "birth-date-with-health", "level": "restricted"}])
+    );
+    for case in [
+        "birth_date",
+        "address_in_system",
+        "tool_arguments",
+        "past_the_first_window",
+    ] {
+        let c = &r[case];
+        assert_eq!(c["status"], 200, "{case}: {c}");
+        assert_eq!(c["headers"]["x-sluice-route"], "local", "{case}: {c}");
+        assert_eq!(c["headers"]["x-sluice-sensitivity"], "restricted", "{case}: {c}");
+        assert_eq!(
+            c["headers"]["x-sluice-substituted-for"], "gpt-4o-mini",
+            "{case}: {c}"
+        );
+        // The decision says the model ran and which combination made the request restricted, with
+        // positions and never the text.
+        let id = c["headers"]["x-sluice-decision-id"].as_str().unwrap();
+        let (status, body) = common::http(admin, "GET", &format!("/admin/decisions/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        let d: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(d["ner"], "ran", "{case}: {d}");
+        assert!(
+            d["combined"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "person-with-personal-data"),
+            "{case}: {d}"
+        );
+        let name = d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "person_name")
+            .unwrap_or_else(|| panic!("{case}: {d}"));
+        assert!(
+            name["start"].as_u64().unwrap() < name["end"].as_u64().unwrap(),
+            "{case}: {d}"
+        );
+        for secret in ["Gonzalez", "Kowalski", "Whitaker", "Willow"] {
+            assert!(
+                !body.contains(secret),
+                "{case}: the decision holds no text: {body}"
+            );
+        }
+    }
+    // Past the first window of the model: the name is found after more than 512 tokens of other text.
+    let id = r["past_the_first_window"]["headers"]["x-sluice-decision-id"]
+        .as_str()
+        .unwrap();
+    let (_, body) = common::http(admin, "GET", &format!("/admin/decisions/{id}"), None);
+    let d: Value = serde_json::from_str(&body).unwrap();
+    let name_at = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "person_name")
+        .map(|f| f["start"].as_u64().unwrap())
+        .unwrap();
+    assert!(name_at > 5_000, "{d}");
+
+    // A public figure, a colleague's name alone, and text naming nobody still go to the cloud.
+    for case in ["public_figure", "name_alone", "nobody"] {
+        let c = &r[case];
+        assert_eq!(c["status"], 200, "{case}: {c}");
+        assert_eq!(c["headers"]["x-sluice-route"], "cloud", "{case}: {c}");
+    }
+    assert_eq!(r["name_alone"]["headers"]["x-sluice-sensitivity"], "internal");
+    let seen = openai.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for s in &seen {
+        let body = s["body"].to_string();
+        for secret in [
+            "Gonzalez",
+            "Kowalski",
+            "Whitaker",
+            "Willow",
+            "HIV",
+            "schizophrenia",
+        ] {
+            assert!(!body.contains(secret), "{secret} reached the cloud: {body}");
+        }
+    }
+    let metrics = {
+        let (_, body) = common::http(admin, "GET", "/metrics", None);
+        body
+    };
+    assert_eq!(
+        metric(&metrics, r#"sluice_ner_requests_total{outcome="ran"}"#),
+        Some(7.0)
+    );
+    assert_eq!(
+        metric(&metrics, r#"sluice_ner_requests_total{outcome="not_needed"}"#),
+        Some(1.0)
+    );
+    stop(child);
+}

@@ -276,6 +276,53 @@ def up():
     }
 
 
+# Benign sentences enough for well over 512 model tokens, so what follows them is past the first window.
+FILLER = " ".join([
+    "Our team reviewed the backlog and agreed to close the stale tickets before the next sprint.",
+    "The build pipeline now caches dependencies, which cut the average run from twelve to seven minutes.",
+    "Several customers asked for an export to spreadsheets, so we scoped a small feature for it.",
+    "The office will be closed on the public holiday, and the on-call rota has been updated accordingly.",
+    "We also discussed how to measure the latency of the search service during peak hours.",
+    "Finally, the design review for the new onboarding flow was moved to the following week.",
+] * 12)
+
+
+def prose():
+    """Personal data written as prose, asked of the cloud model in every place a request carries text, and
+    questions that name no one or only a public figure."""
+    c = client()
+    user = lambda text: [{"role": "user", "content": text}]
+    cases = {
+        "name_and_diagnosis": user("Patient Maria Gonzalez, DOB 1975-03-04, was diagnosed with HIV last week. "
+                                   "Draft a letter to her employer."),
+        "birth_date": user("Send a card to Tomasz Kowalski, born on 4 March 1975, from the whole team."),
+        "address_in_system": [{"role": "system", "content": "You write letters to Jonathan Whitaker, "
+                               "42 Willow Lane, Apt 3, Springfield, IL 62704."}] + user("Say hello."),
+        "tool_arguments": [
+            {"role": "user", "content": "File the note."},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "file_note", "arguments": json.dumps(
+                 {"patient": "Maria Gonzalez", "condition": "schizophrenia"})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "filed"}],
+        "past_the_first_window": user(FILLER + " Separately, please write to the clinic: our employee "
+                                      "Maria Gonzalez was diagnosed with breast cancer and needs leave."),
+        "public_figure": user("Who was Abraham Lincoln?"),
+        "name_alone": user("Write a birthday poem for my colleague Priya Raman."),
+        "nobody": user(FILLER),
+    }
+    out = {}
+    for name, messages in cases.items():
+        try:
+            raw = c.chat.completions.with_raw_response.create(model=CLOUD, messages=messages, max_tokens=8)
+            r = raw.parse()
+            out[name] = {"status": 200, "headers": headers_of(raw), "model": r.model}
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            out[name] = {"status": e.status_code, "code": body.get("code"),
+                         "headers": {h: e.response.headers.get(h) for h in ROUTING}}
+    return out
+
+
 def hang():
     c = client(timeout=30)
     return {
@@ -284,7 +331,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

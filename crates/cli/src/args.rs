@@ -35,6 +35,9 @@ pub enum Command {
     /// Check the gateway's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show what the content scanner and the personal-data model find in text (positions, never the
+    /// text), and the level it gets.
+    Scan(ScanArgs),
     /// An OpenAI-compatible cloud simulator (latency, token rate, errors, prices), for demos and tests.
     SimCloud(crate::commands::sim_cloud::SimCloudArgs),
     /// Print the SHA-256 of an API key, as `key_sha256` in the gateway configuration wants it.
@@ -145,6 +148,37 @@ pub struct UpArgs {
     /// Append one hash-chained JSON line per decision to this file (`sluice audit verify PATH`).
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Run without the personal-data model (names, addresses and identifiers in prose are then not
+    /// found; fetched and converted on first use otherwise, about 15 MB).
+    #[arg(long)]
+    pub no_ner: bool,
+}
+
+/// `sluice scan`: what the scanner, and the personal-data model, find in text.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Read JSON lines (`{"id": ..., "text": ...}`) and write one result line per input line
+    /// [default: all of standard input is one text].
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Pattern detectors and vocabularies only, without the personal-data model.
+    #[arg(long)]
+    pub no_ner: bool,
+    /// Have the model read every word of every text, as with `ner.prefilter: false` [default: as the
+    /// gateway reads: every word where the scan found what a name combines with, otherwise only the
+    /// words around digits, known names and capitalised words].
+    #[arg(long)]
+    pub read_all: bool,
+    /// A gateway configuration whose `sensitivity:` section (levels, lists, combinations) to use.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Time the scan at 1 KiB, 16 KiB and 256 KiB of prose built from the input texts, instead of
+    /// printing findings: p50 and p99 per size, and MB/s, with and without the model.
+    #[arg(long)]
+    pub timing: bool,
+    /// Runs per size for --timing.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub runs: usize,
 }
 
 /// Every flag overrides the same key of `--config`; unset flags and keys take the defaults shown.

@@ -1,7 +1,8 @@
 //! The Sluice gateway: the OpenAI API in front of the organisation's workers and cloud APIs.
 //!
 //! A request reads one way through it, each step in a module of its own that says what it owns:
-//! `intake` (parse with `api`, hints, scan) -> the policy (`sluice-policy`, a crate of its own: pure) ->
+//! `intake` (parse with `api`, hints, scan; then `recognise`, the personal-data model, when its answer
+//! can change where the request may go) -> the policy (`sluice-policy`, a crate of its own: pure) ->
 //! `dispatch` (targets in order, the clearance invariant, fallback) -> `backend` (`local`: workers over
 //! gRPC; `cloud`: OpenAI-compatible APIs) -> `wire` (what the client sees: JSON or server-sent events)
 //! -> `accounting` (the only writer of metrics, stats, cost, audit records and the decision log).
@@ -9,7 +10,9 @@
 //! snapshot the policy decides on), `config`, `auth`, `error` (the one mapping of errors to HTTP),
 //! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`.
 //!
-//! It must never link candle or any model code: it talks to workers only through `sluice-proto`.
+//! It must never link the LLM engine or the worker: it talks to workers only through `sluice-proto`.
+//! Candle enters it only through `sluice-ner`, the personal-data model, which `recognise` runs on
+//! threads of its own.
 
 pub mod accounting;
 pub mod api;
@@ -25,6 +28,7 @@ pub mod headers;
 pub mod intake;
 pub mod level;
 pub mod metrics;
+pub mod recognise;
 pub mod server;
 pub mod shed;
 pub mod stats;

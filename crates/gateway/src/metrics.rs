@@ -34,6 +34,16 @@ pub struct GatewayMetrics {
     pub findings: IntCounterVec,
     /// Requests whose content could not be scanned completely (treated as restricted).
     pub scans_incomplete: prometheus::IntCounter,
+    /// What the personal-data model did per request. Labels: outcome (`ran`, `not_needed`,
+    /// `over_budget`, `shed`).
+    pub ner_requests: IntCounterVec,
+    /// Strings the model answered. Labels: source (`model` or `cache`).
+    pub ner_strings: IntCounterVec,
+    /// Requests restricted because the model could not read them within budget. Labels: reason
+    /// (`bytes`, `time`, `error`).
+    pub ner_over_budget: IntCounterVec,
+    /// Time a request waited for and ran the model.
+    pub ner_duration: prometheus::Histogram,
     /// Targets a policy chose that the dispatcher refused to send to (cleared below the request). Always 0
     /// unless a policy is wrong; alert on it.
     pub clearance_blocked: prometheus::IntCounter,
@@ -196,6 +206,35 @@ impl GatewayMetrics {
             "sluice_scans_incomplete_total",
             "Requests too large to scan completely, treated as restricted.",
         )?;
+        let ner_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_ner_requests_total",
+                "Requests by what the personal-data model did: ran, not_needed, over_budget, shed.",
+            ),
+            &["outcome"],
+        )?;
+        let ner_strings = IntCounterVec::new(
+            Opts::new(
+                "sluice_ner_strings_total",
+                "Strings the personal-data model answered, read by the model or from its cache.",
+            ),
+            &["source"],
+        )?;
+        let ner_over_budget = IntCounterVec::new(
+            Opts::new(
+                "sluice_ner_over_budget_total",
+                "Requests treated as restricted because the personal-data model could not read them \
+                 within its byte or time budget, or failed.",
+            ),
+            &["reason"],
+        )?;
+        let ner_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_ner_duration_seconds",
+                "Time a request waited for and ran the personal-data model.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
         let clearance_blocked = prometheus::IntCounter::new(
             "sluice_clearance_blocked_total",
             "Dispatches refused because the chosen backend is cleared below the request's level.",
@@ -256,6 +295,10 @@ impl GatewayMetrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(scans_incomplete.clone()))?;
+        registry.register(Box::new(ner_requests.clone()))?;
+        registry.register(Box::new(ner_strings.clone()))?;
+        registry.register(Box::new(ner_over_budget.clone()))?;
+        registry.register(Box::new(ner_duration.clone()))?;
         registry.register(Box::new(clearance_blocked.clone()))?;
         registry.register(Box::new(backend_up.clone()))?;
         registry.register(Box::new(backend_in_flight.clone()))?;
@@ -269,6 +312,10 @@ impl GatewayMetrics {
             rejected,
             findings,
             scans_incomplete,
+            ner_requests,
+            ner_strings,
+            ner_over_budget,
+            ner_duration,
             clearance_blocked,
             backend_up,
             backend_in_flight,

@@ -12,12 +12,15 @@
 //! given and runs ids it is given.
 
 pub mod convert;
+pub mod cues;
 pub mod model;
 pub mod onnx;
+pub mod personal;
 pub mod tag;
 pub mod tokenize;
 
 pub use convert::{ConvertError, Tensor, convert, to_safetensors};
 pub use model::{LABELS, ModelError, Tagger};
-pub use tag::{Entity, EntityKind, Recognizer, TagError};
+pub use personal::{Personal, PersonalKind, personal};
+pub use tag::{Entity, EntityKind, Reading, Recognizer, TagError};
 pub use tokenize::{Piece, TokenizeError, WordPieces, windows};

@@ -106,6 +106,17 @@ impl Tagger {
             let value = candle_core::Tensor::from_vec(t.data, t.shape, &device)?;
             map.insert(t.name, value);
         }
+        Self::from_map(map, device)
+    }
+
+    /// Builds the model from the safetensors file `sluice models pull --ner` writes.
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, ModelError> {
+        let device = Device::Cpu;
+        let map = candle_core::safetensors::load_buffer(bytes, &device)?;
+        Self::from_map(map, device)
+    }
+
+    fn from_map(map: HashMap<String, candle_core::Tensor>, device: Device) -> Result<Self, ModelError> {
         let vb = VarBuilder::from_tensors(map, DType::F32, &device);
         let config = config();
         let bert = BertModel::load(vb.clone(), &config)?;

@@ -101,12 +101,44 @@ impl Recognizer {
         })
     }
 
+    /// The personal data in `text` (names and addresses joined, see [`crate::personal`]), in order.
+    pub fn personal(&self, text: &str) -> Result<Vec<crate::Personal>, TagError> {
+        Ok(self.personal_reading(text, Reading::Whole)?.0)
+    }
+
+    /// The personal data in `text`, reading what `reading` says; with the number of pieces the model
+    /// read.
+    pub fn personal_reading(
+        &self,
+        text: &str,
+        reading: Reading,
+    ) -> Result<(Vec<crate::Personal>, usize), TagError> {
+        let (entities, read) = self.entities_reading(text, reading)?;
+        Ok((crate::personal(text, &entities), read))
+    }
+
     /// The entities in `text`, in order.
     pub fn entities(&self, text: &str) -> Result<Vec<Entity>, TagError> {
+        Ok(self.entities_reading(text, Reading::Whole)?.0)
+    }
+
+    /// The entities in the parts of `text` that `reading` says, and how many pieces the model read.
+    pub fn entities_reading(&self, text: &str, reading: Reading) -> Result<(Vec<Entity>, usize), TagError> {
         let pieces = self.pieces.pieces(text)?;
-        // Each piece's label, from the window where it is farthest from an edge.
+        let parts = match reading {
+            Reading::Whole => std::iter::once(0..pieces.len()).collect(),
+            Reading::AroundCues => around(&pieces, &crate::cues::cues(text)),
+        };
+        // Each piece's label, from the window where it is farthest from an edge; pieces not read are `O`.
         let mut labels = vec![(0usize, 0usize); pieces.len()];
-        for window in windows(pieces.len(), MAX_TOKENS - 2, OVERLAP) {
+        let mut read = 0;
+        let all = parts.iter().flat_map(|span| {
+            windows(span.len(), MAX_TOKENS - 2, OVERLAP)
+                .into_iter()
+                .map(move |w| span.start + w.start..span.start + w.end)
+        });
+        for window in all {
+            read += window.len();
             let mut ids = Vec::with_capacity(window.len() + 2);
             ids.push(self.cls);
             ids.extend(pieces[window.clone()].iter().map(|p| p.id));
@@ -127,8 +159,43 @@ impl Recognizer {
             }
         }
         let labels: Vec<usize> = labels.into_iter().map(|(l, _)| l).collect();
-        Ok(spans(&pieces, &labels))
+        Ok((spans(&pieces, &labels), read))
     }
+}
+
+/// How much of a text the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Every piece.
+    Whole,
+    /// The pieces within [`CONTEXT`] of a cue ([`crate::cues`]): a digit, a known name, a capitalised
+    /// word inside a sentence. Nothing when there is no cue.
+    AroundCues,
+}
+
+/// Pieces read on each side of a cue: a name, address or identifier starting at a cue is whole
+/// within it, with the words around it that the model reads it by.
+pub const CONTEXT: usize = 48;
+
+/// The spans of pieces within `CONTEXT` of a cue, merged where they touch.
+fn around(pieces: &[Piece], cues: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut p = 0;
+    for cue in cues {
+        // The first piece of the cue word.
+        while pieces.get(p).is_some_and(|x| x.end <= cue.start) {
+            p += 1;
+        }
+        if p >= pieces.len() {
+            break;
+        }
+        let span = p.saturating_sub(CONTEXT)..(p + CONTEXT + 1).min(pieces.len());
+        match out.last_mut() {
+            Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+            _ => out.push(span),
+        }
+    }
+    out
 }
 
 /// Reads BIO labels (one per piece) as entities over the pieces' bytes.

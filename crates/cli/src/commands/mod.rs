@@ -4,6 +4,7 @@ mod audit;
 mod chat;
 mod gateway;
 mod models;
+mod scan;
 pub mod sim_cloud;
 mod up;
 mod worker;
@@ -37,6 +38,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Policy(PolicyCommand::Explain(args)) => gateway::explain(&args),
         Command::Up(args) => up::run(args).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Scan(args) => scan::run(&args).await,
         Command::SimCloud(args) => sim_cloud::run(args, shutdown_signal()).await,
         Command::HashKey { key } => hash_key(key),
     }

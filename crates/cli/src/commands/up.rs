@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_gateway::config::{RawApiKey, RawAudit, RawCloud, RawCloudModel, RawLocal, RawWorker};
+use sluice_gateway::config::{RawApiKey, RawAudit, RawCloud, RawCloudModel, RawLocal, RawNer, RawWorker};
 use sluice_gateway::{BoundAddrs, RawGatewayConfig};
 use sluice_simcloud::{Sim, SimConfig, SimModel};
 use tokio::sync::watch;
@@ -67,6 +67,23 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     });
 
     let key = args.api_key.clone().unwrap_or_else(new_key);
+
+    // The personal-data model, fetched and converted on first use like the demo model.
+    let ner = if args.no_ner {
+        None
+    } else {
+        let cache = sluice_models::cache_dir();
+        let (weights, tokenizer) =
+            tokio::task::spawn_blocking(move || super::models::pull_ner(&cache, false))
+                .await
+                .context("fetch task failed")??;
+        Some(RawNer {
+            weights: Some(weights),
+            tokenizer: Some(tokenizer),
+            ..Default::default()
+        })
+    };
+    let ner_on = ner.is_some();
 
     // The cloud: OpenAI itself when a key is in the environment, as the official SDKs read it.
     let openai_key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty());
@@ -160,6 +177,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             ..Default::default()
         }),
         policy: Some(policy),
+        ner,
         listen: Some(args.listen.clone()),
         admin_listen: Some(args.admin_listen.clone()),
         api_keys: Some(vec![RawApiKey {
@@ -240,7 +258,10 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             &workers,
             &local_model,
             &cloud,
-            ready,
+            Readiness {
+                worker: ready,
+                ner: ner_on,
+            },
         );
     }
 
@@ -309,6 +330,14 @@ async fn serving(uri: &str) -> bool {
     )
 }
 
+/// What the banner says is on and ready.
+struct Readiness {
+    /// The local workers have loaded their models.
+    worker: bool,
+    /// The personal-data model is on.
+    ner: bool,
+}
+
 fn print_banner(
     bound: &BoundAddrs,
     key: &str,
@@ -316,7 +345,7 @@ fn print_banner(
     workers: &[String],
     local: &str,
     cloud: &Cloud,
-    ready: bool,
+    Readiness { worker: ready, ner }: Readiness,
 ) {
     let base = format!("http://{}/v1", bound.public);
     let cloud_line = match cloud {
@@ -355,6 +384,13 @@ fn print_banner(
         "  Policy           confidential and restricted data stay local; a request for gpt-4o-mini \
          carrying it is served by the local model\n",
     );
+    out.push_str(if ner {
+        "  Personal data    names, addresses and IDs in prose found by the local personal-data model \
+         (a name with a diagnosis, a birth date or an address stays local); --no-ner turns it off\n"
+    } else {
+        "  Personal data    OFF (--no-ner): names, addresses and health data written as prose are not \
+         found, only data with a shape (cards, IBANs, keys, e-mail, phone numbers)\n"
+    });
     if let Some(admin) = bound.admin {
         out.push_str(&format!(
             "  Metrics          http://{admin}/metrics   backends: http://{admin}/admin/backends   \

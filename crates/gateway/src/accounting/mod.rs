@@ -122,6 +122,30 @@ impl Accounting {
         }
     }
 
+    /// What the personal-data model did for one request (`None`: it was not needed).
+    pub fn recognised(&self, outcome: Option<&crate::recognise::Recognition>) {
+        let m = &self.metrics;
+        let Some(r) = outcome else {
+            m.ner_requests.with_label_values(&["not_needed"]).inc();
+            return;
+        };
+        m.ner_requests.with_label_values(&[r.pass.as_str()]).inc();
+        m.ner_strings.with_label_values(&["model"]).inc_by(r.read as u64);
+        m.ner_strings
+            .with_label_values(&["cache"])
+            .inc_by(r.cached as u64);
+        if let Some(reason) = r.over_budget {
+            m.ner_over_budget.with_label_values(&[reason]).inc();
+        }
+        m.ner_duration.observe(r.elapsed.as_secs_f64());
+    }
+
+    /// A request shed because every model thread was busy and the queue full.
+    pub fn recogniser_shed(&self) {
+        self.metrics.ner_requests.with_label_values(&["shed"]).inc();
+        self.rejected("overloaded");
+    }
+
     /// A decision, as it was made (completed with its outcome when the request ends).
     pub fn decided(&self, e: Explanation) {
         self.decisions.record(e);

@@ -10,6 +10,7 @@
 mod cloud;
 mod fields;
 mod local;
+mod ner;
 mod raw;
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use self::fields::{address, check_name, parse_sha256, seconds};
 use self::local::local_pool;
 pub use self::raw::{
     RawApiKey, RawAudit, RawBreaker, RawClientTls, RawCloud, RawCloudModel, RawCost, RawGatewayConfig,
-    RawKubernetes, RawLimits, RawLocal, RawNodeCost, RawPort, RawWorker,
+    RawKubernetes, RawLimits, RawLocal, RawNer, RawNodeCost, RawPort, RawWorker,
 };
 use crate::auth::{ApiKey, hash_key};
 use crate::backend::Prices;
@@ -83,6 +84,8 @@ pub struct GatewayConfig {
     pub drain_grace: Duration,
     /// The content scanner, compiled.
     pub scanner: sluice_sensitivity::Scanner,
+    /// The personal-data model, when it is on.
+    pub ner: Option<crate::recognise::NerConfig>,
     pub policy: PolicyConfig,
     /// The cloud model locally served requests are also priced at, when there is one.
     pub reference_model: Option<(String, Prices)>,
@@ -299,6 +302,7 @@ impl RawGatewayConfig {
         };
         let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
             .map_err(|e| at.error("sensitivity", e.to_string()))?;
+        let ner = ner::ner(&at, self.ner)?;
         let backends = backend_infos(local.as_ref(), &clouds);
         let tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
         let cx = Context {
@@ -314,6 +318,7 @@ impl RawGatewayConfig {
             reference_model,
             policy,
             scanner,
+            ner,
             listen,
             admin_listen,
             keys,

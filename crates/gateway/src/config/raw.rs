@@ -33,6 +33,33 @@ pub struct RawGatewayConfig {
     pub cost: Option<RawCost>,
     /// The audit log: one hash-chained JSON line per decision.
     pub audit: Option<RawAudit>,
+    /// The personal-data model.
+    pub ner: Option<RawNer>,
+}
+
+/// The personal-data model (names, addresses and identifiers in prose). On when the section is given,
+/// unless `enabled: false`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNer {
+    pub enabled: Option<bool>,
+    /// The converted weights (safetensors) `sluice models pull --ner` writes.
+    pub weights: Option<PathBuf>,
+    /// The model's `tokenizer.json`.
+    pub tokenizer: Option<PathBuf>,
+    /// Threads that run the model (default: half the cores).
+    pub threads: Option<usize>,
+    /// Requests that may wait for a model thread before the gateway sheds with 429 (default 64).
+    pub queue: Option<usize>,
+    /// Past this many bytes of text, a request is restricted without reading it (default 256 KiB).
+    pub max_bytes: Option<usize>,
+    /// Past this wait, a request is restricted (default 5000 ms).
+    pub timeout_ms: Option<u64>,
+    /// Distinct strings whose answers are cached (default 65536; 0 turns the cache off).
+    pub cache_entries: Option<usize>,
+    /// Read only the words around digits, known names and capitalised words, unless the scan found
+    /// what a name would combine with (default true; false reads every word).
+    pub prefilter: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -10,6 +10,7 @@ use crate::accounting::Accounting;
 use crate::auth::KeyStore;
 use crate::config::GatewayConfig;
 use crate::fleet::Fleet;
+use crate::recognise::Recogniser;
 
 /// Everything the handlers share.
 pub struct App {
@@ -19,6 +20,8 @@ pub struct App {
     pub policy: Arc<dyn Policy>,
     /// The only writer of metrics, stats, cost, audit records and the decision log.
     pub accounts: Arc<Accounting>,
+    /// The personal-data model, when it is on.
+    pub recogniser: Option<Arc<Recogniser>>,
     pub(super) in_flight: Arc<Semaphore>,
 }
 
@@ -31,18 +34,31 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Builds the application state around a fleet (the backends are started by the caller).
+    /// Builds the application state around a fleet (the backends are started by the caller), without
+    /// the personal-data model.
     pub fn new(
         config: GatewayConfig,
         fleet: Fleet,
         policy: Arc<dyn Policy>,
         registry: prometheus::Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
+        Self::with_recogniser(config, fleet, policy, registry, None)
+    }
+
+    /// Builds the application state with the personal-data model (started by the caller).
+    pub fn with_recogniser(
+        config: GatewayConfig,
+        fleet: Fleet,
+        policy: Arc<dyn Policy>,
+        registry: prometheus::Registry,
+        recogniser: Option<Arc<Recogniser>>,
+    ) -> Result<Arc<Self>, prometheus::Error> {
         let accounts = Arc::new(Accounting::new(&config, &fleet.backends, registry)?);
         Ok(Arc::new(Self {
             keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             accounts,
+            recogniser,
             fleet,
             policy,
             config,

@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::Attempt;
+use sluice_policy::{Attempt, Decision, FleetView, Level, Refusal};
+use sluice_sensitivity::{ModelPass, Scan};
 use tokio::time::Instant;
 
 use super::app::App;
@@ -23,8 +24,33 @@ use crate::dispatch::{Dispatch, FailedTarget, dispatch};
 use crate::error::{self, ApiError};
 use crate::headers::{HttpHeaders, RoutingHeaders};
 use crate::intake;
+use crate::recognise::Busy;
 use crate::shed::PermitSlot;
 use crate::wire::{self, Shape};
+
+/// What a client shed because the personal-data model is saturated is told to wait before retrying.
+const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the personal-data model can change where a request may go: only restricted can raise it
+/// further, so not when the request is already restricted, nor when every target it may go to is
+/// cleared for restricted data (a request bound for local workers does not pay for the model). A
+/// refused request goes nowhere either way.
+fn model_can_change(decided: &Result<Decision, Refusal>, view: &FleetView, scan: &Scan) -> bool {
+    if scan.level >= Level::Restricted {
+        return false;
+    }
+    match decided {
+        Ok(d) => {
+            d.level < Level::Restricted
+                && d.targets.iter().any(|t| {
+                    view.backends
+                        .get(t.backend)
+                        .is_none_or(|b| b.clearance < Level::Restricted)
+                })
+        }
+        Err(_) => false,
+    }
+}
 
 fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
@@ -46,7 +72,7 @@ pub(super) async fn completions(
 
     // Intake.
     let prompt_digest_of = body.as_ref().ok().cloned();
-    let intake = match intake::read_body(
+    let mut intake = match intake::read_body(
         body,
         app.config.limits.max_body_bytes,
         &headers,
@@ -60,15 +86,34 @@ pub(super) async fn completions(
             return respond(&routing, *refused.error);
         }
     };
-    accounts.scanned(&intake.scan);
 
-    // Policy.
+    // Policy, and the personal-data model when its answer can change where the request may go.
     let http_headers = HttpHeaders(&headers);
+    let view = app.fleet.view(&accounts.stats);
+    let mut decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+    if let Some(recogniser) = &app.recogniser {
+        if model_can_change(&decided, &view, &intake.scan) {
+            let texts = sluice_policy::strings(&intake.request.body);
+            match recogniser
+                .recognise(&app.config.scanner, &mut intake.scan, &texts)
+                .await
+            {
+                Ok(recognition) => accounts.recognised(Some(&recognition)),
+                Err(Busy) => {
+                    accounts.recogniser_shed();
+                    return respond(&routing, ApiError::overloaded(SHED_RETRY_AFTER));
+                }
+            }
+            decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+        } else {
+            intake.scan.model = ModelPass::NotNeeded;
+            accounts.recognised(None);
+        }
+    }
+    accounts.scanned(&intake.scan);
     let facts = intake.facts(&tenant.0, &http_headers);
     let decision_id = new_id("dec_");
     routing.decision_id = Some(decision_id.clone());
-    let view = app.fleet.view(&accounts.stats);
-    let decided = app.policy.decide(&facts, &view);
     let floor = app.config.policy.floor(&tenant.0);
     let mut explanation = sluice_policy::explain(&decision_id, &facts, floor, &view, &decided);
     if let Err(refusal) = &decided {

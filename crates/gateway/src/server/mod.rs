@@ -26,6 +26,7 @@ pub use router::{admin_router, public_router};
 
 use crate::config::GatewayConfig;
 use crate::fleet::{Fleet, FleetError};
+use crate::recognise::{NerError, Recogniser};
 
 /// How often node cost is brought up to date between scrapes.
 const NODE_COST_TICK: Duration = Duration::from_secs(5);
@@ -49,6 +50,8 @@ pub enum GatewayError {
     Serve(std::io::Error),
     #[error("local.kubernetes: {0}")]
     Discovery(#[from] sluice_discovery::Error),
+    #[error("ner: {0}")]
+    Ner(#[from] NerError),
 }
 
 /// Addresses the gateway bound (with port 0 resolved).
@@ -78,7 +81,21 @@ pub async fn run(
     let fleet = Fleet::start(&config, discovery)?;
     let grace = config.drain_grace;
     let policy = Arc::new(PolicyEngine::new(config.policy.clone()));
-    let app = App::new(config, fleet, policy, registry)?;
+    let recogniser = match config.ner.clone() {
+        Some(ner) => {
+            let started = tokio::task::spawn_blocking(move || Recogniser::start(ner))
+                .await
+                .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
+            tracing::info!(
+                threads = started.config().threads,
+                queue = started.config().queue,
+                "personal-data model loaded"
+            );
+            Some(started)
+        }
+        None => None,
+    };
+    let app = App::with_recogniser(config, fleet, policy, registry, recogniser)?;
     if let Some(a) = &app.config.audit {
         let log = sluice_audit::AuditLog::open(&a.path, a.options)?;
         app.accounts.audit_into(sluice_audit::spawn_writer(log)?);

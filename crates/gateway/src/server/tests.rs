@@ -197,6 +197,7 @@ fn config(limits: Limits) -> GatewayConfig {
         clouds: Vec::new(),
         drain_grace: Duration::from_secs(1),
         scanner: sluice_sensitivity::Scanner::new(&Default::default()).unwrap(),
+        ner: None,
         policy: Default::default(),
         audit: None,
         reference_model: Some((
