@@ -255,7 +255,7 @@ impl Recogniser {
                 })
             })
         });
-        scanner.merge(scan, recognised);
+        scanner.merge(scan, texts, recognised);
         outcome.pass = ModelPass::Ran {
             strings: texts.len(),
             cached: outcome.cached,

@@ -1,7 +1,7 @@
 //! From the model's entities to personal data: a given name and a surname next to each other are one
 //! name, and the parts of an address next to each other (building, street, unit, city, state, postcode)
-//! are one address. A city or a state alone ("the weather in Springfield") is not an address, and a
-//! URL is not personal data: both are left out.
+//! are one address. A part alone ("the weather in Springfield", "Baker Street") or a city with its
+//! state is not an address, and a URL is not personal data: they are left out.
 
 use std::ops::Range;
 
@@ -103,14 +103,18 @@ pub fn personal(text: &str, entities: &[Entity]) -> Vec<Personal> {
                 parts.push(next.kind);
                 j += 1;
             }
-            // A street, a postcode or a unit makes an address; a city or state alone, or a number
-            // alone, does not.
-            let is_address = parts.iter().any(|k| {
-                matches!(
-                    k,
-                    EntityKind::StreetName | EntityKind::ZipCode | EntityKind::SecondaryAddress
-                )
-            });
+            // An address has two parts or more, one of them a street, a building number, a postcode
+            // or a unit: a city and a state ("Springfield, IL"), or any part alone, is not one.
+            let is_address = parts.len() >= 2
+                && parts.iter().any(|k| {
+                    matches!(
+                        k,
+                        EntityKind::StreetName
+                            | EntityKind::BuildingNumber
+                            | EntityKind::ZipCode
+                            | EntityKind::SecondaryAddress
+                    )
+                });
             if is_address {
                 out.push(Personal {
                     kind: PersonalKind::Address,

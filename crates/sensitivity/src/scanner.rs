@@ -19,7 +19,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::config::{Combination, ScanLimits, ScannerConfig, ScannerError};
 use crate::detect::credentials::{self, Format};
-use crate::detect::{Hit, birth, contact, generic, numbers};
+use crate::detect::{Hit, birth, contact, context, generic, numbers};
 use crate::kind::{Kind, KindSet};
 use crate::level::Level;
 use crate::vocab::Vocabulary;
@@ -274,14 +274,23 @@ impl Scanner {
         scan
     }
 
-    /// Adds what the personal-data model recognised to a scan and rates it again. A recognised span
-    /// that overlaps a finding of the scanner's own detectors is left out (those are validated and name
-    /// the data more exactly: an IBAN, not a bank account; a health term, not a surname), as are kinds
-    /// that are off.
-    pub fn merge(&self, scan: &mut Scan, recognised: impl IntoIterator<Item = Recognised>) {
+    /// Adds what the personal-data model recognised in `texts` (the strings the scan read, in order)
+    /// to a scan and rates it again. A recognised span that overlaps a finding of the scanner's own
+    /// detectors is left out (those are validated and name the data more exactly: an IBAN, not a bank
+    /// account; a health term, not a surname), as is an identifier with no word near it that says what
+    /// it is (an order or error number is no passport), and kinds that are off.
+    pub fn merge(&self, scan: &mut Scan, texts: &[&str], recognised: impl IntoIterator<Item = Recognised>) {
         let own = scan.findings.len();
         for r in recognised {
             if !self.is_enabled(r.kind) || r.range.is_empty() {
+                continue;
+            }
+            if r.kind.is_model()
+                && !matches!(r.kind, Kind::PersonName | Kind::PostalAddress)
+                && !texts
+                    .get(r.index)
+                    .is_some_and(|t| context::has_identifier_cue(t, r.range.clone()))
+            {
                 continue;
             }
             let overlaps = scan.findings[..own].iter().any(|f| {

@@ -1021,6 +1021,8 @@ fn health_and_special_terms_are_whole_words_ignoring_case() {
         [(Kind::Health, "HIV"), (Kind::Health, "Metformin")]
     );
     assert_eq!(found("archival shivers"), []);
+    // The longest term that is a whole word: not "hiv positive" inside "HIV positively".
+    assert_eq!(found("HIV positively"), [(Kind::Health, "HIV")]);
     let scan = scanner().scan("He converted and is a Muslim.");
     assert_eq!(scan.kinds(), [Kind::SpecialCategory]);
     assert_eq!(scan.findings[0].rule.as_deref(), Some("religion"));
@@ -1036,14 +1038,22 @@ fn a_name_alone_is_internal_and_with_a_diagnosis_restricted() {
     let s = scanner();
     let text = "Who was Abraham Lincoln?";
     let mut scan = s.scan(text);
-    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Abraham Lincoln")]);
+    s.merge(
+        &mut scan,
+        &[text],
+        [recognised(Kind::PersonName, text, "Abraham Lincoln")],
+    );
     assert_eq!(scan.level, Level::Internal);
     assert!(scan.combined.is_empty());
 
     let text = "Patient Maria Gonzalez, DOB 1975-03-04, was diagnosed with HIV last week.";
     let mut scan = s.scan(text);
     assert_eq!(scan.level, Level::Restricted, "a birth date with a diagnosis");
-    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Maria Gonzalez")]);
+    s.merge(
+        &mut scan,
+        &[text],
+        [recognised(Kind::PersonName, text, "Maria Gonzalez")],
+    );
     assert_eq!(scan.level, Level::Restricted);
     let names: Vec<&str> = scan.combined.iter().map(|c| &*c.name).collect();
     assert_eq!(names, ["person-with-personal-data", "birth-date-with-health"]);
@@ -1057,6 +1067,7 @@ fn the_model_never_double_counts_what_a_detector_found() {
     let mut scan = s.scan(text);
     s.merge(
         &mut scan,
+        &[text],
         [
             recognised(Kind::BankAccount, text, "GB82 WEST 1234 5698 7654 32"),
             recognised(Kind::PersonName, text, "Ana"),
@@ -1092,7 +1103,7 @@ fn combinations_and_levels_are_configurable() {
     let s = Scanner::new(&config).unwrap();
     let text = "Ana, HIV";
     let mut scan = s.scan(text);
-    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    s.merge(&mut scan, &[text], [recognised(Kind::PersonName, text, "Ana")]);
     // The default combinations are replaced: a name with a diagnosis is now only as high as its parts.
     assert_eq!(scan.level, Level::Confidential);
     assert!(scan.combined.is_empty());
@@ -1100,7 +1111,7 @@ fn combinations_and_levels_are_configurable() {
     let none: ScannerConfig = serde_json::from_value(serde_json::json!({ "combinations": [] })).unwrap();
     let s = Scanner::new(&none).unwrap();
     let mut scan = s.scan(text);
-    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    s.merge(&mut scan, &[text], [recognised(Kind::PersonName, text, "Ana")]);
     assert_eq!(scan.level, Level::Internal);
 
     let empty: ScannerConfig =
@@ -1114,7 +1125,7 @@ fn combinations_and_levels_are_configurable() {
         serde_json::from_value(serde_json::json!({ "disabled": ["person_name"] })).unwrap();
     let s = Scanner::new(&off).unwrap();
     let mut scan = s.scan(text);
-    s.merge(&mut scan, [recognised(Kind::PersonName, text, "Ana")]);
+    s.merge(&mut scan, &[text], [recognised(Kind::PersonName, text, "Ana")]);
     assert_eq!(scan.kinds(), [Kind::Health]);
 }
 
@@ -1125,10 +1136,26 @@ fn a_scan_failed_closed_stays_restricted_after_a_merge() {
     scan.fail_closed(Incomplete::ModelTimedOut { millis: 5 });
     assert_eq!(scan.level, Level::Restricted);
     assert!(!scan.complete);
-    s.merge(&mut scan, []);
+    s.merge(&mut scan, &["hello"], []);
     assert_eq!(scan.level, Level::Restricted);
     assert_eq!(
         scan.incomplete.unwrap().to_string(),
         "the personal-data model did not finish within 5 ms"
     );
+}
+
+#[test]
+fn an_identifier_needs_a_word_saying_what_it_is() {
+    let s = scanner();
+    let text = "Order 483920175 shipped; passport no. 530117924 belongs to the buyer.";
+    let mut scan = s.scan(text);
+    s.merge(
+        &mut scan,
+        &[text],
+        [
+            recognised(Kind::GovernmentId, text, "483920175"),
+            recognised(Kind::Passport, text, "530117924"),
+        ],
+    );
+    assert_eq!(found_kinds(&scan, text), [(Kind::Passport, "530117924")]);
 }

@@ -73,9 +73,12 @@ impl Vocabulary {
         if patterns.is_empty() {
             return Ok(None);
         }
+        // Standard semantics, so that every match can be seen (overlapping): the longest term that is
+        // a whole word wins, not merely the longest term ("HIV positively" is "HIV", though "HIV
+        // positive" matches more bytes).
         let matcher = AhoCorasick::builder()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
+            .match_kind(MatchKind::Standard)
             .build(&patterns)?;
         Ok(Some(Self { matcher, terms }))
     }
@@ -88,16 +91,25 @@ impl Vocabulary {
         level: impl Fn(Kind) -> Level,
         out: &mut Vec<Finding>,
     ) -> Result<(), Incomplete> {
+        let mut whole: Vec<(usize, usize, usize)> = Vec::new();
         for m in self
             .matcher
-            .try_find_iter(Input::new(text))
+            .try_find_overlapping_iter(Input::new(text))
             .map_err(|_| Incomplete::MatcherFailed)?
         {
-            let (s, e) = (m.start(), m.end());
-            if !crate::scanner::whole_word(text, s, e) {
+            if crate::scanner::whole_word(text, m.start(), m.end()) {
+                whole.push((m.start(), m.end(), m.pattern().as_usize()));
+            }
+        }
+        // Leftmost first, the longest at each start, none overlapping.
+        whole.sort_unstable_by_key(|&(s, e, _)| (s, std::cmp::Reverse(e)));
+        let mut next = 0;
+        for (s, e, pattern) in whole {
+            if s < next {
                 continue;
             }
-            if let Some(term) = self.terms.get(m.pattern().as_usize()) {
+            next = e;
+            if let Some(term) = self.terms.get(pattern) {
                 out.push(Finding {
                     kind: term.kind,
                     level: level(term.kind),

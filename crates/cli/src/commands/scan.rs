@@ -116,6 +116,7 @@ fn scan(scanner: &Scanner, model: Option<&Recognizer>, text: &str, read_all: boo
             .context("the personal-data model failed")?;
         scanner.merge(
             &mut scan,
+            &[text],
             found.into_iter().map(|p| Recognised {
                 kind: kind_of(p.kind),
                 index: 0,

@@ -8,6 +8,7 @@
 
 pub(crate) mod birth;
 pub(crate) mod contact;
+pub(crate) mod context;
 pub(crate) mod credentials;
 pub(crate) mod generic;
 pub(crate) mod numbers;
