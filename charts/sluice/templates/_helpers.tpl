@@ -194,6 +194,9 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- if $g.policy }}
 {{- $_ := set $cfg "policy" $g.policy }}
 {{- end }}
+{{- if $g.ner.enabled }}
+{{- $_ := set $cfg "ner" (omit $g.ner "enabled") }}
+{{- end }}
 {{- if $g.cost }}
 {{- $_ := set $cfg "cost" $g.cost }}
 {{- end }}
