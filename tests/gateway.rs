@@ -405,6 +405,17 @@ async fn every_decision_is_audited_in_a_chain_that_shows_tampering() {
                 );
                 assert_eq!(rec["served_model"], DEMO_MODEL_ID);
                 assert!(!rec["findings"].as_array().unwrap().is_empty(), "{case}: {rec}");
+                // Where each finding is, by field and byte range.
+                let at = &rec["positions"][0];
+                let field = at["field"].as_str().unwrap();
+                assert!(
+                    field.starts_with("messages[") || field.starts_with("stop"),
+                    "{case}: {rec}"
+                );
+                assert!(
+                    at["start"].as_u64().unwrap() < at["end"].as_u64().unwrap(),
+                    "{case}: {rec}"
+                );
                 assert!(rec["cloud_equivalent_usd"].as_f64().unwrap() > 0.0, "{case}");
             }
         }
@@ -769,6 +780,46 @@ fn policy_check_reports_every_problem_and_warns_about_rules_that_cannot_work() {
     assert!(out.contains("valid;") && out.contains("3 warning(s)"), "{out}");
     let (code, _, err) = run_sluice(&["policy", "check", "--deny-warnings", path]);
     assert_eq!(code, Some(65), "{err}");
+}
+
+#[test]
+fn policy_check_checks_the_scanners_combinations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("combinations.yaml");
+    let write = |sensitivity: &str| {
+        std::fs::write(&path, format!("{POLICY_BACKENDS}sensitivity:\n{sensitivity}")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // An empty combination is an error.
+    let p = write("  combinations:\n    - { name: nothing }\n");
+    let (code, _, err) = run_sluice(&["policy", "check", &p]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("give the kinds that must be found together in all or any"),
+        "{err}"
+    );
+    // One never met, one that raises nothing, and names only the model finds while it is off: warnings.
+    let p = write(concat!(
+        "  disabled: [health]\n",
+        "  combinations:\n",
+        "    - { name: sick, all: [health, person_name] }\n",
+        "    - { name: flat, all: [email], any: [phone], level: confidential }\n",
+        "    - { name: travel, all: [passport, date_of_birth] }\n",
+    ));
+    let (code, out, err) = run_sluice(&["policy", "check", &p]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("sensitivity.combinations[0]: `sick` is never met: health is disabled"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sensitivity.combinations[1]: `flat` never raises the level: email is already at least confidential"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ner: the personal-data model is off, so passport, person_name are never found"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -36,6 +36,16 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 ///
 /// There is deliberately no field for the prompt or the answer: an audit log is kept long and read
 /// widely, so it records what happened to a request, never what it said.
+/// Where one finding is in a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub kind: String,
+    /// The JSON path of the string (`messages[0].content`).
+    pub field: String,
+    pub start: usize,
+    pub end: usize,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// When the decision was made: RFC 3339, UTC, milliseconds ([`format_time`]).
@@ -52,6 +62,17 @@ pub struct Record {
     pub level: String,
     /// Kinds of what the scanner found (`credit_card`, `aws_access_key`, ...), never the matched text.
     pub findings: Vec<String>,
+    /// Where each finding is: its kind, the JSON path of its string and its byte range there, never
+    /// the text. Absent from the line when nothing was found (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<Position>,
+    /// The combinations of kinds the findings met (`person-with-personal-data`). Absent when none was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub combined: Vec<String>,
+    /// Whether the personal-data model read the request: `ran`, `not_needed` or `over_budget`. Absent
+    /// when the gateway runs without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ner: Option<String>,
     /// The policy rule that matched.
     pub rule: Option<String>,
     /// `local` or `cloud`, once a backend was chosen.

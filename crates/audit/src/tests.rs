@@ -27,6 +27,9 @@ fn record(i: u64) -> Record {
         served_model: Some("smollm2-135m-instruct".into()),
         level: "confidential".into(),
         findings: vec!["email".into(), "credit_card".into()],
+        positions: Vec::new(),
+        combined: Vec::new(),
+        ner: None,
         rule: Some("pii-stays-local".into()),
         route: Some("local".into()),
         backend: Some("local".into()),
@@ -715,4 +718,32 @@ fn write_errors_are_counted_not_hidden() {
     }
     handle.flush();
     assert_eq!(handle.errors(), 2);
+}
+
+#[test]
+fn positions_combinations_and_the_model_are_recorded_when_there_are_any() {
+    let (_dir, path) = log_path();
+    let log = AuditLog::open(&path, AuditOptions::default()).unwrap();
+    let full = Record {
+        positions: vec![crate::Position {
+            kind: "person_name".into(),
+            field: "messages[1].content".into(),
+            start: 8,
+            end: 22,
+        }],
+        combined: vec!["person-with-personal-data".into()],
+        ner: Some("ran".into()),
+        ..record(0)
+    };
+    log.append(full.clone()).unwrap();
+    let line = &lines(&path)[0];
+    assert!(
+        line.contains(
+            "\"positions\":[{\"kind\":\"person_name\",\"field\":\"messages[1].content\",\"start\":8,\"end\":22}],\
+             \"combined\":[\"person-with-personal-data\"],\"ner\":\"ran\""
+        ),
+        "{line}"
+    );
+    let back: Record = serde_json::from_str(line).unwrap();
+    assert_eq!((back.positions, back.combined, back.ner), (full.positions, full.combined, full.ner));
 }

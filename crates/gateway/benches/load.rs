@@ -10,7 +10,11 @@
 //! ```text
 //! cargo bench -p sluice-gateway --bench load -- --target direct=URL --target sluice=URL:KEY ...
 //!     [--rates 250,500,1000] [--seconds 5] [--connections 32] [--model gpt-4o-mini] [--rounds 1]
+//!     [--bodies FILE]
 //! ```
+//!
+//! `--bodies FILE` sends the request bodies in FILE (one JSON object a line) in turn instead of the one
+//! small request: a realistic mix (distinct user messages behind a repeated system prompt).
 
 #![allow(
     clippy::expect_used,
@@ -39,6 +43,26 @@ struct Options {
     model: String,
     /// Closed-loop rounds; each round runs every target once, in an order that alternates.
     rounds: usize,
+    /// A file of request bodies, one a line, sent in turn.
+    bodies: Option<String>,
+}
+
+/// The request bodies, sent in turn (each target gets every body in order, wrapping).
+#[derive(Clone)]
+struct Bodies {
+    all: Arc<Vec<bytes::Bytes>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Bodies {
+    fn next(&self) -> bytes::Bytes {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        self.all[i % self.all.len()].clone()
+    }
+
+    fn first(&self) -> bytes::Bytes {
+        self.all[0].clone()
+    }
 }
 
 fn options() -> Options {
@@ -49,6 +73,7 @@ fn options() -> Options {
         connections: 32,
         model: "gpt-4o-mini".into(),
         rounds: 1,
+        bodies: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -69,6 +94,7 @@ fn options() -> Options {
             "--connections" => o.connections = value().parse().expect("connections"),
             "--model" => o.model = value(),
             "--rounds" => o.rounds = value().parse::<usize>().expect("rounds").max(1),
+            "--bodies" => o.bodies = Some(value()),
             // cargo bench passes --bench; other harness flags do not apply.
             _ => {}
         }
@@ -128,7 +154,7 @@ async fn one(client: &reqwest::Client, target: &Target, body: &bytes::Bytes) -> 
 async fn open_loop(
     client: &reqwest::Client,
     target: &Arc<Target>,
-    body: &bytes::Bytes,
+    bodies: &Bodies,
     rate: u32,
     seconds: f64,
 ) -> Run {
@@ -139,7 +165,7 @@ async fn open_loop(
     for i in 0..total {
         let due = start + interval * i as u32;
         tokio::time::sleep_until(due).await;
-        let (client, target, body) = (client.clone(), target.clone(), body.clone());
+        let (client, target, body) = (client.clone(), target.clone(), bodies.next());
         tasks.push(tokio::spawn(async move {
             let ok = one(&client, &target, &body).await;
             (ok, due.elapsed())
@@ -162,7 +188,7 @@ async fn open_loop(
 async fn closed_loop(
     client: &reqwest::Client,
     target: &Arc<Target>,
-    body: &bytes::Bytes,
+    bodies: &Bodies,
     connections: usize,
     seconds: f64,
 ) -> Run {
@@ -171,12 +197,13 @@ async fn closed_loop(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (client, target, body, errors) = (client.clone(), target.clone(), body.clone(), errors.clone());
+        let (client, target, bodies, errors) =
+            (client.clone(), target.clone(), bodies.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < stop {
                 let t = Instant::now();
-                if one(&client, &target, &body).await {
+                if one(&client, &target, &bodies.next()).await {
                     latencies.push(t.elapsed());
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -197,10 +224,23 @@ async fn closed_loop(
 #[tokio::main]
 async fn main() {
     let o = options();
-    let body = bytes::Bytes::from(format!(
-        r#"{{"model":"{}","max_tokens":16,"messages":[{{"role":"user","content":"Say something short."}}]}}"#,
-        o.model
-    ));
+    let all = match &o.bodies {
+        Some(file) => std::fs::read_to_string(file)
+            .expect("read --bodies")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| bytes::Bytes::from(l.to_owned()))
+            .collect(),
+        None => vec![bytes::Bytes::from(format!(
+            r#"{{"model":"{}","max_tokens":16,"messages":[{{"role":"user","content":"Say something short."}}]}}"#,
+            o.model
+        ))],
+    };
+    assert!(!all.is_empty(), "--bodies has no body");
+    let body = Bodies {
+        all: Arc::new(all),
+        next: Arc::new(AtomicU64::new(0)),
+    };
     let targets: Vec<Arc<Target>> = o.targets.into_iter().map(Arc::new).collect();
     let client = client();
     // Warm up connections and caches.
@@ -298,7 +338,8 @@ closed loop, over the rounds (req/s)"
 
 /// Waits until every target answers a single request within 50 ms again (at most a minute), so that no
 /// run starts while another server is still working off a backlog.
-async fn settle(client: &reqwest::Client, targets: &[Arc<Target>], body: &bytes::Bytes) {
+async fn settle(client: &reqwest::Client, targets: &[Arc<Target>], bodies: &Bodies) {
+    let body = &bodies.first();
     let give_up = Instant::now() + Duration::from_secs(60);
     for t in targets {
         loop {

@@ -174,13 +174,14 @@ impl Recogniser {
         };
         // Answers from the cache; the strings it lacks (each once) go to the model.
         let keys: Vec<Key> = texts.iter().map(|t| self.key(t, reading)).collect();
+        let worth: Vec<bool> = texts.iter().map(|t| worth_reading(t, reading)).collect();
         let mut answers: Vec<Option<Arc<[Personal]>>> = Vec::with_capacity(texts.len());
         let mut missing: Vec<Key> = Vec::new();
         let mut to_read: Vec<(String, Reading)> = Vec::new();
         {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            for (text, key) in texts.iter().zip(&keys) {
-                let hit = if worth_reading(text) {
+            for ((text, key), &worth) in texts.iter().zip(&keys).zip(&worth) {
+                let hit = if worth {
                     cache.get(key)
                 } else {
                     Some(Arc::from(Vec::new()))
@@ -189,7 +190,7 @@ impl Recogniser {
                     missing.push(*key);
                     to_read.push(((*text).to_owned(), reading));
                 }
-                if hit.is_some() && worth_reading(text) {
+                if hit.is_some() && worth {
                     outcome.cached += 1;
                 }
                 answers.push(hit);
@@ -274,10 +275,88 @@ impl Recogniser {
     }
 }
 
-/// Whether a string can hold personal data at all: one with no letter and no digit (punctuation,
-/// white space) cannot, and is not sent to the model.
-fn worth_reading(text: &str) -> bool {
+/// Whether the personal-data model can change where a request may go: only restricted can raise it
+/// further, so not when the request is already restricted, nor when every target it may go to is
+/// cleared for restricted data (a request bound for local workers does not pay for the model). A
+/// refused request goes nowhere either way.
+pub fn can_change_route(
+    decided: &Result<sluice_policy::Decision, sluice_policy::Refusal>,
+    fleet: &sluice_policy::FleetView,
+    scan: &Scan,
+) -> bool {
+    use sluice_policy::Level;
+    if scan.level >= Level::Restricted {
+        return false;
+    }
+    match decided {
+        Ok(d) => {
+            d.level < Level::Restricted
+                && d.targets.iter().any(|t| {
+                    fleet
+                        .backends
+                        .get(t.backend)
+                        .is_none_or(|b| b.clearance < Level::Restricted)
+                })
+        }
+        Err(_) => false,
+    }
+}
+
+/// The model's step on the calling thread, with no pool, queue, cache or time budget: for `sluice policy
+/// explain`, which reads one request as the gateway would. The byte budget and the reading (whole, or
+/// around cues) are the gateway's.
+pub fn recognise_here(
+    model: &Recognizer,
+    config: &NerConfig,
+    scanner: &Scanner,
+    scan: &mut Scan,
+    texts: &[&str],
+) {
+    let bytes: usize = texts.iter().map(|t| t.len()).sum();
+    if bytes > config.max_bytes {
+        scan.fail_closed(Incomplete::ModelTooLarge {
+            bytes,
+            max_bytes: config.max_bytes,
+        });
+        scan.model = ModelPass::OverBudget;
+        return;
+    }
+    let reading = if !config.prefilter || scanner.name_would_raise(scan) {
+        Reading::Whole
+    } else {
+        Reading::AroundCues
+    };
+    let mut recognised = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        if !worth_reading(text, reading) {
+            continue;
+        }
+        match model.personal_reading(text, reading) {
+            Ok((found, _)) => recognised.extend(found.into_iter().map(|p| Recognised {
+                kind: kind_of(p.kind),
+                index,
+                range: p.range,
+            })),
+            Err(e) => {
+                scan.fail_closed(Incomplete::ModelFailed(e.to_string()));
+                scan.model = ModelPass::OverBudget;
+                return;
+            }
+        }
+    }
+    scanner.merge(scan, texts, recognised);
+    scan.model = ModelPass::Ran {
+        strings: texts.len(),
+        cached: 0,
+    };
+}
+
+/// Whether the model has anything to read in a string: not when it has no letter and no digit
+/// (punctuation, white space), nor, reading around cues, when it has no cue (the model would read
+/// nothing of it). Such strings are answered here, without a trip to the model's threads.
+fn worth_reading(text: &str, reading: Reading) -> bool {
     text.chars().any(char::is_alphanumeric)
+        && (reading == Reading::Whole || !sluice_ner::cues::cues(text).is_empty())
 }
 
 /// The scanner's kind for a span of personal data.

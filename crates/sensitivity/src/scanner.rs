@@ -220,6 +220,60 @@ impl Scanner {
         self.inner.on.has(kind)
     }
 
+    /// What a combination cannot do as configured, by its index in `combinations`: one that names a
+    /// kind that is off can never be met (or, in `any`, only through its other kinds); one whose level
+    /// is not above every level of its kinds never raises anything.
+    pub fn combination_warnings(&self) -> Vec<(usize, String)> {
+        let inner = &*self.inner;
+        let mut out = Vec::new();
+        for (i, c) in inner.combinations.iter().enumerate() {
+            let off = |k: &&Kind| !inner.on.has(**k);
+            if let Some(k) = c.rule.all.iter().find(off) {
+                out.push((i, format!("`{}` is never met: {k} is disabled", c.name)));
+                continue;
+            }
+            if !c.rule.any.is_empty() && c.rule.any.iter().all(|k| off(&k)) {
+                out.push((
+                    i,
+                    format!("`{}` is never met: every kind in `any` is disabled", c.name),
+                ));
+                continue;
+            }
+            let highest = c
+                .rule
+                .all
+                .iter()
+                .map(|&k| self.level(k))
+                .max()
+                .unwrap_or(Level::Public);
+            if c.rule.level <= highest {
+                out.push((
+                    i,
+                    format!(
+                        "`{}` never raises the level: {} is already at least {}",
+                        c.name,
+                        c.rule
+                            .all
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" and "),
+                        c.rule.level
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The kinds the combinations name.
+    pub fn combination_kinds(&self) -> impl Iterator<Item = Kind> + '_ {
+        self.inner
+            .combinations
+            .iter()
+            .flat_map(|c| c.rule.all.iter().chain(&c.rule.any).copied())
+    }
+
     /// The limits every scan obeys.
     pub fn limits(&self) -> ScanLimits {
         self.inner.limits

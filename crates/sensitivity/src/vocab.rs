@@ -22,7 +22,10 @@ struct Term {
 }
 
 pub(crate) struct Vocabulary {
+    /// Leftmost-longest: the fast pass.
     matcher: AhoCorasick,
+    /// Every match (standard semantics), only inside a longest match that is not a whole word.
+    inside: AhoCorasick,
     terms: Vec<Term>,
 }
 
@@ -73,14 +76,19 @@ impl Vocabulary {
         if patterns.is_empty() {
             return Ok(None);
         }
-        // Standard semantics, so that every match can be seen (overlapping): the longest term that is
-        // a whole word wins, not merely the longest term ("HIV positively" is "HIV", though "HIV
-        // positive" matches more bytes).
         let matcher = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)?;
+        let inside = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(&patterns)?;
-        Ok(Some(Self { matcher, terms }))
+        Ok(Some(Self {
+            matcher,
+            inside,
+            terms,
+        }))
     }
 
     /// The terms in `text` (string `index`), each at the level of its kind.
@@ -91,24 +99,7 @@ impl Vocabulary {
         level: impl Fn(Kind) -> Level,
         out: &mut Vec<Finding>,
     ) -> Result<(), Incomplete> {
-        let mut whole: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self
-            .matcher
-            .try_find_overlapping_iter(Input::new(text))
-            .map_err(|_| Incomplete::MatcherFailed)?
-        {
-            if crate::scanner::whole_word(text, m.start(), m.end()) {
-                whole.push((m.start(), m.end(), m.pattern().as_usize()));
-            }
-        }
-        // Leftmost first, the longest at each start, none overlapping.
-        whole.sort_unstable_by_key(|&(s, e, _)| (s, std::cmp::Reverse(e)));
-        let mut next = 0;
-        for (s, e, pattern) in whole {
-            if s < next {
-                continue;
-            }
-            next = e;
+        let mut push = |s: usize, e: usize, pattern: usize| {
             if let Some(term) = self.terms.get(pattern) {
                 out.push(Finding {
                     kind: term.kind,
@@ -117,6 +108,40 @@ impl Vocabulary {
                     range: s..e,
                     rule: term.category.clone(),
                 });
+            }
+        };
+        let mut pos = 0;
+        while pos < text.len() {
+            let m = match self.matcher.try_find(Input::new(text).span(pos..text.len())) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => return Err(Incomplete::MatcherFailed),
+            };
+            let (s, e) = (m.start(), m.end());
+            pos = e.max(s + 1);
+            if crate::scanner::whole_word(text, s, e) {
+                push(s, e, m.pattern().as_usize());
+                continue;
+            }
+            // The longest term here is not a whole word ("hiv positive" in "HIV positively"): the
+            // longest shorter ones inside it that are, none overlapping.
+            let mut whole: Vec<(usize, usize, usize)> = Vec::new();
+            for m in self
+                .inside
+                .try_find_overlapping_iter(Input::new(text).span(s..e))
+                .map_err(|_| Incomplete::MatcherFailed)?
+            {
+                if crate::scanner::whole_word(text, m.start(), m.end()) {
+                    whole.push((m.start(), m.end(), m.pattern().as_usize()));
+                }
+            }
+            whole.sort_unstable_by_key(|&(s, e, _)| (s, std::cmp::Reverse(e)));
+            let mut next = 0;
+            for (s, e, pattern) in whole {
+                if s >= next {
+                    next = e;
+                    push(s, e, pattern);
+                }
             }
         }
         Ok(())

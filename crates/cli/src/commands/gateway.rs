@@ -8,7 +8,7 @@ use sluice_gateway::dispatch::{FailedTarget, Unserved};
 use sluice_gateway::error;
 use sluice_gateway::headers::HttpHeaders;
 use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
-use sluice_gateway::{GatewayConfig, RawGatewayConfig, intake};
+use sluice_gateway::{GatewayConfig, RawGatewayConfig, intake, recognise};
 use sluice_policy::{Action, Decision, Explanation, FleetView, Level, Policy, PolicyEngine};
 
 use super::{Failure, shutdown_signal};
@@ -148,8 +148,21 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     };
     let fleet = sluice_gateway::fleet::offline_view(&config, &local_models, &args.down);
     let http_headers = HttpHeaders(&headers);
+    let mut read = read;
+    let engine = PolicyEngine::new(config.policy.clone());
+    let mut result = engine.decide(&read.facts(&tenant, &http_headers), &fleet);
+    // The personal-data model, as the gateway runs it: only when its answer can change the route.
+    if let Some(ner) = &config.ner {
+        if recognise::can_change_route(&result, &fleet, &read.scan) {
+            let model = recognise::load(ner).context("loading the personal-data model")?;
+            let texts = sluice_policy::strings(&read.request.body);
+            recognise::recognise_here(&model, ner, &config.scanner, &mut read.scan, &texts);
+            result = engine.decide(&read.facts(&tenant, &http_headers), &fleet);
+        } else {
+            read.scan.model = sluice_sensitivity::ModelPass::NotNeeded;
+        }
+    }
     let facts = read.facts(&tenant, &http_headers);
-    let result = PolicyEngine::new(config.policy.clone()).decide(&facts, &fleet);
     let mut e = sluice_policy::explain("(explain)", &facts, config.policy.floor(&tenant), &fleet, &result);
     match &result {
         Err(refusal) => error::explain_refusal(&mut e, refusal),
@@ -271,6 +284,25 @@ fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {
                 .unwrap_or_default()
         );
     }
+    for (i, c) in e.combined.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{} ({})",
+            if i == 0 { "together:  " } else { "           " },
+            c.name,
+            c.level
+        );
+    }
+    let _ = writeln!(
+        out,
+        "model:     {}",
+        match e.ner {
+            "off" => "personal-data model off (no ner: section)",
+            "not_needed" => "personal-data model not run: its answer could not change the route",
+            "ran" => "personal-data model ran",
+            _ => "personal-data model over budget: restricted",
+        }
+    );
     let _ = writeln!(out, "prompt:    about {} tokens", e.prompt_tokens_estimate);
     if let Some(from) = &e.substituted_for {
         let _ = writeln!(out, "substitutes for: {from}");

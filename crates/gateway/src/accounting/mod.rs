@@ -194,6 +194,10 @@ impl Accounting {
                 .iter()
                 .map(|k| k.as_str().to_owned())
                 .collect(),
+            positions: positions(fields.scan, fields.request),
+            combined: fields.scan.combined.iter().map(|c| c.name.to_string()).collect(),
+            ner: (fields.scan.model != sluice_sensitivity::ModelPass::Off)
+                .then(|| fields.scan.model.as_str().to_owned()),
             rule: fields.rule.map(str::to_owned),
             prompt_sha256: self.hash_prompts.then(|| {
                 sha2::Sha256::digest(fields.body)
@@ -237,6 +241,26 @@ impl Accounting {
     }
 }
 
+/// Where each finding of a scan is: kind, JSON path, byte range.
+fn positions(
+    scan: &Scan,
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<sluice_audit::Position> {
+    if scan.findings.is_empty() {
+        return Vec::new();
+    }
+    let paths = sluice_policy::string_paths(request);
+    scan.findings
+        .iter()
+        .map(|f| sluice_audit::Position {
+            kind: f.kind.as_str().to_owned(),
+            field: paths.get(f.index).cloned().unwrap_or_default(),
+            start: f.range.start,
+            end: f.range.end,
+        })
+        .collect()
+}
+
 /// What an audit record says of a decision when it is made.
 #[derive(Debug)]
 pub struct RecordFields<'a> {
@@ -248,6 +272,8 @@ pub struct RecordFields<'a> {
     pub scan: &'a Scan,
     pub rule: Option<&'a str>,
     pub body: &'a [u8],
+    /// The parsed body, for the paths of the findings.
+    pub request: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 /// Records one request when it ends, however it ends (a client that leaves mid-stream drops it, and is

@@ -101,6 +101,38 @@ pub struct CheckReport {
     pub warnings: Vec<ConfigError>,
 }
 
+/// What `sluice policy check` warns about in the scanner's configuration: combinations that can never
+/// be met or never raise the level, and kinds only the personal-data model finds, named in combinations
+/// of one's own while the model is off.
+fn scanner_warnings(config: &GatewayConfig, at: &Locator, own_combinations: bool) -> Vec<ConfigError> {
+    let mut out: Vec<ConfigError> = config
+        .scanner
+        .combination_warnings()
+        .into_iter()
+        .map(|(i, message)| at.error(&format!("sensitivity.combinations[{i}]"), message))
+        .collect();
+    if own_combinations && config.ner.is_none() {
+        let mut model_kinds: Vec<&str> = config
+            .scanner
+            .combination_kinds()
+            .filter(|k| k.is_model())
+            .map(|k| k.as_str())
+            .collect();
+        model_kinds.sort_unstable();
+        model_kinds.dedup();
+        if !model_kinds.is_empty() {
+            out.push(at.error(
+                "ner",
+                format!(
+                    "the personal-data model is off, so {} are never found: give a `ner:` section",
+                    model_kinds.join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
 impl RawGatewayConfig {
     /// Like [`Self::validate`], but reports every problem of the policy rather than the first, and lints
     /// it (rules that can never match or never be served, backends nothing reaches).
@@ -111,6 +143,10 @@ impl RawGatewayConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> CheckReport {
         let policy = self.policy.take().unwrap_or_default();
+        let own_combinations = self
+            .sensitivity
+            .as_ref()
+            .is_some_and(|s| s.combinations.is_some());
         let mut config = match self.validate(file, text, env) {
             Ok(c) => c,
             Err(e) => {
@@ -131,7 +167,8 @@ impl RawGatewayConfig {
         };
         match sluice_policy::config::compile(policy, &at, cx) {
             Ok(p) => {
-                let warnings = sluice_policy::lint::lint(&p, &at, cx);
+                let mut warnings = sluice_policy::lint::lint(&p, &at, cx);
+                warnings.extend(scanner_warnings(&config, &at, own_combinations));
                 config.policy = p;
                 CheckReport {
                     config: Some(config),

@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::{Attempt, Decision, FleetView, Level, Refusal};
-use sluice_sensitivity::{ModelPass, Scan};
+use sluice_policy::Attempt;
+use sluice_sensitivity::ModelPass;
 use tokio::time::Instant;
 
 use super::app::App;
@@ -24,33 +24,12 @@ use crate::dispatch::{Dispatch, FailedTarget, dispatch};
 use crate::error::{self, ApiError};
 use crate::headers::{HttpHeaders, RoutingHeaders};
 use crate::intake;
-use crate::recognise::Busy;
+use crate::recognise::{self, Busy};
 use crate::shed::PermitSlot;
 use crate::wire::{self, Shape};
 
 /// What a client shed because the personal-data model is saturated is told to wait before retrying.
 const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Whether the personal-data model can change where a request may go: only restricted can raise it
-/// further, so not when the request is already restricted, nor when every target it may go to is
-/// cleared for restricted data (a request bound for local workers does not pay for the model). A
-/// refused request goes nowhere either way.
-fn model_can_change(decided: &Result<Decision, Refusal>, view: &FleetView, scan: &Scan) -> bool {
-    if scan.level >= Level::Restricted {
-        return false;
-    }
-    match decided {
-        Ok(d) => {
-            d.level < Level::Restricted
-                && d.targets.iter().any(|t| {
-                    view.backends
-                        .get(t.backend)
-                        .is_none_or(|b| b.clearance < Level::Restricted)
-                })
-        }
-        Err(_) => false,
-    }
-}
 
 fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
@@ -92,7 +71,7 @@ pub(super) async fn completions(
     let view = app.fleet.view(&accounts.stats);
     let mut decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
     if let Some(recogniser) = &app.recogniser {
-        if model_can_change(&decided, &view, &intake.scan) {
+        if recognise::can_change_route(&decided, &view, &intake.scan) {
             let texts = sluice_policy::strings(&intake.request.body);
             match recogniser
                 .recognise(&app.config.scanner, &mut intake.scan, &texts)
@@ -136,6 +115,7 @@ pub(super) async fn completions(
             Err(r) => r.rule.as_deref(),
         },
         body: prompt_digest_of.as_deref().unwrap_or_default(),
+        request: &intake.request.body,
     });
     let decision = match decided {
         Ok(d) => d,
