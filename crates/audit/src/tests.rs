@@ -745,5 +745,8 @@ fn positions_combinations_and_the_model_are_recorded_when_there_are_any() {
         "{line}"
     );
     let back: Record = serde_json::from_str(line).unwrap();
-    assert_eq!((back.positions, back.combined, back.ner), (full.positions, full.combined, full.ner));
+    assert_eq!(
+        (back.positions, back.combined, back.ner),
+        (full.positions, full.combined, full.ner)
+    );
 }
