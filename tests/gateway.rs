@@ -1187,3 +1187,65 @@ async fn sluice_up_keeps_names_with_health_birth_dates_and_addresses_in_prose_of
     );
     stop(child);
 }
+
+/// `sluice scan` with text on standard input.
+fn scan(args: &[&str], input: &str) -> Vec<Value> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(common::sluice_bin())
+        .arg("scan")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sluice_scan_shows_positions_combinations_and_levels_never_the_text() {
+    let lines = [
+        json!({"id": "a", "text": "Write to Maria Gonzalez about her schizophrenia treatment."}),
+        json!({"id": "b", "text": "What are the symptoms of schizophrenia?"}),
+        json!({"id": "c", "text": "Order 483920175 shipped on Monday."}),
+    ];
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let got = scan(&["--jsonl"], &input);
+    assert_eq!(got.len(), 3);
+    let a = &got[0];
+    assert_eq!(
+        (&a["id"], &a["level"], &a["model"]),
+        (&json!("a"), &json!("restricted"), &json!(true))
+    );
+    assert_eq!(a["combined"][0]["name"], "person-with-personal-data");
+    let kinds: Vec<&str> = a["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["person_name", "health"]);
+    assert_eq!(
+        (&a["findings"][0]["start"], &a["findings"][0]["end"]),
+        (&json!(9), &json!(23))
+    );
+    assert!(!a.to_string().contains("Gonzalez"));
+    // A health term alone is internal; a bare order number is no identifier.
+    assert_eq!(got[1]["level"], "internal");
+    assert_eq!(
+        (&got[2]["level"], &got[2]["findings"]),
+        (&json!("public"), &json!([]))
+    );
+    // Without the model the name is not found: only the health term.
+    let got = scan(&["--jsonl", "--no-ner"], &input);
+    assert_eq!(
+        (&got[0]["level"], &got[0]["model"]),
+        (&json!("internal"), &json!(false))
+    );
+}
