@@ -1,6 +1,7 @@
 //! Scans arbitrary text and checks what must hold for any input: every finding lies inside its string, on
 //! `char` boundaries, in order, with the level of its kind or list; the scan's level is the highest
-//! finding's (restricted when the scan is incomplete); `scan_all` scans each string as `scan` would and
+//! finding's or combination's (restricted when the scan is incomplete); spans merged in as the
+//! personal-data model's keep all of that; `scan_all` scans each string as `scan` would and
 //! stops whole strings at the byte limit; and the few kinds with a check digit or a fixed shape really
 //! have it. Any panic, overflow included (debug assertions are on), is a failure too.
 //!
@@ -14,8 +15,22 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use sluice_sensitivity::{
-    Finding, Incomplete, KeywordList, Kind, Level, PatternRule, Scan, ScanLimits, Scanner, ScannerConfig,
+    Finding, Incomplete, KeywordList, Kind, Level, PatternRule, Recognised, Scan, ScanLimits, Scanner,
+    ScannerConfig,
 };
+
+/// The special categories a `special_category` finding may name.
+const CATEGORIES: [&str; 9] = [
+    "sexual_orientation",
+    "sex_life",
+    "religion",
+    "politics",
+    "ethnic_origin",
+    "trade_union",
+    "genetic",
+    "biometric",
+    "criminal",
+];
 
 const KEYWORDS: [&str; 4] = ["Falcon", "Blue Harbor", "Zürich", "ΣΙΓΜΑ"];
 const KEYWORD_LEVEL: Level = Level::Confidential;
@@ -66,8 +81,13 @@ static SCANNERS: LazyLock<Scanners> = LazyLock::new(|| {
 fuzz_target!(|data: &[u8]| {
     let s = &*SCANNERS;
     let text = String::from_utf8_lossy(data);
-    check(&s.default, &s.default.scan(&text), &[&text]);
+    let mut scan = s.default.scan(&text);
+    check(&s.default, &scan, &[&text]);
     check(&s.tenant, &s.tenant.scan(&text), &[&text]);
+    // Spans as the model would give them (each run of digits an identifier, each capitalised word a
+    // name, a span across both an address), merged in: every invariant still holds.
+    s.default.merge(&mut scan, &[&text], model_like(&text));
+    check(&s.default, &scan, &[&text]);
 
     let parts: Vec<String> = data
         .split(|&c| c == 0xFF)
@@ -146,6 +166,7 @@ fn check(scanner: &Scanner, scan: &Scan, texts: &[&str]) {
         let level = match (f.kind, f.rule.as_deref()) {
             (Kind::Keyword, Some("code-names")) => KEYWORD_LEVEL,
             (Kind::CustomPattern, Some("ticket")) => TICKET_LEVEL,
+            (Kind::SpecialCategory, Some(c)) if CATEGORIES.contains(&c) => scanner.level(f.kind),
             (kind, None) if !kind.is_tenant_rule() => scanner.level(kind),
             (_, rule) => panic!("{what}: unexpected rule {rule:?}"),
         };
@@ -157,12 +178,55 @@ fn check(scanner: &Scanner, scan: &Scan, texts: &[&str]) {
         scan.findings
             .iter()
             .map(|f| f.level)
+            .chain(scan.combined.iter().map(|c| c.level))
             .max()
             .unwrap_or(Level::Public)
     } else {
         Level::Restricted
     };
     assert_eq!(scan.level, level, "scan level");
+}
+
+/// Spans shaped like the model's: runs of ASCII digits as passports, capitalised ASCII words as names,
+/// and from the first digit run to the end of the next word as an address.
+fn model_like(text: &str) -> Vec<Recognised> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        if b[i].is_ascii_digit() {
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push(Recognised {
+                kind: Kind::Passport,
+                index: 0,
+                range: start..i,
+            });
+            let mut j = i;
+            while j < b.len() && (b[j] == b' ' || b[j].is_ascii_alphabetic()) && j - i < 24 {
+                j += 1;
+            }
+            out.push(Recognised {
+                kind: Kind::PostalAddress,
+                index: 0,
+                range: start..j,
+            });
+        } else if b[i].is_ascii_uppercase() {
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            out.push(Recognised {
+                kind: Kind::PersonName,
+                index: 0,
+                range: start..i,
+            });
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The shape a finding's text must have, for the kinds whose detector proves it.
