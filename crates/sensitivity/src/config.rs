@@ -179,6 +179,8 @@ pub enum ScannerError {
     EmptyCombination { index: usize, name: String },
     #[error("levels.{0}: {0} findings take the level of their list, so it cannot be set in levels")]
     TenantKindLevel(Kind),
+    #[error("the built-in credential rules: {0}")]
+    Rules(String),
     #[error("the built-in date pattern: {0}")]
     DatePattern(#[source] Box<regex::Error>),
     #[error("building the anchor matcher: {0}")]

@@ -81,11 +81,19 @@ pub enum Kind {
     RoutingNumber,
     /// Another government identifier, found by the personal-data model.
     GovernmentId,
+    /// An API key or token of a vendor in the credential rules (`data/credentials.yaml`) without a kind
+    /// of its own; the finding's `rule` names the format (`anthropic-api-key`, `twilio-credential`).
+    ApiToken,
+    /// Something written where a credential goes that is not one: a vendor's documented example key,
+    /// `xxxx`, `<your-api-key>`, one character repeated. Reported so that it is visible, at a low level.
+    CredentialPlaceholder,
+    /// A loopback or unspecified IP address (`127.0.0.1`, `::1`, `0.0.0.0`): an address, but no host's.
+    LocalAddress,
 }
 
 impl Kind {
     /// Every kind, in the order of the enum.
-    pub const ALL: [Kind; 33] = [
+    pub const ALL: [Kind; 36] = [
         Self::PaymentCard,
         Self::Iban,
         Self::UsSsn,
@@ -119,6 +127,9 @@ impl Kind {
         Self::BankAccount,
         Self::RoutingNumber,
         Self::GovernmentId,
+        Self::ApiToken,
+        Self::CredentialPlaceholder,
+        Self::LocalAddress,
     ];
 
     /// The kinds only the personal-data model finds (the scanner merges them in with
@@ -170,13 +181,16 @@ impl Kind {
             Self::BankAccount => "bank_account",
             Self::RoutingNumber => "routing_number",
             Self::GovernmentId => "government_id",
+            Self::ApiToken => "api_token",
+            Self::CredentialPlaceholder => "credential_placeholder",
+            Self::LocalAddress => "local_address",
         }
     }
 
     /// The level a finding of this kind has unless configuration says otherwise: credentials, keys,
     /// payment cards, bank accounts and national and travel identifiers are restricted; contact data
     /// (e-mail, phone, IP address) is confidential; a name, an address, a date of birth, a health or a
-    /// special-category term alone is internal (so "Who was Abraham Lincoln?" may still go to the
+    /// special-category term, a credential placeholder and a loopback address alone are internal (so "Who was Abraham Lincoln?" may still go to the
     /// cloud), and together they are restricted through the scanner's combinations
     /// ([`crate::Combination::defaults`]). Keywords and custom patterns take the level of their list.
     pub fn default_level(self) -> Level {
@@ -186,7 +200,9 @@ impl Kind {
             | Self::PostalAddress
             | Self::DateOfBirth
             | Self::Health
-            | Self::SpecialCategory => Level::Internal,
+            | Self::SpecialCategory
+            | Self::CredentialPlaceholder
+            | Self::LocalAddress => Level::Internal,
             _ => Level::Restricted,
         }
     }

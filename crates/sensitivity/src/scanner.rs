@@ -18,7 +18,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::config::{Combination, ScanLimits, ScannerConfig, ScannerError};
-use crate::detect::credentials::{self, Format};
+use crate::detect::credentials;
+use crate::detect::rules::{self, Rules};
 use crate::detect::{Hit, birth, contact, context, generic, numbers};
 use crate::kind::{Kind, KindSet};
 use crate::level::Level;
@@ -45,8 +46,12 @@ pub struct Scanner {
 
 struct Inner {
     anchors: Option<AhoCorasick>,
-    /// The detectors each anchor pattern starts, by pattern id.
-    actions: Vec<Vec<Action>>,
+    /// The detectors each anchor pattern starts, by pattern id, each with the length of its own anchor
+    /// (a pattern also starts the detectors of the shorter anchors it begins with: the prefilter reports
+    /// only the longest match at a position).
+    actions: Vec<Vec<(Action, usize)>>,
+    /// The vendor credential rules.
+    rules: &'static Rules,
     on: KindSet,
     levels: [Level; Kind::ALL.len()],
     keyword_rules: Vec<Rule>,
@@ -80,7 +85,8 @@ enum Action {
     Digit,
     At,
     Pem,
-    Format(Format),
+    PemBase64,
+    Rule(u16),
     SlackWebhook,
     Jwt,
     SecretName,
@@ -116,11 +122,14 @@ impl Scanner {
         }
         if on.has(Kind::PrivateKey) {
             table.add(b"-----BEGIN ", Action::Pem);
+            table.add(credentials::PEM_BASE64.as_bytes(), Action::PemBase64);
         }
-        for format in Format::ALL {
-            if on.has(format.kind()) {
-                for anchor in format.anchors() {
-                    table.add(anchor.as_bytes(), Action::Format(format));
+        let rules = rules::builtin().map_err(|e| ScannerError::Rules(e.to_owned()))?;
+        for (i, rule) in rules.rules.iter().enumerate() {
+            let Ok(i) = u16::try_from(i) else { break };
+            if on.has(rule.kind) || on.has(Kind::CredentialPlaceholder) {
+                for prefix in &rule.prefixes {
+                    table.add(prefix.as_bytes(), Action::Rule(i));
                 }
             }
         }
@@ -168,6 +177,7 @@ impl Scanner {
                 });
             }
         }
+        table.close_prefixes();
         let anchors = if table.patterns.is_empty() {
             None
         } else {
@@ -193,6 +203,7 @@ impl Scanner {
             inner: Arc::new(Inner {
                 anchors,
                 actions: table.actions,
+                rules,
                 on,
                 levels,
                 keyword_rules,
@@ -433,13 +444,17 @@ impl Scanner {
                     Ok(None) => break,
                     Err(_) => return Err(Incomplete::MatcherFailed),
                 };
-                let (s, e) = (m.start(), m.end());
-                let mut resume = e;
-                for &action in inner
+                let s = m.start();
+                let mut resume = s + 1;
+                // The first vendor rule that matches names the token; the others are not tried.
+                let mut token_found = false;
+                for &(action, len) in inner
                     .actions
                     .get(m.pattern().as_usize())
                     .map_or(&[][..], Vec::as_slice)
                 {
+                    let e = s + len;
+                    resume = resume.max(e);
                     if action == Action::BirthCue {
                         if whole_word(text, s, e)
                             && let Some(date) = &inner.date
@@ -463,11 +478,14 @@ impl Scanner {
                         }
                         continue;
                     }
-                    if action == Action::SecretName && s < generic_read {
+                    if (action == Action::SecretName && s < generic_read)
+                        || (matches!(action, Action::Rule(_)) && token_found)
+                    {
                         continue;
                     }
                     let (hit, next) = self.check(action, b, s, e, &mut generic_read);
                     if let Some(hit) = hit {
+                        token_found |= matches!(action, Action::Rule(_));
                         self.push(out, index, hit);
                     }
                     resume = resume.max(next);
@@ -527,17 +545,26 @@ impl Scanner {
             Action::Digit => numbers::scan_number(b, s, on),
             Action::At => after(contact::scan_at(b, s, on)),
             Action::Pem => after(credentials::pem(b, s)),
-            Action::SlackWebhook => after(credentials::slack_webhook(b, s, e)),
-            Action::Format(format) => match format.check(b, s, e) {
+            Action::PemBase64 => match credentials::pem_base64(b, s) {
                 Ok(hit) => (Some(hit), hit.end),
                 Err(next) => (None, next),
+            },
+            Action::SlackWebhook => after(credentials::slack_webhook(b, s, e)),
+            Action::Rule(i) => match self.inner.rules.get(i).map(|r| r.check(b, s, e)) {
+                Some(Ok(hit)) => (Some(hit.with_rule(i)), hit.end),
+                Some(Err(next)) => (None, next),
+                None => (None, e),
             },
             Action::Jwt => match credentials::jwt(b, s) {
                 Ok(hit) => (Some(hit), hit.end),
                 Err(next) => (None, next),
             },
-            Action::SecretName => match generic::check(b, s, e) {
-                Ok(hit) if on.has(hit.kind) => (Some(hit), hit.start),
+            Action::SecretName => match generic::check(b, s, e, self.inner.rules) {
+                Ok(hit) if on.has(hit.kind) => {
+                    // A key name inside the value found is not a new assignment either.
+                    *generic_read = (*generic_read).max(hit.end);
+                    (Some(hit), hit.start)
+                }
                 // Resume at the value, so that a token format inside it is found and named.
                 Ok(hit) => (None, hit.start),
                 Err(read) => {
@@ -553,12 +580,18 @@ impl Scanner {
     /// Records a hit. A token format found inside the value of a generic secret replaces that finding,
     /// so the finding is named after the format.
     fn push(&self, out: &mut Vec<Finding>, index: usize, hit: Hit) {
+        if !self.inner.on.has(hit.kind) {
+            return;
+        }
         let finding = Finding {
             kind: hit.kind,
             level: self.level(hit.kind),
             index,
             range: hit.start..hit.end,
-            rule: None,
+            rule: hit
+                .rule
+                .and_then(|i| self.inner.rules.get(i))
+                .map(|r| r.id.clone()),
         };
         match out.last_mut() {
             Some(last)
@@ -599,7 +632,7 @@ impl fmt::Debug for Scanner {
 #[derive(Default)]
 struct AnchorTable {
     patterns: Vec<Vec<u8>>,
-    actions: Vec<Vec<Action>>,
+    actions: Vec<Vec<(Action, usize)>>,
     ids: HashMap<Vec<u8>, usize>,
 }
 
@@ -617,9 +650,32 @@ impl AnchorTable {
             }
         };
         if let Some(actions) = self.actions.get_mut(id)
-            && !actions.contains(&action)
+            && !actions.iter().any(|&(a, _)| a == action)
         {
-            actions.push(action);
+            actions.push((action, pattern.len()));
+        }
+    }
+
+    /// Gives each pattern the detectors of the shorter patterns it starts with, after its own: at a
+    /// position where both match, the leftmost-longest prefilter reports only the longer one.
+    fn close_prefixes(&mut self) {
+        for id in 0..self.patterns.len() {
+            let Some(pattern) = self.patterns.get(id).cloned() else {
+                continue;
+            };
+            for len in (1..pattern.len()).rev() {
+                let Some(&shorter) = pattern.get(..len).and_then(|p| self.ids.get(p)) else {
+                    continue;
+                };
+                let inherited: Vec<(Action, usize)> = self.actions.get(shorter).cloned().unwrap_or_default();
+                if let Some(actions) = self.actions.get_mut(id) {
+                    for (action, n) in inherited {
+                        if !actions.iter().any(|&(a, _)| a == action) {
+                            actions.push((action, n));
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -67,6 +67,25 @@ fn base64url(data: &[u8]) -> String {
     out
 }
 
+/// Standard base64 with `=` padding.
+fn base64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |a, (i, &c)| a | (u32::from(c) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 mod cards {
     use super::*;
 
@@ -360,9 +379,48 @@ mod keys {
             "PGP PRIVATE KEY BLOCK",
         ] {
             let h = header(label);
-            let text = format!("here: {h}");
-            assert_eq!(found(&text), [(Kind::PrivateKey, h.as_str())], "{label}");
+            let block = format!("{h}\n{}", fake(BASE64, 64, 4));
+            let text = format!("here: {block}");
+            assert_eq!(found(&text), [(Kind::PrivateKey, block.as_str())], "{label}");
+            // A header with no key after it is written where a key goes, but is none.
+            let text = format!("files that start with {h} are keys");
+            assert_eq!(
+                found(&text),
+                [(Kind::CredentialPlaceholder, h.as_str())],
+                "{label}"
+            );
         }
+    }
+
+    #[test]
+    fn a_key_pasted_onto_one_line_is_covered() {
+        let block = format!(
+            "{} {} {} -----END RSA PRIVATE KEY-----",
+            header("RSA PRIVATE KEY"),
+            fake(BASE64, 64, 5),
+            fake(BASE64, 20, 6)
+        );
+        let text = format!("my key is {block} thanks");
+        assert_eq!(found(&text), [(Kind::PrivateKey, block.as_str())]);
+    }
+
+    #[test]
+    fn a_block_encoded_in_base64_as_a_whole_is_a_key() {
+        let pem = format!(
+            "{}\n{}\n-----END PRIVATE KEY-----\n",
+            header("PRIVATE KEY"),
+            fake(BASE64, 300, 7)
+        );
+        let encoded = base64(pem.as_bytes());
+        let text = format!("data:\n  tls.key: {encoded}\n");
+        assert_eq!(found(&text), [(Kind::PrivateKey, encoded.as_str())]);
+        let certificate = base64(format!("{}\n{}\n", header("CERTIFICATE"), fake(BASE64, 300, 7)).as_bytes());
+        assert_eq!(found(&format!("tls.crt: {certificate}")), []);
+        let header_only = base64(header("RSA PRIVATE KEY").as_bytes());
+        assert_eq!(
+            found(&format!("x {header_only} y")),
+            [(Kind::CredentialPlaceholder, header_only.as_str())]
+        );
     }
 
     #[test]
@@ -429,7 +487,16 @@ mod credentials {
         assert_eq!(found(&format!("akia{}", fake(BASE32, 16, 10))), []);
         assert_eq!(found(&format!("AKIA{}", fake(BASE32, 15, 10))), []);
         assert_eq!(found(&format!("AKIA{}", fake(BASE32, 17, 10))), []);
-        assert_eq!(found("AKIAAAAAAAAAAAAAAAAA"), []);
+        // Placeholders and the documented example key: reported, but not as a key.
+        for placeholder in [
+            "AKIAAAAAAAAAAAAAAAAA",
+            "AKIAIOSFODNN7EXAMPLE",
+            "AKIAXXXXXXXXXXXXXXXX",
+        ] {
+            assert_eq!(found(placeholder), [(Kind::CredentialPlaceholder, placeholder)]);
+        }
+        // A real id can have low entropy: the format alone is specific enough.
+        alone(Kind::AwsAccessKey, "AKIA2E2E2E2E2E2EQQQQ");
     }
 
     #[test]
@@ -461,7 +528,11 @@ mod credentials {
         );
         assert_eq!(found(&format!("ghp_{}", fake(ALNUM, 35, 12))), []);
         assert_eq!(found(&format!("xghp_{}", fake(ALNUM, 36, 12))), []);
-        assert_eq!(found(&format!("ghp_{}", "x".repeat(36))), []);
+        let placeholder = format!("ghp_{}", "x".repeat(36));
+        assert_eq!(
+            found(&placeholder),
+            [(Kind::CredentialPlaceholder, placeholder.as_str())]
+        );
     }
 
     #[test]
@@ -501,8 +572,20 @@ mod credentials {
 
     #[test]
     fn openai_style_keys() {
-        alone(Kind::OpenaiKey, &format!("sk-{}", fake(ALNUM, 48, 24)));
+        // OpenAI's own formats are named after OpenAI; other `sk-` keys are an API token of unknown vendor.
+        alone(
+            Kind::OpenaiKey,
+            &format!("sk-{}T3BlbkFJ{}", fake(ALNUM, 20, 24), fake(ALNUM, 20, 27)),
+        );
         alone(Kind::OpenaiKey, &format!("sk-proj-{}", fake(URL_SAFE, 120, 25)));
+        alone(Kind::ApiToken, &format!("sk-{}", fake(ALNUM, 48, 24)));
+        // Anthropic's keys are Anthropic's, not OpenAI's.
+        let anthropic = format!("sk-ant-api03-{}AA", fake(URL_SAFE, 93, 28));
+        alone(Kind::ApiToken, &anthropic);
+        assert_eq!(
+            scanner().scan(&anthropic).findings[0].rule.as_deref(),
+            Some("anthropic-api-key")
+        );
         for text in [
             "sk-1",
             "sk-12345",
@@ -534,7 +617,9 @@ mod credentials {
         let list = base64url(b"[1,2,3]");
         assert_eq!(found(&format!("{header}.{list}.{}", fake(URL_SAFE, 43, 26))), []);
         assert_eq!(found("eyJhbGciOi.not-json.x"), []);
-        assert_eq!(found(&format!("{header}.{payload}")), []);
+        // An unsecured token has no signature part at all.
+        let two = format!("{header}.{payload}");
+        assert_eq!(found(&format!("{two} end")), [(Kind::Jwt, two.as_str())]);
     }
 }
 
@@ -549,8 +634,8 @@ mod generic {
         let text = format!("{repeated} password=q8Zr4Lm2Xv9Tn1Pw");
         assert_eq!(found(&text), [(Kind::GenericSecret, "q8Zr4Lm2Xv9Tn1Pw")]);
         // A token format inside a rejected value is still found.
-        let text = format!("token=pass=pass=x{} AKIAIOSFODNN7EXAMPLE", "y".repeat(3));
-        assert_eq!(found(&text), [(Kind::AwsAccessKey, "AKIAIOSFODNN7EXAMPLE")]);
+        let text = format!("token=pass=pass=x{} AKIAQ4XJ7RZ2MLC5VNWD", "y".repeat(3));
+        assert_eq!(found(&text), [(Kind::AwsAccessKey, "AKIAQ4XJ7RZ2MLC5VNWD")]);
     }
 
     #[test]
@@ -576,6 +661,19 @@ mod generic {
             ("db:\n  password: Summer2024Sunshine\n", "Summer2024Sunshine"),
             ("\"PASSWORD=q8Zr4Lm2Xv9Tn1Pw\\nUSER=app\"", "q8Zr4Lm2Xv9Tn1Pw"),
             ("if token == \"q8Zr4Lm2Xv9Tn1Pw\" {", "q8Zr4Lm2Xv9Tn1Pw"),
+            // Passwords people choose: plain words and phrases, where only a value can stand.
+            ("password = \"correct horse battery\"", "correct horse battery"),
+            ("password: hunter2", "hunter2"),
+            ("DB_PASSWORD=letmein\n", "letmein"),
+            (
+                "Server=db01;Database=sales;User Id=app;Password=Tr0ub4dor;",
+                "Tr0ub4dor",
+            ),
+            ("jdbc:mysql://db/sales?user=app&password=swordfish", "swordfish"),
+            (
+                "machine api.example.net login alice password hunter22",
+                "hunter22",
+            ),
         ] {
             assert_eq!(found(text), [(Kind::GenericSecret, value)], "{text}");
         }
@@ -584,12 +682,8 @@ mod generic {
     #[test]
     fn prose_placeholders_and_code_are_not_secrets() {
         for text in [
-            "password = \"correct horse battery\"",
             "token: ${TOKEN}",
             "token: \"{{ secrets.TOKEN }}\"",
-            "api_key=\"<your-api-key>\"",
-            "api_key = \"your_api_key_here\"",
-            "password: hunter2",
             "max_tokens: 1024",
             "tokenizer = \"bert-base-uncased-v2\"",
             "token = self.tokenizer.encode",
@@ -597,8 +691,13 @@ mod generic {
             "api_key = os.environ.get(\"OPENAI_API_KEY\")",
             "token_url = \"https://auth.example.com/oauth2/token\"",
             "SECRET_NAME = \"PROD_DATABASE_PASSWORD\"",
-            "password = \"xxxxxxxxxxxxxxxx\"",
             "use std::token::TokenStream;",
+            "password: true",
+            "password = config.db_password",
+            "Reset your password: click the link below.",
+            "public_key = \"q8Zr4Lm2Xv9Tn1Pw\"",
+            "publishable_key: pk_q8Zr4Lm2Xv9Tn1Pw",
+            "secret_id = \"123e4567-e89b-12d3-a456-426614174000\"",
             "The password: it is written on the note.",
             "pub time_to_first_token: HistogramVec,",
             "fn f(token: crate::auth::BearerToken2) {}",
@@ -612,15 +711,43 @@ mod generic {
     }
 
     #[test]
+    fn placeholders_where_a_secret_goes_are_reported_as_placeholders() {
+        for (text, value) in [
+            ("api_key=\"<your-api-key>\"", "<your-api-key>"),
+            ("api_key = \"your_api_key_here\"", "your_api_key_here"),
+            ("password = \"xxxxxxxxxxxxxxxx\"", "xxxxxxxxxxxxxxxx"),
+            ("OPENAI_API_KEY=sk-...", "sk-..."),
+            ("token: changeme", "changeme"),
+        ] {
+            assert_eq!(found(text), [(Kind::CredentialPlaceholder, value)], "{text}");
+            assert_eq!(scanner().scan(text).level, Level::Internal, "{text}");
+        }
+    }
+
+    #[test]
     fn passwords_in_urls() {
         let text = "DATABASE_URL=postgres://app:s3cr3tP4ss@db.internal:5432/app";
         assert_eq!(found(text), [(Kind::GenericSecret, "s3cr3tP4ss")]);
-        assert_eq!(found("postgres://user:password@localhost/db"), []);
+        // Plain words are passwords too.
+        assert_eq!(
+            found("mongodb://admin:hunter2@mongo.internal:27017"),
+            [(Kind::GenericSecret, "hunter2")]
+        );
+        assert_eq!(
+            found("postgres://user:password@localhost/db"),
+            [(Kind::CredentialPlaceholder, "password")]
+        );
         assert_eq!(
             found("http://foo:bar@example.com/ and https://admin:opensesame@example.com/"),
-            []
+            [
+                (Kind::CredentialPlaceholder, "bar"),
+                (Kind::CredentialPlaceholder, "opensesame")
+            ]
         );
-        assert_eq!(found("redis://:${REDIS_PASSWORD}@cache:6379"), []);
+        assert_eq!(
+            found("redis://:${REDIS_PASSWORD}@cache:6379"),
+            [(Kind::CredentialPlaceholder, "${REDIS_PASSWORD}")]
+        );
     }
 }
 

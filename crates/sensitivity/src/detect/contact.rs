@@ -9,7 +9,7 @@ pub(crate) fn scan_at(b: &[u8], a: usize, on: KindSet) -> Option<Hit> {
     match url_password(b, a) {
         // `scheme://user:password@`: the password is the finding; the host is not an e-mail address.
         Userinfo::Password(h) => on.has(Kind::GenericSecret).then_some(h),
-        Userinfo::Placeholder => None,
+        Userinfo::Placeholder(h) => on.has(Kind::CredentialPlaceholder).then_some(h),
         Userinfo::No => on.has(Kind::Email).then(|| email(b, a)).flatten(),
     }
 }
@@ -70,9 +70,15 @@ fn email(b: &[u8], a: usize) -> Option<Hit> {
 
 enum Userinfo {
     No,
-    Placeholder,
+    Placeholder(Hit),
     Password(Hit),
 }
+
+/// Passwords that documentation writes into example URLs.
+const EXAMPLE_PASSWORDS: [&str; 14] = [
+    "password", "pass", "passwd", "pwd", "secret", "changeme", "foo", "bar", "baz", "test", "example",
+    "user", "pw", "xxx",
+];
 
 fn is_userinfo(c: u8) -> bool {
     c > b' '
@@ -84,8 +90,9 @@ fn is_userinfo(c: u8) -> bool {
 }
 
 /// `scheme://user:password@` ending at the `@` at `a`. Placeholders (`${DB_PASSWORD}`, `<password>`,
-/// `***`, the word `password` itself) and the short or lower-case words of examples (`foo:bar@`,
-/// `admin:opensesame@`) make it `Placeholder`: a URL, but no secret.
+/// `***`, the word `password` itself, the `foo:bar@` of examples, any password for a host under
+/// `example.com`, `.org` or `.net`) make it `Placeholder`; any other password of three characters or more
+/// is one, plain words included (`admin:hunter2@db`).
 fn url_password(b: &[u8], a: usize) -> Userinfo {
     let ps = run_start(b, a, 129, is_userinfo);
     if a == ps || a - ps > 128 || back(b, ps, 1) != b':' {
@@ -101,16 +108,25 @@ fn url_password(b: &[u8], a: usize) -> Userinfo {
     let Some(password) = b.get(ps..a) else {
         return Userinfo::No;
     };
-    let placeholder = matches!(password.first(), Some(b'$' | b'<' | b'{' | b'['))
-        || password.len() < 8
-        || password.iter().all(|&c| c.is_ascii_lowercase())
+    let host_end = run_end(b, a + 1, 253, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-')
+    });
+    let host = b.get(a + 1..host_end).unwrap_or_default();
+    let example_host = [&b"example.com"[..], b"example.org", b"example.net"]
+        .iter()
+        .any(|h| host.len() >= h.len() && host[host.len() - h.len()..].eq_ignore_ascii_case(h));
+    let hit = Hit::new(Kind::GenericSecret, ps, a);
+    let placeholder = matches!(password.first(), Some(b'$' | b'<' | b'{' | b'[' | b'%'))
         || password.iter().all(|&c| matches!(c, b'*' | b'x' | b'X' | b'.'))
-        || [&b"password"[..], b"pass", b"passwd", b"pwd", b"secret"]
+        || EXAMPLE_PASSWORDS
             .iter()
-            .any(|w| password.eq_ignore_ascii_case(w));
+            .any(|w| password.eq_ignore_ascii_case(w.as_bytes()))
+        || example_host;
     if placeholder {
-        Userinfo::Placeholder
+        Userinfo::Placeholder(Hit::new(Kind::CredentialPlaceholder, ps, a))
+    } else if password.len() < 3 {
+        Userinfo::No
     } else {
-        Userinfo::Password(Hit::new(Kind::GenericSecret, ps, a))
+        Userinfo::Password(hit)
     }
 }

@@ -1,13 +1,9 @@
-//! Detectors anchored on the fixed prefix of a key or token format: PEM private keys, AWS key ids, GitHub,
-//! GitLab, Slack, Stripe, OpenAI-style and Google API keys, and JWTs.
-//!
-//! The prefilter matches anchors ignoring ASCII case, so every detector first checks its prefix exactly.
+//! Detectors for credentials with a structure a pattern cannot check: PEM private keys (plain, or the
+//! whole block base64-encoded as Kubernetes secrets hold it), Slack webhooks and JWTs. Vendor token
+//! formats are data (`data/credentials.yaml`, [`super::rules`]).
 
-use super::{Hit, at, back, entropy, is_word, run_end, starts_with};
+use super::{Hit, at, back, run_end, starts_with};
 use crate::kind::Kind;
-
-/// Random token bodies have an entropy far above this; `xxxx…` placeholders far below.
-const MIN_TOKEN_ENTROPY: f64 = 3.0;
 
 /// Longest token body read; longer runs are still findings if the format matches.
 const MAX_TOKEN: usize = 512;
@@ -16,133 +12,11 @@ fn alnum(c: u8) -> bool {
     c.is_ascii_alphanumeric()
 }
 
-fn alnum_underscore(c: u8) -> bool {
-    is_word(c)
-}
+/// The base64 of `-----BEGIN`, where a base64-encoded PEM block starts.
+pub(crate) const PEM_BASE64: &str = "LS0tLS1CRUdJTi";
 
-fn alnum_dash_underscore(c: u8) -> bool {
-    is_word(c) || c == b'-'
-}
-
-/// A token of `prefix` (at `s`) and a body of `min..=max` bytes satisfying `body`, not preceded or
-/// followed by a token byte, with a random-looking body. Returns the hit, or where to resume.
-fn token(
-    b: &[u8],
-    s: usize,
-    prefix: &[u8],
-    kind: Kind,
-    body: fn(u8) -> bool,
-    (min, max): (usize, usize),
-) -> Result<Hit, usize> {
-    let after_prefix = s + prefix.len();
-    if !starts_with(b, s, prefix) || alnum_dash_underscore(back(b, s, 1)) {
-        return Err(after_prefix);
-    }
-    let e = run_end(b, after_prefix, MAX_TOKEN, body);
-    let len = e - after_prefix;
-    let body_bytes = b.get(after_prefix..e).unwrap_or_default();
-    if len < min || len > max || alnum_dash_underscore(at(b, e)) || entropy(body_bytes) < MIN_TOKEN_ENTROPY {
-        // Nothing inside a token run can start another finding: resume after it.
-        return Err(e.max(after_prefix));
-    }
-    Ok(Hit::new(kind, s, e))
-}
-
-/// Which fixed-prefix format an anchor stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
-    AwsKeyId,
-    Github,
-    GithubFineGrained,
-    Gitlab,
-    Slack,
-    Stripe,
-    Openai,
-    Google,
-}
-
-impl Format {
-    pub(crate) fn kind(self) -> Kind {
-        match self {
-            Self::AwsKeyId => Kind::AwsAccessKey,
-            Self::Github | Self::GithubFineGrained => Kind::GithubToken,
-            Self::Gitlab => Kind::GitlabToken,
-            Self::Slack => Kind::SlackToken,
-            Self::Stripe => Kind::StripeKey,
-            Self::Openai => Kind::OpenaiKey,
-            Self::Google => Kind::GoogleApiKey,
-        }
-    }
-
-    /// The anchors of this format, as the prefilter matches them.
-    pub(crate) fn anchors(self) -> &'static [&'static str] {
-        match self {
-            Self::AwsKeyId => &["AKIA", "ASIA", "ABIA", "ACCA"],
-            Self::Github => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
-            Self::GithubFineGrained => &["github_pat_"],
-            Self::Gitlab => &["glpat-"],
-            Self::Slack => &["xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"],
-            Self::Stripe => &["sk_live_", "rk_live_", "sk_test_", "rk_test_"],
-            Self::Openai => &["sk-"],
-            Self::Google => &["AIza"],
-        }
-    }
-
-    pub(crate) const ALL: [Format; 8] = [
-        Self::AwsKeyId,
-        Self::Github,
-        Self::GithubFineGrained,
-        Self::Gitlab,
-        Self::Slack,
-        Self::Stripe,
-        Self::Openai,
-        Self::Google,
-    ];
-
-    /// Validates the anchor matched at `s..e`.
-    pub(crate) fn check(self, b: &[u8], s: usize, e: usize) -> Result<Hit, usize> {
-        let prefix = b.get(s..e).unwrap_or_default();
-        if !self.anchors().iter().any(|a| a.as_bytes() == prefix) {
-            return Err(e);
-        }
-        let kind = self.kind();
-        match self {
-            // AKIA + 16 base32 characters.
-            Self::AwsKeyId => token(
-                b,
-                s,
-                prefix,
-                kind,
-                |c| matches!(c, b'A'..=b'Z' | b'2'..=b'7'),
-                (16, 16),
-            ),
-            Self::Github => token(b, s, prefix, kind, alnum, (36, MAX_TOKEN)),
-            Self::GithubFineGrained => token(b, s, prefix, kind, alnum_underscore, (22, MAX_TOKEN)),
-            Self::Gitlab => token(b, s, prefix, kind, alnum_dash_underscore, (20, MAX_TOKEN)),
-            Self::Slack => {
-                token(b, s, prefix, kind, |c| alnum(c) || c == b'-', (10, MAX_TOKEN)).and_then(|h| {
-                    let body = b.get(e..h.end).unwrap_or_default();
-                    if body.iter().any(u8::is_ascii_digit) {
-                        Ok(h)
-                    } else {
-                        Err(h.end)
-                    }
-                })
-            }
-            Self::Stripe => token(b, s, prefix, kind, alnum, (24, MAX_TOKEN)),
-            // sk- + 20 or more of [A-Za-z0-9_-] with upper case, lower case and digits, so that
-            // `sk-learn-metrics-and-friends` is not a key.
-            Self::Openai => token(b, s, prefix, kind, alnum_dash_underscore, (20, MAX_TOKEN)).and_then(|h| {
-                let body = b.get(e..h.end).unwrap_or_default();
-                let mixed = body.iter().any(u8::is_ascii_uppercase)
-                    && body.iter().any(u8::is_ascii_lowercase)
-                    && body.iter().any(u8::is_ascii_digit);
-                if mixed { Ok(h) } else { Err(h.end) }
-            }),
-            Self::Google => token(b, s, prefix, kind, alnum_dash_underscore, (35, 35)),
-        }
-    }
-}
+/// Shortest base64 line that counts as key material after a PEM header.
+const MIN_PEM_LINE: usize = 16;
 
 /// A Slack incoming webhook: `hooks.slack.com/services/…` (or `/workflows/`, `/triggers/`) with a path of
 /// at least 20 characters; the range takes in a `https://` before it.
@@ -187,20 +61,114 @@ pub(crate) fn pem(b: &[u8], s: usize) -> Option<Hit> {
     } else {
         label_end
     };
-    Some(Hit::new(Kind::PrivateKey, s, pem_body_end(b, header_end)))
+    let (mut end, mut material) = pem_body_end(b, header_end);
+    if !material {
+        (end, material) = pem_flattened(b, header_end).unwrap_or((end, material));
+    }
+    // A header with no key after it (in prose about keys, or a template) is no key.
+    let kind = if material {
+        Kind::PrivateKey
+    } else {
+        Kind::CredentialPlaceholder
+    };
+    Some(Hit::new(kind, s, end))
+}
+
+/// A key pasted onto one line, its lines joined by spaces (`-----BEGIN … KEY----- MIIE… -----END …`):
+/// the end of the base64 words and the `-----END` line after the header, when one of them is key material.
+fn pem_flattened(b: &[u8], header_end: usize) -> Option<(usize, bool)> {
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
+    let mut i = header_end;
+    let mut end = header_end;
+    let mut material = false;
+    loop {
+        let j = run_end(b, i, 2, |c| c == b' ');
+        if j == i {
+            break;
+        }
+        if starts_with(b, j, b"-----END ") {
+            let e = run_end(b, j + 9, 64, |c| {
+                c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' '
+            });
+            end = if starts_with(b, e, b"-----") { e + 5 } else { e };
+            break;
+        }
+        let e = run_end(b, j, 8192, b64);
+        if e - j < 4 || !matches!(at(b, e), b' ' | b'\n' | b'\r' | b'"' | b'\'' | 0) {
+            break;
+        }
+        material |= e - j >= MIN_PEM_LINE;
+        end = e;
+        i = e;
+    }
+    material.then_some((end, material))
+}
+
+/// A PEM block encoded in base64 as a whole (`LS0tLS1CRUdJTi...`, as Kubernetes secrets and CI
+/// variables hold keys), from its start at `s`: the decoded header must name a private key, and the run
+/// of base64 must be long enough to hold one (a header alone is a placeholder).
+pub(crate) fn pem_base64(b: &[u8], s: usize) -> Result<Hit, usize> {
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
+    if !starts_with(b, s, PEM_BASE64.as_bytes()) || b64(back(b, s, 1)) {
+        return Err(s + PEM_BASE64.len());
+    }
+    let e = run_end(b, s, usize::MAX, b64);
+    // Decode the first 60 characters: 45 bytes, enough for the longest private key header.
+    let mut header = [0u8; 45];
+    let mut n = 0;
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for &c in b.get(s..e.min(s + 60)).unwrap_or_default() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => break,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            if let Some(slot) = header.get_mut(n) {
+                *slot = ((acc >> bits) & 0xff) as u8;
+                n += 1;
+            }
+        }
+    }
+    let decoded = header.get(..n).unwrap_or_default();
+    let line_end = decoded
+        .iter()
+        .position(|&c| c == b'\n' || c == b'\r')
+        .unwrap_or(decoded.len());
+    let line = decoded.get(..line_end).unwrap_or_default();
+    let private = line.windows(11).any(|w| w == b"PRIVATE KEY");
+    if !private {
+        return Err(e);
+    }
+    // The header alone is about 45 base64 characters; a key adds hundreds.
+    let kind = if e - s >= 200 {
+        Kind::PrivateKey
+    } else {
+        Kind::CredentialPlaceholder
+    };
+    Ok(Hit::new(kind, s, e))
 }
 
 /// The end of the lines after a PEM header: base64 lines, `Proc-Type:`/`DEK-Info:`/`Comment:` headers,
-/// blank lines, and the `-----END` line, with `\n`, `\r\n` or an escaped `\\n` between them.
-fn pem_body_end(b: &[u8], header_end: usize) -> usize {
+/// blank lines, and the `-----END` line, with `\n`, `\r\n` or an escaped `\\n` between them; and whether
+/// a line of key material (base64 of at least `MIN_PEM_LINE` characters) was among them.
+fn pem_body_end(b: &[u8], header_end: usize) -> (usize, bool) {
     let mut end = header_end;
+    let mut material = false;
     let mut i = header_end;
     loop {
         // A line break, as bytes or escaped inside a JSON string.
         let nl = match (at(b, i), at(b, i + 1)) {
             (b'\n', _) => 1,
             (b'\r', b'\n') | (b'\\', b'n') => 2,
-            _ => return end,
+            _ => return (end, material),
         };
         i += nl;
         let line = run_end(b, i, 16, |c| c == b' ' || c == b'\t');
@@ -208,7 +176,7 @@ fn pem_body_end(b: &[u8], header_end: usize) -> usize {
             let e = run_end(b, line + 9, 64, |c| {
                 c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' '
             });
-            return if starts_with(b, e, b"-----") { e + 5 } else { e };
+            return (if starts_with(b, e, b"-----") { e + 5 } else { e }, material);
         }
         let header = [&b"Proc-Type:"[..], b"DEK-Info:", b"Comment:"]
             .iter()
@@ -223,17 +191,19 @@ fn pem_body_end(b: &[u8], header_end: usize) -> usize {
         // A line of its own, or not part of the key (prose after a truncated key).
         let line_ends = matches!(at(b, e), b'\n' | b'\r' | 0) || (at(b, e) == b'\\' && at(b, e + 1) == b'n');
         if !line_ends {
-            return end;
+            return (end, material);
         }
         if e > line {
             end = e;
+            material |= !header && e - line >= MIN_PEM_LINE;
         }
         i = e;
     }
 }
 
-/// A JWT from the `eyJ` at `s`: three base64url segments joined by dots (the signature may be empty), the
-/// first two decoding to JSON objects. Returns the hit, or where to resume.
+/// A JWT from the `eyJ` at `s`: two or three base64url segments joined by dots (an unsecured token has no
+/// signature, or an empty one), the first two decoding to JSON objects. Returns the hit, or where to
+/// resume.
 pub(crate) fn jwt(b: &[u8], s: usize) -> Result<Hit, usize> {
     let b64url = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
     if !starts_with(b, s, b"eyJ") || b64url(back(b, s, 1)) || back(b, s, 1) == b'.' {
@@ -245,8 +215,11 @@ pub(crate) fn jwt(b: &[u8], s: usize) -> Result<Hit, usize> {
     }
     let p_start = h_end + 1;
     let p_end = run_end(b, p_start, usize::MAX, b64url);
-    if at(b, p_end) != b'.' || !json_object(b.get(p_start..p_end).unwrap_or_default()) {
+    if !json_object(b.get(p_start..p_end).unwrap_or_default()) {
         return Err(p_end.max(p_start));
+    }
+    if at(b, p_end) != b'.' {
+        return Ok(Hit::new(Kind::Jwt, s, p_end));
     }
     let sig_end = run_end(b, p_end + 1, usize::MAX, b64url);
     if at(b, sig_end) == b'.' {

@@ -7,6 +7,7 @@
 //! `password_file`, `access_key_id`). Then comes an assignment (`=`, `:`, `:=`, `=>`, `==`) and a value
 //! that passes `looks_secret`.
 
+use super::rules::{Rules, looks_placeholder};
 use super::{Hit, at, back, entropy, run_end, run_start, starts_with, starts_with_ci};
 use crate::kind::Kind;
 
@@ -37,7 +38,8 @@ const MAX_VALUE: usize = 1024;
 const MAX_NAME: usize = 64;
 
 /// Words that make a name key-like wherever they appear in it.
-const SECRET_WORDS: [&str; 16] = [
+const SECRET_WORDS: [&str; 17] = [
+    "authtoken",
     "password",
     "passwd",
     "pwd",
@@ -108,9 +110,49 @@ const NOT_THE_VALUE: [&str; 44] = [
 enum Name {
     Plain,
     Secret,
+    /// A password (`password`, `passwd`, `pwd`, `passphrase`, ...): people choose them, so a plain word
+    /// is one too.
+    Password,
     /// Contains both `aws` and `secret`: a 40-character value is an AWS secret access key.
     AwsSecret,
 }
+
+/// Words that make a name a password's.
+const PASSWORD_WORDS: [&str; 6] = ["password", "passwd", "pwd", "pass", "passphrase", "passcode"];
+
+/// Words that say the value is public (`public_key`, `publishable_key`, `pub_key`).
+const PUBLIC_WORDS: [&str; 3] = ["public", "pub", "publishable"];
+
+/// Bare values that are a type, a literal or a word about the password rather than one.
+const NOT_A_PASSWORD: [&str; 24] = [
+    "true",
+    "false",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "required",
+    "optional",
+    "string",
+    "str",
+    "text",
+    "password",
+    "secret",
+    "hidden",
+    "masked",
+    "empty",
+    "yes",
+    "no",
+    "on",
+    "off",
+    "enabled",
+    "disabled",
+    "bool",
+    "int",
+];
+
+/// Shortest password taken when it is a plain word.
+const MIN_PASSWORD: usize = 4;
 
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')
@@ -121,13 +163,14 @@ fn is_space(c: u8) -> bool {
 }
 
 /// Validates the name fragment matched at `s..e`. On success the hit covers the value only; otherwise the
-/// error is the end of the value that was read and rejected (0 when no value was read).
-pub(crate) fn check(b: &[u8], s: usize, e: usize) -> Result<Hit, usize> {
+/// error is the end of the value that was read and rejected (0 when no value was read). A value whose
+/// vendor the name gives (`TWILIO_AUTH_TOKEN=…`) is named after the vendor's rule.
+pub(crate) fn check(b: &[u8], s: usize, e: usize, rules: &Rules) -> Result<Hit, usize> {
     let mut read = 0;
-    assignment(b, s, e, &mut read).ok_or(read)
+    assignment(b, s, e, rules, &mut read).ok_or(read)
 }
 
-fn assignment(b: &[u8], s: usize, e: usize, read: &mut usize) -> Option<Hit> {
+fn assignment(b: &[u8], s: usize, e: usize, rules: &Rules, read: &mut usize) -> Option<Hit> {
     let name_start = run_start(b, s, MAX_NAME, is_ident);
     let mut name_end = run_end(b, e, MAX_NAME, is_ident);
     if is_ident(back(b, name_start, 1)) || is_ident(at(b, name_end)) {
@@ -136,9 +179,16 @@ fn assignment(b: &[u8], s: usize, e: usize, read: &mut usize) -> Option<Hit> {
     while name_end > e && matches!(back(b, name_end, 1), b'.' | b'-') {
         name_end -= 1;
     }
-    let name = classify(b.get(name_start..name_end)?);
+    let name_bytes = b.get(name_start..name_end)?;
+    let name = classify(name_bytes);
     if name == Name::Plain {
         return None;
+    }
+    if name == Name::Password
+        && let Some(hit) = netrc(b, name_start, name_end)
+    {
+        *read = hit.end;
+        return Some(hit);
     }
     let mut i = name_end;
     // The closing quote of a quoted key: `"api_key": `, `'password' =>`, `\"token\":`, `["API_KEY"] =`.
@@ -167,6 +217,15 @@ fn assignment(b: &[u8], s: usize, e: usize, read: &mut usize) -> Option<Hit> {
         return None;
     }
     let v = b.get(vs..ve)?;
+    if let Some((rule, kind)) = rules.assigned(name_bytes, v) {
+        return Some(Hit::new(kind, vs, ve).with_rule(rule));
+    }
+    if placeholder_value(v) {
+        return Some(Hit::new(Kind::CredentialPlaceholder, vs, ve));
+    }
+    if is_uuid(v) {
+        return None;
+    }
     if name == Name::AwsSecret
         && v.len() == 40
         && v.iter()
@@ -175,7 +234,102 @@ fn assignment(b: &[u8], s: usize, e: usize, read: &mut usize) -> Option<Hit> {
     {
         return Some(Hit::new(Kind::AwsSecretKey, vs, ve));
     }
-    looks_secret(v, form).then(|| Hit::new(Kind::GenericSecret, vs, ve))
+    if looks_secret(v, form) || (name == Name::Password && plain_password(b, name_start, vs, ve, form)) {
+        return Some(Hit::new(Kind::GenericSecret, vs, ve));
+    }
+    None
+}
+
+/// `.netrc` (`machine host login alice password s3cr3t`): a password word followed by a space and the
+/// value, after `login` or `machine` on the same line.
+fn netrc(b: &[u8], name_start: usize, name_end: usize) -> Option<Hit> {
+    if !matches!(at(b, name_end), b' ' | b'\t') {
+        return None;
+    }
+    let line_start = run_start(b, name_start, 256, |c| c != b'\n' && c != b'\r');
+    let line = b.get(line_start..name_start)?;
+    let cue = |w: &[u8]| {
+        line.windows(w.len() + 1)
+            .any(|x| x.get(..w.len()).is_some_and(|x| x.eq_ignore_ascii_case(w)) && is_space(x[w.len()]))
+    };
+    if !(cue(b"login") || cue(b"machine")) {
+        return None;
+    }
+    let vs = run_end(b, name_end, 8, is_space);
+    let ve = run_end(b, vs, MAX_VALUE + 1, |c| c > b' ' && c != b'"' && c != b'\'');
+    let v = b.get(vs..ve)?;
+    (v.len() >= MIN_PASSWORD && !placeholder_value(v) && !word_about_password(v))
+        .then(|| Hit::new(Kind::GenericSecret, vs, ve))
+}
+
+/// Whether a value stands where a secret goes without being one: `<your-api-key>`, `xxxxxxxx`,
+/// `********`, `changeme`, `sk-...`, `YOUR_TOKEN_HERE`, one character repeated.
+fn placeholder_value(v: &[u8]) -> bool {
+    if v.len() < 3 {
+        return false;
+    }
+    let lower = |w: &[u8]| v.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    (v.first() == Some(&b'<') && v.last() == Some(&b'>'))
+        || v.ends_with(b"...")
+        || v.ends_with("\u{2026}".as_bytes())
+        || looks_placeholder(v)
+        || [
+            &b"changeme"[..],
+            b"change_me",
+            b"replace_me",
+            b"replaceme",
+            b"insert_",
+            b"_here",
+            b"dummy",
+        ]
+        .iter()
+        .any(|w| lower(w))
+}
+
+/// Whether a value is a UUID (`123e4567-e89b-12d3-a456-426614174000`): an identifier, not a secret,
+/// unless a vendor rule says otherwise.
+fn is_uuid(v: &[u8]) -> bool {
+    v.len() == 36
+        && v.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn word_about_password(v: &[u8]) -> bool {
+    NOT_A_PASSWORD
+        .iter()
+        .any(|w| v.eq_ignore_ascii_case(w.as_bytes()))
+}
+
+/// A password people chose, judged without entropy: at least four characters, not a word about passwords
+/// or a literal (`true`, `null`, `string`), and written where nothing but the value can be: in quotes,
+/// last on its line, or in a connection string (`;Password=…;`, `&password=…&`).
+fn plain_password(b: &[u8], name_start: usize, vs: usize, ve: usize, form: Form) -> bool {
+    let Some(v) = b.get(vs..ve) else { return false };
+    let reference = matches!(v.first(), Some(b'$' | b'%'))
+        || v.contains(&b'=')
+        || v.iter().any(|&c| matches!(c, b'(' | b'[' | b'{'))
+        || (v.contains(&b'.')
+            && v.iter()
+                .all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.')));
+    if v.len() < MIN_PASSWORD || word_about_password(v) || reference {
+        return false;
+    }
+    let in_list =
+        matches!(back(b, name_start, 1), b';' | b'&' | b'?') && matches!(at(b, ve), b';' | b'&' | 0);
+    if in_list {
+        return true;
+    }
+    match form {
+        Form::Quoted => true,
+        Form::BareCode => false,
+        Form::BareLine => {
+            let rest = run_end(b, ve, 8, is_space);
+            matches!(at(b, rest), b'\n' | b'\r' | b'#' | 0)
+                || (at(b, rest) == b'\\' && at(b, rest + 1) == b'n')
+        }
+    }
 }
 
 /// How a value is written, which says how much code it may be.
@@ -289,6 +443,8 @@ fn is_name(v: &[u8]) -> bool {
 /// Splits an identifier into words and decides whether it names a secret.
 fn classify(name: &[u8]) -> Name {
     let mut secret = false;
+    let mut password = false;
+    let mut public = false;
     let mut aws = false;
     let mut has_secret_word = false;
     let mut words = 0;
@@ -297,12 +453,17 @@ fn classify(name: &[u8]) -> Name {
         let key_like = SECRET_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s.as_bytes()))
             || (words > 0 && w.eq_ignore_ascii_case(b"key"));
         secret |= key_like;
+        password |= PASSWORD_WORDS
+            .iter()
+            .any(|p| w.eq_ignore_ascii_case(p.as_bytes()));
+        public |= PUBLIC_WORDS.iter().any(|p| w.eq_ignore_ascii_case(p.as_bytes()));
         aws |= w.eq_ignore_ascii_case(b"aws");
         has_secret_word |= w.eq_ignore_ascii_case(b"secret");
         words += 1;
         last = w;
     });
     if !secret
+        || public
         || NOT_THE_VALUE
             .iter()
             .any(|n| last.eq_ignore_ascii_case(n.as_bytes()))
@@ -310,6 +471,8 @@ fn classify(name: &[u8]) -> Name {
         Name::Plain
     } else if aws && has_secret_word {
         Name::AwsSecret
+    } else if password {
+        Name::Password
     } else {
         Name::Secret
     }

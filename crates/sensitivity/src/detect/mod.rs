@@ -12,6 +12,7 @@ pub(crate) mod context;
 pub(crate) mod credentials;
 pub(crate) mod generic;
 pub(crate) mod numbers;
+pub(crate) mod rules;
 
 use crate::kind::Kind;
 
@@ -21,11 +22,25 @@ pub(crate) struct Hit {
     pub(crate) kind: Kind,
     pub(crate) start: usize,
     pub(crate) end: usize,
+    /// The credential rule that matched (an index into [`rules::Rules`]), for vendor formats.
+    pub(crate) rule: Option<u16>,
 }
 
 impl Hit {
     pub(crate) fn new(kind: Kind, start: usize, end: usize) -> Self {
-        Self { kind, start, end }
+        Self {
+            kind,
+            start,
+            end,
+            rule: None,
+        }
+    }
+
+    pub(crate) fn with_rule(self, rule: u16) -> Self {
+        Self {
+            rule: Some(rule),
+            ..self
+        }
     }
 }
 
@@ -109,14 +124,20 @@ pub(crate) fn starts_with_ci(b: &[u8], i: usize, lit: &[u8]) -> bool {
 
 /// Shannon entropy of the bytes, in bits per byte.
 pub(crate) fn entropy(bytes: &[u8]) -> f64 {
-    if bytes.is_empty() {
+    entropy_of(&[bytes])
+}
+
+/// Shannon entropy of several byte strings taken together, in bits per byte.
+pub(crate) fn entropy_of(parts: &[&[u8]]) -> f64 {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total == 0 {
         return 0.0;
     }
     let mut counts = [0u32; 256];
-    for &c in bytes {
+    for &c in parts.iter().flat_map(|p| p.iter()) {
         counts[usize::from(c)] += 1;
     }
-    let n = bytes.len() as f64;
+    let n = total as f64;
     counts
         .iter()
         .filter(|&&c| c > 0)
