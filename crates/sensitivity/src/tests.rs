@@ -130,6 +130,27 @@ mod cards {
     }
 
     #[test]
+    fn more_issuers() {
+        for (issuer, number) in [
+            ("UATP", "123097215134055"),
+            ("Dankort", "5019688126340314"),
+            ("Maestro UK", "6759009333037654"),
+            ("Maestro, 12 digits", "675979803433"),
+            ("Mir", "2200688126340310"),
+            ("Troy", "9792688126340319"),
+            ("RuPay", "8184909340662173"),
+            ("InterPayment", "6369198057817946"),
+        ] {
+            assert_eq!(
+                found(&format!("card {number} ok")),
+                [(Kind::PaymentCard, number)],
+                "{issuer}"
+            );
+        }
+        assert_eq!(found("card 123097215134056 ok"), []);
+    }
+
+    #[test]
     fn long_cards_are_found_when_grouped() {
         assert_eq!(
             of(Kind::PaymentCard, "card 4488 2868 9482 3169 796"),
@@ -210,6 +231,37 @@ mod national_ids {
     }
 
     #[test]
+    fn us_ssns_in_other_written_forms_after_a_cue() {
+        for (text, number) in [
+            ("SSN: 123456789", "123456789"),
+            ("ssn 123.45.6789", "123.45.6789"),
+            ("Social Security number is 123 456 789.", "123 456 789"),
+            ("SS# 12-345-6789", "12-345-6789"),
+        ] {
+            assert_eq!(found(text), [(Kind::UsSsn, number)], "{text}");
+        }
+        for text in [
+            "order 123456789 shipped",
+            "SSN: 1234567890",
+            "SSN: 000123456",
+            "assn 123456789",
+            "SSN 12345678",
+        ] {
+            assert_eq!(found(text), [], "{text}");
+        }
+    }
+
+    #[test]
+    fn uk_national_insurance_numbers_in_other_written_forms() {
+        for text in ["ab123456c", "AB 123456 C", "ab 12 34 56 c", "AB123456 C"] {
+            assert_eq!(found(&format!("NI: {text}.")), [(Kind::UkNino, text)], "{text}");
+        }
+        for text in ["Ab123456c", "qq123456c", "ab123456e"] {
+            assert_eq!(found(text), [], "{text}");
+        }
+    }
+
+    #[test]
     fn uk_national_insurance_numbers() {
         assert_eq!(found("NI number AB123456C."), [(Kind::UkNino, "AB123456C")]);
         assert_eq!(found("NI: JG 10 37 56 A"), [(Kind::UkNino, "JG 10 37 56 A")]);
@@ -235,6 +287,11 @@ mod national_ids {
         assert_eq!(found("DNI 12345678A"), []);
         assert_eq!(found("NIE X1234567A"), []);
         assert_eq!(found("build 20240115T093000"), []);
+        // An old DNI without its leading zero, a lower-case NIE, a K/L/M NIF.
+        assert_eq!(found("DNI 1234567L"), [(Kind::EsDni, "1234567L")]);
+        assert_eq!(found("nie x1234567l"), [(Kind::EsDni, "x1234567l")]);
+        assert_eq!(found("NIF K1234567L"), [(Kind::EsDni, "K1234567L")]);
+        assert_eq!(found("DNI 1234567A"), []);
     }
 }
 
@@ -250,6 +307,14 @@ mod contact {
                 (Kind::Email, "jane.doe+sluice@mail.example.co.uk"),
                 (Kind::Email, "ops@example.org")
             ]
+        );
+    }
+
+    #[test]
+    fn internationalised_top_level_domains() {
+        assert_eq!(
+            found("write to ivan@example.xn--p1ai today"),
+            [(Kind::Email, "ivan@example.xn--p1ai")]
         );
     }
 
@@ -319,7 +384,7 @@ mod contact {
         );
         assert_eq!(
             found("fe80::1ff:fe23:4567:890a%eth0"),
-            [(Kind::IpAddress, "fe80::1ff:fe23:4567:890a")]
+            [(Kind::IpAddress, "fe80::1ff:fe23:4567:890a%eth0")]
         );
         assert_eq!(
             found("full 2001:0db8:85a3:0000:0000:8a2e:0370:7334"),
@@ -329,6 +394,27 @@ mod contact {
             found("mapped ::ffff:192.0.2.128"),
             [(Kind::IpAddress, "::ffff:192.0.2.128")]
         );
+    }
+
+    #[test]
+    fn compressed_and_zoned_ipv6_and_local_addresses() {
+        assert_eq!(
+            found("ping fe80::1%eth0 now"),
+            [(Kind::IpAddress, "fe80::1%eth0")]
+        );
+        assert_eq!(found("route via fd12::7"), [(Kind::IpAddress, "fd12::7")]);
+        // Loopback and unspecified addresses are addresses, but no host's: a low level of their own.
+        for (text, address) in [
+            ("bind ::1 port 80", "::1"),
+            ("open 127.0.0.1:3000", "127.0.0.1"),
+            ("listen on 0.0.0.0:8080", "0.0.0.0"),
+        ] {
+            assert_eq!(found(text), [(Kind::LocalAddress, address)], "{text}");
+            assert_eq!(scanner().scan(text).level, Level::Internal, "{text}");
+        }
+        for text in ["ratio 12::30", "std::net::Ipv6Addr", "a::b::c 1"] {
+            assert_eq!(found(text), [], "{text}");
+        }
     }
 
     #[test]
@@ -1038,7 +1124,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 The author's passport was checked by the compass team; the tokenizer splits "monkey" into 2 tokens.
 Matrix 3x3 with values 0.1234567890123456 and 4111 in cell (2, 3). Phone extension 4412.
 "#;
-        assert_eq!(found(text), []);
+        // Only the loopback and unspecified addresses, at their low level.
+        assert_eq!(
+            found(text),
+            [
+                (Kind::LocalAddress, "127.0.0.1"),
+                (Kind::LocalAddress, "::1"),
+                (Kind::LocalAddress, "0.0.0.0")
+            ]
+        );
+        assert_eq!(scanner().scan(text).level, Level::Internal);
     }
 }
 

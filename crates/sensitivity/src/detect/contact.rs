@@ -59,9 +59,13 @@ fn email(b: &[u8], a: usize) -> Option<Hit> {
     let image = [&b"png"[..], b"jpg", b"jpeg", b"gif", b"svg", b"webp"]
         .iter()
         .any(|x| tld.eq_ignore_ascii_case(x));
+    // A top-level domain is letters, or an internationalised one in punycode (`xn--p1ai`).
+    let punycode = tld.len() > 4
+        && tld[..4].eq_ignore_ascii_case(b"xn--")
+        && tld[4..].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-');
     let ok = labels >= 2
         && tld.len() >= 2
-        && tld.iter().all(u8::is_ascii_alphabetic)
+        && (tld.iter().all(u8::is_ascii_alphabetic) || punycode)
         && !image
         && !is_word(at(b, i))
         && at(b, i) != b'-';

@@ -8,7 +8,7 @@ use super::{Hit, at, back, digits_at, digits_end, is_hex, is_word, number, numbe
 use crate::kind::{Kind, KindSet};
 
 /// The kinds this module finds; the scanner anchors on digits only when one of them is on.
-pub(crate) const KINDS: [Kind; 7] = [
+pub(crate) const KINDS: [Kind; 8] = [
     Kind::PaymentCard,
     Kind::Iban,
     Kind::UsSsn,
@@ -16,6 +16,7 @@ pub(crate) const KINDS: [Kind; 7] = [
     Kind::EsDni,
     Kind::Phone,
     Kind::IpAddress,
+    Kind::LocalAddress,
 ];
 
 /// Validates the candidates around the digit run that starts at `p`. Returns the first hit and where
@@ -52,13 +53,13 @@ fn after_letter(b: &[u8], p: usize, on: KindSet) -> Option<Hit> {
         }
     }
     if on.has(Kind::EsDni)
-        && matches!(l1, b'X' | b'Y' | b'Z')
+        && matches!(l1.to_ascii_uppercase(), b'X' | b'Y' | b'Z' | b'K' | b'L' | b'M')
         && !is_word(l2)
         && let Some(h) = nie(b, p - 1)
     {
         return Some(h);
     }
-    if on.has(Kind::IpAddress) {
+    if on.has(Kind::IpAddress) || on.has(Kind::LocalAddress) {
         return ipv6(b, p);
     }
     None
@@ -78,7 +79,7 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
     {
         return Some(h);
     }
-    if on.has(Kind::IpAddress) {
+    if on.has(Kind::IpAddress) || on.has(Kind::LocalAddress) {
         // IPv6 first: its tail may be a dotted quad (`::ffff:192.0.2.128`).
         if let Some(h) = ipv6(b, p) {
             return Some(h);
@@ -100,6 +101,12 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
     {
         return Some(h);
     }
+    if run <= 9
+        && on.has(Kind::UsSsn)
+        && let Some(h) = ssn_near_cue(b, p)
+    {
+        return Some(h);
+    }
     if phone
         && (run == 3 || run == 1)
         && let Some(h) = nanp(b, p, run)
@@ -109,14 +116,15 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
     // `AB 12 34 56 C`: the letters sit before a space.
     if on.has(Kind::UkNino)
         && prev == b' '
-        && back(b, p, 2).is_ascii_uppercase()
-        && back(b, p, 3).is_ascii_uppercase()
+        && back(b, p, 2).is_ascii_alphabetic()
+        && back(b, p, 3).is_ascii_alphabetic()
         && !is_word(back(b, p, 4))
         && let Some(h) = nino(b, p - 3)
     {
         return Some(h);
     }
-    if run == 8 && on.has(Kind::EsDni) {
+    // Eight digits, or seven where the leading zero of an old number was left out.
+    if (run == 8 || run == 7) && on.has(Kind::EsDni) {
         return dni(b, p, end);
     }
     None
@@ -125,7 +133,7 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
 // ---------------------------------------------------------------------------------------------------------
 // Payment cards
 
-/// A card number from `p`: 13 to 19 digits in groups separated by single spaces or dashes, with a known
+/// A card number from `p`: 12 (Maestro) or 13 to 19 digits in groups separated by single spaces or dashes, with a known
 /// issuer prefix and length and a valid Luhn digit. When more groups follow (`… 1111 2024`), the longest
 /// valid prefix of whole groups wins. Written as one bare run, a card has at most 16 digits: longer
 /// cards are rare and printed in groups, while 17- to 19-digit integers fill tables in code.
@@ -146,7 +154,7 @@ fn card(b: &[u8], p: usize) -> Option<Hit> {
             *slot = at(b, j) - b'0';
         }
         n += len;
-        if n >= 13
+        if n >= 12
             && let Some(slot) = ends.get_mut(k)
         {
             *slot = (e, n);
@@ -166,28 +174,57 @@ fn card(b: &[u8], p: usize) -> Option<Hit> {
         .map(|&(e, _)| Hit::new(Kind::PaymentCard, p, e))
 }
 
-/// A known issuer (IIN) prefix with a length it issues, and a valid Luhn check digit.
+/// A known issuer (IIN) prefix with a length it issues, and a valid Luhn check digit: Visa, Mastercard,
+/// Maestro (and Maestro UK), American Express, Discover, Diners Club, JCB, UnionPay, UATP, Dankort, Mir,
+/// RuPay, Troy, Verve and InterPayment.
 pub(crate) fn is_card(d: &[u8]) -> bool {
     let n = d.len();
-    if !(13..=19).contains(&n) {
+    if !(12..=19).contains(&n) {
         return false;
     }
     let prefix = |k: usize| d[..k].iter().fold(0u32, |a, &x| a * 10 + u32::from(x));
-    let (two, three, four) = (prefix(2), prefix(3), prefix(4));
+    let (two, three, four, six) = (prefix(2), prefix(3), prefix(4), prefix(6));
+    // Maestro issues 12 to 19 digits under these prefixes (Maestro UK: 6759, 676770, 676774).
+    let maestro = [5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763].contains(&four)
+        || six == 676_770
+        || six == 676_774;
     let issued = match d[0] {
+        // UATP.
+        1 => n == 15,
         // Visa.
         4 => matches!(n, 13 | 16 | 19),
-        // Mastercard, old and new ranges.
-        5 => (51..=55).contains(&two) && n == 16,
-        2 => (2221..=2720).contains(&four) && n == 16,
+        // Mastercard, Dankort, Verve (506099-506198), RuPay (508).
+        5 => {
+            (((51..=55).contains(&two) || four == 5019) && n == 16)
+                || ((506_099..=506_198).contains(&six) && matches!(n, 16 | 18 | 19))
+                || (three == 508 && n == 16)
+                || maestro
+        }
+        // Mastercard's 2-series; Mir.
+        2 => ((2221..=2720).contains(&four) && n == 16) || ((2200..=2204).contains(&four) && n >= 16),
         // Amex; JCB; Diners Club.
         3 => {
             ((two == 34 || two == 37) && n == 15)
                 || ((3528..=3589).contains(&four) && n >= 16)
-                || ((two == 36 || two == 38 || (300..=305).contains(&three)) && n >= 14)
+                || ((two == 36 || two == 38 || two == 39 || (300..=305).contains(&three) || four == 3095)
+                    && n >= 14)
         }
-        // Discover; UnionPay.
-        6 => (four == 6011 || two == 65 || (644..=649).contains(&three) || two == 62) && n >= 16,
+        // Discover; UnionPay; RuPay (60, 65); InterPayment (636); Verve (650002-650027); Maestro.
+        6 => {
+            ((four == 6011
+                || two == 65
+                || (644..=649).contains(&three)
+                || two == 62
+                || two == 60
+                || three == 636)
+                && n >= 16)
+                || ((650_002..=650_027).contains(&six) && n >= 16)
+                || maestro
+        }
+        // RuPay (81, 82).
+        8 => (two == 81 || two == 82) && n == 16,
+        // Troy.
+        9 => four == 9792 && n == 16,
         _ => false,
     };
     issued && luhn(d)
@@ -282,14 +319,15 @@ fn iban_length(cc: [u8; 2]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------------------
 // National identifiers
 
-/// A US SSN at `p`: `AAA-GG-SSSS` or `AAA GG SSSS`, never area 000, 666 or 900-999, group 00, serial 0000,
-/// nor the numbers printed in advertisements (078-05-1120, 219-09-9999). Bare nine-digit runs are not SSNs.
+/// A US SSN at `p`: `AAA-GG-SSSS`, `AAA GG SSSS` or `AAA.GG.SSSS`, never area 000, 666 or 900-999,
+/// group 00, serial 0000, nor the numbers printed in advertisements (078-05-1120, 219-09-9999). Other
+/// forms (nine bare digits, uneven groups) only after a cue ([`ssn_near_cue`]).
 fn ssn(b: &[u8], p: usize) -> Option<Hit> {
-    if matches!(back(b, p, 1), b'-' | b' ') && back(b, p, 2).is_ascii_digit() {
+    if matches!(back(b, p, 1), b'-' | b' ' | b'.') && back(b, p, 2).is_ascii_digit() {
         return None;
     }
     let sep = at(b, p + 3);
-    if !matches!(sep, b'-' | b' ')
+    if !matches!(sep, b'-' | b' ' | b'.')
         || !digits_at(b, p + 4, 2)
         || at(b, p + 6) != sep
         || !digits_at(b, p + 7, 4)
@@ -301,7 +339,63 @@ fn ssn(b: &[u8], p: usize) -> Option<Hit> {
     if is_word(after) || (matches!(after, b'-' | b' ' | b'.') && at(b, end + 1).is_ascii_digit()) {
         return None;
     }
-    let (area, group, serial) = (number(b, p, 3), number(b, p + 4, 2), number(b, p + 7, 4));
+    ssn_valid(number(b, p, 3), number(b, p + 4, 2), number(b, p + 7, 4))
+        .then(|| Hit::new(Kind::UsSsn, p, end))
+}
+
+/// Words that say a social security number follows, matched ignoring ASCII case.
+const SSN_CUES: [&[u8]; 6] = [b"ssn", b"social security", b"soc sec", b"ss#", b"ss #", b"ss no"];
+
+/// Nine digits written any way people write them (bare, `123 45 6789`, `123-456-789`, `12-345-6789`) at
+/// `p`, when one of `SSN_CUES` is within 32 bytes before them (`SSN: 123456789`, `social security
+/// number is 123 456 789`). Nine bare digits are too common to be an SSN without one.
+fn ssn_near_cue(b: &[u8], p: usize) -> Option<Hit> {
+    if matches!(back(b, p, 1), b'-' | b'.') && back(b, p, 2).is_ascii_digit() {
+        return None;
+    }
+    let mut digits = [0u32; 9];
+    let mut n = 0;
+    let mut i = p;
+    loop {
+        let e = digits_end(b, i);
+        if n + (e - i) > 9 {
+            return None;
+        }
+        for (slot, j) in digits[n..n + (e - i)].iter_mut().zip(i..e) {
+            *slot = u32::from(at(b, j) - b'0');
+        }
+        n += e - i;
+        i = e;
+        if n < 9 && matches!(at(b, e), b'-' | b' ' | b'.') && at(b, e + 1).is_ascii_digit() {
+            i = e + 1;
+        } else {
+            break;
+        }
+    }
+    if n != 9
+        || !number_ends(b, i)
+        || (matches!(at(b, i), b'-' | b' ' | b'.') && at(b, i + 1).is_ascii_digit())
+    {
+        return None;
+    }
+    let from = p.saturating_sub(32);
+    let before = b.get(from..p).unwrap_or_default();
+    let cued = SSN_CUES.iter().any(|cue| {
+        before
+            .windows(cue.len())
+            .enumerate()
+            .any(|(k, w)| w.eq_ignore_ascii_case(cue) && !back(b, from + k, 1).is_ascii_alphabetic())
+    });
+    if !cued {
+        return None;
+    }
+    let value = |r: std::ops::Range<usize>| digits[r].iter().fold(0, |a, &d| a * 10 + d);
+    ssn_valid(value(0..3), value(3..5), value(5..9)).then(|| Hit::new(Kind::UsSsn, p, i))
+}
+
+/// The SSA's rules: no area 000, 666 or 900-999, no group 00 or serial 0000, and not one of the numbers
+/// printed in advertisements.
+fn ssn_valid(area: u32, group: u32, serial: u32) -> bool {
     let invalid = area == 0
         || area == 666
         || area >= 900
@@ -309,14 +403,14 @@ fn ssn(b: &[u8], p: usize) -> Option<Hit> {
         || serial == 0
         || (area, group, serial) == (78, 5, 1120)
         || (area, group, serial) == (219, 9, 9999);
-    (!invalid).then(|| Hit::new(Kind::UsSsn, p, end))
+    !invalid
 }
 
 /// A UK National Insurance number at `s`: two prefix letters (not D, F, I, Q, U, V first; not D, F, I, O,
-/// Q, U, V second; not BG, GB, KN, NK, NT, TN, ZZ), six digits, suffix A-D; `AB123456C` or
-/// `AB 12 34 56 C`. Upper case only.
+/// Q, U, V second; not BG, GB, KN, NK, NT, TN, ZZ), six digits, suffix A-D, in either case and written as
+/// people write it: `AB123456C`, `AB 12 34 56 C`, `ab 123456 c`, `AB123456 C`.
 fn nino(b: &[u8], s: usize) -> Option<Hit> {
-    let (first, second) = (at(b, s), at(b, s + 1));
+    let (first, second) = (at(b, s).to_ascii_uppercase(), at(b, s + 1).to_ascii_uppercase());
     if !first.is_ascii_uppercase()
         || !second.is_ascii_uppercase()
         || b"DFIQUV".contains(&first)
@@ -325,24 +419,39 @@ fn nino(b: &[u8], s: usize) -> Option<Hit> {
     {
         return None;
     }
-    let mut i = s + 2;
-    let spaced = at(b, i) == b' ';
-    for _ in 0..3 {
-        if spaced {
-            if at(b, i) != b' ' {
-                return None;
-            }
-            i += 1;
-        }
-        if !at(b, i).is_ascii_digit() || !at(b, i + 1).is_ascii_digit() {
-            return None;
-        }
-        i += 2;
+    // One case throughout: `Ab123456c` is a word, not a number.
+    let upper = at(b, s).is_ascii_uppercase();
+    if at(b, s + 1).is_ascii_uppercase() != upper {
+        return None;
     }
-    if spaced && at(b, i) == b' ' {
+    let mut i = s + 2;
+    if at(b, i) == b' ' {
         i += 1;
     }
-    if !matches!(at(b, i), b'A'..=b'D') || is_word(at(b, i + 1)) {
+    if digits_at(b, i, 6) {
+        i += 6;
+    } else {
+        for k in 0..3 {
+            if k > 0 {
+                if at(b, i) != b' ' {
+                    return None;
+                }
+                i += 1;
+            }
+            if !at(b, i).is_ascii_digit() || !at(b, i + 1).is_ascii_digit() {
+                return None;
+            }
+            i += 2;
+        }
+    }
+    if at(b, i) == b' ' && matches!(at(b, i + 1).to_ascii_uppercase(), b'A'..=b'D') {
+        i += 1;
+    }
+    let suffix = at(b, i);
+    if !matches!(suffix.to_ascii_uppercase(), b'A'..=b'D')
+        || suffix.is_ascii_uppercase() != upper
+        || is_word(at(b, i + 1))
+    {
         return None;
     }
     Some(Hit::new(Kind::UkNino, s, i + 1))
@@ -350,16 +459,22 @@ fn nino(b: &[u8], s: usize) -> Option<Hit> {
 
 const DNI_LETTERS: &[u8; 23] = b"TRWAGMYFPDXBNJZSQVHLCKE";
 
-/// A Spanish DNI at `p` (eight digits, `end - p == 8`): the check letter `DNI_LETTERS[n % 23]`, right
-/// after the digits or after a dash.
+/// A Spanish DNI at `p` (eight digits, or seven for a number under ten million written without its
+/// leading zero): the check letter `DNI_LETTERS[n % 23]`, right after the digits or after a dash.
 fn dni(b: &[u8], p: usize, end: usize) -> Option<Hit> {
-    check_letter(b, p, end, number(b, p, 8))
+    check_letter(b, p, end, number(b, p, end - p))
 }
 
-/// A Spanish NIE at `s`: X, Y or Z (0, 1, 2), seven digits and the DNI check letter.
+/// A Spanish NIE at `s` (X, Y or Z for 0, 1, 2, then seven digits) or a NIF for those without a DNI
+/// (K, L or M, then seven digits), with the DNI check letter; letters in either case.
 fn nie(b: &[u8], s: usize) -> Option<Hit> {
-    let lead = u32::from(at(b, s).wrapping_sub(b'X'));
-    if lead > 2 || !digits_at(b, s + 1, 7) {
+    let lead = match at(b, s).to_ascii_uppercase() {
+        b'X' | b'K' | b'L' | b'M' => 0,
+        b'Y' => 1,
+        b'Z' => 2,
+        _ => return None,
+    };
+    if !digits_at(b, s + 1, 7) {
         return None;
     }
     check_letter(b, s, s + 8, lead * 10_000_000 + number(b, s + 1, 7))
@@ -459,8 +574,8 @@ fn nanp_valid(b: &[u8], area: usize, exchange: usize, start: usize, end: usize) 
 
 /// A dotted quad at `p` (`run_end` ends its first octet): four decimal octets 0-255 without leading
 /// zeros, not part of a longer dotted number and not a version (`v1.2.3.4`, `version 1.2.3.4`,
-/// `1.2.3.4.5`). The unspecified address, loopback (127/8) and broadcast name no host, so they are
-/// not findings.
+/// `1.2.3.4.5`). The unspecified address and loopback (127/8) name no host: they are `local_address`
+/// findings; the broadcast address is none.
 fn ipv4(b: &[u8], p: usize, run_end: usize) -> Option<Hit> {
     if at(b, run_end) != b'.' || after_version_word(b, p) {
         return None;
@@ -488,8 +603,19 @@ fn ipv4(b: &[u8], p: usize, run_end: usize) -> Option<Hit> {
     if is_word(at(b, i)) || (at(b, i) == b'.' && at(b, i + 1).is_ascii_digit()) {
         return None;
     }
-    let excluded = octets == [0, 0, 0, 0] || octets[0] == 127 || octets == [255, 255, 255, 255];
-    (!excluded).then(|| Hit::new(Kind::IpAddress, p, i))
+    if octets == [255, 255, 255, 255] {
+        return None;
+    }
+    let local = octets == [0, 0, 0, 0] || octets[0] == 127;
+    Some(Hit::new(
+        if local {
+            Kind::LocalAddress
+        } else {
+            Kind::IpAddress
+        },
+        p,
+        i,
+    ))
 }
 
 /// Whether the word before `p` (past up to three spaces, `:` or `=`) says a version or a section number
@@ -522,8 +648,10 @@ fn after_version_word(b: &[u8], p: usize) -> bool {
     .any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// An IPv6 address around the digit at `p`, full or compressed, with at least three colons, that
-/// `std::net::Ipv6Addr` parses (an IPv4 tail is allowed). Loopback and unspecified are not findings.
+/// An IPv6 address around the digit at `p`, full or compressed, that `std::net::Ipv6Addr` parses (an IPv4
+/// tail is allowed), with a zone (`%eth0`) when one follows. With only two colons it must be compressed
+/// from the start (`::1`) or begin with a group of three or four hex digits (`fe80::1`), so that a ratio
+/// or a time (`12::30`) is not one. Loopback and unspecified are `local_address` findings.
 fn ipv6(b: &[u8], p: usize) -> Option<Hit> {
     // Cheap test first: the hex group holding `p` has at most four digits and touches a colon.
     let gs = run_start(b, p, 5, is_hex);
@@ -547,11 +675,31 @@ fn ipv6(b: &[u8], p: usize) -> Option<Hit> {
         e -= 1;
     }
     let text = b.get(s..e)?;
-    if text.iter().filter(|&&c| c == b':').count() < 3 {
+    let colons = text.iter().filter(|&&c| c == b':').count();
+    let first_group = text.iter().take_while(|&&c| is_hex(c)).count();
+    if colons < 2
+        || (colons == 2
+            && !(text.starts_with(b"::") || (first_group >= 3 && text.windows(2).any(|w| w == b"::"))))
+    {
         return None;
     }
     let addr: Ipv6Addr = std::str::from_utf8(text).ok()?.parse().ok()?;
-    (!addr.is_loopback() && !addr.is_unspecified()).then(|| Hit::new(Kind::IpAddress, s, e))
+    // A zone index: `%eth0`, `%25en0` in a URL, `%3`.
+    let mut end = e;
+    if at(b, e) == b'%' {
+        let z = run_end(b, e + 1, 32, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')
+        });
+        if z > e + 1 {
+            end = z;
+        }
+    }
+    let kind = if addr.is_loopback() || addr.is_unspecified() {
+        Kind::LocalAddress
+    } else {
+        Kind::IpAddress
+    };
+    Some(Hit::new(kind, s, end))
 }
 
 #[cfg(test)]
