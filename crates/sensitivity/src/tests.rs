@@ -354,7 +354,7 @@ mod contact {
     #[test]
     fn not_phone_numbers() {
         for text in [
-            "012-555-2671",
+            "112-555-2671",
             "415-155-2671",
             "911-555-1234",
             "(123) 555-2671",
@@ -368,6 +368,38 @@ mod contact {
             "+292277026596-12-04",
         ] {
             assert_eq!(of(Kind::Phone, text), Vec::<&str>::new(), "{text}");
+        }
+    }
+
+    #[test]
+    fn national_formats_without_a_country_code() {
+        for number in [
+            "020 7946 0958",
+            "054-123-4567",
+            "0541234567",
+            "03-1234-5678",
+            "090-1234-5678",
+            "138 0013 8000",
+            "13800138000",
+            "06 12 34 56 78",
+            "0412 345 678",
+        ] {
+            assert_eq!(
+                found(&format!("reach me at {number} today")),
+                [(Kind::Phone, number)],
+                "{number}"
+            );
+        }
+        assert_eq!(found("mobile: 4155552671"), [(Kind::Phone, "4155552671")]);
+        for text in [
+            "order 4155552671 shipped",
+            "on 01.02.2023 we met",
+            "id 0123456789",
+            "code 0000000000",
+            "ts 1700000000123",
+            "version 0.12.3456",
+        ] {
+            assert_eq!(found(text), [], "{text}");
         }
     }
 

@@ -113,6 +113,12 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
     {
         return Some(h);
     }
+    if phone
+        && prev != b'+'
+        && let Some(h) = national_phone(b, p)
+    {
+        return Some(h);
+    }
     // `AB 12 34 56 C`: the letters sit before a space.
     if on.has(Kind::UkNino)
         && prev == b' '
@@ -556,6 +562,102 @@ fn nanp_paren(b: &[u8], s: usize) -> Option<Hit> {
         return None;
     }
     nanp_valid(b, s + 1, x, s, x + 8)
+}
+
+/// Regions whose national formats (a trunk `0`, then the number) are tried for a number written without
+/// its country code, in this order: Europe's largest, then Israel, Japan, Korea, Oceania, India, Latin
+/// America, South Africa and Turkey.
+const TRUNK_REGIONS: [phonenumber::country::Id; 28] = {
+    use phonenumber::country::Id::*;
+    [
+        GB, DE, FR, IT, ES, NL, BE, CH, AT, IE, SE, NO, DK, FI, PL, PT, CZ, GR, IL, JP, KR, AU, NZ, IN, BR,
+        AR, ZA, TR,
+    ]
+};
+
+/// Words that say a phone number follows, matched ignoring ASCII case.
+const PHONE_CUES: [&[u8]; 10] = [
+    b"phone",
+    b"tel",
+    b"call",
+    b"mobile",
+    b"cell",
+    b"fax",
+    b"whatsapp",
+    b"sms",
+    b"text me",
+    b"number",
+];
+
+/// A phone number written the national way, without `+` and country code, at `p`, validated against
+/// libphonenumber's metadata (through the `phonenumber` crate):
+/// - a trunk `0` and 9 to 11 more digits, in one run or in groups separated by one space, dash or dot
+///   (`054-123-4567` in Israel, `03-1234-5678` or `090 1234 5678` in Japan, `020 7946 0958` in the UK),
+///   valid in one of `TRUNK_REGIONS`;
+/// - a Chinese mobile number, 11 digits from `13` to `19` (`138 0013 8000`);
+/// - ten bare digits in North America (`4155552671`), only after one of `PHONE_CUES` within 32 bytes:
+///   without one, ten digits are as often an id or a timestamp.
+///
+/// Dates (`01.02.2023`) and counting sequences (`0123456789`) are not numbers anyone was given.
+fn national_phone(b: &[u8], p: usize) -> Option<Hit> {
+    let mut digits = [0u8; 13];
+    let mut n = 0;
+    let mut groups = [0usize; 6];
+    let mut g = 0;
+    let mut i = p;
+    let mut sep = 0u8;
+    loop {
+        let e = digits_end(b, i);
+        let len = e - i;
+        if n + len > 12 || g == groups.len() {
+            return None;
+        }
+        for (slot, j) in digits[n..n + len].iter_mut().zip(i..e) {
+            *slot = at(b, j);
+        }
+        n += len;
+        groups[g] = len;
+        g += 1;
+        i = e;
+        let c = at(b, e);
+        if matches!(c, b' ' | b'-' | b'.') && (sep == 0 || sep == c) && at(b, e + 1).is_ascii_digit() {
+            sep = c;
+            i = e + 1;
+        } else {
+            break;
+        }
+    }
+    if !number_ends(b, i) || matches!(at(b, i), b'-' | b'/') {
+        return None;
+    }
+    let d = digits.get(..n)?;
+    let groups = groups.get(..g)?;
+    let dated = matches!(groups, [2, 2, 4] | [4, 2, 2] | [2, 2, 2]) && sep != b' ';
+    let counting = d.windows(2).all(|w| w[1] == w[0] + 1) || d.windows(2).all(|w| w[0] == w[1] + 1);
+    if dated || counting {
+        return None;
+    }
+    let text = std::str::from_utf8(d).ok()?;
+    let valid_in = |region| {
+        phonenumber::parse(Some(region), text)
+            .ok()
+            .is_some_and(|number| phonenumber::is_valid(&number))
+    };
+    let ok = match d.first()? {
+        b'0' => (10..=12).contains(&n) && d.get(1) != Some(&b'0') && TRUNK_REGIONS.into_iter().any(valid_in),
+        b'1' => n == 11 && (b'3'..=b'9').contains(d.get(1)?) && valid_in(phonenumber::country::Id::CN),
+        _ => n == 10 && g == 1 && phone_cue(b, p) && valid_in(phonenumber::country::Id::US),
+    };
+    ok.then(|| Hit::new(Kind::Phone, p, i))
+}
+
+/// Whether one of `PHONE_CUES` is within 32 bytes before `p`.
+fn phone_cue(b: &[u8], p: usize) -> bool {
+    let from = p.saturating_sub(32);
+    let before = b.get(from..p).unwrap_or_default();
+    PHONE_CUES
+        .iter()
+        .any(|cue| before.windows(cue.len()).any(|w| w.eq_ignore_ascii_case(cue)))
 }
 
 /// NANP validity: area code and exchange start with 2-9, the area code is not an N11 service code, and
