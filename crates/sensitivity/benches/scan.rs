@@ -2,7 +2,8 @@
 //! Python, JSON and shell, with a few findings (an e-mail address, a card number, an AWS key id, an IP
 //! address, a generic secret) embedded in each. Prints time per scan and MB/s for the default scanner,
 //! one with a tenant keyword list of 202 words, and one with two custom patterns; then the default
-//! scanner on adversarial text made only of candidates.
+//! scanner on adversarial text made only of candidates (numbers, hashes, `@` signs, key names, vendor
+//! token prefixes, national phone numbers).
 //!
 //! ```text
 //! cargo bench -p sluice-sensitivity
@@ -177,6 +178,17 @@ fn main() {
         // Key names inside one long value: each would read the value again if it were taken for a new
         // assignment.
         ("1 MiB key names", mib(&format!("{} ", "pass=".repeat(200)))),
+        // Vendor prefixes with near-miss bodies: each prefix is matched and its body read, over a bounded
+        // window, then the search resumes right after the prefix.
+        (
+            "1 MiB token prefixes",
+            mib("sk-ant-api03-x ghp_12 xoxb-1-z pat12345678901234.q AKIA2 sk-sk-sk-sk- "),
+        ),
+        // Phone numbers in national formats: each is validated against libphonenumber's metadata.
+        (
+            "1 MiB national phones",
+            mib("054-123-4567 03-1234-5678 020 7946 0958 "),
+        ),
     ] {
         bench(name, default, &text);
     }

@@ -136,8 +136,12 @@ fn describe(scan: &Scan) -> serde_json::Value {
         "level": scan.level.as_str(),
         "findings": scan.findings.iter().map(|f| {
             let mut v = json!({"kind": f.kind.as_str(), "start": f.range.start, "end": f.range.end});
-            if let Some(rule) = &f.rule {
-                v["list"] = json!(rule.as_ref());
+            // A tenant list's name, or the built-in rule that matched (a vendor's token format, a
+            // special category).
+            match &f.rule {
+                Some(rule) if f.kind.is_tenant_rule() => v["list"] = json!(rule.as_ref()),
+                Some(rule) => v["rule"] = json!(rule.as_ref()),
+                None => {}
             }
             v
         }).collect::<Vec<_>>(),

@@ -75,7 +75,7 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
         }
     } else if phone
         && prev == b'('
-        && let Some(h) = nanp_paren(b, p - 1)
+        && let Some(h) = nanp_paren(b, p - 1).or_else(|| national_phone_paren(b, p - 1))
     {
         return Some(h);
     }
@@ -576,7 +576,7 @@ const TRUNK_REGIONS: [phonenumber::country::Id; 28] = {
 };
 
 /// Words that say a phone number follows, matched ignoring ASCII case.
-const PHONE_CUES: [&[u8]; 10] = [
+const PHONE_CUES: [&[u8]; 9] = [
     b"phone",
     b"tel",
     b"call",
@@ -586,7 +586,6 @@ const PHONE_CUES: [&[u8]; 10] = [
     b"whatsapp",
     b"sms",
     b"text me",
-    b"number",
 ];
 
 /// A phone number written the national way, without `+` and country code, at `p`, validated against
@@ -595,6 +594,9 @@ const PHONE_CUES: [&[u8]; 10] = [
 ///   (`054-123-4567` in Israel, `03-1234-5678` or `090 1234 5678` in Japan, `020 7946 0958` in the UK),
 ///   valid in one of `TRUNK_REGIONS`;
 /// - a Chinese mobile number, 11 digits from `13` to `19` (`138 0013 8000`);
+/// - numbers of countries without a trunk prefix, when written in their groups: nine digits in Spain
+///   (`612 34 56 78`, `612 345 678`, `91 123 45 67`), ten from `3` for Italian mobiles (`312 345 6789`),
+///   ten in North America (`415 555 2671`);
 /// - ten bare digits in North America (`4155552671`), only after one of `PHONE_CUES` within 32 bytes:
 ///   without one, ten digits are as often an id or a timestamp.
 ///
@@ -643,12 +645,72 @@ fn national_phone(b: &[u8], p: usize) -> Option<Hit> {
             .ok()
             .is_some_and(|number| phonenumber::is_valid(&number))
     };
+    use phonenumber::country::Id;
     let ok = match d.first()? {
         b'0' => (10..=12).contains(&n) && d.get(1) != Some(&b'0') && TRUNK_REGIONS.into_iter().any(valid_in),
-        b'1' => n == 11 && (b'3'..=b'9').contains(d.get(1)?) && valid_in(phonenumber::country::Id::CN),
-        _ => n == 10 && g == 1 && phone_cue(b, p) && valid_in(phonenumber::country::Id::US),
+        b'1' => n == 11 && (b'3'..=b'9').contains(d.get(1)?) && valid_in(Id::CN),
+        first if g > 1 => match groups {
+            [3, 3, 3] | [3, 2, 2, 2] | [2, 3, 2, 2] => valid_in(Id::ES),
+            [3, 3, 4] | [3, 7] => (*first == b'3' && valid_in(Id::IT)) || valid_in(Id::US),
+            _ => false,
+        },
+        _ => n == 10 && phone_cue(b, p) && valid_in(Id::US),
     };
     ok.then(|| Hit::new(Kind::Phone, p, i))
+}
+
+/// A national number whose area code is in parentheses, from the `(` at `s`: `(020) 7946 0958`,
+/// `(03) 1234 5678`, `(11) 96123-4567` in Brazil; valid in one of `TRUNK_REGIONS` (with a trunk `0`) or
+/// in Brazil (a two-digit area code).
+fn national_phone_paren(b: &[u8], s: usize) -> Option<Hit> {
+    let area_end = digits_end(b, s + 1);
+    let area = area_end - (s + 1);
+    if !(2..=5).contains(&area) || at(b, area_end) != b')' {
+        return None;
+    }
+    let rest = if at(b, area_end + 1) == b' ' {
+        area_end + 2
+    } else {
+        area_end + 1
+    };
+    if !at(b, rest).is_ascii_digit() {
+        return None;
+    }
+    let mut digits = [0u8; 13];
+    let mut n = 0;
+    for j in s + 1..area_end {
+        *digits.get_mut(n)? = at(b, j);
+        n += 1;
+    }
+    let mut i = rest;
+    loop {
+        let e = digits_end(b, i);
+        for j in i..e {
+            *digits.get_mut(n)? = at(b, j);
+            n += 1;
+        }
+        i = e;
+        if matches!(at(b, e), b' ' | b'-') && at(b, e + 1).is_ascii_digit() {
+            i = e + 1;
+        } else {
+            break;
+        }
+    }
+    if !number_ends(b, i) || !(9..=12).contains(&n) {
+        return None;
+    }
+    let text = std::str::from_utf8(digits.get(..n)?).ok()?;
+    let valid_in = |region| {
+        phonenumber::parse(Some(region), text)
+            .ok()
+            .is_some_and(|number| phonenumber::is_valid(&number))
+    };
+    let ok = if digits[0] == b'0' {
+        TRUNK_REGIONS.into_iter().any(valid_in)
+    } else {
+        area == 2 && valid_in(phonenumber::country::Id::BR)
+    };
+    ok.then(|| Hit::new(Kind::Phone, s, i))
 }
 
 /// Whether one of `PHONE_CUES` is within 32 bytes before `p`.

@@ -257,8 +257,16 @@ fn compile(r: RawRule) -> Result<Rule, String> {
         (_, false) if value.is_none() => return Err(at("keywords need a value")),
         _ => {}
     }
-    if let Some(p) = r.prefixes.iter().find(|p| p.len() < 3) {
-        return Err(at(&format!("prefix {p:?} is shorter than 3 bytes")));
+    // A short prefix would stop the prefilter all the time; two bytes will do when one is punctuation
+    // (`Q~`), which prose rarely has.
+    if let Some(p) = r
+        .prefixes
+        .iter()
+        .find(|p| p.len() < 2 || (p.len() == 2 && p.bytes().all(|c| c.is_ascii_alphanumeric())))
+    {
+        return Err(at(&format!(
+            "prefix {p:?} is too short: three bytes, or two with punctuation"
+        )));
     }
     if r.examples.is_empty() || r.not.is_empty() {
         return Err(at("give at least one example and one near miss (`not`)"));
