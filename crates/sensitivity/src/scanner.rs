@@ -129,7 +129,7 @@ impl Scanner {
             let Ok(i) = u16::try_from(i) else { break };
             if on.has(rule.kind) || on.has(Kind::CredentialPlaceholder) {
                 for prefix in &rule.prefixes {
-                    table.add(prefix.as_bytes(), Action::Rule(i));
+                    table.add(rules::anchor(prefix), Action::Rule(i));
                 }
             }
         }
@@ -438,6 +438,7 @@ impl Scanner {
             // inside that value (`pass=pass=pass=…`) is not read as a new assignment: each byte is read
             // as a value at most once, so the scan stays linear in the text whatever it repeats.
             let mut generic_read = 0;
+            let mut phone_checks = numbers::PHONE_CHECKS;
             while pos < b.len() {
                 let m = match ac.try_find(Input::new(b).span(pos..b.len())) {
                     Ok(Some(m)) => m,
@@ -483,7 +484,7 @@ impl Scanner {
                     {
                         continue;
                     }
-                    let (hit, next) = self.check(action, b, s, e, &mut generic_read);
+                    let (hit, next) = self.check(action, b, s, e, &mut generic_read, &mut phone_checks);
                     if let Some(hit) = hit {
                         token_found |= matches!(action, Action::Rule(_));
                         self.push(out, index, hit);
@@ -535,6 +536,7 @@ impl Scanner {
         s: usize,
         e: usize,
         generic_read: &mut usize,
+        phone_checks: &mut u32,
     ) -> (Option<Hit>, usize) {
         let on = self.inner.on;
         let after = |hit: Option<Hit>| {
@@ -542,7 +544,7 @@ impl Scanner {
             (hit, next)
         };
         match action {
-            Action::Digit => numbers::scan_number(b, s, on),
+            Action::Digit => numbers::scan_number(b, s, on, phone_checks),
             Action::At => after(contact::scan_at(b, s, on)),
             Action::Pem => after(credentials::pem(b, s)),
             Action::PemBase64 => match credentials::pem_base64(b, s) {

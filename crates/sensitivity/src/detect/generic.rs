@@ -265,7 +265,8 @@ fn netrc(b: &[u8], name_start: usize, name_end: usize) -> Option<Hit> {
 /// Whether a value stands where a secret goes without being one: `<your-api-key>`, `xxxxxxxx`,
 /// `********`, `changeme`, `sk-...`, `YOUR_TOKEN_HERE`, one character repeated.
 fn placeholder_value(v: &[u8]) -> bool {
-    if v.len() < 3 {
+    // Placeholders are short; a long value is judged as a secret.
+    if v.len() < 3 || v.len() > 64 {
         return false;
     }
     let lower = |w: &[u8]| v.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));

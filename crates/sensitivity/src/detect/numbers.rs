@@ -21,7 +21,10 @@ pub(crate) const KINDS: [Kind; 8] = [
 
 /// Validates the candidates around the digit run that starts at `p`. Returns the first hit and where
 /// the scan resumes: after the hit, or after the digit run.
-pub(crate) fn scan_number(b: &[u8], p: usize, on: KindSet) -> (Option<Hit>, usize) {
+///
+/// `phone_checks` is what is left of the scan's budget of phone numbers validated against
+/// libphonenumber's metadata ([`PHONE_CHECKS`]).
+pub(crate) fn scan_number(b: &[u8], p: usize, on: KindSet, phone_checks: &mut u32) -> (Option<Hit>, usize) {
     let end = digits_end(b, p);
     let prev = back(b, p, 1);
     let hit = if prev.is_ascii_alphabetic() {
@@ -30,7 +33,7 @@ pub(crate) fn scan_number(b: &[u8], p: usize, on: KindSet) -> (Option<Hit>, usiz
         // Inside a longer number or identifier (`3.14159…`, `id_4111…`): never a finding of its own.
         None
     } else {
-        standalone(b, p, end, prev, on)
+        standalone(b, p, end, prev, on, phone_checks)
     };
     let resume = hit.map_or(end, |h| h.end.max(p + 1));
     (hit, resume)
@@ -66,7 +69,7 @@ fn after_letter(b: &[u8], p: usize, on: KindSet) -> Option<Hit> {
 }
 
 /// Digits after a non-word byte (space, punctuation, start of text).
-fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<Hit> {
+fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet, phone_checks: &mut u32) -> Option<Hit> {
     let run = end - p;
     let phone = on.has(Kind::Phone);
     if phone && prev == b'+' {
@@ -75,7 +78,7 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
         }
     } else if phone
         && prev == b'('
-        && let Some(h) = nanp_paren(b, p - 1).or_else(|| national_phone_paren(b, p - 1))
+        && let Some(h) = nanp_paren(b, p - 1).or_else(|| national_phone_paren(b, p - 1, phone_checks))
     {
         return Some(h);
     }
@@ -115,7 +118,7 @@ fn standalone(b: &[u8], p: usize, end: usize, prev: u8, on: KindSet) -> Option<H
     }
     if phone
         && prev != b'+'
-        && let Some(h) = national_phone(b, p)
+        && let Some(h) = national_phone(b, p, phone_checks)
     {
         return Some(h);
     }
@@ -575,6 +578,29 @@ const TRUNK_REGIONS: [phonenumber::country::Id; 28] = {
     ]
 };
 
+/// How many phone numbers in national formats one scan validates against libphonenumber's metadata (each
+/// takes a few microseconds). Past it, a candidate of the right shape is taken for a phone number without
+/// validation: a text made of thousands of them is over-reported, never under-reported, and its scan stays
+/// fast (a MiB of nothing but such numbers would otherwise take a third of a second).
+pub(crate) const PHONE_CHECKS: u32 = 2048;
+
+/// Whether `digits` is a valid number of one of `regions`, or, once the scan's budget of checks is spent,
+/// `true` (fail closed).
+fn phone_valid(digits: &[u8], regions: &[phonenumber::country::Id], budget: &mut u32) -> bool {
+    if *budget == 0 {
+        return true;
+    }
+    *budget -= 1;
+    let Ok(text) = std::str::from_utf8(digits) else {
+        return false;
+    };
+    regions.iter().any(|&region| {
+        phonenumber::parse(Some(region), text)
+            .ok()
+            .is_some_and(|number| phonenumber::is_valid(&number))
+    })
+}
+
 /// Words that say a phone number follows, matched ignoring ASCII case.
 const PHONE_CUES: [&[u8]; 9] = [
     b"phone",
@@ -601,7 +627,18 @@ const PHONE_CUES: [&[u8]; 9] = [
 ///   without one, ten digits are as often an id or a timestamp.
 ///
 /// Dates (`01.02.2023`) and counting sequences (`0123456789`) are not numbers anyone was given.
-fn national_phone(b: &[u8], p: usize) -> Option<Hit> {
+fn national_phone(b: &[u8], p: usize, budget: &mut u32) -> Option<Hit> {
+    // The first group's length rules most candidates out at once: after a trunk 0 anything goes; a
+    // Chinese mobile starts with 3 or 11 digits; the others with 2 or 3, or are 10 bare digits.
+    let first_run = digits_end(b, p) - p;
+    let plausible = match at(b, p) {
+        b'0' => true,
+        b'1' => first_run == 3 || first_run == 11,
+        _ => matches!(first_run, 2 | 3 | 10),
+    };
+    if !plausible {
+        return None;
+    }
     let mut digits = [0u8; 13];
     let mut n = 0;
     let mut groups = [0usize; 6];
@@ -639,22 +676,18 @@ fn national_phone(b: &[u8], p: usize) -> Option<Hit> {
     if dated || counting {
         return None;
     }
-    let text = std::str::from_utf8(d).ok()?;
-    let valid_in = |region| {
-        phonenumber::parse(Some(region), text)
-            .ok()
-            .is_some_and(|number| phonenumber::is_valid(&number))
-    };
     use phonenumber::country::Id;
+    let mut valid_in = |regions: &[Id]| phone_valid(d, regions, budget);
     let ok = match d.first()? {
-        b'0' => (10..=12).contains(&n) && d.get(1) != Some(&b'0') && TRUNK_REGIONS.into_iter().any(valid_in),
-        b'1' => n == 11 && (b'3'..=b'9').contains(d.get(1)?) && valid_in(Id::CN),
-        first if g > 1 => match groups {
-            [3, 3, 3] | [3, 2, 2, 2] | [2, 3, 2, 2] => valid_in(Id::ES),
-            [3, 3, 4] | [3, 7] => (*first == b'3' && valid_in(Id::IT)) || valid_in(Id::US),
+        b'0' => (10..=12).contains(&n) && d.get(1) != Some(&b'0') && valid_in(&TRUNK_REGIONS),
+        b'1' => n == 11 && (b'3'..=b'9').contains(d.get(1)?) && valid_in(&[Id::CN]),
+        b'3' if g > 1 && matches!(groups, [3, 3, 4] | [3, 7]) => valid_in(&[Id::IT, Id::US]),
+        _ if g > 1 => match groups {
+            [3, 3, 3] | [3, 2, 2, 2] | [2, 3, 2, 2] => valid_in(&[Id::ES]),
+            [3, 3, 4] => valid_in(&[Id::US]),
             _ => false,
         },
-        _ => n == 10 && phone_cue(b, p) && valid_in(Id::US),
+        _ => n == 10 && phone_cue(b, p) && valid_in(&[Id::US]),
     };
     ok.then(|| Hit::new(Kind::Phone, p, i))
 }
@@ -662,7 +695,7 @@ fn national_phone(b: &[u8], p: usize) -> Option<Hit> {
 /// A national number whose area code is in parentheses, from the `(` at `s`: `(020) 7946 0958`,
 /// `(03) 1234 5678`, `(11) 96123-4567` in Brazil; valid in one of `TRUNK_REGIONS` (with a trunk `0`) or
 /// in Brazil (a two-digit area code).
-fn national_phone_paren(b: &[u8], s: usize) -> Option<Hit> {
+fn national_phone_paren(b: &[u8], s: usize, budget: &mut u32) -> Option<Hit> {
     let area_end = digits_end(b, s + 1);
     let area = area_end - (s + 1);
     if !(2..=5).contains(&area) || at(b, area_end) != b')' {
@@ -699,16 +732,11 @@ fn national_phone_paren(b: &[u8], s: usize) -> Option<Hit> {
     if !number_ends(b, i) || !(9..=12).contains(&n) {
         return None;
     }
-    let text = std::str::from_utf8(digits.get(..n)?).ok()?;
-    let valid_in = |region| {
-        phonenumber::parse(Some(region), text)
-            .ok()
-            .is_some_and(|number| phonenumber::is_valid(&number))
-    };
+    let d = digits.get(..n)?;
     let ok = if digits[0] == b'0' {
-        TRUNK_REGIONS.into_iter().any(valid_in)
+        phone_valid(d, &TRUNK_REGIONS, budget)
     } else {
-        area == 2 && valid_in(phonenumber::country::Id::BR)
+        area == 2 && phone_valid(d, &[phonenumber::country::Id::BR], budget)
     };
     ok.then(|| Hit::new(Kind::Phone, s, i))
 }

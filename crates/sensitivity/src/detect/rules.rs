@@ -149,6 +149,25 @@ pub(crate) fn builtin() -> Result<&'static Rules, &'static str> {
         .map_err(String::as_str)
 }
 
+/// The longest anchor a prefix gives the prefilter.
+const MAX_ANCHOR: usize = 8;
+
+/// The part of a prefix the prefilter anchors on: up to its first separator (`_`, `-`, `.`, `$`, `/`,
+/// `~`, `:`) when that leaves four bytes or more (`glpat-`, `sk-` for `sk-ant-api03-` and `sk-proj-`
+/// alike, `hooks.` for `hooks.zapier.com/...`), otherwise its first eight bytes. Prefixes of one family
+/// share an anchor, which keeps the automaton small (its size is most of a scan's cost); the rule then
+/// checks its whole prefix from there.
+pub(crate) fn anchor(prefix: &str) -> &[u8] {
+    let b = prefix.as_bytes();
+    let cut = b
+        .iter()
+        .position(|c| b"_-.$/~:".contains(c))
+        .map(|i| i + 1)
+        .filter(|&n| n >= 4)
+        .unwrap_or(b.len());
+    b.get(..cut.min(MAX_ANCHOR)).unwrap_or(b)
+}
+
 /// Whether a byte continues a token: a letter, a digit, `_` or `-`.
 #[inline]
 pub(crate) fn token_byte(c: u8) -> bool {
@@ -311,17 +330,21 @@ impl Rule {
     /// Validates this rule's prefix matched at `s..e`. Returns the hit (of the rule's kind, or a
     /// placeholder) or where the search resumes.
     pub(crate) fn check(&self, b: &[u8], s: usize, e: usize) -> Result<Hit, usize> {
-        let Some(prefix) = b.get(s..e) else { return Err(e) };
-        let known = |p: &String| {
+        // The anchor at `s..e` may be a stem shared by several prefixes: the longest of this rule's
+        // prefixes that the text has at `s` is the one.
+        let here = |p: &&String| {
+            let found = b.get(s..s + p.len());
             if self.ignore_case {
-                p.as_bytes().eq_ignore_ascii_case(prefix)
+                found.is_some_and(|f| f.eq_ignore_ascii_case(p.as_bytes()))
             } else {
-                p.as_bytes() == prefix
+                found == Some(p.as_bytes())
             }
         };
-        if !self.prefixes.iter().any(known) {
+        let Some(prefix) = self.prefixes.iter().filter(here).max_by_key(|p| p.len()) else {
             return Err(e);
-        }
+        };
+        let e = s + prefix.len();
+        let prefix = prefix.as_bytes();
         let start = match &self.before {
             Some(re) => {
                 let from = s.saturating_sub(MAX_BEFORE);
