@@ -332,7 +332,7 @@ rules:
 "#,
     );
     let f = fleet();
-    let r = req("gpt-4o-mini", "key AKIAIOSFODNN7EXAMPLE please");
+    let r = req("gpt-4o-mini", "key AKIAQ4XJ7RZ2MLC5VNWD please");
     let e = decide(&p, &f, &r).unwrap_err();
     assert_eq!(e.error.code, "no_compliant_backend");
     assert!(
@@ -340,7 +340,7 @@ rules:
         "{:?}",
         e.excluded
     );
-    let d = decide(&p, &f, &req(LOCAL_MODEL, "key AKIAIOSFODNN7EXAMPLE please")).unwrap();
+    let d = decide(&p, &f, &req(LOCAL_MODEL, "key AKIAQ4XJ7RZ2MLC5VNWD please")).unwrap();
     assert_eq!(
         (names(&d, &f), d.rule.as_str()),
         (vec!["local/smollm2".to_owned()], "keys-stay-home")

@@ -155,5 +155,16 @@ pub enum Incomplete {
     ModelFailed(String),
 }
 
+/// The built-in vendor credential rules (`data/credentials.yaml`), in file order: each rule's id (what a
+/// finding's `rule` names), its vendor and the kind of its findings.
+pub fn credential_rules() -> Result<Vec<(&'static str, &'static str, Kind)>, ScannerError> {
+    let rules = detect::rules::builtin().map_err(|e| ScannerError::Rules(e.to_owned()))?;
+    Ok(rules
+        .rules
+        .iter()
+        .map(|r| (&*r.id, r.vendor.as_str(), r.kind))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests;

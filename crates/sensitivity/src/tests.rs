@@ -846,6 +846,11 @@ mod generic {
     fn passwords_in_urls() {
         let text = "DATABASE_URL=postgres://app:s3cr3tP4ss@db.internal:5432/app";
         assert_eq!(found(text), [(Kind::GenericSecret, "s3cr3tP4ss")]);
+        // An unescaped `@` inside the password: the userinfo ends at the last one.
+        assert_eq!(
+            found("postgres://app:P@ssw0rd!23@db.internal:5432/app"),
+            [(Kind::GenericSecret, "P@ssw0rd!23")]
+        );
         // Plain words are passwords too.
         assert_eq!(
             found("mongodb://admin:hunter2@mongo.internal:27017"),

@@ -85,6 +85,7 @@ const EXAMPLE_PASSWORDS: [&str; 14] = [
 ];
 
 fn is_userinfo(c: u8) -> bool {
+    // `@` ends the userinfo; `url_password` reads back across one inside a password.
     c > b' '
         && c < 0x7f
         && !matches!(
@@ -98,7 +99,16 @@ fn is_userinfo(c: u8) -> bool {
 /// `example.com`, `.org` or `.net`) make it `Placeholder`; any other password of three characters or more
 /// is one, plain words included (`admin:hunter2@db`).
 fn url_password(b: &[u8], a: usize) -> Userinfo {
-    let ps = run_start(b, a, 129, is_userinfo);
+    let mut ps = run_start(b, a, 129, is_userinfo);
+    // A password with an unescaped `@` in it (`P@ssw0rd`): the userinfo runs to the last `@` before the
+    // host, so read back across the earlier ones.
+    while back(b, ps, 1) == b'@' && a - ps < 128 {
+        let q = run_start(b, ps - 1, 129, is_userinfo);
+        if q + 1 == ps {
+            break;
+        }
+        ps = q;
+    }
     if a == ps || a - ps > 128 || back(b, ps, 1) != b':' {
         return Userinfo::No;
     }

@@ -113,7 +113,6 @@ impl Require {
 #[derive(Debug)]
 pub(crate) struct Rule {
     pub(crate) id: Arc<str>,
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) vendor: String,
     pub(crate) kind: Kind,
     pub(crate) prefixes: Vec<String>,
