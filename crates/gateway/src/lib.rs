@@ -8,7 +8,8 @@
 //! -> `accounting` (the only writer of metrics, stats, cost, audit records and the decision log).
 //! Around them: `server` (routers, handlers, `run`), `fleet` (the backends in their one order, and the
 //! snapshot the policy decides on), `config`, `auth`, `error` (the one mapping of errors to HTTP),
-//! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`.
+//! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`; `redact`, the
+//! pure core of redact-then-cloud (placeholders, and restoring values in whole and streamed answers).
 //!
 //! It must never link the LLM engine or the worker: it talks to workers only through `sluice-proto`.
 //! Candle enters it only through `sluice-ner`, the personal-data model, which `recognise` runs on
@@ -29,6 +30,7 @@ pub mod intake;
 pub mod level;
 pub mod metrics;
 pub mod recognise;
+pub mod redact;
 pub mod server;
 pub mod shed;
 pub mod stats;

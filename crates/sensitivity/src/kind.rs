@@ -207,6 +207,26 @@ impl Kind {
         }
     }
 
+    /// Whether this kind is a credential: a key, token, password or secret that grants access.
+    pub fn is_credential(self) -> bool {
+        matches!(
+            self,
+            Self::PrivateKey
+                | Self::AwsAccessKey
+                | Self::AwsSecretKey
+                | Self::GithubToken
+                | Self::GitlabToken
+                | Self::SlackToken
+                | Self::SlackWebhook
+                | Self::StripeKey
+                | Self::OpenaiKey
+                | Self::GoogleApiKey
+                | Self::Jwt
+                | Self::GenericSecret
+                | Self::ApiToken
+        )
+    }
+
     /// Whether only the personal-data model finds this kind.
     pub fn is_model(self) -> bool {
         Self::MODEL.contains(&self)

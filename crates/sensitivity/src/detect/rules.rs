@@ -290,20 +290,7 @@ fn compile(r: RawRule) -> Result<Rule, String> {
         return Err(at("give at least one example and one near miss (`not`)"));
     }
     let kind = r.kind.unwrap_or(Kind::ApiToken);
-    if !matches!(
-        kind,
-        Kind::ApiToken
-            | Kind::AwsAccessKey
-            | Kind::GithubToken
-            | Kind::GitlabToken
-            | Kind::SlackToken
-            | Kind::SlackWebhook
-            | Kind::StripeKey
-            | Kind::OpenaiKey
-            | Kind::GoogleApiKey
-            | Kind::PrivateKey
-            | Kind::GenericSecret
-    ) {
+    if !kind.is_credential() {
         return Err(at(&format!("{kind} is not a credential kind")));
     }
     Ok(Rule {

@@ -1,0 +1,210 @@
+use proptest::prelude::*;
+use sluice_sensitivity::{Finding, Kind, Level};
+
+use super::*;
+
+fn finding(kind: Kind, index: usize, text: &str, part: &str) -> Finding {
+    let start = text
+        .find(part)
+        .unwrap_or_else(|| panic!("{part:?} not in {text:?}"));
+    Finding {
+        kind,
+        level: Level::Confidential,
+        index,
+        range: start..start + part.len(),
+        rule: None,
+    }
+}
+
+const LETTER: &str = "Write a polite reminder to Maria Gonzalez (maria.g@northwind.example, +1 415 555 0132) \
+                      that invoice 88213 is overdue. Maria Gonzalez prefers e-mail.";
+
+#[test]
+fn values_become_numbered_placeholders_and_come_back() {
+    let found = [
+        finding(Kind::PersonName, 0, LETTER, "Maria Gonzalez"),
+        finding(Kind::Email, 0, LETTER, "maria.g@northwind.example"),
+        finding(Kind::Phone, 0, LETTER, "+1 415 555 0132"),
+    ];
+    let r = redact(&[LETTER], &found);
+    assert_eq!(
+        r.texts[0],
+        "Write a polite reminder to [PERSON_1] ([EMAIL_1], [PHONE_1]) that invoice 88213 is overdue. \
+         [PERSON_1] prefers e-mail."
+    );
+    assert_eq!(r.mapping.len(), 3);
+    assert_eq!(
+        r.counts,
+        BTreeMap::from([(Kind::Email, 1), (Kind::Phone, 1), (Kind::PersonName, 1)])
+    );
+    let answer = "Dear [PERSON_1], we will write to [EMAIL_1] or call [PHONE_1].";
+    assert_eq!(
+        r.mapping.restore(answer, Escape::None),
+        "Dear Maria Gonzalez, we will write to maria.g@northwind.example or call +1 415 555 0132."
+    );
+    // The mapping never shows its values.
+    assert_eq!(format!("{:?}", r.mapping), "Mapping(3 values)");
+}
+
+#[test]
+fn a_placeholder_already_in_the_request_is_skipped() {
+    let text = "Template: [EMAIL_1] goes here. Send to jo@example.com.";
+    let r = redact(&[text], &[finding(Kind::Email, 0, text, "jo@example.com")]);
+    assert_eq!(r.texts[0], "Template: [EMAIL_1] goes here. Send to [EMAIL_2].");
+    assert_eq!(
+        r.mapping.restore("to [EMAIL_2] and [EMAIL_1]", Escape::None),
+        "to jo@example.com and [EMAIL_1]"
+    );
+}
+
+#[test]
+fn the_same_value_in_every_string_is_one_placeholder_and_words_containing_it_are_left() {
+    let texts = ["Ann called.", "Ask Ann about the Annual report."];
+    let r = redact(&texts, &[finding(Kind::PersonName, 0, texts[0], "Ann")]);
+    assert_eq!(
+        r.texts,
+        ["[PERSON_1] called.", "Ask [PERSON_1] about the Annual report."]
+    );
+}
+
+#[test]
+fn overlapping_findings_are_one_value_named_after_the_longest() {
+    let text = "Card 4111 1111 1111 1111 on file.";
+    let r = redact(
+        &[text],
+        &[
+            finding(Kind::PaymentCard, 0, text, "4111 1111 1111 1111"),
+            finding(Kind::Phone, 0, text, "1111 1111"),
+        ],
+    );
+    assert_eq!(r.texts[0], "Card [CARD_1] on file.");
+}
+
+#[test]
+fn a_placeholder_split_at_every_boundary_is_restored_and_nothing_else_is_held() {
+    let text = "Mail jo@example.com now";
+    let r = redact(&[text], &[finding(Kind::Email, 0, text, "jo@example.com")]);
+    let answer = "I wrote to [EMAIL_1] [x] and [EMAIL_9] [EMAIL_1]!";
+    let expected = "I wrote to jo@example.com [x] and [EMAIL_9] jo@example.com!";
+    for cut in 0..=answer.len() {
+        let mut rs = Restorer::new(&r.mapping, Escape::None);
+        let first = rs.push(&answer[..cut]);
+        // What was passed on at once is everything but a tail that could start a placeholder.
+        let held = answer[..cut].rfind('[').filter(|&k| {
+            let rest = &answer[k..cut];
+            !rest.contains(']') && "[EMAIL_1]".starts_with(rest) && rest.len() < 9
+        });
+        let restored_prefix = r.mapping.restore(&answer[..held.unwrap_or(cut)], Escape::None);
+        assert_eq!(first, restored_prefix, "cut at {cut}");
+        let mut out = first;
+        out.push_str(&rs.push(&answer[cut..]));
+        out.push_str(&rs.finish());
+        assert_eq!(out, expected, "cut at {cut}");
+    }
+}
+
+#[test]
+fn values_in_tool_call_arguments_are_escaped_as_json() {
+    let text = r#"Ask "Bo" O'Neil"#;
+    let r = redact(&[text], &[finding(Kind::PersonName, 0, text, r#""Bo" O'Neil"#)]);
+    let arguments = r#"{"to": "[PERSON_1]"}"#;
+    let restored = r.mapping.restore(arguments, Escape::JsonString);
+    assert_eq!(restored, r#"{"to": "\"Bo\" O'Neil"}"#);
+    let v: serde_json::Value = serde_json::from_str(&restored).unwrap_or_default();
+    assert_eq!(v["to"], r#""Bo" O'Neil"#);
+}
+
+#[test]
+fn credentials_are_never_redactable() {
+    for kind in [
+        Kind::PrivateKey,
+        Kind::AwsAccessKey,
+        Kind::ApiToken,
+        Kind::GenericSecret,
+        Kind::Jwt,
+    ] {
+        assert!(!ever_redactable(kind), "{kind}");
+    }
+    for kind in [
+        Kind::PersonName,
+        Kind::Email,
+        Kind::Phone,
+        Kind::PaymentCard,
+        Kind::Iban,
+        Kind::UsSsn,
+    ] {
+        assert!(ever_redactable(kind), "{kind}");
+    }
+}
+
+/// Text made of words, punctuation, brackets and digits, so that placeholders' own characters occur.
+fn text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("Maria".to_owned()),
+            Just("maria".to_owned()),
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just("_".to_owned()),
+            Just("EMAIL".to_owned()),
+            Just("[EMAIL_1]".to_owned()),
+            Just("é".to_owned()),
+            "[a-z]{1,6}",
+            "[0-9]{1,4}",
+            Just(" ".to_owned()),
+        ],
+        0..40,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    /// For any text and any findings, redacting and restoring what the model echoes gives the text back,
+    /// however the echo is cut into chunks, and the redacted text holds no replaced value as a word.
+    #[test]
+    fn redact_then_restore_is_the_identity_on_an_echo(
+        t in text(),
+        spans in proptest::collection::vec((0usize..200, 1usize..12, 0usize..4), 0..6),
+        cuts in proptest::collection::vec(0usize..400, 0..8),
+    ) {
+        let kinds = [Kind::PersonName, Kind::Email, Kind::Phone, Kind::Iban];
+        let findings: Vec<Finding> = spans
+            .iter()
+            .filter_map(|&(s, len, k)| {
+                let s = s.min(t.len());
+                let e = (s + len).min(t.len());
+                (t.is_char_boundary(s) && t.is_char_boundary(e) && s < e && !t[s..e].trim().is_empty())
+                    .then(|| Finding { kind: kinds[k], level: Level::Confidential, index: 0, range: s..e, rule: None })
+            })
+            .collect();
+        let r = redact(&[&t], &findings);
+        let sent = &r.texts[0];
+        // Every whole-word occurrence of a replaced value in the original was replaced.
+        for (_, value) in &r.mapping.entries {
+            let mut from = 0;
+            while let Some(k) = t[from..].find(value.as_str()) {
+                let s = from + k;
+                let e = s + value.len();
+                if whole_word(&t, s, e) {
+                    prop_assert!(
+                        r.replaced[0].iter().any(|c| c.start <= s && e <= c.end),
+                        "{value:?} at {s} left in {sent:?}"
+                    );
+                }
+                from = s + t[s..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(sent.len())).filter(|&c| sent.is_char_boundary(c)).collect();
+        cuts.sort_unstable();
+        let mut rs = Restorer::new(&r.mapping, Escape::None);
+        let mut out = String::new();
+        let mut last = 0;
+        for c in cuts {
+            out.push_str(&rs.push(&sent[last..c]));
+            last = c;
+        }
+        out.push_str(&rs.push(&sent[last..]));
+        out.push_str(&rs.finish());
+        prop_assert_eq!(out, t.clone());
+    }
+}
