@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use serde_json::{Map, Value};
 use sluice_sensitivity::{Finding, Kind};
 
 /// Most rounds of replacing the unions of overlapping values (see [`redact`]).
@@ -279,6 +280,35 @@ fn whole_word(t: &str, s: usize, e: usize) -> bool {
     let left = !v.chars().next().is_some_and(word) || !before.is_some_and(word);
     let right = !v.chars().next_back().is_some_and(word) || !after.is_some_and(word);
     left && right
+}
+
+/// A request body with its strings replaced by `texts`, taken in the order `sluice_policy::strings`
+/// numbers them (each object key, then its value, depth first): the body that is sent once redacted.
+/// `None` when `texts` does not hold one string for each of the body's.
+pub fn rewrite_body(body: &Map<String, Value>, texts: &[String]) -> Option<Map<String, Value>> {
+    fn value(v: &Value, next: &mut dyn Iterator<Item = &String>) -> Option<Value> {
+        Some(match v {
+            Value::String(_) => Value::String(next.next()?.clone()),
+            Value::Array(items) => Value::Array(items.iter().map(|i| value(i, next)).collect::<Option<_>>()?),
+            Value::Object(map) => Value::Object(object(map, next)?),
+            other => other.clone(),
+        })
+    }
+    fn object(
+        map: &Map<String, Value>,
+        next: &mut dyn Iterator<Item = &String>,
+    ) -> Option<Map<String, Value>> {
+        let mut out = Map::new();
+        for v in map.values() {
+            let key = next.next()?.clone();
+            let v = value(v, next)?;
+            out.insert(key, v);
+        }
+        Some(out)
+    }
+    let mut next = texts.iter();
+    let out = object(body, &mut next)?;
+    next.next().is_none().then_some(out)
 }
 
 /// How a restored value is written into the text.

@@ -115,6 +115,39 @@ fn values_in_tool_call_arguments_are_escaped_as_json() {
 }
 
 #[test]
+fn a_whole_body_is_redacted_in_every_string_the_scanner_read() {
+    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"model": "gpt-4o-mini", "stop": ["jo@example.com"], "messages": [
+            {"role": "user", "name": "jo", "content": [{"type": "text", "text": "Mail jo@example.com or +44 20 7946 0958"}]},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+              "function": {"name": "send", "arguments": "{\"to\": \"jo@example.com\"}"}}]}],
+          "tools": [{"type": "function", "function": {"name": "send", "description": "Write to jo@example.com",
+            "parameters": {"type": "object", "properties": {"jo@example.com": {"type": "string"}}}}}]}"#,
+    )
+    .unwrap_or_default();
+    let scanner = sluice_sensitivity::Scanner::new(&sluice_sensitivity::ScannerConfig::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let texts = sluice_policy::strings(&body);
+    let scan = scanner.scan_all(texts.iter().copied());
+    let r = redact(&texts, &scan.findings);
+    let sent = rewrite_body(&body, &r.texts).unwrap_or_default();
+    let json = serde_json::to_string(&sent).unwrap_or_default();
+    assert!(!json.contains("jo@example.com"), "{json}");
+    assert!(!json.contains("7946"), "{json}");
+    assert_eq!(json.matches("[EMAIL_1]").count(), 5, "{json}");
+    // Everything else is as it was: the same shape, the same other strings.
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sluice_policy::strings(&sent).len(), texts.len());
+    // Restoring the sent body's strings gives the request back.
+    let back: Vec<String> = sluice_policy::strings(&sent)
+        .iter()
+        .map(|t| r.mapping.restore(t, Escape::None))
+        .collect();
+    assert_eq!(rewrite_body(&sent, &back), Some(body.clone()));
+    assert_eq!(rewrite_body(&body, &r.texts[1..]), None);
+}
+
+#[test]
 fn credentials_are_never_redactable() {
     for kind in [
         Kind::PrivateKey,
