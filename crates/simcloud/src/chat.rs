@@ -36,7 +36,12 @@ pub(crate) struct ChatRequest {
     pub prompt_tokens: u32,
     /// The tool to call instead of answering text.
     pub tool: Option<ToolPlan>,
+    /// The text of the last message (its string content, or its text parts joined), for echo answers.
+    pub last_text: String,
 }
+
+/// Bytes per token of an echo answer.
+const ECHO_TOKEN_BYTES: usize = 3;
 
 pub(crate) struct ToolPlan {
     name: String,
@@ -60,7 +65,10 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
-    pub fn build(sim: &Inner, request: &ChatRequest) -> Self {
+    pub fn build(sim: &Inner, request: &ChatRequest, echo: bool) -> Self {
+        if echo {
+            return Self::echo(sim, request);
+        }
         if let Some(tool) = &request.tool {
             let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
             let mut arguments = String::from("{");
@@ -105,6 +113,44 @@ impl Answer {
             text,
             ends,
             finish_reason,
+        }
+    }
+
+    /// The last message given back: as text in tokens of `ECHO_TOKEN_BYTES`, or as the value of every
+    /// required parameter of the tool the request calls.
+    fn echo(sim: &Inner, request: &ChatRequest) -> Self {
+        let text = &request.last_text;
+        if let Some(tool) = &request.tool {
+            let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut arguments = String::from("{");
+            for (i, name) in tool.required.iter().enumerate() {
+                if i > 0 {
+                    arguments.push(',');
+                }
+                push_json_str(&mut arguments, name);
+                arguments.push(':');
+                push_json_str(&mut arguments, text);
+            }
+            arguments.push('}');
+            return Self::Tool {
+                id: format!("call_sim_{n}"),
+                name: tool.name.clone(),
+                arguments,
+            };
+        }
+        let mut ends = Vec::with_capacity(text.len() / ECHO_TOKEN_BYTES + 1);
+        let mut at = 0;
+        while at < text.len() {
+            at = (at + ECHO_TOKEN_BYTES).min(text.len());
+            while !text.is_char_boundary(at) {
+                at += 1;
+            }
+            ends.push(at);
+        }
+        Self::Text {
+            text: text.clone(),
+            ends,
+            finish_reason: "stop",
         }
     }
 
@@ -178,6 +224,7 @@ async fn answer(
     drop(value);
 
     let mut stall = None;
+    let mut echo = false;
     match sim.pop_step() {
         Some(step) => {
             if let Some(ms) = step.delay_ms {
@@ -194,13 +241,14 @@ async fn answer(
                 });
             }
             stall = step.stall_after_chunks;
+            echo = step.echo;
         }
         None if sim.roll_error() => return Err(SimError::Injected),
         None => {}
     }
 
     let start = Instant::now();
-    let answer = Answer::build(sim, &request);
+    let answer = Answer::build(sim, &request, echo);
     let id = format!(
         "chatcmpl-sim-{}",
         sim.completions.fetch_add(1, Ordering::Relaxed) + 1
@@ -310,6 +358,7 @@ fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
     }
     let mut chars = 0usize;
     let mut last_role = "";
+    let mut last_text = String::new();
     for (i, message) in messages.iter().enumerate() {
         let Value::Object(message) = message else {
             return Err(SimError::invalid_type(&format!("messages[{i}]"), "an object"));
@@ -319,12 +368,17 @@ fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
             Some(Value::String(role)) => role,
             Some(_) => return Err(SimError::invalid_type(&format!("messages[{i}].role"), "a string")),
         };
+        last_text.clear();
         match field(message, "content") {
-            Some(Value::String(text)) => chars += text.chars().count(),
+            Some(Value::String(text)) => {
+                chars += text.chars().count();
+                last_text.push_str(text);
+            }
             Some(Value::Array(parts)) => {
                 for part in parts {
                     if let Some(Value::String(text)) = part.get("text") {
                         chars += text.chars().count();
+                        last_text.push_str(text);
                     }
                 }
             }
@@ -365,6 +419,7 @@ fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
         prompt_tokens,
         tool,
+        last_text,
     })
 }
 

@@ -34,6 +34,11 @@ pub struct ScriptStep {
     /// Wait this long before anything else, then go on as the other fields say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// Answer with the text of the last message, as received, in tokens of three bytes (so a stream cuts
+    /// it mid-word); when the request calls a tool, the call's arguments give that text to each required
+    /// parameter. Tests see exactly what left the gateway, and what it did with the answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo: bool,
 }
 
 impl ScriptStep {
@@ -46,6 +51,14 @@ impl ScriptStep {
     pub fn error(status: u16) -> Self {
         Self {
             status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// An answer that echoes the last message.
+    pub fn echo() -> Self {
+        Self {
+            echo: true,
             ..Self::default()
         }
     }

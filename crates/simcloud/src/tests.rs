@@ -994,3 +994,44 @@ async fn serves_over_tcp_until_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_echo_answers_with_the_last_message_as_it_arrived() {
+    let sim = Sim::new(SimConfig::default());
+    let text = "Dear [PERSON_1], write to [EMAIL_1] — «merci»";
+    sim.push_script(vec![ScriptStep::echo(), ScriptStep::echo(), ScriptStep::echo()]);
+    let router = sim.router();
+    let body = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": text}]}]});
+    let reply = chat(&router, body.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["choices"][0]["message"]["content"], text);
+    // Streamed, in pieces of about three bytes: placeholders arrive cut.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let reply = chat(&router, streamed).await;
+    let pieces: Vec<String> = reply
+        .events()
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert_eq!(pieces.concat(), text);
+    assert!(pieces.iter().all(|p| p.len() <= 4), "{pieces:?}");
+    assert!(
+        pieces.iter().any(|p| p.contains('[') && !p.contains(']')),
+        "{pieces:?}"
+    );
+    // A tool call carries the text as each required argument.
+    let mut tools = body;
+    tools["tools"] = json!([{"type": "function", "function": {"name": "send", "parameters": {
+        "type": "object", "properties": {"to": {"type": "string"}}, "required": ["to"]}}}]);
+    let reply = chat(&router, tools).await;
+    let call = &reply.json()["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "send");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"to": text}));
+}

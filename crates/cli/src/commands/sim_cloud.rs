@@ -16,7 +16,9 @@ headers received):
   GET /sim/requests       the chat requests received, oldest first; DELETE clears them
   POST /sim/script        queue outcomes for the next chat requests, one step each, e.g.
                           {\"steps\": [{\"status\": 429, \"retry_after_seconds\": 1}, {\"hang\": true},
-                          {\"stall_after_chunks\": 3}, {\"delay_ms\": 500}, {}]}; DELETE clears them
+                          {\"stall_after_chunks\": 3}, {\"delay_ms\": 500}, {\"echo\": true}, {}]};
+                          echo answers with the last message as received (in 3-byte tokens when
+                          streamed, or as every required argument of a tool call); DELETE clears them
   GET /sim/in-flight      chat requests being answered";
 
 /// Most tokens an answer may have; the simulator refuses longer limits in requests too.
