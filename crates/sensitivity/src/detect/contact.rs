@@ -56,6 +56,11 @@ fn email(b: &[u8], a: usize) -> Option<Hit> {
         }
     }
     let tld = b.get(last.0..last.1)?;
+    // A Sentry DSN (`<key>@o123.ingest.sentry.io/456`) is a credential, found by its rule, not an address.
+    let domain = b.get(a + 1..i).unwrap_or_default();
+    if domain.windows(8).any(|w| w.eq_ignore_ascii_case(b".ingest.")) && domain.ends_with(b"sentry.io") {
+        return None;
+    }
     let image = [&b"png"[..], b"jpg", b"jpeg", b"gif", b"svg", b"webp"]
         .iter()
         .any(|x| tld.eq_ignore_ascii_case(x));

@@ -23,7 +23,7 @@ use crate::kind::Kind;
 const SOURCE: &str = include_str!("../../data/credentials.yaml");
 
 /// The longest window a rule's body or value is matched over.
-pub(crate) const MAX_TOKEN: usize = 1024;
+pub(crate) const MAX_TOKEN: usize = 2048;
 
 /// How far back a rule's `before` part may reach.
 const MAX_BEFORE: usize = 96;
