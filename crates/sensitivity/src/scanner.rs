@@ -449,6 +449,7 @@ impl Scanner {
                 let mut resume = s + 1;
                 // The first vendor rule that matches names the token; the others are not tried.
                 let mut token_found = false;
+                let mut lists_found: Vec<usize> = Vec::new();
                 for &(action, len) in inner
                     .actions
                     .get(m.pattern().as_usize())
@@ -466,9 +467,13 @@ impl Scanner {
                         continue;
                     }
                     if let Action::Keyword(list) = action {
-                        if whole_word(text, s, e)
+                        // The longest word of a list that matches here is its finding (`Falcon 9`, not
+                        // also `Falcon`); a list's shorter words are tried only when it failed.
+                        if !lists_found.contains(&list)
+                            && whole_word(text, s, e)
                             && let Some(rule) = inner.keyword_rules.get(list)
                         {
+                            lists_found.push(list);
                             out.push(Finding {
                                 kind: Kind::Keyword,
                                 level: rule.level,
@@ -672,7 +677,8 @@ impl AnchorTable {
                 let inherited: Vec<(Action, usize)> = self.actions.get(shorter).cloned().unwrap_or_default();
                 if let Some(actions) = self.actions.get_mut(id) {
                     for (action, n) in inherited {
-                        if !actions.iter().any(|&(a, _)| a == action) {
+                        // The same detector may run at two lengths (`Falcon` and `Falcon 9`).
+                        if !actions.iter().any(|&(a, m)| a == action && m == n) {
                             actions.push((action, n));
                         }
                     }

@@ -132,10 +132,10 @@ mod cards {
     #[test]
     fn more_issuers() {
         for (issuer, number) in [
-            ("UATP", "123097215134055"),
+            ("UATP", "1230 9721 5134 055"),
             ("Dankort", "5019688126340314"),
             ("Maestro UK", "6759009333037654"),
-            ("Maestro, 12 digits", "675979803433"),
+            ("Maestro, 12 digits", "6759 7980 3433"),
             ("Mir", "2200688126340310"),
             ("Troy", "9792688126340319"),
             ("RuPay", "8184909340662173"),
@@ -148,6 +148,13 @@ mod cards {
             );
         }
         assert_eq!(found("card 123097215134056 ok"), []);
+        // Bare, a 15-digit number from 1 or a 12-digit one is as often an id: only grouped is it a card.
+        assert_eq!(found("profile.php?id=100004567890125"), []);
+        assert_eq!(found("arn:aws:iam::503812345679:root"), []);
+        assert_eq!(
+            found("card 1230 9721 5134 055 ok"),
+            [(Kind::PaymentCard, "1230 9721 5134 055")]
+        );
     }
 
     #[test]
@@ -253,10 +260,15 @@ mod national_ids {
 
     #[test]
     fn uk_national_insurance_numbers_in_other_written_forms() {
-        for text in ["ab123456c", "AB 123456 C", "ab 12 34 56 c", "AB123456 C"] {
+        for text in ["ab123456c", "AB 123456 C", "AB 12 34 56 C", "AB123456 C"] {
             assert_eq!(found(&format!("NI: {text}.")), [(Kind::UkNino, text)], "{text}");
         }
-        for text in ["Ab123456c", "qq123456c", "ab123456e"] {
+        for text in [
+            "Ab123456c",
+            "qq123456c",
+            "ab123456e",
+            "Spending grew by 120000 a year",
+        ] {
             assert_eq!(found(text), [], "{text}");
         }
     }
@@ -393,6 +405,9 @@ mod contact {
         assert_eq!(found("mobile: 4155552671"), [(Kind::Phone, "4155552671")]);
         for text in [
             "order 4155552671 shipped",
+            "Cancelled order 4155552671",
+            "loss = 0.7912345678",
+            "ISBN 0-201-63361-2",
             "on 01.02.2023 we met",
             "id 0123456789",
             "code 0000000000",
@@ -584,6 +599,13 @@ mod credentials {
             assert_eq!(of(kind, &text), [secret], "{text}");
             assert_eq!(scanner().scan(&text).level, Level::Restricted);
         }
+    }
+
+    #[test]
+    fn a_token_after_an_escaped_line_break_is_found() {
+        let token = format!("ghp_{}", fake(ALNUM, 36, 31));
+        let text = format!("{{\"keys\": \"one\\n{token}\"}}");
+        assert_eq!(found(&text), [(Kind::GithubToken, token.as_str())]);
     }
 
     #[test]
@@ -829,6 +851,29 @@ mod generic {
     }
 
     #[test]
+    fn labels_types_paths_and_prose_are_not_passwords() {
+        for text in [
+            "\"confirmPassword\": \"Confirm password\",",
+            "  password: String!\n",
+            "  db_password: SecretStr\n",
+            "PWD=/home/alice/src\n",
+            "Each login requires a password change every 90 days.",
+        ] {
+            assert_eq!(found(text), [], "{text}");
+        }
+        // .netrc laid out over lines.
+        assert_eq!(
+            found("machine h\n  login alice\n  password hunter22\n"),
+            [(Kind::GenericSecret, "hunter22")]
+        );
+        // A password under a vendor's name is judged as a password, not as that vendor's key.
+        assert_eq!(
+            found("SNOWFLAKE_PASSWORD=mississippi2024\n"),
+            [(Kind::GenericSecret, "mississippi2024")]
+        );
+    }
+
+    #[test]
     fn placeholders_where_a_secret_goes_are_reported_as_placeholders() {
         for (text, value) in [
             ("api_key=\"<your-api-key>\"", "<your-api-key>"),
@@ -899,6 +944,15 @@ mod tenant {
         let scan = s.scan(text);
         assert_eq!(scan.level, Level::Confidential);
         assert_eq!(scan.findings[0].rule.as_deref(), Some("code-names"));
+    }
+
+    #[test]
+    fn nested_keywords_are_each_tried() {
+        let s = with(
+            r#"{"keywords": [{"name": "planes", "words": ["Falcon", "Falcon 9"], "level": "internal"}]}"#,
+        );
+        assert_eq!(found_with(&s, "Falcon 900 jets"), [(Kind::Keyword, "Falcon")]);
+        assert_eq!(found_with(&s, "a Falcon 9 launch"), [(Kind::Keyword, "Falcon 9")]);
     }
 
     #[test]

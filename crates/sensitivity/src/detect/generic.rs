@@ -218,7 +218,11 @@ fn assignment(b: &[u8], s: usize, e: usize, rules: &Rules, read: &mut usize) -> 
     }
     let v = b.get(vs..ve)?;
     if let Some((rule, kind)) = rules.assigned(name_bytes, v) {
-        return Some(Hit::new(kind, vs, ve).with_rule(rule));
+        // A password a person chose can have a vendor's shape and little entropy: judged below as one.
+        let chosen = kind == Kind::CredentialPlaceholder && name == Name::Password && !placeholder_value(v);
+        if !chosen {
+            return Some(Hit::new(kind, vs, ve).with_rule(rule));
+        }
     }
     if placeholder_value(v) {
         return Some(Hit::new(Kind::CredentialPlaceholder, vs, ve));
@@ -246,13 +250,23 @@ fn netrc(b: &[u8], name_start: usize, name_end: usize) -> Option<Hit> {
     if !matches!(at(b, name_end), b' ' | b'\t') {
         return None;
     }
-    let line_start = run_start(b, name_start, 256, |c| c != b'\n' && c != b'\r');
-    let line = b.get(line_start..name_start)?;
-    let cue = |w: &[u8]| {
-        line.windows(w.len() + 1)
-            .any(|x| x.get(..w.len()).is_some_and(|x| x.eq_ignore_ascii_case(w)) && is_space(x[w.len()]))
+    // A .netrc entry: the line starts with `machine` or `default` (`machine h login u password p`), or
+    // the password is on a line of its own after a `login` or `machine` line.
+    let starts_with_word = |from: usize, words: &[&[u8]]| {
+        let i = run_end(b, from, 64, is_space);
+        words
+            .iter()
+            .any(|w| starts_with_ci(b, i, w) && matches!(at(b, i + w.len()), b' ' | b'\t'))
     };
-    if !(cue(b"login") || cue(b"machine")) {
+    let line_start = run_start(b, name_start, 256, |c| c != b'\n' && c != b'\r');
+    let cued = if run_end(b, line_start, 64, is_space) == name_start {
+        let prev_end = run_start(b, line_start, 2, |c| c == b'\n' || c == b'\r');
+        let prev_start = run_start(b, prev_end, 256, |c| c != b'\n' && c != b'\r');
+        prev_end < line_start && starts_with_word(prev_start, &[b"login", b"machine", b"default"])
+    } else {
+        starts_with_word(line_start, &[b"machine", b"default"])
+    };
+    if !cued {
         return None;
     }
     let vs = run_end(b, name_end, 8, is_space);
@@ -308,7 +322,18 @@ fn word_about_password(v: &[u8]) -> bool {
 /// last on its line, or in a connection string (`;Password=…;`, `&password=…&`).
 fn plain_password(b: &[u8], name_start: usize, vs: usize, ve: usize, form: Form) -> bool {
     let Some(v) = b.get(vs..ve) else { return false };
-    let reference = matches!(v.first(), Some(b'$' | b'%'))
+    let about_passwords = PASSWORD_WORDS
+        .iter()
+        .any(|w| v.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())) && w.len() >= 4);
+    // A type (`String!`, `SecretStr`, `Option<String>`) or a path (`/home/alice`) is no password.
+    let type_like = form != Form::Quoted
+        && v.first().is_some_and(u8::is_ascii_uppercase)
+        && v.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'!' | b'?' | b'<' | b'>'))
+        && !v.iter().any(u8::is_ascii_digit);
+    let reference = matches!(v.first(), Some(b'$' | b'%' | b'/' | b'~'))
+        || about_passwords
+        || type_like
         || v.contains(&b'=')
         || v.iter().any(|&c| matches!(c, b'(' | b'[' | b'{'))
         || (v.contains(&b'.')

@@ -179,7 +179,12 @@ fn card(b: &[u8], p: usize) -> Option<Hit> {
     ends[..k]
         .iter()
         .rev()
-        .find(|&&(e, n)| (n <= 16 || e - p > n) && number_ends(b, e) && is_card(&digits[..n]))
+        .find(|&&(e, n)| {
+            // Bare 15 digits from 1 (UATP) or 12 digits (Maestro) are as often an account or a user id.
+            let grouped = e - p > n;
+            let bare_ok = n <= 16 && digits[0] != 1 && n != 12;
+            (grouped || bare_ok) && number_ends(b, e) && is_card(&digits[..n])
+        })
         .map(|&(e, _)| Hit::new(Kind::PaymentCard, p, e))
 }
 
@@ -456,6 +461,10 @@ fn nino(b: &[u8], s: usize) -> Option<Hit> {
     if at(b, i) == b' ' && matches!(at(b, i + 1).to_ascii_uppercase(), b'A'..=b'D') {
         i += 1;
     }
+    // Lower case only written compact (`ab123456c`): spaced, it reads as words (`by 120000 a`).
+    if !upper && i - s != 8 {
+        return None;
+    }
     let suffix = at(b, i);
     if !matches!(suffix.to_ascii_uppercase(), b'A'..=b'D')
         || suffix.is_ascii_uppercase() != upper
@@ -671,6 +680,10 @@ fn national_phone(b: &[u8], p: usize, budget: &mut u32) -> Option<Hit> {
     }
     let d = digits.get(..n)?;
     let groups = groups.get(..g)?;
+    // A lone digit at either end (`0.79123…`, `0-201-63361-2`) is a decimal or an ISBN, not a phone.
+    if groups.first().is_some_and(|&l| l < 2) || groups.last().is_some_and(|&l| l < 2) {
+        return None;
+    }
     let dated = matches!(groups, [2, 2, 4] | [4, 2, 2] | [2, 2, 2]) && sep != b' ';
     let counting = d.windows(2).all(|w| w[1] == w[0] + 1) || d.windows(2).all(|w| w[0] == w[1] + 1);
     if dated || counting {
@@ -745,9 +758,14 @@ fn national_phone_paren(b: &[u8], s: usize, budget: &mut u32) -> Option<Hit> {
 fn phone_cue(b: &[u8], p: usize) -> bool {
     let from = p.saturating_sub(32);
     let before = b.get(from..p).unwrap_or_default();
-    PHONE_CUES
-        .iter()
-        .any(|cue| before.windows(cue.len()).any(|w| w.eq_ignore_ascii_case(cue)))
+    // A cue starts a word (`Cancelled` holds no `cell`); a short one ends it too (`callback`, `hotel`).
+    PHONE_CUES.iter().any(|cue| {
+        before.windows(cue.len()).enumerate().any(|(k, w)| {
+            w.eq_ignore_ascii_case(cue)
+                && !back(b, from + k, 1).is_ascii_alphabetic()
+                && (cue.len() > 4 || !at(b, from + k + cue.len()).is_ascii_alphabetic())
+        })
+    })
 }
 
 /// NANP validity: area code and exchange start with 2-9, the area code is not an N11 service code, and

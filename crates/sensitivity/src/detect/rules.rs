@@ -152,8 +152,8 @@ pub(crate) fn builtin() -> Result<&'static Rules, &'static str> {
 const MAX_ANCHOR: usize = 8;
 
 /// The part of a prefix the prefilter anchors on: up to its first separator (`_`, `-`, `.`, `$`, `/`,
-/// `~`, `:`) when that leaves four bytes or more (`glpat-`, `sk-` for `sk-ant-api03-` and `sk-proj-`
-/// alike, `hooks.` for `hooks.zapier.com/...`), otherwise its first eight bytes. Prefixes of one family
+/// `~`, `:`) when that leaves four bytes or more (`glpat-`, `hooks.` for `hooks.zapier.com/...`),
+/// otherwise its first eight bytes (`sk-ant-a` for `sk-ant-api03-` and `sk-ant-admin01-` alike). Prefixes of one family
 /// share an anchor, which keeps the automaton small (its size is most of a scan's cost); the rule then
 /// checks its whole prefix from there.
 pub(crate) fn anchor(prefix: &str) -> &[u8] {
@@ -342,7 +342,11 @@ impl Rule {
                 }
                 start
             }
-            None if token_byte(back(b, s, 1)) && prefix.first().is_some_and(|&c| token_byte(c)) => {
+            // After an escaped line break or tab (`\nghp_…` in a JSON string) a token starts too.
+            None if token_byte(back(b, s, 1))
+                && prefix.first().is_some_and(|&c| token_byte(c))
+                && !(back(b, s, 2) == b'\\' && matches!(back(b, s, 1), b'n' | b't' | b'r')) =>
+            {
                 return Err(e);
             }
             None => s,
