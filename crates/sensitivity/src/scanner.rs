@@ -10,12 +10,14 @@
 //! prefilter makes that nearly free), or, past `MAX_PATTERNS_WITHOUT_SET` of them, as one `RegexSet`
 //! pass and then a search by each pattern that matched.
 
-use std::collections::HashMap;
+mod build;
+mod rate;
+
 use std::fmt;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexSet};
 
 use crate::config::{Combination, ScanLimits, ScannerConfig, ScannerError};
 use crate::detect::credentials;
@@ -24,7 +26,10 @@ use crate::detect::{Hit, birth, contact, context, generic, numbers};
 use crate::kind::{Kind, KindSet};
 use crate::level::Level;
 use crate::vocab::Vocabulary;
-use crate::{Combined, Finding, Incomplete, ModelPass, Recognised, Scan};
+use crate::{Finding, Incomplete, ModelPass, Recognised, Scan};
+
+use build::{AnchorTable, compile_patterns};
+use rate::compile_combinations;
 
 /// Total anchor bytes up to which the prefilter is a DFA (about 2 MiB of tables at that size).
 const MAX_DFA_ANCHOR_BYTES: usize = 16 * 1024;
@@ -231,60 +236,6 @@ impl Scanner {
         self.inner.on.has(kind)
     }
 
-    /// What a combination cannot do as configured, by its index in `combinations`: one that names a
-    /// kind that is off can never be met (or, in `any`, only through its other kinds); one whose level
-    /// is not above every level of its kinds never raises anything.
-    pub fn combination_warnings(&self) -> Vec<(usize, String)> {
-        let inner = &*self.inner;
-        let mut out = Vec::new();
-        for (i, c) in inner.combinations.iter().enumerate() {
-            let off = |k: &&Kind| !inner.on.has(**k);
-            if let Some(k) = c.rule.all.iter().find(off) {
-                out.push((i, format!("`{}` is never met: {k} is disabled", c.name)));
-                continue;
-            }
-            if !c.rule.any.is_empty() && c.rule.any.iter().all(|k| off(&k)) {
-                out.push((
-                    i,
-                    format!("`{}` is never met: every kind in `any` is disabled", c.name),
-                ));
-                continue;
-            }
-            let highest = c
-                .rule
-                .all
-                .iter()
-                .map(|&k| self.level(k))
-                .max()
-                .unwrap_or(Level::Public);
-            if c.rule.level <= highest {
-                out.push((
-                    i,
-                    format!(
-                        "`{}` never raises the level: {} is already at least {}",
-                        c.name,
-                        c.rule
-                            .all
-                            .iter()
-                            .map(|k| k.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" and "),
-                        c.rule.level
-                    ),
-                ));
-            }
-        }
-        out
-    }
-
-    /// The kinds the combinations name.
-    pub fn combination_kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        self.inner
-            .combinations
-            .iter()
-            .flat_map(|c| c.rule.all.iter().chain(&c.rule.any).copied())
-    }
-
     /// The limits every scan obeys.
     pub fn limits(&self) -> ScanLimits {
         self.inner.limits
@@ -377,56 +328,6 @@ impl Scanner {
         scan.findings
             .sort_by_key(|f| (f.index, f.range.start, f.range.end));
         self.rate(scan);
-    }
-
-    /// Whether a person's name, added to what `scan` found, would raise its level: the scan found
-    /// something a name combines with (a diagnosis, a birth date, an identifier).
-    pub fn name_would_raise(&self, scan: &Scan) -> bool {
-        let mut found = KindSet::default();
-        for f in &scan.findings {
-            found.insert(f.kind);
-        }
-        let mut with_name = found;
-        with_name.insert(Kind::PersonName);
-        let level = |set: KindSet| {
-            let own = scan.findings.iter().map(|f| f.level);
-            let name = set.has(Kind::PersonName).then(|| self.level(Kind::PersonName));
-            let combined = self
-                .inner
-                .combinations
-                .iter()
-                .filter(|c| c.rule.met(|k| set.has(k)))
-                .map(|c| c.rule.level);
-            own.chain(name).chain(combined).max().unwrap_or(Level::Public)
-        };
-        level(with_name) > level(found).max(self.level(Kind::PersonName))
-    }
-
-    /// The level of a scan: the highest of its findings and of the combinations they meet, and
-    /// restricted whenever it is incomplete.
-    fn rate(&self, scan: &mut Scan) {
-        let mut found = KindSet::default();
-        for f in &scan.findings {
-            found.insert(f.kind);
-        }
-        scan.combined = self
-            .inner
-            .combinations
-            .iter()
-            .filter(|c| c.rule.met(|k| found.has(k)))
-            .map(|c| Combined {
-                name: c.name.clone(),
-                level: c.rule.level,
-            })
-            .collect();
-        let found_level = scan.findings.iter().map(|f| f.level);
-        let combined_level = scan.combined.iter().map(|c| c.level);
-        scan.level = if scan.incomplete.is_some() {
-            Level::Restricted
-        } else {
-            found_level.chain(combined_level).max().unwrap_or(Level::Public)
-        };
-        scan.complete = scan.incomplete.is_none();
     }
 
     fn scan_text(&self, text: &str, index: usize, out: &mut Vec<Finding>) -> Result<(), Incomplete> {
@@ -635,59 +536,6 @@ impl fmt::Debug for Scanner {
     }
 }
 
-/// Anchor patterns, deduplicated ignoring ASCII case, each with the detectors it starts.
-#[derive(Default)]
-struct AnchorTable {
-    patterns: Vec<Vec<u8>>,
-    actions: Vec<Vec<(Action, usize)>>,
-    ids: HashMap<Vec<u8>, usize>,
-}
-
-impl AnchorTable {
-    fn add(&mut self, pattern: &[u8], action: Action) {
-        let key = pattern.to_ascii_lowercase();
-        let id = match self.ids.get(&key) {
-            Some(&id) => id,
-            None => {
-                let id = self.patterns.len();
-                self.ids.insert(key.clone(), id);
-                self.patterns.push(key);
-                self.actions.push(Vec::new());
-                id
-            }
-        };
-        if let Some(actions) = self.actions.get_mut(id)
-            && !actions.iter().any(|&(a, _)| a == action)
-        {
-            actions.push((action, pattern.len()));
-        }
-    }
-
-    /// Gives each pattern the detectors of the shorter patterns it starts with, after its own: at a
-    /// position where both match, the leftmost-longest prefilter reports only the longer one.
-    fn close_prefixes(&mut self) {
-        for id in 0..self.patterns.len() {
-            let Some(pattern) = self.patterns.get(id).cloned() else {
-                continue;
-            };
-            for len in (1..pattern.len()).rev() {
-                let Some(&shorter) = pattern.get(..len).and_then(|p| self.ids.get(p)) else {
-                    continue;
-                };
-                let inherited: Vec<(Action, usize)> = self.actions.get(shorter).cloned().unwrap_or_default();
-                if let Some(actions) = self.actions.get_mut(id) {
-                    for (action, n) in inherited {
-                        // The same detector may run at two lengths (`Falcon` and `Falcon 9`).
-                        if !actions.iter().any(|&(a, m)| a == action && m == n) {
-                            actions.push((action, n));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Whether the match `s..e` is a whole word: no letter, digit or underscore (Unicode) right before or
 /// after it, where its own first or last character is one.
 pub(crate) fn whole_word(text: &str, s: usize, e: usize) -> bool {
@@ -701,71 +549,4 @@ pub(crate) fn whole_word(text: &str, s: usize, e: usize) -> bool {
     let right = !found.chars().next_back().is_some_and(is_word)
         || !text.get(e..).and_then(|t| t.chars().next()).is_some_and(is_word);
     left && right
-}
-
-fn compile_combinations(config: &ScannerConfig) -> Result<Vec<Compiled>, ScannerError> {
-    let rules = config.combinations.clone().unwrap_or_else(Combination::defaults);
-    rules
-        .into_iter()
-        .enumerate()
-        .map(|(index, rule)| {
-            if rule.name.trim().is_empty() {
-                return Err(ScannerError::EmptyCombinationName { index });
-            }
-            if rule.all.is_empty() && rule.any.is_empty() {
-                return Err(ScannerError::EmptyCombination {
-                    index,
-                    name: rule.name,
-                });
-            }
-            Ok(Compiled {
-                name: rule.name.trim().into(),
-                rule,
-            })
-        })
-        .collect()
-}
-
-fn compile_patterns(config: &ScannerConfig) -> Result<Option<Patterns>, ScannerError> {
-    if config.patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut regexes = Vec::with_capacity(config.patterns.len());
-    let mut rules = Vec::with_capacity(config.patterns.len());
-    for (index, p) in config.patterns.iter().enumerate() {
-        if p.name.trim().is_empty() {
-            return Err(ScannerError::EmptyPatternName { index });
-        }
-        let re = RegexBuilder::new(&p.pattern)
-            .size_limit(PATTERN_SIZE_LIMIT)
-            .build()
-            .map_err(|source| ScannerError::InvalidPattern {
-                index,
-                name: p.name.clone(),
-                pattern: p.pattern.clone(),
-                source: Box::new(source),
-            })?;
-        if re.is_match("") {
-            return Err(ScannerError::EmptyMatch {
-                index,
-                name: p.name.clone(),
-                pattern: p.pattern.clone(),
-            });
-        }
-        regexes.push(re);
-        rules.push(Rule {
-            name: p.name.as_str().into(),
-            level: p.level,
-        });
-    }
-    let set = if config.patterns.len() > MAX_PATTERNS_WITHOUT_SET {
-        let set = RegexSetBuilder::new(config.patterns.iter().map(|p| &p.pattern))
-            .size_limit(PATTERN_SIZE_LIMIT.saturating_mul(config.patterns.len()))
-            .build()
-            .map_err(|e| ScannerError::PatternSet(Box::new(e)))?;
-        Some(set)
-    } else {
-        None
-    };
-    Ok(Some(Patterns { set, regexes, rules }))
 }

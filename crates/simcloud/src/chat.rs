@@ -70,21 +70,7 @@ impl Answer {
             return Self::echo(sim, request);
         }
         if let Some(tool) = &request.tool {
-            let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut arguments = String::from("{");
-            for (i, name) in tool.required.iter().enumerate() {
-                if i > 0 {
-                    arguments.push(',');
-                }
-                push_json_str(&mut arguments, name);
-                arguments.push_str(":\"sim\"");
-            }
-            arguments.push('}');
-            return Self::Tool {
-                id: format!("call_sim_{n}"),
-                name: tool.name.clone(),
-                arguments,
-            };
+            return Self::tool_call(sim, tool, "sim");
         }
         let limit = request
             .max_tokens
@@ -116,27 +102,32 @@ impl Answer {
         }
     }
 
+    /// A call of `tool` with `value` for each of its required parameters.
+    fn tool_call(sim: &Inner, tool: &ToolPlan, value: &str) -> Self {
+        let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut arguments = String::from("{");
+        for (i, name) in tool.required.iter().enumerate() {
+            if i > 0 {
+                arguments.push(',');
+            }
+            push_json_str(&mut arguments, name);
+            arguments.push(':');
+            push_json_str(&mut arguments, value);
+        }
+        arguments.push('}');
+        Self::Tool {
+            id: format!("call_sim_{n}"),
+            name: tool.name.clone(),
+            arguments,
+        }
+    }
+
     /// The last message given back: as text in tokens of `ECHO_TOKEN_BYTES`, or as the value of every
     /// required parameter of the tool the request calls.
     fn echo(sim: &Inner, request: &ChatRequest) -> Self {
         let text = &request.last_text;
         if let Some(tool) = &request.tool {
-            let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut arguments = String::from("{");
-            for (i, name) in tool.required.iter().enumerate() {
-                if i > 0 {
-                    arguments.push(',');
-                }
-                push_json_str(&mut arguments, name);
-                arguments.push(':');
-                push_json_str(&mut arguments, text);
-            }
-            arguments.push('}');
-            return Self::Tool {
-                id: format!("call_sim_{n}"),
-                name: tool.name.clone(),
-                arguments,
-            };
+            return Self::tool_call(sim, tool, text);
         }
         let mut ends = Vec::with_capacity(text.len() / ECHO_TOKEN_BYTES + 1);
         let mut at = 0;

@@ -12,6 +12,7 @@ pub(crate) mod context;
 pub(crate) mod credentials;
 pub(crate) mod generic;
 pub(crate) mod numbers;
+pub(crate) mod password;
 pub(crate) mod rules;
 
 use crate::kind::Kind;
