@@ -917,6 +917,74 @@ fn policy_explain_shows_the_decision_without_sending_anything() {
 }
 
 #[test]
+fn policy_check_and_explain_show_what_a_redaction_rule_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A rule that names a credential: reported at its line, with why.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("{POLICY_BACKENDS}policy:\n  rules:\n    - name: r\n      then:\n        redact: {{ to: cloud, kinds: [email, private_key] }}\n"),
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let (code, _, err) = run_sluice(&["policy", "check", bad]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{bad}:14: policy.rules[0].then.redact.kinds: private_key is a credential, which is never redacted"
+        )),
+        "{err}"
+    );
+
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{POLICY_BACKENDS}{}",
+            REDACT_POLICY.replace("redact-for-cloud", "contacts")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run_sluice(&["policy", "check", config]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mail = ["jane.doe", "example.com"].join("@");
+    let request = dir.path().join("request.json");
+    let write = |body: Value| std::fs::write(&request, body.to_string()).unwrap();
+    let request = request.to_str().unwrap();
+    write(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("Write to {mail}")}]}),
+    );
+    let (code, out, err) = run_sluice(&["policy", "explain", "--config", config, "--request", request]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "rule:      contacts",
+        "level:     confidential (found confidential",
+        "targets:   1. openai / gpt-4o-mini (cloud, cleared for internal)",
+        "route:     redacted-cloud",
+        "redaction: sent with 1 email replaced by placeholders; the redacted form is public",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    // A value where nothing is replaced (a key of the body) survives the redaction: the fallback decides,
+    // and the explanation says which finding survived, and where, never what it is.
+    write(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "metadata": {mail.clone(): "vip"}}),
+    );
+    let (code, out, err) = run_sluice(&["policy", "explain", "--config", config, "--request", request]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "targets:   1. local / smollm2-135m-instruct (local, cleared for restricted)",
+        "route:     local",
+        "redaction: not sent redacted: rule `contacts` cannot send this request redacted: its redacted form is still confidential",
+        "survived:  email (confidential) in metadata.*{key} at bytes 0..20",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains(&mail), "{out}");
+}
+
+#[test]
 fn every_gateway_config_in_the_repository_is_valid() {
     for path in common::repository_configs("gateway") {
         let out = std::process::Command::new(common::sluice_bin())
@@ -1014,7 +1082,7 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     assert_eq!(r["cloud"]["headers"]["x-sluice-backend"], "sim-cloud");
     // The embedded policy: a card number asked of the cloud model is served by the local one.
     assert_eq!(r["card"]["headers"]["x-sluice-route"], "local");
-    assert_eq!(r["card"]["headers"]["x-sluice-rule"], "sensitive-stays-local");
+    assert_eq!(r["card"]["headers"]["x-sluice-rule"], "contacts-redacted");
     assert_eq!(r["card"]["headers"]["x-sluice-substituted-for"], "gpt-4o-mini");
     assert_eq!(r["card"]["headers"]["x-sluice-sensitivity"], "restricted");
     // `auto` is listed and served by one of its members.
@@ -1185,6 +1253,30 @@ async fn sluice_up_keeps_names_with_health_birth_dates_and_addresses_in_prose_of
         metric(&metrics, r#"sluice_ner_requests_total{outcome="not_needed"}"#),
         Some(1.0)
     );
+
+    // The default policy's third route: a name, an e-mail address and a phone number, and nothing else,
+    // go to the cloud replaced by placeholders, and come back in the answer (the stand-in echoes).
+    openai.script(r#"[{"echo": true}, {"echo": true}]"#);
+    let letter = common::sdk_at(&base_url_of(&banner), "up_redact");
+    let text = letter["text"].as_str().unwrap();
+    for answer in [&letter["plain"], &letter["stream"]] {
+        assert_eq!(answer["content"], text, "{answer}");
+        assert_eq!(answer["headers"]["x-sluice-route"], "redacted-cloud", "{answer}");
+        assert_eq!(
+            answer["headers"]["x-sluice-rule"], "contacts-redacted",
+            "{answer}"
+        );
+    }
+    let seen = openai.requests();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for s in &seen[3..] {
+        assert_eq!(
+            s["body"]["messages"][0]["content"],
+            "Write a polite reminder to [PERSON_1] ([EMAIL_1], [PHONE_1]) that invoice 88213 is overdue. \
+             [PERSON_1] prefers e-mail.",
+            "{s}"
+        );
+    }
     stop(child);
 }
 
@@ -1248,4 +1340,199 @@ fn sluice_scan_shows_positions_combinations_and_levels_never_the_text() {
         (&got[0]["level"], &got[0]["model"]),
         (&json!("internal"), &json!(false))
     );
+}
+
+/// Every kind of value the redaction tests replace, for the cloud model; anything else stays local.
+const REDACT_POLICY: &str = "policy:\n  rules:\n    - name: redact-for-cloud\n      when: { model: gpt-4o-mini }\n      then:\n        redact:\n          to: cloud\n          kinds: [person_name, postal_address, email, phone, payment_card, iban, us_ssn]\n          fallback: { substitute: smollm2-135m-instruct }\n";
+
+/// The redaction cases of tests/sdk/client.py, and the level each request has before redaction.
+const REDACT_CASES: [(&str, &str); 7] = [
+    ("name", "internal"),
+    ("address", "internal"),
+    ("email", "confidential"),
+    ("phone", "confidential"),
+    ("card", "restricted"),
+    ("iban", "restricted"),
+    ("ssn", "restricted"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redacted_requests_reach_the_cloud_without_their_values_and_answers_come_back_with_them() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("audit.jsonl");
+    // The personal-data model finds the names and addresses.
+    let pulled = std::process::Command::new(common::sluice_bin())
+        .args(["models", "pull", "--ner"])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let files = String::from_utf8(pulled.stdout).unwrap();
+    let files: Vec<&str> = files.lines().collect();
+    let mut gateway = Gateway::start(&format!(
+        "{}{REDACT_POLICY}audit:\n  path: {}\nner:\n  weights: {}\n  tokenizer: {}\n",
+        backends(&worker, &sim, ""),
+        log.display(),
+        files[0],
+        files[1]
+    ));
+    gateway.wait_ready("local");
+    // The stand-in echoes what it received: the last message, or, asked for a tool, as its argument.
+    let cloud_requests = REDACT_CASES.len() * 4 + 2;
+    sim.script(&serde_json::to_string(&vec![json!({"echo": true}); cloud_requests]).unwrap());
+    let r = sdk(&gateway, "redact");
+    let values: Vec<String> = r["values"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+
+    // The client gets back every value the stand-in echoed, plain and streamed, whatever the chunking.
+    for (case, level) in REDACT_CASES {
+        let text = r["texts"][case].as_str().unwrap();
+        let plain = &r[case];
+        assert_eq!(plain["content"], text, "{case}: {plain}");
+        let h = &plain["headers"];
+        assert_eq!(h["x-sluice-route"], "redacted-cloud", "{case}: {plain}");
+        assert_eq!(h["x-sluice-backend"], "sim", "{case}");
+        assert_eq!(h["x-sluice-rule"], "redact-for-cloud", "{case}");
+        // The request is as sensitive as it was; what left was its redacted form.
+        assert_eq!(h["x-sluice-sensitivity"], level, "{case}");
+        for (shift, s) in r[format!("{case}_stream")].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                s["content"],
+                format!("{}{text}", " ".repeat(shift)),
+                "{case} shifted {shift}: {s}"
+            );
+            assert_eq!(s["headers"]["x-sluice-route"], "redacted-cloud", "{case}");
+            assert_eq!(s["finish_reason"], "stop", "{case}");
+            // The usage is the cloud's, unchanged.
+            assert!(
+                s["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+                "{case}: {s}"
+            );
+        }
+    }
+    // As tool-call arguments, whole and streamed.
+    let everything = r["everything"].as_str().unwrap();
+    let args = r["tools"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(args).unwrap(),
+        json!({"note": everything})
+    );
+    assert_eq!(r["tools"]["headers"]["x-sluice-route"], "redacted-cloud");
+    let streamed: Value = serde_json::from_str(r["tools_stream"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(streamed, json!({"note": everything}));
+    assert_eq!(r["tools_stream"]["finish_reason"], "tool_calls");
+
+    // What left: none of the values, in any request the stand-in received.
+    let seen = sim.requests();
+    assert_eq!(
+        seen.len(),
+        cloud_requests,
+        "only the redacted requests reached the cloud"
+    );
+    for s in &seen {
+        let body = s["body"].to_string();
+        for v in &values {
+            assert!(!body.contains(v.as_str()), "{v} reached the cloud: {body}");
+        }
+    }
+    for (i, sent) in [
+        "Write a polite reminder to [PERSON_1] that invoice 88213 is overdue; [PERSON_1] is away until Monday.",
+        "Ship the replacement to [ADDRESS_1] by Friday.",
+        "Write a polite reminder to [EMAIL_1] that invoice 88213 is overdue.",
+        "Call [PHONE_1] about invoice 88213, or write to [EMAIL_1].",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(seen[i * 4]["body"]["messages"][0]["content"], sent);
+    }
+    let tools = &seen[cloud_requests - 2]["body"];
+    assert_eq!(tools["tools"][0]["function"]["name"], "send_note");
+    assert_eq!(tools["tool_choice"]["function"]["name"], "send_note");
+
+    // A private key is never replaced: with it, the request is served locally and never leaves.
+    let k = &r["private_key"];
+    assert_eq!(k["headers"]["x-sluice-route"], "local", "{k}");
+    assert_eq!(k["headers"]["x-sluice-substituted-for"], "gpt-4o-mini");
+    let explained = |c: &Value| -> Value {
+        let id = c["headers"]["x-sluice-decision-id"].as_str().unwrap();
+        let (status, body) = common::http(gateway.admin, "GET", &format!("/admin/decisions/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let d = explained(k);
+    assert_eq!(d["redaction"]["outcome"], "fell_back", "{d}");
+    assert!(
+        d["redaction"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("private_key (restricted)"),
+        "{d}"
+    );
+    // A value the gateway must leave in place (a key of the body) is still in the redacted form: the
+    // proof finds it, nothing is sent, and the explanation says which finding survived, and where.
+    let key = &r["in_a_key"];
+    assert_eq!(key["headers"]["x-sluice-route"], "local", "{key}");
+    let d = explained(key);
+    assert_eq!(d["redaction"]["outcome"], "fell_back", "{d}");
+    assert_eq!(d["redaction"]["survived"][0]["kind"], "email", "{d}");
+    assert_eq!(d["redaction"]["survived"][0]["field"], "metadata.*{key}", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its redacted form is still confidential"),
+        "{d}"
+    );
+    assert!(!d.to_string().contains("northwind"), "{d}");
+    // A redacted decision: the route, and how many values of each kind were replaced, never the values.
+    let d = explained(&r["phone"]);
+    assert_eq!(d["route"], "redacted-cloud", "{d}");
+    assert_eq!(d["redaction"]["replaced"], json!({"email": 1, "phone": 1}), "{d}");
+    assert_eq!(d["redaction"]["level"], "public", "{d}");
+    assert_eq!(d["ended"]["route"], "redacted-cloud", "{d}");
+
+    // Metrics count distinct values replaced per request, by kind.
+    let metrics = gateway.scrape();
+    for (kind, n) in [
+        ("person_name", 6.0),
+        ("postal_address", 6.0),
+        ("email", 10.0),
+        ("phone", 6.0),
+        ("payment_card", 6.0),
+        ("iban", 6.0),
+        ("us_ssn", 6.0),
+    ] {
+        assert_eq!(
+            metric(&metrics, &format!("sluice_redactions_total{{kind=\"{kind}\"}}")),
+            Some(n),
+            "{kind}"
+        );
+    }
+    assert!(gateway.terminate().success());
+    // The audit log has the counts and the route, and none of the values.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for v in &values {
+        assert!(!text.contains(v.as_str()), "{v} in the audit log");
+    }
+    let id = r["phone"]["headers"]["x-sluice-decision-id"].as_str().unwrap();
+    let rec: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|x| x["decision_id"] == id)
+        .unwrap();
+    assert_eq!(rec["route"], "redacted-cloud", "{rec}");
+    assert_eq!(rec["redactions"], json!({"email": 1, "phone": 1}), "{rec}");
 }

@@ -323,6 +323,83 @@ def prose():
     return out
 
 
+def redact_values():
+    """The values the redaction tests send, made at run time (no secret-shaped literal in the repository)."""
+    return {
+        "name": "Maria Gonzalez",
+        "address": "42 Willow Lane, Springfield, IL 62704",
+        "email": "maria.g@northwind.example",
+        "phone": "+1 415 555 0132",
+        "card": " ".join(["4111"] + ["1111"] * 3),
+        "iban": "DE89 3704 0044 0532 0130 00",
+        "ssn": "-".join(["536", "22", "8726"]),
+    }
+
+
+SEND_TOOL = [{"type": "function", "function": {
+    "name": "send_note", "description": "Send a note.",
+    "parameters": {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}}}]
+
+
+def streamed_tools(c, messages, **kw):
+    raw = c.chat.completions.with_raw_response.create(model=CLOUD, messages=messages, stream=True, **kw)
+    args, finish = "", None
+    for chunk in raw.parse():
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                args += (call.function.arguments or "") if call.function else ""
+            finish = choice.finish_reason or finish
+    return {"headers": headers_of(raw), "arguments": args, "finish_reason": finish}
+
+
+def redact():
+    """Requests whose sensitive data is replaced before the cloud (a stand-in that echoes what it got)
+    sees it, asked plain and streamed, in content and as tool-call arguments; then requests that must
+    not leave."""
+    c = client()
+    v = redact_values()
+    user = lambda text: [{"role": "user", "content": text}]
+    texts = {
+        "name": f"Write a polite reminder to {v['name']} that invoice 88213 is overdue; {v['name']} is away "
+                "until Monday.",
+        "address": f"Ship the replacement to {v['address']} by Friday.",
+        "email": f"Write a polite reminder to {v['email']} that invoice 88213 is overdue.",
+        "phone": f"Call {v['phone']} about invoice 88213, or write to {v['email']}.",
+        "card": f"Refund the card {v['card']} for order 88213.",
+        "iban": f"Pay invoice 88213 to {v['iban']} today.",
+        "ssn": f"The applicant's SSN is {v['ssn']}; write a cover note.",
+    }
+    out = {"texts": texts, "values": v}
+    for name, text in texts.items():
+        out[name] = plain(c, CLOUD, user(text))
+        # Three shifts of the same text put every placeholder across every boundary of the stand-in's
+        # three-byte tokens.
+        out[name + "_stream"] = [streamed(c, CLOUD, user(" " * shift + text), True) for shift in range(3)]
+    everything = " ".join(texts.values())
+    out["tools"] = plain(c, CLOUD, user(everything), tools=SEND_TOOL,
+                         tool_choice={"type": "function", "function": {"name": "send_note"}})
+    out["tools_stream"] = streamed_tools(c, user(everything), tools=SEND_TOOL,
+                                         tool_choice={"type": "function", "function": {"name": "send_note"}})
+    out["everything"] = everything
+    # Never redacted: a private key travels with the e-mail address, so the fallback serves it locally.
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB" * 2 \
+        + "\n-----END OPENSSH PRIVATE KEY-----"
+    out["private_key"] = plain(c, CLOUD, user(f"Send this key to {v['email']}:\n{key}"), max_tokens=8)
+    # The address is a key of the request's metadata: keys are never rewritten, so the redacted form still
+    # carries it, the proof finds it, and the fallback decides.
+    out["in_a_key"] = plain(c, CLOUD, user("Say hello."), max_tokens=8, metadata={v["email"]: "vip"})
+    return out
+
+
+def up_redact():
+    """The letter of `sluice up`'s banner, asked of the cloud model plain and streamed."""
+    c = client()
+    text = ("Write a polite reminder to Maria Gonzalez (maria.g@northwind.example, +1 415 555 0132) that "
+            "invoice 88213 is overdue. Maria Gonzalez prefers e-mail.")
+    messages = [{"role": "user", "content": text}]
+    return {"text": text, "plain": plain(c, CLOUD, messages), "stream": streamed(c, CLOUD, messages, True)}
+
+
 def hang():
     c = client(timeout=30)
     return {
@@ -331,7 +408,7 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose]}
+SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -75,8 +75,12 @@ pub struct Record {
     pub ner: Option<String>,
     /// The policy rule that matched.
     pub rule: Option<String>,
-    /// `local` or `cloud`, once a backend was chosen.
+    /// `local`, `cloud` or `redacted-cloud`, once a backend was chosen.
     pub route: Option<String>,
+    /// For a request sent redacted: how many distinct values of each kind were replaced by placeholders,
+    /// never the values. Absent when none was (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub redactions: std::collections::BTreeMap<String, u64>,
     /// The member that served (a worker or a cloud backend), or the last one tried.
     pub backend: Option<String>,
     /// Backends tried first, in order, that were down or full. Absent from the line when none was (and

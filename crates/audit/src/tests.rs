@@ -32,6 +32,7 @@ fn record(i: u64) -> Record {
         ner: None,
         rule: Some("pii-stays-local".into()),
         route: Some("local".into()),
+        redactions: Default::default(),
         backend: Some("local".into()),
         fallbacks: Vec::new(),
         status: 200,

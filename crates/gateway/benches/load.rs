@@ -14,7 +14,9 @@
 //! ```
 //!
 //! `--bodies FILE` sends the request bodies in FILE (one JSON object a line) in turn instead of the one
-//! small request: a realistic mix (distinct user messages behind a repeated system prompt).
+//! small request: a realistic mix (distinct user messages behind a repeated system prompt). Every answer
+//! is read to its end; the open loop reports the time to its first byte too (for a stream, its first
+//! event).
 
 #![allow(
     clippy::expect_used,
@@ -106,24 +108,34 @@ fn options() -> Options {
 #[derive(Default)]
 struct Run {
     latencies: Vec<Duration>,
+    /// Time to the first byte of the answer's body (for a stream, its first event).
+    firsts: Vec<Duration>,
     errors: u64,
     elapsed: Duration,
 }
 
 impl Run {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let mut v = self.latencies.clone();
-        v.sort();
-        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v[i].as_secs_f64() * 1e3
+        percentile(&self.latencies, p)
+    }
+
+    fn first_byte(&self, p: f64) -> f64 {
+        percentile(&self.firsts, p)
     }
 
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+fn percentile(all: &[Duration], p: f64) -> f64 {
+    if all.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = all.to_vec();
+    v.sort();
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i].as_secs_f64() * 1e3
 }
 
 fn client() -> reqwest::Client {
@@ -136,7 +148,9 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn one(client: &reqwest::Client, target: &Target, body: &bytes::Bytes) -> bool {
+/// Sends one request and reads the whole answer; returns when its first byte of body arrived, or `None`
+/// for an error.
+async fn one(client: &reqwest::Client, target: &Target, body: &bytes::Bytes) -> Option<Instant> {
     let response = client
         .post(format!("{}/chat/completions", target.url))
         .header("authorization", format!("Bearer {}", target.key))
@@ -144,10 +158,14 @@ async fn one(client: &reqwest::Client, target: &Target, body: &bytes::Bytes) -> 
         .body(body.clone())
         .send()
         .await;
-    match response {
-        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-        _ => false,
+    let mut r = response.ok().filter(|r| r.status().is_success())?;
+    let mut first = None;
+    while let Some(chunk) = r.chunk().await.ok()? {
+        if first.is_none() && !chunk.is_empty() {
+            first = Some(Instant::now());
+        }
     }
+    Some(first.unwrap_or_else(Instant::now))
 }
 
 /// Open loop: `rate` requests per second for `seconds`.
@@ -167,15 +185,16 @@ async fn open_loop(
         tokio::time::sleep_until(due).await;
         let (client, target, body) = (client.clone(), target.clone(), bodies.next());
         tasks.push(tokio::spawn(async move {
-            let ok = one(&client, &target, &body).await;
-            (ok, due.elapsed())
+            let first = one(&client, &target, &body).await;
+            (first.map(|f| f - due), due.elapsed())
         }));
     }
     let mut run = Run::default();
     for t in tasks {
-        let (ok, took) = t.await.expect("task");
-        if ok {
+        let (first, took) = t.await.expect("task");
+        if let Some(first) = first {
             run.latencies.push(took);
+            run.firsts.push(first);
         } else {
             run.errors += 1;
         }
@@ -203,7 +222,7 @@ async fn closed_loop(
             let mut latencies = Vec::new();
             while Instant::now() < stop {
                 let t = Instant::now();
-                if one(&client, &target, &bodies.next()).await {
+                if one(&client, &target, &bodies.next()).await.is_some() {
                     latencies.push(t.elapsed());
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -305,8 +324,20 @@ closed loop, over the rounds (req/s)"
         o.seconds, targets[0].name
     );
     println!(
-        "{:<14} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "target", "rate", "achieved", "p50", "p90", "p99", "errors", "base p50", "base p99", "+p50", "+p99"
+        "{:<14} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "target",
+        "rate",
+        "achieved",
+        "p50",
+        "p90",
+        "p99",
+        "errors",
+        "base p50",
+        "base p99",
+        "+p50",
+        "+p99",
+        "ttfb p50",
+        "+ttfb50"
     );
     let base = &targets[0];
     for &rate in &o.rates {
@@ -318,8 +349,9 @@ closed loop, over the rounds (req/s)"
             );
             let (p50, p90, p99) = (run.percentile(50.0), run.percentile(90.0), run.percentile(99.0));
             let (b50, b99) = (b.percentile(50.0), b.percentile(99.0));
+            let (f50, bf50) = (run.first_byte(50.0), b.first_byte(50.0));
             println!(
-                "{:<14} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                "{:<14} {:>6} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
                 t.name,
                 rate,
                 run.rate(),
@@ -330,7 +362,9 @@ closed loop, over the rounds (req/s)"
                 b50,
                 b99,
                 p50 - b50,
-                p99 - b99
+                p99 - b99,
+                f50,
+                f50 - bf50
             );
         }
     }
@@ -344,7 +378,7 @@ async fn settle(client: &reqwest::Client, targets: &[Arc<Target>], bodies: &Bodi
     for t in targets {
         loop {
             let start = Instant::now();
-            if one(client, t, body).await && start.elapsed() < Duration::from_millis(50) {
+            if one(client, t, body).await.is_some() && start.elapsed() < Duration::from_millis(50) {
                 break;
             }
             if Instant::now() > give_up {

@@ -27,6 +27,8 @@ pub struct RoutingHeaders {
     /// The model that served (a substitute's, or a virtual model's member).
     pub model: Option<String>,
     pub substituted_for: Option<String>,
+    /// The request went redacted: its cloud route is `redacted-cloud`.
+    pub redacted: bool,
 }
 
 impl RoutingHeaders {
@@ -36,7 +38,13 @@ impl RoutingHeaders {
                 headers.insert(name, v);
             }
         };
-        set(X_ROUTE, self.route.map(Route::as_str));
+        set(
+            X_ROUTE,
+            self.route.map(|r| match r {
+                Route::Cloud if self.redacted => "redacted-cloud",
+                r => r.as_str(),
+            }),
+        );
         set(X_BACKEND, self.backend.as_deref());
         set(X_RULE, self.rule.as_deref());
         set(X_SENSITIVITY, self.level.map(Level::as_str));

@@ -32,6 +32,7 @@ pub struct GatewayMetrics {
     pub rejected: IntCounterVec,
     /// Labels: kind (a finding kind of the scanner). Counted once per request that has it.
     pub findings: IntCounterVec,
+    pub redactions: IntCounterVec,
     /// Requests whose content could not be scanned completely (treated as restricted).
     pub scans_incomplete: prometheus::IntCounter,
     /// What the personal-data model did per request. Labels: outcome (`ran`, `not_needed`,
@@ -202,6 +203,13 @@ impl GatewayMetrics {
             ),
             &["kind"],
         )?;
+        let redactions = IntCounterVec::new(
+            Opts::new(
+                "sluice_redactions_total",
+                "Distinct values replaced by placeholders in requests sent redacted, by kind.",
+            ),
+            &["kind"],
+        )?;
         let scans_incomplete = prometheus::IntCounter::new(
             "sluice_scans_incomplete_total",
             "Requests too large to scan completely, treated as restricted.",
@@ -292,6 +300,7 @@ impl GatewayMetrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(redactions.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(scans_incomplete.clone()))?;
@@ -309,6 +318,7 @@ impl GatewayMetrics {
             time_to_first_token,
             tokens,
             decisions,
+            redactions,
             rejected,
             findings,
             scans_incomplete,

@@ -278,13 +278,22 @@ impl Recogniser {
 /// Whether the personal-data model can change where a request may go: only restricted can raise it
 /// further, so not when the request is already restricted, nor when every target it may go to is
 /// cleared for restricted data (a request bound for local workers does not pay for the model). A
-/// refused request goes nowhere either way.
+/// refused request goes nowhere either way. A request to send redacted always needs it: what it finds
+/// is replaced too.
 pub fn can_change_route(
     decided: &Result<sluice_policy::Decision, sluice_policy::Refusal>,
     fleet: &sluice_policy::FleetView,
     scan: &Scan,
 ) -> bool {
     use sluice_policy::Level;
+    // A redaction replaces what is found: the names and addresses only the model finds must be found
+    // before, or the proof of the redacted form (which runs the model) would only find them after.
+    if let Ok(sluice_policy::Decision {
+        redaction: Some(_), ..
+    }) = decided
+    {
+        return true;
+    }
     if scan.level >= Level::Restricted {
         return false;
     }

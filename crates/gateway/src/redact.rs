@@ -43,14 +43,9 @@ pub fn label(kind: Kind) -> &'static str {
         Kind::DateOfBirth => "DATE",
         Kind::IpAddress | Kind::LocalAddress => "IP",
         Kind::Health => "CONDITION",
+        Kind::Keyword => "TERM",
         _ => "VALUE",
     }
-}
-
-/// Whether a kind may ever be replaced. A credential or a key is not made safe by hiding it from one
-/// model: the request that carries one is not redactable.
-pub fn ever_redactable(kind: Kind) -> bool {
-    !kind.is_credential()
 }
 
 /// Placeholders and the values they stand for, for one request.
@@ -116,9 +111,24 @@ pub struct Redacted {
 /// other whole-word occurrence of their values in any of the strings, with placeholders. Overlapping findings are replaced as
 /// one value, named after the longest of them. Findings whose range is not in their string are skipped.
 pub fn redact<'f>(texts: &[&str], findings: impl IntoIterator<Item = &'f Finding>) -> Redacted {
+    redact_except(texts, findings, &[])
+}
+
+/// [`redact`], leaving alone the strings whose index is `true` in `protected` (object keys, roles, model
+/// names: what the API reads rather than the model). A value found in one of them stays there, in plain
+/// sight of the scan that checks what is sent.
+pub fn redact_except<'f>(
+    texts: &[&str],
+    findings: impl IntoIterator<Item = &'f Finding>,
+    protected: &[bool],
+) -> Redacted {
+    let is_protected = |i: usize| protected.get(i).copied().unwrap_or(false);
     // Spans per string, merged where they overlap: (start, end, kind of the longest).
     let mut spans: Vec<Vec<(usize, usize, Kind)>> = vec![Vec::new(); texts.len()];
     for f in findings {
+        if is_protected(f.index) {
+            continue;
+        }
         let Some(text) = texts.get(f.index) else { continue };
         if f.range.is_empty() || text.get(f.range.clone()).is_none() {
             continue;
@@ -176,7 +186,7 @@ pub fn redact<'f>(texts: &[&str], findings: impl IntoIterator<Item = &'f Finding
     // Where occurrences of two values overlap, their union is replaced as a value of its own, and its
     // other occurrences too: again until no new union appears (a few rounds at most, and only for
     // values that run into each other).
-    let mut plan = cuts(texts, &found, &mapping, &values);
+    let mut plan = cuts(texts, &found, &mapping, &values, protected);
     for round in 0..=MAX_ROUNDS {
         let mut added = false;
         for (i, list) in plan.iter().enumerate() {
@@ -194,7 +204,7 @@ pub fn redact<'f>(texts: &[&str], findings: impl IntoIterator<Item = &'f Finding
         if !added || round == MAX_ROUNDS {
             break;
         }
-        plan = cuts(texts, &found, &mapping, &values);
+        plan = cuts(texts, &found, &mapping, &values, protected);
     }
     let texts = texts
         .iter()
@@ -233,6 +243,7 @@ fn cuts(
     found: &[Vec<(usize, usize, Kind)>],
     mapping: &Mapping,
     kinds: &[(String, Kind)],
+    protected: &[bool],
 ) -> Vec<Vec<(usize, usize, Kind)>> {
     let ac = (!mapping.is_empty())
         .then(|| {
@@ -248,7 +259,9 @@ fn cuts(
         .enumerate()
         .map(|(i, t)| {
             let mut spans: Vec<(usize, usize, Kind)> = found.get(i).cloned().unwrap_or_default();
-            if let Some(ac) = &ac {
+            if let Some(ac) = &ac
+                && !protected.get(i).copied().unwrap_or(false)
+            {
                 for m in ac.find_overlapping_iter(t) {
                     let (s, e) = (m.start(), m.end());
                     if whole_word(t, s, e) {
@@ -324,24 +337,48 @@ pub enum Escape {
 #[derive(Debug)]
 pub struct Restorer<'m> {
     mapping: &'m Mapping,
-    escape: Escape,
-    /// A tail that could still become a placeholder.
-    held: String,
+    held: Held,
 }
 
 impl<'m> Restorer<'m> {
     pub fn new(mapping: &'m Mapping, escape: Escape) -> Self {
         Self {
             mapping,
-            escape,
-            held: String::new(),
+            held: Held::new(escape),
         }
     }
 
     /// The text that can be passed on now: `chunk` after what was held, with every complete placeholder
     /// restored, less a tail that is the start of a placeholder.
     pub fn push(&mut self, chunk: &str) -> String {
-        if self.mapping.is_empty() {
+        self.held.push(self.mapping, chunk)
+    }
+
+    /// What is still held at the end of the text: it was no placeholder, and is passed on as it is.
+    pub fn finish(&mut self) -> String {
+        self.held.finish()
+    }
+}
+
+/// The state of one restored text (a message's content, one tool call's arguments): the tail held back
+/// because it could still become a placeholder. The mapping is passed to each call.
+#[derive(Debug, Default)]
+pub struct Held {
+    escape: Option<Escape>,
+    held: String,
+}
+
+impl Held {
+    pub fn new(escape: Escape) -> Self {
+        Self {
+            escape: Some(escape),
+            held: String::new(),
+        }
+    }
+
+    /// See [`Restorer::push`].
+    pub fn push(&mut self, mapping: &Mapping, chunk: &str) -> String {
+        if mapping.is_empty() {
             return chunk.to_owned();
         }
         let mut buf = std::mem::take(&mut self.held);
@@ -353,15 +390,14 @@ impl<'m> Restorer<'m> {
             let rest = buf.get(j..).unwrap_or_default();
             let close = rest.find(']');
             if let Some(end) = close
-                && let Some(value) = self.mapping.value(&rest[..=end])
+                && let Some(value) = mapping.value(&rest[..=end])
             {
                 self.write(&mut out, value);
                 i = j + end + 1;
                 continue;
             }
             if close.is_none()
-                && self
-                    .mapping
+                && mapping
                     .entries
                     .iter()
                     .any(|(p, _)| p.len() > rest.len() && p.starts_with(rest))
@@ -376,13 +412,18 @@ impl<'m> Restorer<'m> {
         out
     }
 
-    /// What is still held at the end of the text: it was no placeholder, and is passed on as it is.
+    /// See [`Restorer::finish`].
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
     }
 
+    /// Whether a tail is held.
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     fn write(&self, out: &mut String, value: &str) {
-        match self.escape {
+        match self.escape.unwrap_or(Escape::None) {
             Escape::None => out.push_str(value),
             Escape::JsonString => {
                 let quoted = serde_json::Value::String(value.to_owned()).to_string();
@@ -391,6 +432,9 @@ impl<'m> Restorer<'m> {
         }
     }
 }
+
+pub mod answer;
+pub mod proof;
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,8 @@ use sluice_sensitivity::{Scan, Scanner};
 
 #[path = "policy/props.rs"]
 mod props;
+#[path = "policy/redact.rs"]
+mod redact;
 
 /// A refusal as the client gets it: the gateway's one mapping of the policy's refusals.
 #[derive(Debug)]

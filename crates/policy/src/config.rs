@@ -9,9 +9,13 @@ use sluice_sensitivity::{Kind, Level, Scanner};
 
 use crate::fleet::Route;
 use crate::rules::{
-    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, Place, PolicyConfig, Rule, Strategy,
-    VirtualMember, VirtualModel, is_header_name, is_plain_name,
+    Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, PolicyConfig, Rule, Strategy, VirtualMember,
+    VirtualModel, ever_redactable, is_header_name, is_plain_name,
 };
+
+mod actions;
+
+use actions::{Names, action};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +29,8 @@ pub struct RawPolicy {
     /// Virtual models, by the name clients ask for.
     pub models: Option<BTreeMap<String, RawVirtualModel>>,
     pub rules: Option<Vec<RawRule>>,
+    /// Kinds no `redact` rule may replace.
+    pub never_redact: Option<Vec<Kind>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,6 +130,18 @@ pub struct RawThen {
     pub route: Option<OneOrMany<String>>,
     pub substitute: Option<RawSubstitute>,
     pub reject: Option<String>,
+    pub redact: Option<RawRedact>,
+}
+
+/// `redact: { to, kinds, fallback }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedact {
+    /// `cloud`, `any`, or backend names.
+    pub to: Option<OneOrMany<String>>,
+    pub kinds: Option<OneOrMany<Kind>>,
+    /// A `route`, `substitute` or `reject` action; a rejection when absent.
+    pub fallback: Option<Box<RawThen>>,
 }
 
 /// `substitute: MODEL`, or `substitute: { model: MODEL, backend: NAME }`.
@@ -294,7 +312,22 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
             members,
         });
     }
-    let is_virtual = |m: &str| models.iter().any(|v| v.name == m);
+    let never_redact = raw.never_redact.unwrap_or_default();
+    for k in &never_redact {
+        if !ever_redactable(*k) {
+            errors.push(at.error(
+                "policy.never_redact",
+                format!("{k} is a credential: it is never redacted anyway"),
+            ));
+        }
+    }
+    let names = Names {
+        cx,
+        models: &models,
+        cloud_models: &cloud_models,
+        has_local,
+        never_redact: &never_redact,
+    };
 
     let mut rules: Vec<Rule> = Vec::new();
     for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
@@ -312,78 +345,8 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
         }
         let when = conditions(at, i, r.when.unwrap_or_default(), &mut errors);
         let rule_strategy = strategy(at, &key("strategy"), r.strategy.as_deref(), &mut errors);
-        let then = r.then.unwrap_or_default();
-        let given = [
-            then.route.is_some(),
-            then.substitute.is_some(),
-            then.reject.is_some(),
-        ];
-        match given.iter().filter(|g| **g).count() {
-            1 => {}
-            0 => {
-                errors.push(at.error(&key("then"), "give one action: route, substitute or reject"));
-                continue;
-            }
-            _ => {
-                errors.push(at.error(&key("then"), "give only one action: route, substitute or reject"));
-                continue;
-            }
-        }
-        let then = if let Some(to) = then.route {
-            let mut places = Vec::new();
-            for p in to.into_vec() {
-                let place = match p.as_str() {
-                    "any" => Place::Any,
-                    "local" => Place::Local,
-                    "cloud" => Place::Cloud,
-                    b => Place::Backend(b.to_owned()),
-                };
-                let missing = match &place {
-                    Place::Any => None,
-                    Place::Local => (!has_local).then(|| "no local workers are configured".to_owned()),
-                    Place::Cloud => (!cx.backends.iter().any(|b| b.route == Route::Cloud))
-                        .then(|| "no cloud backend is configured".to_owned()),
-                    Place::Backend(b) => backend(b).is_none().then(|| unknown_backend(b, cx.backends)),
-                };
-                if let Some(m) = missing {
-                    errors.push(at.error(&key("then.route"), m));
-                }
-                places.push(place);
-            }
-            if places.is_empty() {
-                errors.push(at.error(&key("then.route"), "name at least one place"));
-            }
-            Action::Route(places)
-        } else if let Some(s) = then.substitute {
-            let (model, on) = match s {
-                RawSubstitute::Model(m) => (m, None),
-                RawSubstitute::On { model, backend } => (model, backend),
-            };
-            match &on {
-                Some(b) => match backend(b) {
-                    None => errors
-                        .push(at.error(&key("then.substitute.backend"), unknown_backend(b, cx.backends))),
-                    Some(info) if info.serves(&model) == Some(false) => errors.push(at.error(
-                        &key("then.substitute.model"),
-                        format!("backend {b} does not list the model {model:?}"),
-                    )),
-                    Some(_) => {}
-                },
-                None if !(is_virtual(&model) || cloud_models.contains(&model.as_str()) || has_local) => {
-                    errors.push(at.error(
-                        &key("then.substitute"),
-                        format!("no backend serves {model:?}: it is no virtual or cloud model, and no local workers are configured"),
-                    ));
-                }
-                None => {}
-            }
-            Action::Substitute { model, backend: on }
-        } else {
-            let reason = then.reject.unwrap_or_default();
-            if reason.trim().is_empty() {
-                errors.push(at.error(&key("then.reject"), "give the reason clients will read"));
-            }
-            Action::Reject(reason)
+        let Some(then) = action(at, &key("then"), r.then.unwrap_or_default(), &names, &mut errors) else {
+            continue;
         };
         rules.push(Rule {
             name,
@@ -399,13 +362,14 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
             floors,
             strategy: default_strategy,
             max_ttft_seconds: default_ttft,
+            never_redact,
         })
     } else {
         Err(errors)
     }
 }
 
-fn unknown_backend(name: &str, backends: &[BackendInfo]) -> String {
+pub(crate) fn unknown_backend(name: &str, backends: &[BackendInfo]) -> String {
     format!(
         "no backend is named {name:?} (configured: {})",
         backends

@@ -2,7 +2,7 @@
 //! [`FleetView`] into a [`Decision`] (where the request may go, best first) or a [`Refusal`] (why it may
 //! go nowhere, as data: the gateway's error module alone turns it into HTTP).
 
-use sluice_sensitivity::Level;
+use sluice_sensitivity::{Kind, Level};
 
 use crate::facts::RequestFacts;
 use crate::fleet::FleetView;
@@ -39,6 +39,23 @@ pub struct Decision {
     pub excluded: Vec<Excluded>,
     /// Why, in a sentence (for explanations).
     pub reason: String,
+    /// The request goes redacted (the `redacted-cloud` route): the targets take its redacted form.
+    pub redaction: Option<Redaction>,
+    /// Why a `redact` rule could not redact the request, when this is its fallback.
+    pub unredactable: Option<Box<String>>,
+}
+
+/// A request to send redacted: what to replace, the level it should have then, and what it gets when the
+/// gateway's scan of the redacted form does not bear that out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redaction {
+    /// The kinds whose values are replaced (the request carries at least one).
+    pub kinds: Vec<Kind>,
+    /// The level the request has once they are replaced, as far as the policy can tell from its findings;
+    /// the gateway scans the redacted form again and sends it only at or below its targets' clearance.
+    pub level: Level,
+    /// Where the request goes when its redacted form does not prove safe: the rule's fallback.
+    pub fallback: Box<Result<Decision, Refusal>>,
 }
 
 /// Why the policy sends a request nowhere.
@@ -71,6 +88,8 @@ pub struct Refusal {
     pub rule: Option<String>,
     pub level: Option<Level>,
     pub excluded: Vec<Excluded>,
+    /// Why a `redact` rule could not redact the request, when this is its fallback.
+    pub unredactable: Option<Box<String>>,
 }
 
 /// Decides where requests go.

@@ -6,11 +6,13 @@
 
 use std::fmt::Write as _;
 
-use crate::decision::{Decision, Excluded, Policy, Refusal, RefusalReason, Target};
+use sluice_sensitivity::Level;
+
+use crate::decision::{Decision, Excluded, Policy, Redaction, Refusal, RefusalReason, Target};
 use crate::estimate::{Estimate, compare};
 use crate::facts::RequestFacts;
 use crate::fleet::{FleetView, Route};
-use crate::rules::{Action, DEFAULT_RULE, Place, PolicyConfig, Strategy};
+use crate::rules::{Action, DEFAULT_RULE, Place, PolicyConfig, Redact, Strategy};
 
 /// The policy engine.
 #[derive(Debug, Clone, Default)]
@@ -90,21 +92,172 @@ impl PolicyEngine {
 impl Policy for PolicyEngine {
     fn decide(&self, facts: &RequestFacts<'_>, fleet: &FleetView) -> Result<Decision, Refusal> {
         let level = facts.level().max(self.config.floor(facts.tenant));
-        let requested = facts.model;
         let rule = self.config.rules.iter().find(|r| r.when.matches(facts, level));
-        let rule_name = rule.map_or(DEFAULT_RULE, |r| r.name.as_str());
-        let refuse = |reason: RefusalReason, excluded: Vec<Excluded>| Refusal {
-            reason,
-            rule: Some(rule_name.to_owned()),
-            level: Some(level),
-            excluded,
+        let on = On {
+            facts,
+            fleet,
+            level,
+            clear_for: level,
+            rule: rule.map(|r| r.name.as_str()),
+            strategy: rule.and_then(|r| r.strategy),
         };
+        match rule.map(|r| &r.then) {
+            Some(Action::Redact(r)) => self.redact(&on, r),
+            action => self.act(&on, action),
+        }
+    }
+}
 
+/// One request, as an action is carried out for it.
+struct On<'a, 'f> {
+    facts: &'a RequestFacts<'f>,
+    fleet: &'a FleetView,
+    /// The request's level.
+    level: Level,
+    /// The level targets must be cleared for: the request's, or its redacted form's.
+    clear_for: Level,
+    /// The rule that matched.
+    rule: Option<&'a str>,
+    strategy: Option<Strategy>,
+}
+
+impl On<'_, '_> {
+    fn rule_name(&self) -> &str {
+        self.rule.unwrap_or(DEFAULT_RULE)
+    }
+
+    fn refuse(&self, reason: RefusalReason, excluded: Vec<Excluded>) -> Refusal {
+        Refusal {
+            reason,
+            rule: Some(self.rule_name().to_owned()),
+            level: Some(self.level),
+            excluded,
+            unredactable: None,
+        }
+    }
+}
+
+impl PolicyEngine {
+    /// A `redact` rule: the redacted route when replacing the rule's kinds leaves the request at or below
+    /// the clearance of somewhere it may go, the rule's fallback otherwise.
+    fn redact(&self, on: &On<'_, '_>, r: &Redact) -> Result<Decision, Refusal> {
+        let facts = on.facts;
+        let fallback = self.act(on, Some(&r.fallback));
+        let floor = self.config.floor(facts.tenant);
+        // What stays once the rule's kinds are replaced: the declared level and the tenant's floor (no
+        // replacement lowers those), what the scan could not read, and every finding of another kind.
+        let mut residual = facts.declared.unwrap_or(Level::Public).max(floor);
+        let mut kept: Vec<(Level, String)> = Vec::new();
+        if let Some(d) = facts.declared {
+            kept.push((d, format!("it is declared {d}")));
+        }
+        if floor > Level::Public {
+            kept.push((floor, format!("its tenant's floor is {floor}")));
+        }
+        if !facts.scan.complete {
+            residual = Level::Restricted;
+            kept.push((Level::Restricted, "the scan could not read all of it".to_owned()));
+        }
+        let mut replaced = false;
+        for f in &facts.scan.findings {
+            if r.kinds.contains(&f.kind) && !self.config.never_redact.contains(&f.kind) {
+                replaced = true;
+            } else {
+                residual = residual.max(f.level);
+                if !kept.iter().any(|(_, why)| why.starts_with(f.kind.as_str())) {
+                    kept.push((
+                        f.level,
+                        format!("{} ({}), which the rule does not replace", f.kind, f.level),
+                    ));
+                }
+            }
+        }
+        // A combination of kinds (a name with a diagnosis) stays met while any of its findings stays: its
+        // level is kept unless every finding is replaced. The gateway's scan of the redacted form is exact.
+        if facts.scan.findings.iter().any(|f| !r.kinds.contains(&f.kind)) {
+            for c in &facts.scan.combined {
+                residual = residual.max(c.level);
+                kept.push((c.level, format!("the combination {} ({})", c.name, c.level)));
+            }
+        }
+        // With nothing to replace, the request goes as it is, at its own level.
+        let clear_for = if replaced { residual } else { on.level };
+        let routed = self.act(&On { clear_for, ..*on }, Some(&Action::Route(r.to.clone())));
+        match routed {
+            Ok(mut d) if replaced => {
+                d.reason = format!(
+                    "{}; sent with its {} replaced by placeholders, which leaves it {residual}",
+                    d.reason,
+                    join(
+                        r.kinds
+                            .iter()
+                            .filter(|k| facts.scan.findings.iter().any(|f| f.kind == **k))
+                            .map(ToString::to_string)
+                    )
+                );
+                d.redaction = Some(Redaction {
+                    kinds: r.kinds.clone(),
+                    level: residual,
+                    fallback: Box::new(fallback),
+                });
+                Ok(d)
+            }
+            Ok(d) => Ok(d),
+            Err(refused) => {
+                let cleared = refused.excluded.iter().filter_map(|e| {
+                    on.fleet
+                        .backends
+                        .iter()
+                        .find(|b| b.name == e.backend)
+                        .map(|b| b.clearance)
+                });
+                let best = cleared.max().unwrap_or(Level::Public);
+                let why = match kept
+                    .iter()
+                    .filter(|(l, _)| *l > best)
+                    .map(|(_, w)| w.clone())
+                    .collect::<Vec<_>>()
+                {
+                    w if w.is_empty() => format!(
+                        "nowhere it may go takes it: {}",
+                        join(
+                            refused
+                                .excluded
+                                .iter()
+                                .map(|e| format!("{}: {}", e.backend, e.why))
+                        )
+                    ),
+                    w => format!("once replaced it is still {residual}: {}", w.join("; ")),
+                };
+                let why = format!("rule `{}` cannot redact this request: {why}", on.rule_name());
+                match fallback {
+                    Ok(mut d) => {
+                        d.reason = format!("{why}; its fallback: {}", d.reason);
+                        d.unredactable = Some(Box::new(why));
+                        Ok(d)
+                    }
+                    Err(mut refusal) => {
+                        if let RefusalReason::Rejected { reason, .. } = &mut refusal.reason {
+                            reason.push_str(&format!(" ({why})"));
+                        }
+                        refusal.unredactable = Some(Box::new(why));
+                        Err(refusal)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out a route, substitute or reject action (or the default when no rule matched).
+    fn act(&self, on: &On<'_, '_>, action: Option<&Action>) -> Result<Decision, Refusal> {
+        let (facts, fleet, level) = (on.facts, on.fleet, on.level);
+        let requested = facts.model;
+        let rule_name = on.rule_name();
         let mut places: &[Place] = &[];
         let mut substituted_for = None;
-        let candidates = match rule.map(|r| (&r.then, r.strategy)) {
-            Some((Action::Reject(reason), _)) => {
-                return Err(refuse(
+        let candidates = match action {
+            Some(Action::Reject(reason)) => {
+                return Err(on.refuse(
                     RefusalReason::Rejected {
                         rule: rule_name.to_owned(),
                         reason: reason.clone(),
@@ -112,7 +265,16 @@ impl Policy for PolicyEngine {
                     Vec::new(),
                 ));
             }
-            Some((Action::Substitute { model, backend }, strategy)) => {
+            // A fallback never redacts (the configuration says so); were it to, nothing is sent.
+            Some(Action::Redact(_)) => {
+                return Err(on.refuse(
+                    RefusalReason::NoCompliantBackend(format!(
+                        "Rule `{rule_name}` has no action it can carry out."
+                    )),
+                    Vec::new(),
+                ));
+            }
+            Some(Action::Substitute { model, backend }) => {
                 if model != requested {
                     substituted_for = Some(requested.to_owned());
                 }
@@ -131,15 +293,15 @@ impl Policy for PolicyEngine {
                             })
                             .into_iter()
                             .collect(),
-                        strategy: strategy.unwrap_or(self.config.strategy),
+                        strategy: on.strategy.unwrap_or(self.config.strategy),
                         max_ttft_seconds: self.config.max_ttft_seconds,
                     },
-                    _ => self.candidates(model, fleet, local, strategy),
+                    _ => self.candidates(model, fleet, local, on.strategy),
                 }
             }
-            Some((Action::Route(to), strategy)) => {
+            Some(Action::Route(to)) => {
                 places = to;
-                self.candidates(requested, fleet, None, strategy)
+                self.candidates(requested, fleet, None, on.strategy)
             }
             None => self.candidates(requested, fleet, None, None),
         };
@@ -148,7 +310,7 @@ impl Policy for PolicyEngine {
             .first()
             .map_or_else(|| requested.to_owned(), |t| t.model.clone());
         if candidates.targets.is_empty() {
-            return Err(refuse(
+            return Err(on.refuse(
                 if substituted_for.is_some() {
                     RefusalReason::NoCompliantBackend(format!(
                         "Rule `{rule_name}` serves this request with `{served}`, which no backend serves."
@@ -180,10 +342,10 @@ impl Policy for PolicyEngine {
                     "rule `{rule_name}` sends it only to {}",
                     join(places.iter().map(ToString::to_string))
                 ))
-            } else if b.clearance < level {
+            } else if b.clearance < on.clear_for {
                 Some(format!(
-                    "cleared for {} data, the request is {level}",
-                    b.clearance
+                    "cleared for {} data, the request is {}",
+                    b.clearance, on.clear_for
                 ))
             } else {
                 None
@@ -199,10 +361,11 @@ impl Policy for PolicyEngine {
         }
         if allowed.is_empty() {
             let message = format!(
-                "The request is {level} (rule `{rule_name}`); nowhere that serves `{served}` may take it: {}.",
+                "The request is {} (rule `{rule_name}`); nowhere that serves `{served}` may take it: {}.",
+                on.clear_for,
                 join(excluded.iter().map(|e| format!("{}: {}", e.backend, e.why)))
             );
-            return Err(refuse(RefusalReason::NoCompliantBackend(message), excluded));
+            return Err(on.refuse(RefusalReason::NoCompliantBackend(message), excluded));
         }
 
         let estimates: Vec<Estimate> = allowed.iter().map(|t| Estimate::of(t, fleet, facts)).collect();
@@ -218,7 +381,7 @@ impl Policy for PolicyEngine {
         });
 
         let first = &estimates[order[0]];
-        let mut reason = match rule {
+        let mut reason = match on.rule {
             Some(_) => format!("Rule `{rule_name}` matched at level {level}"),
             None => format!("No rule matched; the request is {level} and goes where its model is served"),
         };
@@ -275,6 +438,8 @@ impl Policy for PolicyEngine {
             substituted_for,
             excluded,
             reason,
+            redaction: None,
+            unredactable: None,
         })
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sluice_sensitivity::Level;
 
 use crate::decision::{Decision, Excluded, Refusal};
-use crate::facts::{RequestFacts, string_paths};
+use crate::facts::{RequestFacts, finding_paths};
 use crate::fleet::FleetView;
 
 /// One finding: what and where, never the text.
@@ -60,6 +60,27 @@ pub struct Ended {
     pub code: &'static str,
 }
 
+/// What a `redact` rule did with a request: the kinds it replaces, how many values of each were replaced
+/// (never the values), the level of what was sent, and, when the request could not go redacted, why and
+/// which findings of its redacted form stood in the way (kinds and positions, never the text).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedactionAt {
+    /// `redacted` (sent with placeholders) or `fell_back` (the rule's fallback decided instead).
+    pub outcome: &'static str,
+    pub kinds: Vec<&'static str>,
+    /// The level of the redacted form: the policy's estimate, then the gateway's scan of what is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
+    /// Distinct values replaced, by kind.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub replaced: std::collections::BTreeMap<&'static str, usize>,
+    /// What the scan of the redacted form still found above where it could go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub survived: Vec<FindingAt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
 /// A combination of kinds a request's findings met.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CombinedAt {
@@ -93,6 +114,12 @@ pub struct Explanation {
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub substituted_for: Option<String>,
+    /// `local`, `cloud` or `redacted-cloud`: the route of the first target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'static str>,
+    /// What a `redact` rule did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<RedactionAt>,
     /// Where it may go, best first.
     pub targets: Vec<TargetAt>,
     pub excluded: Vec<Excluded>,
@@ -107,22 +134,31 @@ pub struct Explanation {
     pub reason: String,
 }
 
-/// Explains a decision. `floor` is the tenant's floor; paths are computed only when there are findings.
-pub fn explain(
-    decision_id: &str,
-    facts: &RequestFacts<'_>,
-    floor: Level,
-    fleet: &FleetView,
-    result: &Result<Decision, Refusal>,
-) -> Explanation {
-    let paths = if facts.scan.findings.is_empty() {
+impl RedactionAt {
+    /// A rule that could not redact, and why.
+    pub fn fell_back(why: &str) -> Self {
+        Self {
+            outcome: "fell_back",
+            kinds: Vec::new(),
+            level: None,
+            replaced: std::collections::BTreeMap::new(),
+            survived: Vec::new(),
+            why: Some(why.to_owned()),
+        }
+    }
+}
+
+/// Where each finding of a scan is, by the JSON paths of `body`: kinds and positions, never the text.
+pub fn findings_at(
+    scan: &sluice_sensitivity::Scan,
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<FindingAt> {
+    let paths = if scan.findings.is_empty() {
         Vec::new()
     } else {
-        string_paths(facts.body)
+        finding_paths(body, scan)
     };
-    let findings = facts
-        .scan
-        .findings
+    scan.findings
         .iter()
         .map(|f| FindingAt {
             kind: f.kind.as_str(),
@@ -132,7 +168,18 @@ pub fn explain(
             end: f.range.end,
             list: f.rule.as_deref().map(str::to_owned),
         })
-        .collect();
+        .collect()
+}
+
+/// Explains a decision. `floor` is the tenant's floor; paths are computed only when there are findings.
+pub fn explain(
+    decision_id: &str,
+    facts: &RequestFacts<'_>,
+    floor: Level,
+    fleet: &FleetView,
+    result: &Result<Decision, Refusal>,
+) -> Explanation {
+    let findings = findings_at(facts.scan, facts.body);
     let mut e = Explanation {
         decision_id: decision_id.to_owned(),
         tenant: facts.tenant.to_owned(),
@@ -159,6 +206,8 @@ pub fn explain(
         outcome: "route",
         rule: None,
         substituted_for: None,
+        route: None,
+        redaction: None,
         targets: Vec::new(),
         excluded: Vec::new(),
         ended: None,
@@ -187,6 +236,22 @@ pub fn explain(
                 .collect();
             e.excluded = d.excluded.clone();
             e.reason = d.reason.clone();
+            e.route = e.targets.first().map(|t| match (&d.redaction, t.route) {
+                (Some(_), "cloud") => "redacted-cloud",
+                (_, route) => route,
+            });
+            e.redaction = match (&d.redaction, &d.unredactable) {
+                (Some(r), _) => Some(RedactionAt {
+                    outcome: "redacted",
+                    kinds: r.kinds.iter().map(|k| k.as_str()).collect(),
+                    level: Some(r.level),
+                    replaced: std::collections::BTreeMap::new(),
+                    survived: Vec::new(),
+                    why: None,
+                }),
+                (None, Some(why)) => Some(RedactionAt::fell_back(why)),
+                (None, None) => None,
+            };
         }
         Err(r) => {
             e.outcome = "reject";
@@ -195,6 +260,7 @@ pub fn explain(
             }
             e.rule = r.rule.clone();
             e.excluded = r.excluded.clone();
+            e.redaction = r.unredactable.as_deref().map(|w| RedactionAt::fell_back(w));
             // The client's status, code and message are the gateway's to say (its error mapping fills
             // them); the policy knows only the kind of refusal.
             e.reason = r.reason.as_str().to_owned();

@@ -84,51 +84,87 @@ pub fn estimate_tokens(bytes: usize) -> u64 {
 }
 
 /// Calls `f` with every string of a JSON object, object keys included, depth first, and its path
-/// (`messages[1].content`; a key's path ends in `{key}`). The scanner reads strings in this order.
-fn walk<'a>(body: &'a Map<String, Value>, with_paths: bool, f: &mut dyn FnMut(&'a str, Option<String>)) {
-    fn value<'a>(v: &'a Value, path: Option<&str>, f: &mut dyn FnMut(&'a str, Option<String>)) {
-        match v {
-            Value::String(s) => f(s, path.map(str::to_owned)),
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let p = path.map(|p| format!("{p}[{i}]"));
-                    value(item, p.as_deref(), f);
+/// (`messages[1].content`; a key's path ends in `{key}`). The scanner reads strings in this order. A key
+/// for which `hide` (given the key's own index in that order) is true is written `*` in paths, so that a
+/// path never repeats a key that holds a finding.
+fn walk<'a>(
+    body: &'a Map<String, Value>,
+    with_paths: bool,
+    hide: &dyn Fn(usize) -> bool,
+    f: &mut dyn FnMut(&'a str, Option<String>),
+) {
+    struct Walk<'h, 'f, 'a> {
+        hide: &'h dyn Fn(usize) -> bool,
+        f: &'f mut dyn FnMut(&'a str, Option<String>),
+        next: usize,
+    }
+    impl<'a> Walk<'_, '_, 'a> {
+        fn emit(&mut self, s: &'a str, path: Option<String>) {
+            (self.f)(s, path);
+            self.next += 1;
+        }
+        fn value(&mut self, v: &'a Value, path: Option<&str>) {
+            match v {
+                Value::String(s) => self.emit(s, path.map(str::to_owned)),
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let p = path.map(|p| format!("{p}[{i}]"));
+                        self.value(item, p.as_deref());
+                    }
                 }
+                Value::Object(map) => self.object(map, path),
+                _ => {}
             }
-            Value::Object(map) => object(map, path, f),
-            _ => {}
+        }
+        fn object(&mut self, map: &'a Map<String, Value>, path: Option<&str>) {
+            for (k, v) in map {
+                let segment = if (self.hide)(self.next) { "*" } else { k.as_str() };
+                let p = path.map(|p| {
+                    if p.is_empty() {
+                        segment.to_owned()
+                    } else {
+                        format!("{p}.{segment}")
+                    }
+                });
+                self.emit(k, p.as_ref().map(|p| format!("{p}{{key}}")));
+                self.value(v, p.as_deref());
+            }
         }
     }
-    fn object<'a>(
-        map: &'a Map<String, Value>,
-        path: Option<&str>,
-        f: &mut dyn FnMut(&'a str, Option<String>),
-    ) {
-        for (k, v) in map {
-            let p = path.map(|p| {
-                if p.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{p}.{k}")
-                }
-            });
-            f(k, p.as_ref().map(|p| format!("{p}{{key}}")));
-            value(v, p.as_deref(), f);
-        }
-    }
-    object(body, with_paths.then_some(""), f);
+    Walk { hide, f, next: 0 }.object(body, with_paths.then_some(""));
 }
 
 /// Every string of a request body, in the order the scanner numbers them.
 pub fn strings(body: &Map<String, Value>) -> Vec<&str> {
     let mut out = Vec::new();
-    walk(body, false, &mut |s, _| out.push(s));
+    walk(body, false, &|_| false, &mut |s, _| out.push(s));
     out
 }
 
 /// The path of every string of a request body, in the order of [`strings`].
 pub fn string_paths(body: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
-    walk(body, true, &mut |_, p| out.push(p.unwrap_or_default()));
+    walk(body, true, &|_| false, &mut |_, p| {
+        out.push(p.unwrap_or_default())
+    });
+    out
+}
+
+/// [`string_paths`] for reporting where findings are: a key that holds one is written `*`, so that no path
+/// repeats what was found (`metadata.*{key}`, not the e-mail address that was the key).
+pub fn finding_paths(body: &Map<String, Value>, scan: &Scan) -> Vec<String> {
+    let mut flagged = vec![false; scan.findings.iter().map(|f| f.index + 1).max().unwrap_or(0)];
+    for f in &scan.findings {
+        if let Some(slot) = flagged.get_mut(f.index) {
+            *slot = true;
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        body,
+        true,
+        &|i| flagged.get(i).copied().unwrap_or(false),
+        &mut |_, p| out.push(p.unwrap_or_default()),
+    );
     out
 }

@@ -21,13 +21,18 @@ pub mod fleet;
 pub mod lint;
 pub mod rules;
 
-pub use decision::{Decision, Excluded, Policy, Refusal, RefusalReason, Target};
+pub use decision::{Decision, Excluded, Policy, Redaction, Refusal, RefusalReason, Target};
 pub use engine::PolicyEngine;
-pub use explain::{Attempt, CombinedAt, Ended, Explanation, FindingAt, TargetAt, explain};
-pub use facts::{NoHeaders, RequestFacts, RequestHeaders, estimate_tokens, string_paths, strings};
+pub use explain::{
+    Attempt, CombinedAt, Ended, Explanation, FindingAt, RedactionAt, TargetAt, explain, findings_at,
+};
+pub use facts::{
+    NoHeaders, RequestFacts, RequestHeaders, estimate_tokens, finding_paths, string_paths, strings,
+};
 pub use fleet::{BackendView, FleetView, Load, ModelCard, Prices, Route};
 pub use rules::{
     Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, DEFAULT_OUTPUT_TOKENS, DEFAULT_RULE, HeaderTest, LevelSet,
-    Place, PolicyConfig, Rule, Strategy, VirtualMember, VirtualModel, is_header_name, is_plain_name,
+    Place, PolicyConfig, Redact, Rule, Strategy, VirtualMember, VirtualModel, ever_redactable,
+    is_header_name, is_plain_name,
 };
 pub use sluice_sensitivity::Level;

@@ -29,8 +29,20 @@ pub fn lint(policy: &PolicyConfig, at: &Locator<'_>, cx: Context<'_>) -> Vec<Con
                 ),
             ));
         }
-        if let (Some(min), Some(targets)) = (rule.when.levels.min(), targets_of(policy, rule, cx))
-            && !targets.is_empty()
+        if let Action::Redact(r) = &rule.then {
+            for k in r.kinds.iter().filter(|k| !cx.scanner.is_enabled(**k)) {
+                warnings.push(at.error(
+                    &key("then.redact.kinds"),
+                    format!("rule `{}` replaces {k}, but its detector is turned off: nothing of it is found to replace", rule.name),
+                ));
+            }
+        }
+        // A redaction sends what it matches below its level on purpose.
+        if let (Some(min), Some(targets), false) = (
+            rule.when.levels.min(),
+            targets_of(policy, rule, cx),
+            matches!(rule.then, Action::Redact(_)),
+        ) && !targets.is_empty()
             && targets.iter().all(|b| b.clearance < min)
         {
             warnings.push(at.error(
@@ -136,9 +148,30 @@ fn covers(earlier: &Conditions, later: &Conditions) -> bool {
 
 /// The backends a rule can send requests to; `None` for a rejection.
 fn targets_of<'a>(policy: &PolicyConfig, rule: &Rule, cx: Context<'a>) -> Option<Vec<&'a BackendInfo>> {
+    action_targets(policy, &rule.then, cx)
+}
+
+fn action_targets<'a>(
+    policy: &PolicyConfig,
+    action: &Action,
+    cx: Context<'a>,
+) -> Option<Vec<&'a BackendInfo>> {
     let by_name = |n: &str| cx.backends.iter().find(|b| b.name == n);
-    match &rule.then {
+    match action {
         Action::Reject(_) => None,
+        Action::Redact(r) => {
+            let mut to: Vec<&BackendInfo> = cx
+                .backends
+                .iter()
+                .filter(|b| r.to.iter().any(|p| p.admits(&b.name, b.route)))
+                .collect();
+            for b in action_targets(policy, &r.fallback, cx).unwrap_or_default() {
+                if !to.iter().any(|x| x.name == b.name) {
+                    to.push(b);
+                }
+            }
+            Some(to)
+        }
         Action::Route(places) => Some(
             cx.backends
                 .iter()

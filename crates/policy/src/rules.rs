@@ -210,6 +210,28 @@ pub enum Action {
     Substitute { model: String, backend: Option<String> },
     /// Refuse, with this reason (403 `policy_rejected`).
     Reject(String),
+    /// Replace the findings of some kinds with placeholders, send the request to these places (the
+    /// `redacted-cloud` route), and put the values back in the answer; a request that would still be
+    /// above their clearance once replaced takes the fallback instead.
+    Redact(Redact),
+}
+
+/// The `redact` action: where, which kinds, and what else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redact {
+    /// Where the redacted request may go (the clearance check applies to its redacted form).
+    pub to: Vec<Place>,
+    /// The kinds whose values are replaced; never a credential, nor a kind the policy marks `never_redact`.
+    pub kinds: Vec<Kind>,
+    /// What a request that cannot be redacted gets: a route, a substitute or a rejection, never another
+    /// redaction.
+    pub fallback: Box<Action>,
+}
+
+/// Whether a kind can be replaced at all: a credential or a key is not made safe by hiding it from one
+/// model (it still opens what it opens), so a request carrying one is never redacted.
+pub fn ever_redactable(kind: Kind) -> bool {
+    !kind.is_credential()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +269,8 @@ pub struct PolicyConfig {
     /// Orders the backends of a concrete model served by several.
     pub strategy: Strategy,
     pub max_ttft_seconds: f64,
+    /// Kinds the operator marks as never replaced, whatever a rule says.
+    pub never_redact: Vec<Kind>,
 }
 
 impl Default for PolicyConfig {
@@ -257,6 +281,7 @@ impl Default for PolicyConfig {
             floors: BTreeMap::new(),
             strategy: Strategy::default(),
             max_ttft_seconds: DEFAULT_MAX_TTFT_SECONDS,
+            never_redact: Vec::new(),
         }
     }
 }
@@ -361,5 +386,28 @@ mod tests {
         assert!(is_plain_name("gpu-0.pool_a"));
         assert!(!is_plain_name(&"a".repeat(65)));
         assert!(!is_plain_name("a b"));
+    }
+
+    #[test]
+    fn credentials_are_never_redactable() {
+        for kind in [
+            Kind::PrivateKey,
+            Kind::AwsAccessKey,
+            Kind::ApiToken,
+            Kind::GenericSecret,
+            Kind::Jwt,
+        ] {
+            assert!(!ever_redactable(kind), "{kind}");
+        }
+        for kind in [
+            Kind::PersonName,
+            Kind::Email,
+            Kind::Phone,
+            Kind::PaymentCard,
+            Kind::Iban,
+            Kind::UsSsn,
+        ] {
+            assert!(ever_redactable(kind), "{kind}");
+        }
     }
 }

@@ -215,7 +215,7 @@ async fn answer(
     drop(value);
 
     let mut stall = None;
-    let mut echo = false;
+    let mut echo = sim.config.echo;
     match sim.pop_step() {
         Some(step) => {
             if let Some(ms) = step.delay_ms {

@@ -104,6 +104,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Most chat requests kept for `GET /sim/requests`; the oldest go first. 0 records nothing.
     pub record_limit: usize,
+    /// Every unscripted answer echoes the request (as the script step `{"echo": true}` does).
+    pub echo: bool,
 }
 
 impl Default for SimConfig {
@@ -117,6 +119,7 @@ impl Default for SimConfig {
             api_key: None,
             seed: 0,
             record_limit: 1000,
+            echo: false,
         }
     }
 }

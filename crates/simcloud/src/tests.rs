@@ -1035,3 +1035,31 @@ async fn an_echo_answers_with_the_last_message_as_it_arrived() {
     let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(arguments, json!({"to": text}));
 }
+
+#[tokio::test]
+async fn a_simulator_set_to_echo_echoes_every_unscripted_request() {
+    let sim = Sim::new(SimConfig {
+        echo: true,
+        ..SimConfig::default()
+    });
+    let router = sim.router();
+    for text in ["one [EMAIL_1]", "two"] {
+        let reply = chat(
+            &router,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}),
+        )
+        .await;
+        assert_eq!(reply.json()["choices"][0]["message"]["content"], text);
+    }
+    // A scripted step still comes first.
+    sim.push_script(vec![ScriptStep {
+        status: Some(429),
+        ..ScriptStep::default()
+    }]);
+    let reply = chat(
+        &router,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+}

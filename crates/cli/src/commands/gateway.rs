@@ -8,6 +8,7 @@ use sluice_gateway::dispatch::{FailedTarget, Unserved};
 use sluice_gateway::error;
 use sluice_gateway::headers::HttpHeaders;
 use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_gateway::redact::proof::{self, Proving};
 use sluice_gateway::{GatewayConfig, RawGatewayConfig, intake, recognise};
 use sluice_policy::{Action, Decision, Explanation, FleetView, Level, Policy, PolicyEngine};
 
@@ -152,18 +153,59 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     let engine = PolicyEngine::new(config.policy.clone());
     let mut result = engine.decide(&read.facts(&tenant, &http_headers), &fleet);
     // The personal-data model, as the gateway runs it: only when its answer can change the route.
+    let mut model = None;
     if let Some(ner) = &config.ner {
         if recognise::can_change_route(&result, &fleet, &read.scan) {
-            let model = recognise::load(ner).context("loading the personal-data model")?;
+            let m = model.insert(recognise::load(ner).context("loading the personal-data model")?);
             let texts = sluice_policy::strings(&read.request.body);
-            recognise::recognise_here(&model, ner, &config.scanner, &mut read.scan, &texts);
+            recognise::recognise_here(m, ner, &config.scanner, &mut read.scan, &texts);
             result = engine.decide(&read.facts(&tenant, &http_headers), &fleet);
         } else {
             read.scan.model = sluice_sensitivity::ModelPass::NotNeeded;
         }
     }
+    // A redacted form is proven as the gateway proves it: replaced, scanned again (the model too).
+    let floor = config.policy.floor(&tenant);
+    let mut proven = None;
+    if let Ok(
+        d @ Decision {
+            redaction: Some(plan),
+            ..
+        },
+    ) = &result
+    {
+        let base = read.declared.unwrap_or(Level::Public).max(floor);
+        let p = Proving::of(&config.scanner, None, d, plan, &fleet, base);
+        let outcome = proof::prepare(&read.request, &read.scan, plan.kinds.as_slice()).and_then(|prepared| {
+            let texts = prepared.texts();
+            let mut check = config.scanner.scan_all(texts.iter().copied());
+            if let Some(ner) = &config.ner {
+                if model.is_none() {
+                    model = Some(recognise::load(ner).map_err(|e| proof::Unproven {
+                        why: format!("the personal-data model could not be loaded: {e}"),
+                        survived: Vec::new(),
+                        counts: Default::default(),
+                        kinds: plan.kinds.clone(),
+                    })?);
+                }
+                if let Some(m) = &model {
+                    recognise::recognise_here(m, ner, &config.scanner, &mut check, &texts);
+                }
+            }
+            drop(texts);
+            prepared.judge(&check, p.base, p.clearance)
+        });
+        match outcome {
+            Ok(sendable) => proven = Some(Ok(sendable)),
+            Err(u) => {
+                let (fallback, why) = proof::fall_back(d, plan, &u);
+                result = fallback;
+                proven = Some(Err((why, u)));
+            }
+        }
+    }
     let facts = read.facts(&tenant, &http_headers);
-    let mut e = sluice_policy::explain("(explain)", &facts, config.policy.floor(&tenant), &fleet, &result);
+    let mut e = sluice_policy::explain("(explain)", &facts, floor, &fleet, &result);
     match &result {
         Err(refusal) => error::explain_refusal(&mut e, refusal),
         // The gateway would try each target, find them all down and answer so.
@@ -174,6 +216,11 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             e.code = Some(error.code);
         }
         Ok(_) => {}
+    }
+    match &proven {
+        Some(Ok(s)) => proof::explain_outcome(&mut e, Ok(s)),
+        Some(Err((why, u))) => proof::explain_outcome(&mut e, Err((why, u))),
+        None => {}
     }
     if args.json {
         println!(
@@ -219,7 +266,11 @@ fn assumed_local_models(config: &GatewayConfig, requested: &str) -> Vec<String> 
     let cloud = |m: &str| config.clouds.iter().any(|c| c.models.iter().any(|x| x.id == m));
     let mut models: Vec<String> = Vec::new();
     for r in &config.policy.rules {
-        if let Action::Substitute { model, backend } = &r.then
+        let action = match &r.then {
+            Action::Redact(redact) => &*redact.fallback,
+            other => other,
+        };
+        if let Action::Substitute { model, backend } = action
             && backend.as_ref().is_none_or(|b| *b == local.name)
             && config.policy.virtual_model(model).is_none()
             && !cloud(model)
@@ -306,6 +357,41 @@ fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {
     let _ = writeln!(out, "prompt:    about {} tokens", e.prompt_tokens_estimate);
     if let Some(from) = &e.substituted_for {
         let _ = writeln!(out, "substitutes for: {from}");
+    }
+    if let Some(route) = e.route {
+        let _ = writeln!(out, "route:     {route}");
+    }
+    if let Some(r) = &e.redaction {
+        let replaced: Vec<String> = r.replaced.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = match r.outcome {
+            "redacted" => writeln!(
+                out,
+                "redaction: sent with {} replaced by placeholders; the redacted form is {}",
+                if replaced.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    replaced.join(", ")
+                },
+                r.level.map_or("-", Level::as_str)
+            ),
+            _ => writeln!(
+                out,
+                "redaction: not sent redacted: {}",
+                r.why.as_deref().unwrap_or("-")
+            ),
+        };
+        for (i, f) in r.survived.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}{} ({}) in {} at bytes {}..{}",
+                if i == 0 { "survived:  " } else { "           " },
+                f.kind,
+                f.level,
+                f.field,
+                f.start,
+                f.end
+            );
+        }
     }
     for (i, t) in e.targets.iter().enumerate() {
         let _ = writeln!(

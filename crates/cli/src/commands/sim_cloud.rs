@@ -58,6 +58,10 @@ pub struct SimCloudArgs {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     pub record_limit: Option<usize>,
+    /// Answer every unscripted chat request with what it received: the last message's text (streamed in
+    /// 3-byte tokens), or, when it asks for a tool, that text as every required argument.
+    #[arg(long)]
+    pub echo: bool,
 }
 
 pub async fn run(
@@ -130,6 +134,7 @@ fn config(args: SimCloudArgs) -> Result<SimConfig, String> {
         api_key: args.api_key,
         seed: args.seed.unwrap_or(defaults.seed),
         record_limit: args.record_limit.unwrap_or(defaults.record_limit),
+        echo: args.echo,
     })
 }
 

@@ -23,9 +23,11 @@ const CLOUD_MODEL: &str = "gpt-4o-mini";
 const CLOUD_INPUT_PRICE: f64 = 0.15;
 const CLOUD_OUTPUT_PRICE: f64 = 0.60;
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-/// The routing policy `sluice up` runs with: sensitive data stays on the local workers (a request for the
-/// cloud model that carries it is served by the local model instead, and says so), everything else goes
-/// where the client asked, and `auto` picks the cheapest backend expected to meet the latency objective.
+/// The routing policy `sluice up` runs with: a request for the cloud model whose sensitive data is only
+/// names, e-mail addresses and phone numbers goes to the cloud with them replaced by placeholders (and
+/// put back in the answer); any other sensitive data stays on the local workers (a request for the cloud
+/// model that carries it is served by the local model instead, and says so); everything else goes where
+/// the client asked, and `auto` picks the cheapest backend expected to meet the latency objective.
 /// `{local}` and `{cloud}` are the local model and the cloud backend's name.
 const UP_POLICY: &str = r#"
 max_ttft_ms: 2000
@@ -36,9 +38,13 @@ models:
       - { backend: local, model: "{local}" }
       - { backend: "{cloud}", model: gpt-4o-mini }
 rules:
-  - name: sensitive-stays-local
+  - name: contacts-redacted
     when: { min_level: confidential, model: gpt-4o-mini }
-    then: { substitute: "{local}" }
+    then:
+      redact:
+        to: "{cloud}"
+        kinds: [person_name, email, phone]
+        fallback: { substitute: "{local}" }
   - name: sensitive-local-only
     when: { min_level: confidential }
     then: { route: local }
@@ -381,8 +387,10 @@ fn print_banner(
         "  Virtual model    auto: {local} or {CLOUD_MODEL}, the cheapest expected to answer within 2 s\n"
     ));
     out.push_str(
-        "  Policy           confidential and restricted data stay local; a request for gpt-4o-mini \
-         carrying it is served by the local model\n",
+        "  Policy           a request for gpt-4o-mini whose sensitive data is only names, e-mail addresses \
+         and phone numbers goes to the cloud with them replaced by placeholders, put back in the answer \
+         (x-sluice-route: redacted-cloud); other confidential and restricted data stay local, served by \
+         the local model\n",
     );
     out.push_str(if ner {
         "  Personal data    names, addresses and IDs in prose found by the local personal-data model \
@@ -403,6 +411,10 @@ fn print_banner(
          -d '{{\"model\": \"{local}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n  \
+         # the name, e-mail address and phone number are replaced before the cloud sees them, and put back \
+         in the answer (x-sluice-route: redacted-cloud)\n  \
+         curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{CLOUD_MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Write a polite reminder to Maria Gonzalez (maria.g@northwind.example, +1 415 555 0132) that invoice 88213 is overdue.\"}}]}}'\n\n  \
          # a card number never leaves: served by the local model (x-sluice-substituted-for: {CLOUD_MODEL})\n  \
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"{CLOUD_MODEL}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Charge 4111 1111 1111 1111\"}}]}}'\n\n  \

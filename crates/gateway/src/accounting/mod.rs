@@ -170,12 +170,22 @@ impl Accounting {
         );
     }
 
-    /// The request was dispatched under `rule` to `route`.
-    pub fn dispatched(&self, rule: &str, route: Route) {
+    /// The request was dispatched under `rule` to `route` (`redacted`: sent redacted to the cloud).
+    pub fn dispatched(&self, rule: &str, route: Route, redacted: bool) {
         self.metrics
             .decisions
-            .with_label_values(&[rule, route.as_str()])
+            .with_label_values(&[rule, route_label(route, redacted)])
             .inc();
+    }
+
+    /// A request goes redacted, with these distinct values replaced, by kind.
+    pub fn redacted(&self, counts: &std::collections::BTreeMap<sluice_sensitivity::Kind, usize>) {
+        for (kind, n) in counts {
+            self.metrics
+                .redactions
+                .with_label_values(&[kind.as_str()])
+                .inc_by(*n as u64);
+        }
     }
 
     /// The audit record of a decision, as far as it is known when it is made.
@@ -199,6 +209,7 @@ impl Accounting {
             ner: (fields.scan.model != sluice_sensitivity::ModelPass::Off)
                 .then(|| fields.scan.model.as_str().to_owned()),
             rule: fields.rule.map(str::to_owned),
+            redactions: Default::default(),
             prompt_sha256: self.hash_prompts.then(|| {
                 sha2::Sha256::digest(fields.body)
                     .iter()
@@ -249,7 +260,7 @@ fn positions(
     if scan.findings.is_empty() {
         return Vec::new();
     }
-    let paths = sluice_policy::string_paths(request);
+    let paths = sluice_policy::finding_paths(request, scan);
     scan.findings
         .iter()
         .map(|f| sluice_audit::Position {
@@ -306,6 +317,16 @@ pub struct Ledger {
     status: u16,
     /// The decision's audit record, completed and sent when the request ends.
     audit: Option<Box<sluice_audit::Record>>,
+    /// The request went redacted (the `redacted-cloud` route).
+    redacted: bool,
+}
+
+/// The route as headers, explanations and the audit log name it.
+fn route_label(route: Route, redacted: bool) -> &'static str {
+    match route {
+        Route::Cloud if redacted => "redacted-cloud",
+        r => r.as_str(),
+    }
 }
 
 /// Where an answer is being served, for its [`Ledger`].
@@ -354,6 +375,19 @@ impl Ledger {
             fallbacks,
             status: 499,
             audit,
+            redacted: false,
+        }
+    }
+
+    /// The request was sent redacted, with these distinct values replaced, by kind: the audit record and
+    /// the explanation say so (counts only, never the values).
+    pub fn redacted(&mut self, counts: &std::collections::BTreeMap<sluice_sensitivity::Kind, usize>) {
+        self.redacted = true;
+        if let Some(record) = &mut self.audit {
+            record.redactions = counts
+                .iter()
+                .map(|(k, n)| (k.as_str().to_owned(), *n as u64))
+                .collect();
         }
     }
 
@@ -442,8 +476,9 @@ impl Drop for Ledger {
         }
         let (cost, equivalent) = self.charge();
         let fallbacks = std::mem::take(&mut self.fallbacks);
+        let route_named = route_label(self.route, self.redacted);
         if let (Some(mut record), Some(audit)) = (self.audit.take(), accounts.audit.get()) {
-            record.route = Some(route.to_owned());
+            record.route = Some(route_named.to_owned());
             record.backend = Some(self.backend.clone());
             record.served_model = Some(self.served_model.clone());
             record.fallbacks = fallbacks.iter().map(|a| a.backend.clone()).collect();
@@ -460,7 +495,7 @@ impl Drop for Ledger {
             &self.decision_id,
             Ended {
                 backend: Some(self.backend.clone()),
-                route: Some(route),
+                route: Some(route_named),
                 model: Some(self.served_model.clone()),
                 fallbacks,
                 status: self.status,

@@ -147,29 +147,6 @@ fn a_whole_body_is_redacted_in_every_string_the_scanner_read() {
     assert_eq!(rewrite_body(&body, &r.texts[1..]), None);
 }
 
-#[test]
-fn credentials_are_never_redactable() {
-    for kind in [
-        Kind::PrivateKey,
-        Kind::AwsAccessKey,
-        Kind::ApiToken,
-        Kind::GenericSecret,
-        Kind::Jwt,
-    ] {
-        assert!(!ever_redactable(kind), "{kind}");
-    }
-    for kind in [
-        Kind::PersonName,
-        Kind::Email,
-        Kind::Phone,
-        Kind::PaymentCard,
-        Kind::Iban,
-        Kind::UsSsn,
-    ] {
-        assert!(ever_redactable(kind), "{kind}");
-    }
-}
-
 /// Text made of words, punctuation, brackets and digits, so that placeholders' own characters occur.
 fn text() -> impl Strategy<Value = String> {
     proptest::collection::vec(

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::Attempt;
+use sluice_policy::{Attempt, Level};
 use sluice_sensitivity::ModelPass;
 use tokio::time::Instant;
 
@@ -25,6 +25,7 @@ use crate::error::{self, ApiError};
 use crate::headers::{HttpHeaders, RoutingHeaders};
 use crate::intake;
 use crate::recognise::{self, Busy};
+use crate::redact::proof::{Proving, explain_outcome, fall_back, redact_and_prove};
 use crate::shed::PermitSlot;
 use crate::wire::{self, Shape};
 
@@ -90,13 +91,47 @@ pub(super) async fn completions(
         }
     }
     accounts.scanned(&intake.scan);
+    let floor = app.config.policy.floor(&tenant.0);
+    // Redact-then-cloud: the redacted form is proven before anything is sent, or the fallback decides.
+    let mut redacted = None;
+    let mut unproven = None;
+    if let Ok(
+        d @ sluice_policy::Decision {
+            redaction: Some(plan),
+            ..
+        },
+    ) = &decided
+    {
+        let base = intake.declared.unwrap_or(Level::Public).max(floor);
+        let proving = Proving::of(
+            &app.config.scanner,
+            app.recogniser.as_deref(),
+            d,
+            plan,
+            &view,
+            base,
+        );
+        match redact_and_prove(&intake.request, &intake.scan, proving).await {
+            Ok(sendable) => redacted = Some(sendable),
+            Err(u) => {
+                let (fallback, why) = fall_back(d, plan, &u);
+                decided = fallback;
+                unproven = Some((why, u));
+            }
+        }
+    }
     let facts = intake.facts(&tenant.0, &http_headers);
     let decision_id = new_id("dec_");
     routing.decision_id = Some(decision_id.clone());
-    let floor = app.config.policy.floor(&tenant.0);
     let mut explanation = sluice_policy::explain(&decision_id, &facts, floor, &view, &decided);
     if let Err(refusal) = &decided {
         error::explain_refusal(&mut explanation, refusal);
+    }
+    if let Some(s) = &redacted {
+        explain_outcome(&mut explanation, Ok(s));
+    }
+    if let Some((why, u)) = &unproven {
+        explain_outcome(&mut explanation, Err((why, u)));
     }
     accounts.decided(explanation);
     // The audit record of this decision, when there is a log: what was decided now, how it ended later.
@@ -133,8 +168,11 @@ pub(super) async fn completions(
             return respond(&routing, error);
         }
     };
-    // The policy may raise the level (a tenant floor), never lower it.
+    // The policy may raise the level (a tenant floor), never lower it; a redacted request is sent at the
+    // level its redacted form was proven to have.
     let level = decision.level.max(facts.level());
+    let sent_at = redacted.as_ref().map_or(level, |s| s.level);
+    let request = redacted.as_ref().map_or(&intake.request, |s| &s.request);
     routing.rule = Some(decision.rule.clone());
     routing.level = Some(level);
     routing.substituted_for = decision.substituted_for.clone();
@@ -155,15 +193,7 @@ pub(super) async fn completions(
         result,
         blocked,
         considered,
-    } = dispatch(
-        &app.fleet,
-        &decision,
-        level,
-        &intake.request,
-        &context,
-        &decision_id,
-    )
-    .await;
+    } = dispatch(&app.fleet, &decision, sent_at, request, &context, &decision_id).await;
     accounts.clearance_blocked(blocked);
     if let Some((route, backend, model)) = considered {
         routing.route = Some(route);
@@ -219,7 +249,7 @@ pub(super) async fn completions(
     for f in &started.fallbacks {
         accounts.fell_back(&f.backend, f.error.member_fault());
     }
-    accounts.dispatched(&decision.rule, started.backend.route());
+    accounts.dispatched(&decision.rule, started.backend.route(), redacted.is_some());
     let served_by = started.dispatched.served_by.to_string();
     routing.backend = Some(served_by.clone());
     let mut ledger = Ledger::new(
@@ -233,13 +263,19 @@ pub(super) async fn completions(
         attempts(&started.fallbacks),
         audit,
     );
+    let mut events = started.dispatched.events;
+    if let Some(s) = &redacted {
+        routing.redacted = true;
+        accounts.redacted(&s.counts);
+        ledger.redacted(&s.counts);
+        events = crate::redact::answer::restore(events, s.mapping.clone());
+    }
     let shape = Shape {
         id: format!("chatcmpl-{}", decision_id.trim_start_matches("dec_")),
         created: unix_now(),
         model: started.target.model.clone(),
         include_usage: intake.request.include_usage,
     };
-    let events = started.dispatched.events;
     if intake.request.stream {
         let permit = permit.map(|axum::Extension(p)| p);
         respond(

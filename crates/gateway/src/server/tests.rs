@@ -952,6 +952,8 @@ impl Policy for Reckless {
             substituted_for: None,
             excluded: Vec::new(),
             reason: String::new(),
+            redaction: None,
+            unredactable: None,
         })
     }
 }

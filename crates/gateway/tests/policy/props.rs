@@ -75,7 +75,7 @@ fn place() -> impl Gen<Value = Place> {
     ]
 }
 
-fn action() -> impl Gen<Value = Action> {
+fn plain_action() -> impl Gen<Value = Action> {
     prop_oneof![
         prop::collection::vec(place(), 1..3).prop_map(Action::Route),
         (
@@ -87,6 +87,25 @@ fn action() -> impl Gen<Value = Action> {
                 backend
             }),
         Just(Action::Reject("no".into())),
+    ]
+}
+
+fn action() -> impl Gen<Value = Action> {
+    prop_oneof![
+        3 => plain_action(),
+        1 => (
+            prop::collection::vec(place(), 1..3),
+            prop::sample::subsequence(
+                Kind::ALL.iter().copied().filter(|k| ever_redactable(*k)).collect::<Vec<_>>(),
+                1..6
+            ),
+            plain_action(),
+        )
+            .prop_map(|(to, kinds, fallback)| Action::Redact(Redact {
+                to,
+                kinds,
+                fallback: Box::new(fallback)
+            })),
     ]
 }
 
@@ -133,6 +152,7 @@ prop_compose! {
             floors: [("legal".to_owned(), floor)].into(),
             strategy: Strategy::CheapestWithinSlo,
             max_ttft_seconds: max_ttft,
+            never_redact: Vec::new(),
         }
     }
 }
@@ -154,6 +174,7 @@ proptest! {
         config in policy_config(),
         model in prop::sample::select(MODELS.to_vec()),
         findings in findings(),
+        combo in prop::option::of(level()),
         incomplete in any::<bool>(),
         declared in prop::option::of(level()),
         legal in any::<bool>(),
@@ -166,13 +187,24 @@ proptest! {
             body["max_tokens"] = m.into();
         }
         let request = parse_chat_request(body.to_string().as_bytes()).unwrap();
-        let found = findings.iter().map(|f| f.level).max().unwrap_or(Level::Public);
+        // A combination raises the level above its findings' (when there are two or more of them).
+        let combined: Vec<sluice_sensitivity::Combined> = combo
+            .filter(|_| findings.len() >= 2)
+            .map(|level| sluice_sensitivity::Combined { name: "together".into(), level })
+            .into_iter()
+            .collect();
+        let found = findings
+            .iter()
+            .map(|f| f.level)
+            .chain(combined.iter().map(|c| c.level))
+            .max()
+            .unwrap_or(Level::Public);
         let scan = Scan {
             findings,
             level: if incomplete { Level::Restricted } else { found },
             complete: !incomplete,
             incomplete: None,
-            combined: Vec::new(),
+            combined,
             model: sluice_sensitivity::ModelPass::Off,
         };
         let headers: Vec<(String, String)> = Vec::new();
@@ -190,15 +222,39 @@ proptest! {
         };
         let floor = config.floor(tenant);
         let lowest = scan.level.max(declared.unwrap_or(Level::Public)).max(floor);
-        match PolicyEngine::new(config).decide(&facts, &fleet) {
+        let decided = PolicyEngine::new(config).decide(&facts, &fleet);
+        // A redacted decision carries its fallback, which must hold on its own too.
+        let mut all = vec![decided.clone()];
+        if let Ok(Decision { redaction: Some(r), .. }) = &decided {
+            all.push((*r.fallback).clone());
+        }
+        for (i, decided) in all.into_iter().enumerate() {
+        match decided {
             Ok(d) => {
                 prop_assert!(d.level >= lowest, "level {} below {}", d.level, lowest);
                 prop_assert!(!d.targets.is_empty());
+                prop_assert!(i == 0 || d.redaction.is_none(), "a fallback redacts");
+                // What a redacted form is cleared for: never below what it keeps (the declared level,
+                // the floor, an unread scan, and every finding of a kind it does not replace).
+                let clear_for = match &d.redaction {
+                    None => d.level,
+                    Some(r) => {
+                        let kept_any = scan.findings.iter().any(|f| !r.kinds.contains(&f.kind));
+                        let kept = scan.findings.iter().filter(|f| !r.kinds.contains(&f.kind)).map(|f| f.level)
+                            .chain(scan.combined.iter().filter(|_| kept_any).map(|c| c.level))
+                            .max().unwrap_or(Level::Public);
+                        let must = kept.max(declared.unwrap_or(Level::Public)).max(floor).max(if incomplete { Level::Restricted } else { Level::Public });
+                        prop_assert!(r.level >= must, "redacted form {} below {}", r.level, must);
+                        prop_assert!(r.kinds.iter().all(|k| ever_redactable(*k)));
+                        prop_assert!(scan.findings.iter().any(|f| r.kinds.contains(&f.kind)), "a redaction with nothing to replace");
+                        r.level
+                    }
+                };
                 for t in &d.targets {
                     let b = &fleet.backends[t.backend];
                     prop_assert!(
-                        b.clearance >= d.level,
-                        "{} cleared for {} got a {} request", b.name, b.clearance, d.level
+                        b.clearance >= clear_for,
+                        "{} cleared for {} got a {} request", b.name, b.clearance, clear_for
                     );
                 }
                 let mut seen = d.targets.iter().map(|t| (t.backend, &t.model)).collect::<Vec<_>>();
@@ -211,6 +267,7 @@ proptest! {
                 prop_assert!(r.error.status.is_client_error() || r.error.status.as_u16() == 503);
                 prop_assert!(r.level.is_none_or(|l| l >= lowest));
             }
+        }
         }
     }
 }
