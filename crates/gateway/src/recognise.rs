@@ -147,6 +147,27 @@ impl Recogniser {
         scan: &mut Scan,
         texts: &[&str],
     ) -> Result<Recognition, Busy> {
+        self.recognise_reading(scanner, scan, texts, false).await
+    }
+
+    /// [`Recogniser::recognise`], reading every string whole whatever the prefilter says: the proof of a
+    /// redacted form, where a name left behind must be found even with no cue near it.
+    pub async fn recognise_whole(
+        &self,
+        scanner: &Scanner,
+        scan: &mut Scan,
+        texts: &[&str],
+    ) -> Result<Recognition, Busy> {
+        self.recognise_reading(scanner, scan, texts, true).await
+    }
+
+    async fn recognise_reading(
+        &self,
+        scanner: &Scanner,
+        scan: &mut Scan,
+        texts: &[&str],
+        whole: bool,
+    ) -> Result<Recognition, Busy> {
         let started = Instant::now();
         let mut outcome = Recognition {
             pass: ModelPass::OverBudget,
@@ -167,7 +188,7 @@ impl Recogniser {
         }
         // Where a name would raise the level (the scan found a diagnosis, a birth date, an identifier),
         // the model reads every word; elsewhere only around cues.
-        let reading = if !self.config.prefilter || scanner.name_would_raise(scan) {
+        let reading = if whole || !self.config.prefilter || scanner.name_would_raise(scan) {
             Reading::Whole
         } else {
             Reading::AroundCues

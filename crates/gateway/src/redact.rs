@@ -53,6 +53,10 @@ pub fn label(kind: Kind) -> &'static str {
 pub struct Mapping {
     /// `(placeholder, value)`, in the order the values were first found.
     entries: Vec<(String, String)>,
+    /// Every way a value is written in the request that is replaced by its placeholder, with the index of
+    /// its entry and its kind: as found, decoded, JSON-escaped (as serde and as Python's `json.dumps`
+    /// write it), and for a value of several words or an address, in upper and lower case.
+    forms: Vec<(String, usize, Kind)>,
 }
 
 impl fmt::Debug for Mapping {
@@ -70,12 +74,42 @@ impl Mapping {
         self.entries.is_empty()
     }
 
-    /// The placeholder of a value.
-    fn value_placeholder(&self, value: &str) -> Option<&str> {
-        self.entries
+    /// The placeholder of a value, in any of its forms.
+    fn value_placeholder(&self, form: &str) -> Option<&str> {
+        let &(_, i, _) = self.forms.iter().find(|(f, _, _)| f == form)?;
+        self.entries.get(i).map(|(p, _)| p.as_str())
+    }
+
+    /// Adds a value as it was found, with its other forms, unless it is known.
+    fn add(&mut self, placeholder: String, found: &str, kind: Kind) {
+        let index = self.entries.len();
+        let value = decoded(found);
+        for form in forms(found, &value) {
+            if !self.forms.iter().any(|(f, _, _)| *f == form) {
+                self.forms.push((form, index, kind));
+            }
+        }
+        self.entries.push((placeholder, value));
+    }
+
+    /// The index of the first string `at` selects in which a replaced value occurs as a whole word.
+    pub fn first_mention(&self, texts: &[&str], at: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.forms.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(self.forms.iter().map(|(f, _, _)| f))
+            .ok()?;
+        texts
             .iter()
-            .find(|(_, v)| v == value)
-            .map(|(p, _)| p.as_str())
+            .enumerate()
+            .filter(|(i, _)| at(*i))
+            .find_map(|(i, t)| {
+                ac.find_overlapping_iter(t)
+                    .any(|m| whole_word(t, m.start(), m.end()))
+                    .then_some(i)
+            })
     }
 
     /// The value a placeholder stands for.
@@ -139,6 +173,10 @@ pub fn redact_except<'f>(
     }
     let mut values: Vec<(String, Kind)> = Vec::new();
     let mut found: Vec<Vec<(usize, usize, Kind)>> = vec![Vec::new(); texts.len()];
+    let known = |values: &[(String, Kind)], v: &str| {
+        let d = decoded(v);
+        values.iter().any(|(k, _)| *k == v || decoded(k) == d)
+    };
     for (i, list) in spans.iter_mut().enumerate() {
         list.sort_by_key(|&(s, e, _)| (s, std::cmp::Reverse(e)));
         let mut merged: Vec<(usize, usize, Kind)> = Vec::new();
@@ -155,7 +193,7 @@ pub fn redact_except<'f>(
         }
         for &(s, e, kind) in &merged {
             if let Some(v) = texts.get(i).and_then(|t| t.get(s..e))
-                && !values.iter().any(|(known, _)| known == v)
+                && !known(&values, v)
             {
                 values.push((v.to_owned(), kind));
             }
@@ -167,7 +205,8 @@ pub fn redact_except<'f>(
     let mut mapping = Mapping::default();
     let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
     let mut numbers: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut add = |mapping: &mut Mapping, value: &str, kind: Kind| {
+    // Values found are counted; the unions of overlapping ones (below) are not values of their own.
+    let mut add = |mapping: &mut Mapping, value: &str, kind: Kind, counted: bool| {
         let l = label(kind);
         let n = numbers.entry(l).or_insert(0);
         let placeholder = loop {
@@ -177,16 +216,20 @@ pub fn redact_except<'f>(
                 break p;
             }
         };
-        *counts.entry(kind).or_insert(0) += 1;
-        mapping.entries.push((placeholder, value.to_owned()));
+        if counted {
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+        mapping.add(placeholder, value, kind);
     };
     for (value, kind) in &values {
-        add(&mut mapping, value, *kind);
+        if mapping.value_placeholder(value).is_none() {
+            add(&mut mapping, value, *kind, true);
+        }
     }
     // Where occurrences of two values overlap, their union is replaced as a value of its own, and its
     // other occurrences too: again until no new union appears (a few rounds at most, and only for
     // values that run into each other).
-    let mut plan = cuts(texts, &found, &mapping, &values, protected);
+    let mut plan = cuts(texts, &found, &mapping, protected);
     for round in 0..=MAX_ROUNDS {
         let mut added = false;
         for (i, list) in plan.iter().enumerate() {
@@ -194,8 +237,7 @@ pub fn redact_except<'f>(
                 if let Some(v) = texts.get(i).and_then(|t| t.get(s..e))
                     && mapping.value_placeholder(v).is_none()
                 {
-                    add(&mut mapping, v, kind);
-                    values.push((v.to_owned(), kind));
+                    add(&mut mapping, v, kind, false);
                     added = true;
                 }
             }
@@ -204,7 +246,7 @@ pub fn redact_except<'f>(
         if !added || round == MAX_ROUNDS {
             break;
         }
-        plan = cuts(texts, &found, &mapping, &values, protected);
+        plan = cuts(texts, &found, &mapping, protected);
     }
     let texts = texts
         .iter()
@@ -242,18 +284,16 @@ fn cuts(
     texts: &[&str],
     found: &[Vec<(usize, usize, Kind)>],
     mapping: &Mapping,
-    kinds: &[(String, Kind)],
     protected: &[bool],
 ) -> Vec<Vec<(usize, usize, Kind)>> {
     let ac = (!mapping.is_empty())
         .then(|| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
-                .build(mapping.entries.iter().map(|(_, v)| v))
+                .build(mapping.forms.iter().map(|(f, _, _)| f))
                 .ok()
         })
         .flatten();
-    let kind_of = |value: &str| kinds.iter().find(|(v, _)| v == value).map(|&(_, k)| k);
     texts
         .iter()
         .enumerate()
@@ -265,8 +305,11 @@ fn cuts(
                 for m in ac.find_overlapping_iter(t) {
                     let (s, e) = (m.start(), m.end());
                     if whole_word(t, s, e) {
-                        let value = t.get(s..e).unwrap_or_default();
-                        spans.push((s, e, kind_of(value).unwrap_or(Kind::CustomPattern)));
+                        let kind = mapping
+                            .forms
+                            .get(m.pattern().as_usize())
+                            .map_or(Kind::CustomPattern, |&(_, _, k)| k);
+                        spans.push((s, e, kind));
                     }
                 }
             }
@@ -281,6 +324,48 @@ fn cuts(
             merged
         })
         .collect()
+}
+
+/// A value as written in a string that is JSON text (a tool call's arguments, a tool's JSON answer):
+/// `Jos\u00e9` is `José`. Anything else is itself.
+fn decoded(found: &str) -> String {
+    if found.contains('\\')
+        && let Ok(v) = serde_json::from_str::<String>(&format!("\"{found}\""))
+    {
+        return v;
+    }
+    found.to_owned()
+}
+
+/// The ways a value may be written elsewhere in a request: as found, decoded, JSON-escaped (serde's way
+/// and the ASCII-only way of Python's `json.dumps`), and for a value of several words or an e-mail
+/// address, all in upper or all in lower case. Never empty strings, each once.
+fn forms(found: &str, value: &str) -> Vec<String> {
+    let quoted = serde_json::Value::String(value.to_owned()).to_string();
+    let escaped = quoted.get(1..quoted.len() - 1).unwrap_or_default().to_owned();
+    let mut ascii = String::with_capacity(escaped.len());
+    for c in escaped.chars() {
+        if c.is_ascii() {
+            ascii.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    let mut all = vec![found.to_owned(), value.to_owned(), escaped, ascii];
+    if value.contains(char::is_whitespace) || value.contains('@') {
+        all.push(value.to_uppercase());
+        all.push(value.to_lowercase());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(all.len());
+    for f in all {
+        if !f.is_empty() && !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// Whether `t[s..e]` is not part of a longer word: no letter or digit right before or after it where its

@@ -186,7 +186,7 @@ impl PolicyEngine {
         match routed {
             Ok(mut d) if replaced => {
                 d.reason = format!(
-                    "{}; sent with its {} replaced by placeholders, which leaves it {residual}",
+                    "{}; sent with its {} replaced by placeholders, which should leave it {residual} (the gateway scans the redacted form to prove it)",
                     d.reason,
                     join(
                         r.kinds
@@ -218,15 +218,13 @@ impl PolicyEngine {
                     .map(|(_, w)| w.clone())
                     .collect::<Vec<_>>()
                 {
-                    w if w.is_empty() => format!(
-                        "nowhere it may go takes it: {}",
-                        join(
-                            refused
-                                .excluded
-                                .iter()
-                                .map(|e| format!("{}: {}", e.backend, e.why))
-                        )
-                    ),
+                    w if w.is_empty() => match &refused.reason {
+                        RefusalReason::NoCompliantBackend(m) => m.clone(),
+                        RefusalReason::ModelNotFound { model, .. } => {
+                            format!("no backend it may go to serves `{model}`")
+                        }
+                        RefusalReason::Rejected { reason, .. } => reason.clone(),
+                    },
                     w => format!("once replaced it is still {residual}: {}", w.join("; ")),
                 };
                 let why = format!("rule `{}` cannot redact this request: {why}", on.rule_name());

@@ -189,7 +189,12 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
                     })?);
                 }
                 if let Some(m) = &model {
-                    recognise::recognise_here(m, ner, &config.scanner, &mut check, &texts);
+                    // Every string read whole, as the gateway's proof reads them.
+                    let whole = recognise::NerConfig {
+                        prefilter: false,
+                        ..ner.clone()
+                    };
+                    recognise::recognise_here(m, &whole, &config.scanner, &mut check, &texts);
                 }
             }
             drop(texts);

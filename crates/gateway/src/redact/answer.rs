@@ -104,6 +104,12 @@ impl Restoring {
                 .and_then(Value::as_u64)
                 .unwrap_or(position as u64);
             let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+            if finished
+                && choice.get("delta").is_none_or(Value::is_null)
+                && let Some(c) = choice.as_object_mut()
+            {
+                c.insert("delta".to_owned(), Value::Object(Map::new()));
+            }
             let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
                 continue;
             };

@@ -18,18 +18,37 @@ use super::{Mapping, redact_except, rewrite_body};
 use crate::api::{ChatRequest, parse_chat_request};
 use crate::recognise::Recogniser;
 
-/// Strings that the API reads rather than the model: object keys, and the values of these keys. Nothing
-/// is replaced in them (a role or a model name must stay what it is); a value found there stays in plain
-/// sight of the scan that proves the redacted form.
-const STRUCTURAL: [&str; 8] = [
+/// Strings that the API reads rather than the model (paths with every index written `[]`), besides object
+/// keys. Nothing is replaced in them: a role, a model name or a function name must stay what it is (a
+/// placeholder is no valid function or participant name). A replaced value that also occurs in one of
+/// them means the request cannot go redacted.
+const STRUCTURAL: [&str; 17] = [
     "model",
-    "role",
-    "type",
-    "tool_choice",
     "reasoning_effort",
     "service_tier",
-    "detail",
-    "format",
+    "tool_choice",
+    "tool_choice.type",
+    "tool_choice.function.name",
+    "response_format.type",
+    "modalities[]",
+    "messages[].role",
+    "messages[].name",
+    "messages[].content[].type",
+    "messages[].content[].image_url.detail",
+    "messages[].content[].input_audio.format",
+    "messages[].tool_calls[].type",
+    "messages[].tool_calls[].function.name",
+    "tools[].type",
+    "tools[].function.name",
+];
+
+/// Strings that carry data, not text (images and audio, as URLs or base64): nothing is replaced in them,
+/// and a short value that happens to occur in base64 is no mention. The scan of the redacted form still
+/// reads them.
+const OPAQUE: [&str; 3] = [
+    "messages[].content[].image_url.url",
+    "messages[].content[].input_audio.data",
+    "messages[].content[].file.file_data",
 ];
 
 /// A redacted request that may be sent.
@@ -106,18 +125,26 @@ pub struct Prepared {
 /// Replaces the findings of `kinds` in `request`: every string but the structural ones.
 pub fn prepare(request: &ChatRequest, scan: &Scan, kinds: &[Kind]) -> Result<Prepared, Unproven> {
     let texts = strings(&request.body);
-    let protected: Vec<bool> = string_paths(&request.body)
-        .iter()
-        .map(|path| is_structural(path))
-        .collect();
+    let classes: Vec<Class> = string_paths(&request.body).iter().map(|p| class(p)).collect();
+    let untouched: Vec<bool> = classes.iter().map(|c| *c != Class::Text).collect();
     let replace = scan.findings.iter().filter(|f| kinds.contains(&f.kind));
-    let redacted = redact_except(&texts, replace, &protected);
+    let redacted = redact_except(&texts, replace, &untouched);
     let unproven = |why: &str| Unproven {
         why: why.to_owned(),
         survived: Vec::new(),
         counts: redacted.counts.clone(),
         kinds: kinds.to_vec(),
     };
+    if redacted
+        .mapping
+        .first_mention(&texts, |i| classes.get(i) == Some(&Class::Structural))
+        .is_some()
+    {
+        return Err(unproven(
+            "a value it replaces also occurs in an object key or a field the API reads (a role, a model or \
+             function name, a participant's name), which is never rewritten",
+        ));
+    }
     let body = rewrite_body(&request.body, &redacted.texts)
         .ok_or_else(|| unproven("its redacted form could not be written"))?;
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -197,7 +224,7 @@ pub async fn redact_and_prove(
     let mut check = p.scanner.scan_all(texts.iter().copied());
     match p.recogniser {
         Some(r) => {
-            if r.recognise(p.scanner, &mut check, &texts).await.is_err() {
+            if r.recognise_whole(p.scanner, &mut check, &texts).await.is_err() {
                 drop(texts);
                 return Err(Unproven {
                     why: "the personal-data model is busy and could not read its redacted form".to_owned(),
@@ -225,12 +252,13 @@ pub fn fall_back(
         decision.rule, unproven.why
     );
     let mut fallback = (*plan.fallback).clone();
-    if let Err(Refusal {
-        reason: RefusalReason::Rejected { reason, .. },
-        ..
-    }) = &mut fallback
-    {
-        reason.push_str(&format!(" ({why})"));
+    if let Err(refusal) = &mut fallback {
+        match &mut refusal.reason {
+            RefusalReason::Rejected { reason, .. } | RefusalReason::NoCompliantBackend(reason) => {
+                reason.push_str(&format!(" ({why})"));
+            }
+            RefusalReason::ModelNotFound { .. } => {}
+        }
     }
     (fallback, why)
 }
@@ -247,7 +275,9 @@ pub fn explain_outcome(e: &mut Explanation, outcome: Result<&Sendable, (&str, &U
             }
         }
         Err((why, u)) => {
-            e.reason = format!("{why}; its fallback: {}", e.reason);
+            if !e.reason.contains(why) {
+                e.reason = format!("{why}; its fallback: {}", e.reason);
+            }
             let mut at = RedactionAt::fell_back(why);
             at.kinds = u.kinds.iter().map(|k| k.as_str()).collect();
             at.replaced = count(&u.counts);
@@ -257,42 +287,134 @@ pub fn explain_outcome(e: &mut Explanation, outcome: Result<&Sendable, (&str, &U
     }
 }
 
-/// Whether a string at `path` (as `sluice_policy::string_paths` writes it) is one the API reads.
-fn is_structural(path: &str) -> bool {
+/// What a string of a request is, for redaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Read by the model: replaced.
+    Text,
+    /// Read by the API: left alone, and no replaced value may occur in it.
+    Structural,
+    /// Data: left alone.
+    Opaque,
+}
+
+/// The class of the string at `path` (as `sluice_policy::string_paths` writes it).
+fn class(path: &str) -> Class {
     if path.ends_with("{key}") {
-        return true;
+        return Class::Structural;
     }
-    let last = path.rsplit('.').next().unwrap_or(path);
-    let name = last.split('[').next().unwrap_or(last);
-    STRUCTURAL.contains(&name)
+    // Every index written `[]`.
+    let mut shape = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                shape.push('[');
+            }
+            ']' => {
+                in_index = false;
+                shape.push(']');
+            }
+            _ if in_index => {}
+            c => shape.push(c),
+        }
+    }
+    if STRUCTURAL.contains(&shape.as_str()) {
+        Class::Structural
+    } else if OPAQUE.contains(&shape.as_str()) {
+        Class::Opaque
+    } else {
+        Class::Text
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_structural;
+    use sluice_sensitivity::{Finding, Kind, Level, Scan};
+
+    use super::{Class, class, prepare};
+    use crate::api::parse_chat_request;
+
+    fn name_in(body: &serde_json::Value, text: &str, name: &str) -> Scan {
+        let request = parse_chat_request(body.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        let texts = sluice_policy::strings(&request.body);
+        let index = texts.iter().position(|t| *t == text).unwrap_or_default();
+        let start = text.find(name).unwrap_or_default();
+        Scan {
+            findings: vec![Finding {
+                kind: Kind::PersonName,
+                level: Level::Internal,
+                index,
+                range: start..start + name.len(),
+                rule: None,
+            }],
+            level: Level::Internal,
+            combined: Vec::new(),
+            complete: true,
+            incomplete: None,
+            model: sluice_sensitivity::ModelPass::Off,
+        }
+    }
 
     #[test]
-    fn keys_roles_and_model_names_are_structural_and_contents_are_not() {
+    fn a_value_also_in_a_field_the_api_reads_cannot_go_redacted() {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "name": "Ann", "content": "Ann called."}]});
+        let request = parse_chat_request(body.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        let scan = name_in(&body, "Ann called.", "Ann");
+        let err = prepare(&request, &scan, &[Kind::PersonName]).err().map(|u| u.why);
+        assert!(err.is_some_and(|w| w.contains("never rewritten")));
+        // Elsewhere, every mention goes, JSON-escaped ones too.
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "Write to José."},
+            {"role": "tool", "tool_call_id": "c1", "content": "{\"to\": \"Jos\\u00e9\"}"}]});
+        let request = parse_chat_request(body.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        let scan = name_in(&body, "Write to José.", "José");
+        let prepared = prepare(&request, &scan, &[Kind::PersonName]).unwrap_or_else(|u| panic!("{}", u.why));
+        assert_eq!(
+            prepared
+                .texts()
+                .into_iter()
+                .filter(|t| t.contains("PERSON"))
+                .collect::<Vec<_>>(),
+            ["Write to [PERSON_1].", "{\"to\": \"[PERSON_1]\"}"]
+        );
+    }
+
+    #[test]
+    fn keys_roles_and_names_are_structural_data_is_opaque_and_contents_are_text() {
         for path in [
             "model",
             "messages[0].role",
-            "messages[1].content[0].type",
+            "messages[12].content[0].type",
+            "messages[2].name",
             "tools[0].function.parameters.properties{key}",
             "messages{key}",
             "response_format.type",
+            "messages[3].tool_calls[0].function.name",
+            "tool_choice.function.name",
         ] {
-            assert!(is_structural(path), "{path}");
+            assert_eq!(class(path), Class::Structural, "{path}");
         }
+        for path in [
+            "messages[1].content[1].image_url.url",
+            "messages[1].content[0].input_audio.data",
+        ] {
+            assert_eq!(class(path), Class::Opaque, "{path}");
+        }
+        // A key named like a structural field elsewhere is text.
         for path in [
             "messages[0].content",
             "messages[1].content[0].text",
-            "messages[2].name",
             "messages[3].tool_calls[0].function.arguments",
             "tools[0].function.description",
+            "metadata.type",
+            "metadata.model",
             "stop[1]",
             "user",
         ] {
-            assert!(!is_structural(path), "{path}");
+            assert_eq!(class(path), Class::Text, "{path}");
         }
     }
 }

@@ -68,6 +68,51 @@ fn the_same_value_in_every_string_is_one_placeholder_and_words_containing_it_are
 }
 
 #[test]
+fn a_value_written_json_escaped_or_in_another_case_is_the_same_placeholder() {
+    // The name in prose, the same name in a tool's JSON answer (escaped as Python's json.dumps writes it,
+    // and as serde writes it), and in capitals in a signature.
+    let texts = [
+        "Patient José García called.",
+        r#"{"customer": "Jos\u00e9 Garc\u00eda"}"#,
+        r#"{"customer":"José García","note":"say \"José García\""}"#,
+        "JOSÉ GARCÍA\nAccounts",
+    ];
+    let r = redact(&texts, &[finding(Kind::PersonName, 0, texts[0], "José García")]);
+    assert_eq!(
+        r.texts,
+        [
+            "Patient [PERSON_1] called.",
+            r#"{"customer": "[PERSON_1]"}"#,
+            r#"{"customer":"[PERSON_1]","note":"say \"[PERSON_1]\""}"#,
+            "[PERSON_1]\nAccounts",
+        ]
+    );
+    assert_eq!(r.counts, [(Kind::PersonName, 1)].into());
+    // Found in its escaped form, a value is restored decoded, and escaped again where JSON is written.
+    let text = r#"{"to": "Jos\u00e9"}"#;
+    let r = redact(&[text], &[finding(Kind::PersonName, 0, text, "Jos\\u00e9")]);
+    assert_eq!(r.texts, [r#"{"to": "[PERSON_1]"}"#]);
+    assert_eq!(r.mapping.restore("Dear [PERSON_1]", Escape::None), "Dear José");
+    // A one-word value is matched in its own case only: "Will" is a name, "will" a verb.
+    let texts = ["Will signed.", "It will rain."];
+    let r = redact(&texts, &[finding(Kind::PersonName, 0, texts[0], "Will")]);
+    assert_eq!(r.texts, ["[PERSON_1] signed.", "It will rain."]);
+}
+
+#[test]
+fn a_mention_in_a_string_left_alone_is_found() {
+    let texts = ["Ann called.", "Ann", "Annual"];
+    let r = redact_except(
+        &texts,
+        &[finding(Kind::PersonName, 0, texts[0], "Ann")],
+        &[false, true, true],
+    );
+    assert_eq!(r.texts, ["[PERSON_1] called.", "Ann", "Annual"]);
+    assert_eq!(r.mapping.first_mention(&texts, |i| i == 2), None);
+    assert_eq!(r.mapping.first_mention(&texts, |i| i > 0), Some(1));
+}
+
+#[test]
 fn overlapping_findings_are_one_value_named_after_the_longest() {
     let text = "Card 4111 1111 1111 1111 on file.";
     let r = redact(

@@ -152,7 +152,7 @@ pub(super) async fn completions(
         body: prompt_digest_of.as_deref().unwrap_or_default(),
         request: &intake.request.body,
     });
-    let decision = match decided {
+    let mut decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
             let error = ApiError::from(&refusal);
@@ -172,6 +172,14 @@ pub(super) async fn completions(
     // level its redacted form was proven to have.
     let level = decision.level.max(facts.level());
     let sent_at = redacted.as_ref().map_or(level, |s| s.level);
+    // A redacted form goes only where its proven level is cleared (the best target was; others may not be).
+    if redacted.is_some() {
+        decision.targets.retain(|t| {
+            view.backends
+                .get(t.backend)
+                .is_some_and(|b| b.clearance >= sent_at)
+        });
+    }
     let request = redacted.as_ref().map_or(&intake.request, |s| &s.request);
     routing.rule = Some(decision.rule.clone());
     routing.level = Some(level);

@@ -144,6 +144,9 @@ rules:
   - name: c
     then:
       redact: { to: nowhere }
+  - name: d
+    then:
+      redact: { to: [any, local], kinds: [email] }
 "#,
     );
     let want = [
@@ -158,6 +161,8 @@ rules:
         "no backend is named \"nowhere\"",
         "policy.rules[2].then.redact.kinds",
         "name the finding kinds to replace",
+        "policy.rules[3].then.redact.to",
+        "any: a redacted request goes to cloud backends",
     ];
     let all = errors.join("\n");
     for w in want {
@@ -197,5 +202,23 @@ fn a_combination_stays_met_while_any_of_its_findings_is_kept() {
     assert!(
         why.contains("the combination birth-date-with-health (restricted)"),
         "{why}"
+    );
+}
+
+#[test]
+fn when_no_cloud_serves_the_model_the_fallback_says_so() {
+    let p = policy(REDACT_OR_REJECT);
+    let f = fleet();
+    // `openai` does not serve gpt-5: nothing is kept above its clearance, the route itself fails.
+    let mut p = p;
+    p.rules[0].when.models = Some(vec!["gpt-5".into()]);
+    let refused = decide(&p, &f, &req("gpt-5", EMAIL)).unwrap_err();
+    assert!(
+        refused
+            .error
+            .message
+            .contains("cannot redact this request: no backend it may go to serves `gpt-5`"),
+        "{}",
+        refused.error.message
     );
 }

@@ -121,10 +121,13 @@ pub(super) fn action(
             let (place, missing) = names.place(&p);
             if let Some(m) = missing {
                 errors.push(at.error(&sub("redact.to"), m));
-            } else if place == Place::Local {
+            } else if place == Place::Local
+                || place == Place::Any
+                || matches!(&place, Place::Backend(b) if names.backend(b).is_some_and(|b| b.route == Route::Local))
+            {
                 errors.push(at.error(
                     &sub("redact.to"),
-                    "the local workers take sensitive data as it is: route there instead of redacting",
+                    format!("{p}: a redacted request goes to cloud backends (`cloud` or their names); the local workers take sensitive data as it is: route there instead"),
                 ));
             }
             to.push(place);

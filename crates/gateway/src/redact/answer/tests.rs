@@ -206,3 +206,25 @@ async fn altered_or_invented_placeholders_are_left_as_they_are() {
         "[PERSON_2] and [person_1] and [PERSON_1 ] and maria.g@northwind.example"
     );
 }
+
+#[tokio::test]
+async fn a_choice_that_finishes_without_a_delta_gets_what_was_held() {
+    let (_, mapping) = redacted();
+    let finish = ChatEvent::Chunk(json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop"}],
+    }));
+    let events = vec![
+        chunk(json!({"content": "Dear [PERSON_1"}), None),
+        finish,
+        finished(),
+    ];
+    let out = run(events, mapping).await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(assembled(&out).0, "Dear [PERSON_1");
+    let ChatEvent::Chunk(last) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(last["choices"][0]["delta"]["content"], "[PERSON_1");
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+}
