@@ -8,8 +8,10 @@
 //! -> `accounting` (the only writer of metrics, stats, cost, audit records and the decision log).
 //! Around them: `server` (routers, handlers, `run`), `fleet` (the backends in their one order, and the
 //! snapshot the policy decides on), `config`, `auth`, `error` (the one mapping of errors to HTTP),
-//! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`; `redact`, the
-//! pure core of redact-then-cloud (placeholders, and restoring values in whole and streamed answers).
+//! `headers`, `shed` (load shedding's permit), `cost`, `stats`, `metrics` and `dashboard`; `redact`,
+//! redact-then-cloud (placeholders, the proof of the redacted form between the policy and `dispatch`, and
+//! restoring values in whole and streamed answers); `limits`, the core of per-tenant rate limits and
+//! budgets (reserve, settle, windows), not yet on the request path.
 //!
 //! It must never link the LLM engine or the worker: it talks to workers only through `sluice-proto`.
 //! Candle enters it only through `sluice-ner`, the personal-data model, which `recognise` runs on
@@ -28,6 +30,7 @@ pub mod fleet;
 pub mod headers;
 pub mod intake;
 pub mod level;
+pub mod limits;
 pub mod metrics;
 pub mod recognise;
 pub mod redact;

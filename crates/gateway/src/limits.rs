@@ -1,0 +1,287 @@
+//! Per-tenant limits, their pure core and the in-memory store: requests and tokens per minute, and a
+//! spend budget per day, week or calendar month. A request reserves what it can cost at most before it is
+//! dispatched ([`Store::reserve`]: every limit checked and counted at once, so that concurrent requests
+//! cannot all pass a check and then all add) and settles to what it really cost when it ends
+//! ([`Store::settle`]); a request that fails or is dropped gives its tokens and money back.
+//!
+//! Windows are fixed and named by their start, so that every replica sharing a store counts in the same
+//! ones: the minute since the Unix epoch for rates, and the day, week (from Monday) or calendar month at a
+//! fixed UTC offset for budgets. Amounts are integer picodollars, as everywhere in accounting.
+//!
+//! Not yet read from the configuration nor consulted by the request path: this is the core the gateway's
+//! limits are built on (the Redis store implements the same [`Store`] with one atomic script a call).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::cost::Pico;
+
+/// The period of a spend budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    Day,
+    /// From Monday 00:00.
+    Week,
+    /// Calendar month.
+    Month,
+}
+
+/// A spend budget: at most `pico` per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub pico: Pico,
+    pub period: Period,
+    /// The offset of the time zone the periods start in, east of UTC, in seconds.
+    pub utc_offset_seconds: i32,
+}
+
+/// One tenant's limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub budget: Option<Budget>,
+}
+
+/// What one request reserves: one request, its most tokens (prompt and completion), its most cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ask {
+    pub tokens: u64,
+    pub pico: Pico,
+}
+
+/// Which limit a request hit, and when it frees up (seconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    Requests { resets_at: i64 },
+    Tokens { resets_at: i64 },
+    Budget { resets_at: i64 },
+}
+
+impl Denied {
+    /// A stable name (the `limit` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests { .. } => "requests",
+            Self::Tokens { .. } => "tokens",
+            Self::Budget { .. } => "budget",
+        }
+    }
+}
+
+/// A reservation, to settle when the request ends: the windows it was counted in and what it reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    tenant: String,
+    minute: i64,
+    period: Option<(Period, i64)>,
+    ask: Ask,
+}
+
+/// Where a tenant stands against a rate limit, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_seconds: i64,
+}
+
+/// Where a tenant stands after a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standings {
+    pub requests: Option<Standing>,
+    pub tokens: Option<Standing>,
+    /// Spent and the budget, in the current period.
+    pub budget: Option<(Pico, Pico)>,
+}
+
+/// Where limits are counted: in this process, or shared by replicas.
+pub trait Store: Send + Sync {
+    /// Checks every limit and, when all allow it, counts the request in each: one step.
+    fn reserve(
+        &self,
+        tenant: &str,
+        limits: &TenantLimits,
+        ask: Ask,
+        now: i64,
+    ) -> Result<(Reservation, Standings), Denied>;
+
+    /// Replaces what was reserved by what was used (the request stays counted).
+    fn settle(&self, reservation: &Reservation, used: Ask);
+}
+
+/// The minute a time falls in, and when it ends.
+pub fn minute(now: i64) -> (i64, i64) {
+    let m = now.div_euclid(60);
+    (m, (m + 1) * 60)
+}
+
+/// The period a time falls in (its number) and when the next begins, in the budget's time zone.
+pub fn period(now: i64, period: Period, utc_offset_seconds: i32) -> (i64, i64) {
+    let offset = i64::from(utc_offset_seconds);
+    let local = now + offset;
+    let day = local.div_euclid(86_400);
+    match period {
+        Period::Day => (day, (day + 1) * 86_400 - offset),
+        Period::Week => {
+            // 1970-01-01 was a Thursday: days since the Monday before it.
+            let week = (day + 3).div_euclid(7);
+            (week, (week * 7 - 3 + 7) * 86_400 - offset)
+        }
+        Period::Month => {
+            let (y, m, _) = civil_from_days(day);
+            let n = y * 12 + i64::from(m) - 1;
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (n, days_from_civil(ny, nm, 1) * 86_400 - offset)
+        }
+    }
+}
+
+/// The calendar date of a day since the Unix epoch (proleptic Gregorian; H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The day since the Unix epoch of a calendar date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Counters of one tenant in one window.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    requests: u64,
+    tokens: u64,
+}
+
+/// Limits counted in this process: exact for one gateway, wrong for several (each would allow the whole
+/// limit).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<Memory>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    minutes: HashMap<(String, i64), Counted>,
+    spent: HashMap<(String, Period, i64), Pico>,
+}
+
+impl Store for MemoryStore {
+    fn reserve(
+        &self,
+        tenant: &str,
+        limits: &TenantLimits,
+        ask: Ask,
+        now: i64,
+    ) -> Result<(Reservation, Standings), Denied> {
+        let (m, minute_ends) = minute(now);
+        let budget = limits
+            .budget
+            .map(|b| (b, period(now, b.period, b.utc_offset_seconds)));
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Windows that ended are dropped as they are passed.
+        state.minutes.retain(|(_, w), _| *w >= m);
+        let counted = state
+            .minutes
+            .get(&(tenant.to_owned(), m))
+            .copied()
+            .unwrap_or_default();
+        if limits
+            .requests_per_minute
+            .is_some_and(|l| counted.requests + 1 > l)
+        {
+            return Err(Denied::Requests {
+                resets_at: minute_ends,
+            });
+        }
+        if limits
+            .tokens_per_minute
+            .is_some_and(|l| counted.tokens.saturating_add(ask.tokens) > l)
+        {
+            return Err(Denied::Tokens {
+                resets_at: minute_ends,
+            });
+        }
+        let spent = budget.map(|(b, (n, _))| {
+            state
+                .spent
+                .get(&(tenant.to_owned(), b.period, n))
+                .copied()
+                .unwrap_or(0)
+        });
+        if let (Some((b, (_, ends))), Some(spent)) = (budget, spent)
+            && spent.saturating_add(ask.pico) > b.pico
+        {
+            return Err(Denied::Budget { resets_at: ends });
+        }
+        let c = state.minutes.entry((tenant.to_owned(), m)).or_default();
+        c.requests += 1;
+        c.tokens = c.tokens.saturating_add(ask.tokens);
+        let c = *c;
+        let mut standings = Standings::default();
+        if let Some((b, (n, _))) = budget {
+            let s = state.spent.entry((tenant.to_owned(), b.period, n)).or_insert(0);
+            *s = s.saturating_add(ask.pico);
+            standings.budget = Some((*s, b.pico));
+        }
+        let reset_seconds = minute_ends - now;
+        standings.requests = limits.requests_per_minute.map(|limit| Standing {
+            limit,
+            remaining: limit.saturating_sub(c.requests),
+            reset_seconds,
+        });
+        standings.tokens = limits.tokens_per_minute.map(|limit| Standing {
+            limit,
+            remaining: limit.saturating_sub(c.tokens),
+            reset_seconds,
+        });
+        Ok((
+            Reservation {
+                tenant: tenant.to_owned(),
+                minute: m,
+                period: budget.map(|(b, (n, _))| (b.period, n)),
+                ask,
+            },
+            standings,
+        ))
+    }
+
+    fn settle(&self, r: &Reservation, used: Ask) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A window that has ended is not corrected: what it allowed has been allowed.
+        if let Some(c) = state.minutes.get_mut(&(r.tenant.clone(), r.minute)) {
+            c.tokens = c.tokens.saturating_sub(r.ask.tokens).saturating_add(used.tokens);
+        }
+        if let Some((p, n)) = r.period
+            && let Some(s) = state.spent.get_mut(&(r.tenant.clone(), p, n))
+        {
+            *s = s.saturating_sub(r.ask.pico).saturating_add(used.pico);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
