@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures_util::future::BoxFuture;
+
 use crate::cost::Pico;
 
 /// The period of a spend budget.
@@ -96,19 +98,20 @@ pub struct Standings {
     pub budget: Option<(Pico, Pico)>,
 }
 
-/// Where limits are counted: in this process, or shared by replicas.
+/// Where limits are counted: in this process, or shared by replicas (a network round trip, hence
+/// futures).
 pub trait Store: Send + Sync {
     /// Checks every limit and, when all allow it, counts the request in each: one step.
-    fn reserve(
-        &self,
-        tenant: &str,
-        limits: &TenantLimits,
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a str,
+        limits: &'a TenantLimits,
         ask: Ask,
         now: i64,
-    ) -> Result<(Reservation, Standings), Denied>;
+    ) -> BoxFuture<'a, Result<(Reservation, Standings), Denied>>;
 
     /// Replaces what was reserved by what was used (the request stays counted).
-    fn settle(&self, reservation: &Reservation, used: Ask);
+    fn settle<'a>(&'a self, reservation: &'a Reservation, used: Ask) -> BoxFuture<'a, ()>;
 }
 
 /// The minute a time falls in, and when it ends.
@@ -177,14 +180,39 @@ pub struct MemoryStore {
     state: Mutex<Memory>,
 }
 
+/// Per tenant: its counters in the current minute, and its spend per budget period (older periods are
+/// replaced as new ones begin).
 #[derive(Debug, Default)]
 struct Memory {
-    minutes: HashMap<(String, i64), Counted>,
-    spent: HashMap<(String, Period, i64), Pico>,
+    tenants: HashMap<String, Tenant>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    minute: i64,
+    counted: Counted,
+    spent: HashMap<Period, (i64, Pico)>,
 }
 
 impl Store for MemoryStore {
-    fn reserve(
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a str,
+        limits: &'a TenantLimits,
+        ask: Ask,
+        now: i64,
+    ) -> BoxFuture<'a, Result<(Reservation, Standings), Denied>> {
+        Box::pin(std::future::ready(self.reserve_now(tenant, limits, ask, now)))
+    }
+
+    fn settle<'a>(&'a self, reservation: &'a Reservation, used: Ask) -> BoxFuture<'a, ()> {
+        self.settle_now(reservation, used);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl MemoryStore {
+    fn reserve_now(
         &self,
         tenant: &str,
         limits: &TenantLimits,
@@ -199,16 +227,15 @@ impl Store for MemoryStore {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Windows that ended are dropped as they are passed.
-        state.minutes.retain(|(_, w), _| *w >= m);
-        let counted = state
-            .minutes
-            .get(&(tenant.to_owned(), m))
-            .copied()
-            .unwrap_or_default();
+        let t = state.tenants.entry(tenant.to_owned()).or_default();
+        // A window that ended starts again from zero.
+        if t.minute != m {
+            t.minute = m;
+            t.counted = Counted::default();
+        }
         if limits
             .requests_per_minute
-            .is_some_and(|l| counted.requests + 1 > l)
+            .is_some_and(|l| t.counted.requests + 1 > l)
         {
             return Err(Denied::Requests {
                 resets_at: minute_ends,
@@ -216,33 +243,30 @@ impl Store for MemoryStore {
         }
         if limits
             .tokens_per_minute
-            .is_some_and(|l| counted.tokens.saturating_add(ask.tokens) > l)
+            .is_some_and(|l| t.counted.tokens.saturating_add(ask.tokens) > l)
         {
             return Err(Denied::Tokens {
                 resets_at: minute_ends,
             });
         }
-        let spent = budget.map(|(b, (n, _))| {
-            state
-                .spent
-                .get(&(tenant.to_owned(), b.period, n))
-                .copied()
-                .unwrap_or(0)
-        });
-        if let (Some((b, (_, ends))), Some(spent)) = (budget, spent)
-            && spent.saturating_add(ask.pico) > b.pico
-        {
-            return Err(Denied::Budget { resets_at: ends });
-        }
-        let c = state.minutes.entry((tenant.to_owned(), m)).or_default();
-        c.requests += 1;
-        c.tokens = c.tokens.saturating_add(ask.tokens);
-        let c = *c;
         let mut standings = Standings::default();
-        if let Some((b, (n, _))) = budget {
-            let s = state.spent.entry((tenant.to_owned(), b.period, n)).or_insert(0);
-            *s = s.saturating_add(ask.pico);
-            standings.budget = Some((*s, b.pico));
+        if let Some((b, (n, ends))) = budget {
+            let slot = t.spent.entry(b.period).or_insert((n, 0));
+            if slot.0 != n {
+                *slot = (n, 0);
+            }
+            if slot.1.saturating_add(ask.pico) > b.pico {
+                return Err(Denied::Budget { resets_at: ends });
+            }
+        }
+        t.counted.requests += 1;
+        t.counted.tokens = t.counted.tokens.saturating_add(ask.tokens);
+        let c = t.counted;
+        if let Some((b, _)) = budget
+            && let Some(slot) = t.spent.get_mut(&b.period)
+        {
+            slot.1 = slot.1.saturating_add(ask.pico);
+            standings.budget = Some((slot.1, b.pico));
         }
         let reset_seconds = minute_ends - now;
         standings.requests = limits.requests_per_minute.map(|limit| Standing {
@@ -266,19 +290,27 @@ impl Store for MemoryStore {
         ))
     }
 
-    fn settle(&self, r: &Reservation, used: Ask) {
+    fn settle_now(&self, r: &Reservation, used: Ask) {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(t) = state.tenants.get_mut(&r.tenant) else {
+            return;
+        };
         // A window that has ended is not corrected: what it allowed has been allowed.
-        if let Some(c) = state.minutes.get_mut(&(r.tenant.clone(), r.minute)) {
-            c.tokens = c.tokens.saturating_sub(r.ask.tokens).saturating_add(used.tokens);
+        if t.minute == r.minute {
+            t.counted.tokens = t
+                .counted
+                .tokens
+                .saturating_sub(r.ask.tokens)
+                .saturating_add(used.tokens);
         }
         if let Some((p, n)) = r.period
-            && let Some(s) = state.spent.get_mut(&(r.tenant.clone(), p, n))
+            && let Some(slot) = t.spent.get_mut(&p)
+            && slot.0 == n
         {
-            *s = s.saturating_sub(r.ask.pico).saturating_add(used.pico);
+            slot.1 = slot.1.saturating_sub(r.ask.pico).saturating_add(used.pico);
         }
     }
 }

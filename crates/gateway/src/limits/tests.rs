@@ -1,6 +1,27 @@
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
+
 use super::*;
+
+/// The memory store answers at once.
+fn reserve(
+    store: &MemoryStore,
+    tenant: &str,
+    limits: &TenantLimits,
+    ask: Ask,
+    now: i64,
+) -> Result<(Reservation, Standings), Denied> {
+    Store::reserve(store, tenant, limits, ask, now)
+        .now_or_never()
+        .unwrap_or_else(|| panic!("the memory store waited"))
+}
+
+fn settle(store: &MemoryStore, r: &Reservation, used: Ask) {
+    Store::settle(store, r, used)
+        .now_or_never()
+        .unwrap_or_else(|| panic!("the memory store waited"));
+}
 
 /// 2026-12-05T14:30:00Z, a Saturday.
 const SAT: i64 = 1_796_481_000;
@@ -64,7 +85,7 @@ fn each_limit_is_held_and_says_when_it_frees_up() {
     let store = MemoryStore::default();
     let l = limits(2, 1000, 10);
     let ask = Ask { tokens: 400, pico: 4 };
-    let (_, s) = store.reserve("acme", &l, ask, SAT).unwrap();
+    let (_, s) = reserve(&store, "acme", &l, ask, SAT).unwrap();
     assert_eq!(
         s.requests,
         Some(Standing {
@@ -78,17 +99,17 @@ fn each_limit_is_held_and_says_when_it_frees_up() {
     // Tokens: 400 + 700 > 1000.
     let big = Ask { tokens: 700, pico: 1 };
     assert_eq!(
-        store.reserve("acme", &l, big, SAT + 1),
+        reserve(&store, "acme", &l, big, SAT + 1),
         Err(Denied::Tokens { resets_at: SAT + 60 })
     );
-    store.reserve("acme", &l, ask, SAT + 2).unwrap();
+    reserve(&store, "acme", &l, ask, SAT + 2).unwrap();
     // A third request in the minute.
     assert_eq!(
-        store.reserve("acme", &l, Ask::default(), SAT + 3),
+        reserve(&store, "acme", &l, Ask::default(), SAT + 3),
         Err(Denied::Requests { resets_at: SAT + 60 })
     );
     // The next minute: rates reset, the budget (8 of 10 reserved) does not.
-    let denied = store.reserve("acme", &l, ask, SAT + 60);
+    let denied = reserve(&store, "acme", &l, ask, SAT + 60);
     assert_eq!(
         denied,
         Err(Denied::Budget {
@@ -96,58 +117,59 @@ fn each_limit_is_held_and_says_when_it_frees_up() {
         })
     );
     // Another tenant counts apart.
-    assert!(store.reserve("other", &l, ask, SAT).is_ok());
+    assert!(reserve(&store, "other", &l, ask, SAT).is_ok());
 }
 
 #[test]
 fn settling_replaces_the_reservation_and_a_failure_gives_it_back() {
     let store = MemoryStore::default();
     let l = limits(100, 1000, 100);
-    let (r, _) = store
-        .reserve(
-            "acme",
-            &l,
-            Ask {
-                tokens: 900,
-                pico: 90,
-            },
-            SAT,
-        )
-        .unwrap();
+    let (r, _) = reserve(
+        &store,
+        "acme",
+        &l,
+        Ask {
+            tokens: 900,
+            pico: 90,
+        },
+        SAT,
+    )
+    .unwrap();
     // It used less: what it did not use is free again.
-    store.settle(
+    settle(
+        &store,
         &r,
         Ask {
             tokens: 300,
             pico: 30,
         },
     );
-    let (r2, s) = store
-        .reserve(
-            "acme",
-            &l,
-            Ask {
-                tokens: 700,
-                pico: 70,
-            },
-            SAT,
-        )
-        .unwrap();
+    let (r2, s) = reserve(
+        &store,
+        "acme",
+        &l,
+        Ask {
+            tokens: 700,
+            pico: 70,
+        },
+        SAT,
+    )
+    .unwrap();
     assert_eq!(s.tokens.map(|t| t.remaining), Some(0));
     assert_eq!(s.budget, Some((100, 100)));
     // It failed: everything back but the request.
-    store.settle(&r2, Ask::default());
-    let (_, s) = store
-        .reserve(
-            "acme",
-            &l,
-            Ask {
-                tokens: 700,
-                pico: 70,
-            },
-            SAT,
-        )
-        .unwrap();
+    settle(&store, &r2, Ask::default());
+    let (_, s) = reserve(
+        &store,
+        "acme",
+        &l,
+        Ask {
+            tokens: 700,
+            pico: 70,
+        },
+        SAT,
+    )
+    .unwrap();
     assert_eq!(s.requests.map(|x| x.remaining), Some(97));
     assert_eq!(s.budget, Some((100, 100)));
 }
@@ -162,7 +184,7 @@ fn concurrent_requests_never_take_a_tenant_past_its_limits() {
             std::thread::spawn(move || {
                 let mut granted = Vec::new();
                 for _ in 0..40 {
-                    if let Ok((r, _)) = store.reserve("acme", &l, Ask { tokens: 1, pico: 30 }, SAT) {
+                    if let Ok((r, _)) = reserve(&store, "acme", &l, Ask { tokens: 1, pico: 30 }, SAT) {
                         granted.push(r);
                     }
                 }
@@ -174,5 +196,8 @@ fn concurrent_requests_never_take_a_tenant_past_its_limits() {
     // 1,000 picodollars at 30 each: 33 requests, and never a 34th, however they interleave.
     assert_eq!(granted.len(), 33);
     let state = store.state.lock().unwrap();
-    assert_eq!(state.spent.values().copied().sum::<Pico>(), 990);
+    assert_eq!(
+        state.tenants["acme"].spent[&Period::Day],
+        (SAT.div_euclid(86_400), 990)
+    );
 }
