@@ -9,7 +9,8 @@
 //! fixed UTC offset for budgets. Amounts are integer picodollars, as everywhere in accounting.
 //!
 //! Not yet read from the configuration nor consulted by the request path: this is the core the gateway's
-//! limits are built on (the Redis store implements the same [`Store`] with one atomic script a call).
+//! limits are built on. [`RedisStore`] implements the same [`Store`] for replicas, one atomic script a
+//! call.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,9 +56,18 @@ pub struct Ask {
 /// Which limit a request hit, and when it frees up (seconds since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    Requests { resets_at: i64 },
-    Tokens { resets_at: i64 },
-    Budget { resets_at: i64 },
+    Requests {
+        resets_at: i64,
+    },
+    Tokens {
+        resets_at: i64,
+    },
+    Budget {
+        resets_at: i64,
+    },
+    /// The shared store did not answer in time, or failed: whether the request goes on is the caller's
+    /// choice (`fail: closed` or `local`).
+    Unreachable,
 }
 
 impl Denied {
@@ -67,6 +77,7 @@ impl Denied {
             Self::Requests { .. } => "requests",
             Self::Tokens { .. } => "tokens",
             Self::Budget { .. } => "budget",
+            Self::Unreachable => "unreachable",
         }
     }
 }
@@ -314,6 +325,10 @@ impl MemoryStore {
         }
     }
 }
+
+mod shared;
+
+pub use shared::RedisStore;
 
 #[cfg(test)]
 mod tests;
