@@ -125,6 +125,64 @@ pub trait Store: Send + Sync {
     fn settle<'a>(&'a self, reservation: &'a Reservation, used: Ask) -> BoxFuture<'a, ()>;
 }
 
+/// The windows a request made at `now` is counted in: its minute, and its budget's period.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Windows {
+    now: i64,
+    minute: i64,
+    minute_ends: i64,
+    /// The budget, its period's number and when the next begins.
+    budget: Option<(Budget, i64, i64)>,
+}
+
+impl Windows {
+    pub(crate) fn at(limits: &TenantLimits, now: i64) -> Self {
+        let (minute, minute_ends) = minute(now);
+        Self {
+            now,
+            minute,
+            minute_ends,
+            budget: limits.budget.map(|b| {
+                let (n, ends) = period(now, b.period, b.utc_offset_seconds);
+                (b, n, ends)
+            }),
+        }
+    }
+
+    /// A granted reservation of `ask` by `tenant`, and where the tenant stands with `requests` and
+    /// `tokens` counted this minute and `spent` in the budget's period.
+    pub(crate) fn granted(
+        &self,
+        tenant: &str,
+        limits: &TenantLimits,
+        ask: Ask,
+        (requests, tokens): (u64, u64),
+        spent: Pico,
+    ) -> (Reservation, Standings) {
+        let reset_seconds = self.minute_ends - self.now;
+        let standing = |limit: Option<u64>, used: u64| {
+            limit.map(|limit| Standing {
+                limit,
+                remaining: limit.saturating_sub(used),
+                reset_seconds,
+            })
+        };
+        (
+            Reservation {
+                tenant: tenant.to_owned(),
+                minute: self.minute,
+                period: self.budget.map(|(b, n, _)| (b.period, n)),
+                ask,
+            },
+            Standings {
+                requests: standing(limits.requests_per_minute, requests),
+                tokens: standing(limits.tokens_per_minute, tokens),
+                budget: self.budget.map(|(b, _, _)| (spent, b.pico)),
+            },
+        )
+    }
+}
+
 /// The minute a time falls in, and when it ends.
 pub fn minute(now: i64) -> (i64, i64) {
     let m = now.div_euclid(60);
@@ -230,18 +288,15 @@ impl MemoryStore {
         ask: Ask,
         now: i64,
     ) -> Result<(Reservation, Standings), Denied> {
-        let (m, minute_ends) = minute(now);
-        let budget = limits
-            .budget
-            .map(|b| (b, period(now, b.period, b.utc_offset_seconds)));
+        let w = Windows::at(limits, now);
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let t = state.tenants.entry(tenant.to_owned()).or_default();
         // A window that ended starts again from zero.
-        if t.minute != m {
-            t.minute = m;
+        if t.minute != w.minute {
+            t.minute = w.minute;
             t.counted = Counted::default();
         }
         if limits
@@ -249,7 +304,7 @@ impl MemoryStore {
             .is_some_and(|l| t.counted.requests + 1 > l)
         {
             return Err(Denied::Requests {
-                resets_at: minute_ends,
+                resets_at: w.minute_ends,
             });
         }
         if limits
@@ -257,11 +312,11 @@ impl MemoryStore {
             .is_some_and(|l| t.counted.tokens.saturating_add(ask.tokens) > l)
         {
             return Err(Denied::Tokens {
-                resets_at: minute_ends,
+                resets_at: w.minute_ends,
             });
         }
-        let mut standings = Standings::default();
-        if let Some((b, (n, ends))) = budget {
+        let mut spent = 0;
+        if let Some((b, n, ends)) = w.budget {
             let slot = t.spent.entry(b.period).or_insert((n, 0));
             if slot.0 != n {
                 *slot = (n, 0);
@@ -269,36 +324,12 @@ impl MemoryStore {
             if slot.1.saturating_add(ask.pico) > b.pico {
                 return Err(Denied::Budget { resets_at: ends });
             }
+            slot.1 = slot.1.saturating_add(ask.pico);
+            spent = slot.1;
         }
         t.counted.requests += 1;
         t.counted.tokens = t.counted.tokens.saturating_add(ask.tokens);
-        let c = t.counted;
-        if let Some((b, _)) = budget
-            && let Some(slot) = t.spent.get_mut(&b.period)
-        {
-            slot.1 = slot.1.saturating_add(ask.pico);
-            standings.budget = Some((slot.1, b.pico));
-        }
-        let reset_seconds = minute_ends - now;
-        standings.requests = limits.requests_per_minute.map(|limit| Standing {
-            limit,
-            remaining: limit.saturating_sub(c.requests),
-            reset_seconds,
-        });
-        standings.tokens = limits.tokens_per_minute.map(|limit| Standing {
-            limit,
-            remaining: limit.saturating_sub(c.tokens),
-            reset_seconds,
-        });
-        Ok((
-            Reservation {
-                tenant: tenant.to_owned(),
-                minute: m,
-                period: budget.map(|(b, (n, _))| (b.period, n)),
-                ask,
-            },
-            standings,
-        ))
+        Ok(w.granted(tenant, limits, ask, (t.counted.requests, t.counted.tokens), spent))
     }
 
     fn settle_now(&self, r: &Reservation, used: Ask) {

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use super::{Ask, Denied, Period, Reservation, Standing, Standings, Store, TenantLimits, minute, period};
+use super::{Ask, Denied, Period, Reservation, Standings, Store, TenantLimits, Windows};
 use crate::cost::Pico;
 
 const PICO_PER_NANO: Pico = 1000;
@@ -113,17 +113,14 @@ impl RedisStore {
         ask: Ask,
         now: i64,
     ) -> Result<(Reservation, Standings), Denied> {
-        let (m, minute_ends) = minute(now);
-        let budget = limits
-            .budget
-            .map(|b| (b, period(now, b.period, b.utc_offset_seconds)));
+        let w = Windows::at(limits, now);
         let nano = nanos_up(ask.pico);
         let limit = |l: Option<u64>| l.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let minute_key = self.minute_key(tenant, m);
+        let minute_key = self.minute_key(tenant, w.minute);
         // Without a budget the second key is unused; the minute's keeps both in one cluster slot.
-        let budget_key = budget.map_or_else(
+        let budget_key = w.budget.map_or_else(
             || minute_key.clone(),
-            |(b, (n, _))| self.budget_key(tenant, b.period, n),
+            |(b, n, _)| self.budget_key(tenant, b.period, n),
         );
         let call = async {
             let mut con = self.connection().await?;
@@ -134,9 +131,11 @@ impl RedisStore {
                 .arg(limit(limits.tokens_per_minute))
                 .arg(ask.tokens)
                 .arg(u64::try_from(nano).unwrap_or(u64::MAX))
-                .arg(budget.map_or(-1, |(b, _)| i64::try_from(nanos_down(b.pico)).unwrap_or(i64::MAX)))
-                .arg(minute_ends - now + 60)
-                .arg(budget.map_or(1, |(_, (_, ends))| ends - now + 3600))
+                .arg(w.budget.map_or(-1, |(b, _, _)| {
+                    i64::try_from(nanos_down(b.pico)).unwrap_or(i64::MAX)
+                }))
+                .arg(w.minute_ends - now + 60)
+                .arg(w.budget.map_or(1, |(_, _, ends)| ends - now + 3600))
                 .invoke_async::<(u8, u64, u64, u64)>(&mut con)
                 .await
         };
@@ -152,47 +151,26 @@ impl RedisStore {
             }
         };
         match code {
-            0 => {}
-            1 => {
-                return Err(Denied::Requests {
-                    resets_at: minute_ends,
-                });
-            }
-            2 => {
-                return Err(Denied::Tokens {
-                    resets_at: minute_ends,
-                });
-            }
-            _ => {
-                return Err(Denied::Budget {
-                    resets_at: budget.map_or(minute_ends, |(_, (_, ends))| ends),
-                });
-            }
-        }
-        let reset_seconds = minute_ends - now;
-        let standing = |limit: Option<u64>, used: u64| {
-            limit.map(|limit| Standing {
-                limit,
-                remaining: limit.saturating_sub(used),
-                reset_seconds,
-            })
-        };
-        Ok((
-            Reservation {
-                tenant: tenant.to_owned(),
-                minute: m,
-                period: budget.map(|(b, (n, _))| (b.period, n)),
-                ask: Ask {
+            0 => Ok(w.granted(
+                tenant,
+                limits,
+                Ask {
                     tokens: ask.tokens,
                     pico: nano * PICO_PER_NANO,
                 },
-            },
-            Standings {
-                requests: standing(limits.requests_per_minute, requests),
-                tokens: standing(limits.tokens_per_minute, tokens),
-                budget: budget.map(|(b, _)| (Pico::from(spent) * PICO_PER_NANO, b.pico)),
-            },
-        ))
+                (requests, tokens),
+                Pico::from(spent) * PICO_PER_NANO,
+            )),
+            1 => Err(Denied::Requests {
+                resets_at: w.minute_ends,
+            }),
+            2 => Err(Denied::Tokens {
+                resets_at: w.minute_ends,
+            }),
+            _ => Err(Denied::Budget {
+                resets_at: w.budget.map_or(w.minute_ends, |(_, _, ends)| ends),
+            }),
+        }
     }
 
     async fn settle_in(&self, r: &Reservation, used: Ask) {
