@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use sluice_sensitivity::Level;
+use sluice_sensitivity::{Kind, Level};
 
 use crate::decision::{Decision, Excluded, Policy, Redaction, Refusal, RefusalReason, Target};
 use crate::estimate::{Estimate, compare};
@@ -158,13 +158,16 @@ impl PolicyEngine {
             residual = Level::Restricted;
             kept.push((Level::Restricted, "the scan could not read all of it".to_owned()));
         }
+        let replaces = |k: Kind| r.kinds.contains(&k) && !self.config.never_redact.contains(&k);
         let mut replaced = false;
+        let mut kept_kinds: Vec<Kind> = Vec::new();
         for f in &facts.scan.findings {
-            if r.kinds.contains(&f.kind) && !self.config.never_redact.contains(&f.kind) {
+            if replaces(f.kind) {
                 replaced = true;
             } else {
                 residual = residual.max(f.level);
-                if !kept.iter().any(|(_, why)| why.starts_with(f.kind.as_str())) {
+                if !kept_kinds.contains(&f.kind) {
+                    kept_kinds.push(f.kind);
                     kept.push((
                         f.level,
                         format!("{} ({}), which the rule does not replace", f.kind, f.level),
@@ -174,7 +177,7 @@ impl PolicyEngine {
         }
         // A combination of kinds (a name with a diagnosis) stays met while any of its findings stays: its
         // level is kept unless every finding is replaced. The gateway's scan of the redacted form is exact.
-        if facts.scan.findings.iter().any(|f| !r.kinds.contains(&f.kind)) {
+        if !kept_kinds.is_empty() {
             for c in &facts.scan.combined {
                 residual = residual.max(c.level);
                 kept.push((c.level, format!("the combination {} ({})", c.name, c.level)));
