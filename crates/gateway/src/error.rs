@@ -163,6 +163,39 @@ impl ApiError {
         )
     }
 
+    /// 429: the tenant's cloud budget for the period is spent, and its rule rejects rather than serve the
+    /// request locally. Waiting helps only when the period resets (`Retry-After`, when known).
+    pub fn budget_exceeded(rule: &str, reason: &str) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exceeded",
+            format!("Refused by policy rule `{rule}`: {reason}"),
+        )
+    }
+
+    /// 429: a tenant's requests or tokens per minute are used up until the window resets.
+    pub fn rate_limited(limit: &str, used: &str, retry_after: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for {limit} per minute: {used}. Retry after the time in Retry-After."
+            ),
+        )
+        .with_retry_after(retry_after)
+    }
+
+    /// 503: the shared limits store cannot be reached, and the configuration refuses cloud-bound requests
+    /// that need a budget until it can (`limits.fail: closed`).
+    pub fn limits_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "limits_unavailable",
+            "The tenant's budget cannot be checked now (the limits store is unreachable), so the request is not sent to a cloud; retry shortly.",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    }
+
     /// 504: the backend did not answer within the deadline.
     pub fn backend_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "backend_timeout", message)
@@ -219,6 +252,12 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        // A spent budget does not come back in seconds: the official SDKs read this and do not retry.
+        if self.code == "budget_exceeded" {
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         response
     }
 }
@@ -244,6 +283,7 @@ impl From<&Refusal> for ApiError {
                 e
             }
             RefusalReason::NoCompliantBackend(message) => Self::no_compliant_backend(message.clone()),
+            RefusalReason::OverBudget { rule, reason } => Self::budget_exceeded(rule, reason),
         }
     }
 }

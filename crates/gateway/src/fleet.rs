@@ -97,7 +97,10 @@ impl Fleet {
                 }
             })
             .collect();
-        FleetView { backends }
+        FleetView {
+            backends,
+            over_budget: false,
+        }
     }
 }
 
@@ -141,5 +144,8 @@ pub fn offline_view(config: &GatewayConfig, local_models: &[String], down: &[Str
             }
         })
         .collect();
-    FleetView { backends }
+    FleetView {
+        backends,
+        over_budget: false,
+    }
 }

@@ -17,6 +17,8 @@ use sluice_policy::lint::lint;
 use sluice_policy::*;
 use sluice_sensitivity::{Scan, Scanner};
 
+#[path = "policy/budget.rs"]
+mod budget;
 #[path = "policy/props.rs"]
 mod props;
 #[path = "policy/redact.rs"]
@@ -96,6 +98,7 @@ fn fleet() -> FleetView {
             ),
             cloud_view("vault", Level::Confidential, &[("gpt-4o", 3.0, 12.0)]),
         ],
+        over_budget: false,
     }
 }
 

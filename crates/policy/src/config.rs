@@ -9,8 +9,8 @@ use sluice_sensitivity::{Kind, Level, Scanner};
 
 use crate::fleet::Route;
 use crate::rules::{
-    Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, PolicyConfig, Rule, Strategy, VirtualMember,
-    VirtualModel, ever_redactable, is_header_name, is_plain_name,
+    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, HeaderTest, LevelSet, OVER_BUDGET_REASON, PolicyConfig,
+    Rule, Strategy, VirtualMember, VirtualModel, ever_redactable, is_header_name, is_plain_name,
 };
 
 mod actions;
@@ -31,6 +31,8 @@ pub struct RawPolicy {
     pub rules: Option<Vec<RawRule>>,
     /// Kinds no `redact` rule may replace.
     pub never_redact: Option<Vec<Kind>>,
+    /// What a cloud-bound request gets once its tenant's cloud budget is spent, unless its rule says.
+    pub over_budget: Option<RawOverBudget>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,6 +63,38 @@ pub struct RawRule {
     pub when: Option<RawWhen>,
     pub then: Option<RawThen>,
     pub strategy: Option<String>,
+    /// What a request this rule sends to a cloud gets once its tenant's cloud budget is spent.
+    pub over_budget: Option<RawOverBudget>,
+}
+
+/// `over_budget: reject` or `local`, or an action: `{route: ...}`, `{substitute: ...}` or
+/// `{reject: REASON}`.
+#[derive(Debug, Clone)]
+pub enum RawOverBudget {
+    Word(String),
+    Then(RawThen),
+}
+
+impl<'de> Deserialize<'de> for RawOverBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawOverBudget;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "reject, local, or an action ({route: local}, {substitute: MODEL}, {reject: REASON})",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawOverBudget::Word(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawThen::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawOverBudget::Then)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// One value or a list of them. Written by hand rather than `untagged`, so that a wrong value keeps its
@@ -348,13 +382,21 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
         let Some(then) = action(at, &key("then"), r.then.unwrap_or_default(), &names, &mut errors) else {
             continue;
         };
+        let over_budget = r
+            .over_budget
+            .and_then(|o| actions::over_budget(at, &key("over_budget"), o, &names, &mut errors));
         rules.push(Rule {
             name,
             when,
             then,
             strategy: rule_strategy,
+            over_budget,
         });
     }
+    let over_budget = raw
+        .over_budget
+        .and_then(|o| actions::over_budget(at, "policy.over_budget", o, &names, &mut errors))
+        .unwrap_or_else(|| Action::Reject(OVER_BUDGET_REASON.to_owned()));
     if errors.is_empty() {
         Ok(PolicyConfig {
             rules,
@@ -363,6 +405,7 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
             strategy: default_strategy,
             max_ttft_seconds: default_ttft,
             never_redact,
+            over_budget,
         })
     } else {
         Err(errors)

@@ -67,6 +67,8 @@ pub enum RefusalReason {
     ModelNotFound { model: String, served: Vec<String> },
     /// The model is served, but nowhere the request may go: the message says where and why not.
     NoCompliantBackend(String),
+    /// The tenant's cloud budget is spent and the rule rejects rather than serve it locally.
+    OverBudget { rule: String, reason: String },
 }
 
 impl RefusalReason {
@@ -76,6 +78,7 @@ impl RefusalReason {
             Self::Rejected { .. } => "policy_rejected",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::NoCompliantBackend(_) => "no_compliant_backend",
+            Self::OverBudget { .. } => "budget_exceeded",
         }
     }
 }

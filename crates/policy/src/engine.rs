@@ -101,11 +101,30 @@ impl Policy for PolicyEngine {
             rule: rule.map(|r| r.name.as_str()),
             strategy: rule.and_then(|r| r.strategy),
         };
-        match rule.map(|r| &r.then) {
+        let decided = match rule.map(|r| &r.then) {
             Some(Action::Redact(r)) => self.redact(&on, r),
             action => self.act(&on, action),
+        };
+        match decided {
+            Ok(d) if fleet.over_budget && reaches_cloud(&d, fleet) => {
+                let action = rule
+                    .and_then(|r| r.over_budget.as_ref())
+                    .unwrap_or(&self.config.over_budget);
+                self.over_budget(&on, action)
+            }
+            decided => decided,
         }
     }
+}
+
+/// Whether a decision may send the request to a cloud (and so spend the tenant's budget).
+fn reaches_cloud(d: &Decision, fleet: &FleetView) -> bool {
+    d.targets.iter().any(|t| {
+        fleet
+            .backends
+            .get(t.backend)
+            .is_none_or(|b| b.route == Route::Cloud)
+    })
 }
 
 /// One request, as an action is carried out for it.
@@ -226,7 +245,9 @@ impl PolicyEngine {
                         RefusalReason::ModelNotFound { model, .. } => {
                             format!("no backend it may go to serves `{model}`")
                         }
-                        RefusalReason::Rejected { reason, .. } => reason.clone(),
+                        RefusalReason::Rejected { reason, .. } | RefusalReason::OverBudget { reason, .. } => {
+                            reason.clone()
+                        }
                     },
                     w => format!("once replaced it is still {residual}: {}", w.join("; ")),
                 };
@@ -247,6 +268,53 @@ impl PolicyEngine {
                 }
             }
         }
+    }
+
+    /// A request that would reach a cloud while its tenant's cloud budget is spent: the rule's (or the
+    /// policy's) `over_budget` action, under the rule's name with `:over_budget`, and only ever to local
+    /// backends; a rejection is `budget_exceeded`.
+    fn over_budget(&self, on: &On<'_, '_>, action: &Action) -> Result<Decision, Refusal> {
+        let name = format!("{}:over_budget", on.rule_name());
+        let on = On {
+            rule: Some(&name),
+            ..*on
+        };
+        let spent = "the tenant's cloud budget for the period is spent";
+        if let Action::Reject(reason) = action {
+            return Err(on.refuse(
+                RefusalReason::OverBudget {
+                    rule: name.clone(),
+                    reason: reason.clone(),
+                },
+                Vec::new(),
+            ));
+        }
+        let mut d = self.act(&on, Some(action))?;
+        let fleet = on.fleet;
+        let (local, cloud): (Vec<Target>, Vec<Target>) = d.targets.drain(..).partition(|t| {
+            fleet
+                .backends
+                .get(t.backend)
+                .is_some_and(|b| b.route == Route::Local)
+        });
+        d.excluded.extend(cloud.into_iter().filter_map(|t| {
+            Some(Excluded {
+                backend: fleet.backends.get(t.backend)?.name.clone(),
+                model: t.model,
+                why: spent.to_owned(),
+            })
+        }));
+        if local.is_empty() {
+            return Err(on.refuse(
+                RefusalReason::NoCompliantBackend(format!(
+                    "The tenant's cloud budget for the period is spent, and rule `{name}` has no local backend for this request."
+                )),
+                d.excluded,
+            ));
+        }
+        d.targets = local;
+        d.reason = format!("{spent}, so {}", d.reason);
+        Ok(d)
     }
 
     /// Carries out a route, substitute or reject action (or the default when no rule matched).

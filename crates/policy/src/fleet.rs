@@ -80,6 +80,9 @@ impl BackendView {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetView {
     pub backends: Vec<BackendView>,
+    /// The requesting tenant's cloud budget cannot cover this request (the gateway's limits store said
+    /// so): a decision that would reach a cloud takes the rule's `over_budget` action instead.
+    pub over_budget: bool,
 }
 
 impl FleetView {

@@ -32,7 +32,7 @@ pub use facts::{
 pub use fleet::{BackendView, FleetView, Load, ModelCard, Prices, Route};
 pub use rules::{
     Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, DEFAULT_OUTPUT_TOKENS, DEFAULT_RULE, HeaderTest, LevelSet,
-    Place, PolicyConfig, Redact, Rule, Strategy, VirtualMember, VirtualModel, ever_redactable,
-    is_header_name, is_plain_name,
+    OVER_BUDGET_REASON, Place, PolicyConfig, Redact, Rule, Strategy, VirtualMember, VirtualModel,
+    ever_redactable, is_header_name, is_plain_name,
 };
 pub use sluice_sensitivity::Level;

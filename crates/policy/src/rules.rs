@@ -241,7 +241,14 @@ pub struct Rule {
     pub then: Action,
     /// Orders the targets when several remain; the virtual model's or the policy's strategy otherwise.
     pub strategy: Option<Strategy>,
+    /// What a request this rule would send to a cloud gets when its tenant's cloud budget is spent; the
+    /// policy's `over_budget` otherwise.
+    pub over_budget: Option<Action>,
 }
+
+/// What an over-budget request gets unless the rule or the policy says otherwise.
+pub const OVER_BUDGET_REASON: &str =
+    "This tenant's cloud budget for the period is spent; its requests cannot go to a cloud until it resets.";
 
 /// One backend and model serving a virtual model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +278,9 @@ pub struct PolicyConfig {
     pub max_ttft_seconds: f64,
     /// Kinds the operator marks as never replaced, whatever a rule says.
     pub never_redact: Vec<Kind>,
+    /// What a request bound for a cloud gets when its tenant's cloud budget is spent, unless its rule
+    /// says: a rejection (429 `budget_exceeded`) or a way to the local workers (never a cloud).
+    pub over_budget: Action,
 }
 
 impl Default for PolicyConfig {
@@ -282,6 +292,7 @@ impl Default for PolicyConfig {
             strategy: Strategy::default(),
             max_ttft_seconds: DEFAULT_MAX_TTFT_SECONDS,
             never_redact: Vec::new(),
+            over_budget: Action::Reject(OVER_BUDGET_REASON.to_owned()),
         }
     }
 }

@@ -254,7 +254,9 @@ pub fn fall_back(
     let mut fallback = (*plan.fallback).clone();
     if let Err(refusal) = &mut fallback {
         match &mut refusal.reason {
-            RefusalReason::Rejected { reason, .. } | RefusalReason::NoCompliantBackend(reason) => {
+            RefusalReason::Rejected { reason, .. }
+            | RefusalReason::NoCompliantBackend(reason)
+            | RefusalReason::OverBudget { reason, .. } => {
                 reason.push_str(&format!(" ({why})"));
             }
             RefusalReason::ModelNotFound { .. } => {}

@@ -918,6 +918,7 @@ fn substitute_policy() -> PolicyConfig {
                 backend: None,
             },
             strategy: None,
+            over_budget: None,
         }],
         ..PolicyConfig::default()
     }

@@ -58,8 +58,11 @@ prop_compose! {
 
 fn fleet_view() -> impl Gen<Value = FleetView> {
     (1usize..5)
-        .prop_flat_map(|n| (0..n).map(backend).collect::<Vec<_>>())
-        .prop_map(|backends| FleetView { backends })
+        .prop_flat_map(|n| ((0..n).map(backend).collect::<Vec<_>>(), any::<bool>()))
+        .prop_map(|(backends, over_budget)| FleetView {
+            backends,
+            over_budget,
+        })
 }
 
 fn kind() -> impl Gen<Value = Kind> {
@@ -118,6 +121,7 @@ prop_compose! {
         tenants in prop::option::of(prop::sample::subsequence(vec!["acme".to_owned(), "legal".to_owned()], 1..=2)),
         then in action(),
         strategy in prop::option::of(prop::sample::select(vec![Strategy::Cheapest, Strategy::Fastest, Strategy::CheapestWithinSlo])),
+        over_budget in prop::option::of(plain_action()),
     ) -> Rule {
         Rule {
             name: format!("r{i}"),
@@ -130,6 +134,7 @@ prop_compose! {
             },
             then,
             strategy,
+            over_budget,
         }
     }
 }
@@ -153,6 +158,7 @@ prop_compose! {
             strategy: Strategy::CheapestWithinSlo,
             max_ttft_seconds: max_ttft,
             never_redact: Vec::new(),
+            over_budget: Action::Reject("over".into()),
         }
     }
 }
@@ -257,6 +263,13 @@ proptest! {
                         "{} cleared for {} got a {} request", b.name, b.clearance, clear_for
                     );
                 }
+                // Over budget, nothing goes to a cloud, whatever the rule's over-budget action names.
+                if fleet.over_budget {
+                    prop_assert!(
+                        d.targets.iter().all(|t| fleet.backends[t.backend].route == Route::Local),
+                        "over budget, {} sends to a cloud", d.rule
+                    );
+                }
                 let mut seen = d.targets.iter().map(|t| (t.backend, &t.model)).collect::<Vec<_>>();
                 seen.sort();
                 seen.dedup();
@@ -265,6 +278,7 @@ proptest! {
             Err(r) => {
                 let r = refused(r);
                 prop_assert!(r.error.status.is_client_error() || r.error.status.as_u16() == 503);
+                prop_assert!(fleet.over_budget || r.error.code != "budget_exceeded");
                 prop_assert!(r.level.is_none_or(|l| l >= lowest));
             }
         }

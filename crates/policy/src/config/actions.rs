@@ -4,7 +4,7 @@
 use sluice_config::{ConfigError, Locator};
 use sluice_sensitivity::Kind;
 
-use super::{BackendInfo, Context, OneOrMany, RawSubstitute, RawThen, unknown_backend};
+use super::{BackendInfo, Context, OneOrMany, RawOverBudget, RawSubstitute, RawThen, unknown_backend};
 use crate::fleet::Route;
 use crate::rules::{Action, Place, Redact, VirtualModel, ever_redactable};
 
@@ -172,4 +172,61 @@ pub(super) fn action(
             fallback: Box::new(fallback),
         })
     })
+}
+
+/// Reads an `over_budget` action: `reject`, `local`, or a route, substitute or reject action that can
+/// reach the local workers (a request over its cloud budget never goes to a cloud).
+pub(super) fn over_budget(
+    at: &Locator<'_>,
+    key: &str,
+    raw: RawOverBudget,
+    names: &Names<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Action> {
+    let then = match raw {
+        RawOverBudget::Word(w) if w == "reject" => {
+            return Some(Action::Reject(crate::rules::OVER_BUDGET_REASON.to_owned()));
+        }
+        RawOverBudget::Word(w) if w == "local" => RawThen {
+            route: Some(OneOrMany::One("local".to_owned())),
+            ..RawThen::default()
+        },
+        RawOverBudget::Word(w) => {
+            errors.push(at.error(
+                key,
+                format!("{w:?}: write reject, local, or an action such as {{substitute: MODEL}}"),
+            ));
+            return None;
+        }
+        RawOverBudget::Then(t) => t,
+    };
+    if then.redact.is_some() {
+        errors.push(at.error(
+            key,
+            "over budget, a request goes to the local workers or is rejected: it is not redacted for a cloud",
+        ));
+        return None;
+    }
+    let action = action(at, key, then, names, errors)?;
+    let cloud = |b: &str| names.backend(b).is_some_and(|b| b.route == Route::Cloud);
+    let to_cloud = match &action {
+        Action::Route(places) => places
+            .iter()
+            .all(|p| matches!(p, Place::Cloud) || matches!(p, Place::Backend(b) if cloud(b))),
+        Action::Substitute { backend: Some(b), .. } => cloud(b),
+        _ => false,
+    };
+    if to_cloud {
+        errors.push(at.error(
+            key,
+            "over budget, a request never goes to a cloud: route it to local (or local backends), substitute a local model, or reject",
+        ));
+    }
+    if !names.has_local && !matches!(action, Action::Reject(_)) {
+        errors.push(at.error(
+            key,
+            "no local workers are configured: over budget, only reject is possible",
+        ));
+    }
+    Some(action)
 }
