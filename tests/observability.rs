@@ -34,6 +34,10 @@ const GATEWAY_SERIES: &[&str] = &[
     "sluice_local_node_cost_usd_total",
     "sluice_discovery_synced",
     "sluice_discovery_watch_failures_total",
+    "sluice_budget_spent_usd",
+    "sluice_budget_limit_usd",
+    "sluice_rate_limited_total",
+    "sluice_limits_store_up",
 ];
 
 /// The gateway's histograms (each is `_bucket`, `_sum` and `_count` series).
@@ -55,12 +59,17 @@ const WORKER_SERIES: &[&str] = &[
 ];
 
 /// Series the gateway creates only when something happens that the live test does not provoke, or only
-/// with a configuration it does not use (Kubernetes discovery; tests/kubernetes.rs reads those).
+/// with a configuration it does not use (Kubernetes discovery, tests/kubernetes.rs reads those; tenant
+/// limits, tests/limits.rs).
 const CREATED_ON_EVENTS: &[&str] = &[
     "sluice_rejected_total",
     "sluice_sensitive_findings_total",
     "sluice_discovery_synced",
     "sluice_discovery_watch_failures_total",
+    "sluice_budget_spent_usd",
+    "sluice_budget_limit_usd",
+    "sluice_rate_limited_total",
+    "sluice_limits_store_up",
 ];
 
 fn repo() -> PathBuf {

@@ -332,21 +332,25 @@ pub const TEST_KEY: &str = "sk-test-acme";
 impl Gateway {
     /// Starts a gateway; `backends` is YAML for the `local:` and `clouds:` keys.
     pub fn start(backends: &str) -> Self {
+        Self::start_with(
+            &format!("api_keys:\n  - tenant: acme\n    key_env: SLUICE_TEST_KEY\n{backends}"),
+            &[("SLUICE_TEST_KEY", TEST_KEY)],
+        )
+    }
+
+    /// Starts a gateway on loopback ports with `config` (every key but the listeners) and `env`.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("gateway.yaml");
-        let config = format!(
-            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\napi_keys:\n  - tenant: acme\n    key_env: SLUICE_TEST_KEY\n{backends}"
-        );
-        std::fs::write(&path, config).expect("write config");
+        std::fs::write(
+            &path,
+            format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{config}"),
+        )
+        .expect("write config");
         let path = path.to_string_lossy().into_owned();
-        let (child, log, line) = spawn_logged(
-            &["gateway", "--config", &path],
-            &[
-                ("SLUICE_TEST_KEY", TEST_KEY),
-                ("SLUICE_LOG", "info,sluice_gateway=debug"),
-            ],
-            "gateway listening",
-        );
+        let mut env = env.to_vec();
+        env.push(("SLUICE_LOG", "info,sluice_gateway=debug"));
+        let (child, log, line) = spawn_logged(&["gateway", "--config", &path], &env, "gateway listening");
         Self {
             public: log_field(&line, "public").expect("public address"),
             admin: log_field(&line, "admin").expect("admin address"),
@@ -699,4 +703,68 @@ pub fn ensure_python_packages(packages: &[(&str, &str, &str)]) {
         String::from_utf8_lossy(&first.stderr),
         String::from_utf8_lossy(&second.stderr)
     );
+}
+
+/// A real `redis-server` (Debian's) on a loopback port, without persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self { child: None, port };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        assert!(
+            ensure_debian_package("redis-server", "redis-server"),
+            "redis-server is missing and could not be installed"
+        );
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -22,6 +22,8 @@ JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
 LONG = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
 ROUTING = ["x-sluice-route", "x-sluice-backend", "x-sluice-rule", "x-sluice-sensitivity",
            "x-sluice-decision-id", "x-request-id", "x-sluice-model", "x-sluice-substituted-for"]
+RATE = ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
 TOOLS = [{
     "type": "function",
     "function": {
@@ -42,7 +44,7 @@ def client(**kw):
 
 
 def headers_of(raw):
-    return {h: raw.headers.get(h) for h in ROUTING}
+    return {h: raw.headers.get(h) for h in ROUTING + RATE}
 
 
 def plain(c, model, messages, **kw):
@@ -408,7 +410,40 @@ def hang():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+def burst():
+    """BURST requests at once from BURST threads, each its own SDK client, spread over the gateways in
+    BASE_URLS (comma-separated) in turn; each asks MODEL for at most MAX_TOKENS with `user` set to USER.
+    Reports every outcome: status, error code, routing and rate-limit headers, Retry-After."""
+    import concurrent.futures
+    urls = os.environ.get("BASE_URLS", BASE_URL).split(",")
+    n = int(os.environ.get("BURST", "10"))
+    model = os.environ.get("MODEL", CLOUD)
+    max_tokens = int(os.environ.get("MAX_TOKENS", "8"))
+    user = os.environ.get("USER_TAG", "")
+
+    def one(i):
+        c = OpenAI(base_url=urls[i % len(urls)], api_key=API_KEY, max_retries=0, timeout=60)
+        started = time.monotonic()
+        messages = [{"role": "user", "content": f"Say something short about the number {i:04d}."}]
+        try:
+            raw = c.chat.completions.with_raw_response.create(
+                model=model, messages=messages, max_tokens=max_tokens, user=user)
+            raw.parse()
+            status, code, headers, retry_after = 200, None, raw.headers, None
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            status, code, headers = e.status_code, body.get("code"), e.response.headers
+            retry_after = headers.get("retry-after")
+        out = {"status": status, "code": code, "retry_after": retry_after,
+               "should_retry": headers.get("x-should-retry"), "seconds": time.monotonic() - started}
+        out.update({h: headers.get(h) for h in ROUTING + RATE})
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        return {"outcomes": list(pool.map(one, range(n)))}
+
+
+SCENARIOS = {f.__name__: f for f in [burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

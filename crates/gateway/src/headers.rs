@@ -1,6 +1,7 @@
 //! Header names the gateway reads and writes, and [`RoutingHeaders`]: what a response says of its
 //! routing (`x-sluice-route`, `-backend`, `-rule`, `-sensitivity`, `-decision-id`, `-model`,
-//! `-substituted-for`), added to every answer of the chat API whatever it is. A leaf: it imports no
+//! `-substituted-for`) and of its tenant's rate limits (`x-ratelimit-*`), added to every answer of the
+//! chat API whatever it is. A leaf: it imports no
 //! other module of the gateway.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +16,16 @@ pub const X_DECISION_ID: HeaderName = HeaderName::from_static("x-sluice-decision
 pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
 pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
 pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
+const REQUESTS_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const TOKENS_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 /// The routing headers of one request, added to its response whatever it is.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +40,24 @@ pub struct RoutingHeaders {
     pub substituted_for: Option<String>,
     /// The request went redacted: its cloud route is `redacted-cloud`.
     pub redacted: bool,
+    /// The tenant's rate limits, as OpenAI's `x-ratelimit-*` headers give them.
+    pub ratelimit: RateHeaders,
+}
+
+/// Where a tenant stands against a rate limit: its limit, what remains, and when the window resets (as
+/// OpenAI writes it: `17s`, `1m0s`).
+#[derive(Debug, Clone, Default)]
+pub struct RateHeader {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: String,
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+#[derive(Debug, Clone, Default)]
+pub struct RateHeaders {
+    pub requests: Option<RateHeader>,
+    pub tokens: Option<RateHeader>,
 }
 
 impl RoutingHeaders {
@@ -51,6 +80,18 @@ impl RoutingHeaders {
         set(X_DECISION_ID, self.decision_id.as_deref());
         set(X_MODEL, self.model.as_deref());
         set(X_SUBSTITUTED_FOR, self.substituted_for.as_deref());
+        for (h, names) in [
+            (&self.ratelimit.requests, REQUESTS_HEADERS),
+            (&self.ratelimit.tokens, TOKENS_HEADERS),
+        ] {
+            if let Some(h) = h {
+                headers.insert(names[0].clone(), HeaderValue::from(h.limit));
+                headers.insert(names[1].clone(), HeaderValue::from(h.remaining));
+                if let Ok(v) = HeaderValue::from_str(&h.reset) {
+                    headers.insert(names[2].clone(), v);
+                }
+            }
+        }
     }
 }
 

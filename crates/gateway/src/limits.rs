@@ -8,9 +8,8 @@
 //! ones: the minute since the Unix epoch for rates, and the day, week (from Monday) or calendar month at a
 //! fixed UTC offset for budgets. Amounts are integer picodollars, as everywhere in accounting.
 //!
-//! Not yet read from the configuration nor consulted by the request path: this is the core the gateway's
-//! limits are built on. [`RedisStore`] implements the same [`Store`] for replicas, one atomic script a
-//! call.
+//! [`RedisStore`] implements the same [`Store`] for replicas, one atomic script a call; [`Limiter`] puts
+//! them on the request path (what a request asks, what it holds until it ends, the metrics).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,6 +35,8 @@ pub struct Budget {
     pub period: Period,
     /// The offset of the time zone the periods start in, east of UTC, in seconds.
     pub utc_offset_seconds: i32,
+    /// Local requests count at their busy-time cost too; otherwise only cloud spend counts.
+    pub include_local: bool,
 }
 
 /// One tenant's limits; `None` is no limit.
@@ -100,13 +101,22 @@ pub struct Standing {
     pub reset_seconds: i64,
 }
 
+/// Where a tenant stands against its budget in the current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetStanding {
+    /// Spent and reserved by requests in flight.
+    pub spent: Pico,
+    pub limit: Pico,
+    /// Seconds until the next period begins.
+    pub reset_seconds: i64,
+}
+
 /// Where a tenant stands after a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Standings {
     pub requests: Option<Standing>,
     pub tokens: Option<Standing>,
-    /// Spent and the budget, in the current period.
-    pub budget: Option<(Pico, Pico)>,
+    pub budget: Option<BudgetStanding>,
 }
 
 /// Where limits are counted: in this process, or shared by replicas (a network round trip, hence
@@ -123,6 +133,14 @@ pub trait Store: Send + Sync {
 
     /// Replaces what was reserved by what was used (the request stays counted).
     fn settle<'a>(&'a self, reservation: &'a Reservation, used: Ask) -> BoxFuture<'a, ()>;
+
+    /// Where a tenant stands now, counting nothing.
+    fn usage<'a>(
+        &'a self,
+        tenant: &'a str,
+        limits: &'a TenantLimits,
+        now: i64,
+    ) -> BoxFuture<'a, Result<Standings, Denied>>;
 }
 
 /// The windows a request made at `now` is counted in: its minute, and its budget's period.
@@ -177,7 +195,11 @@ impl Windows {
             Standings {
                 requests: standing(limits.requests_per_minute, requests),
                 tokens: standing(limits.tokens_per_minute, tokens),
-                budget: self.budget.map(|(b, _, _)| (spent, b.pico)),
+                budget: self.budget.map(|(b, _, ends)| BudgetStanding {
+                    spent,
+                    limit: b.pico,
+                    reset_seconds: ends - self.now,
+                }),
             },
         )
     }
@@ -278,6 +300,29 @@ impl Store for MemoryStore {
         self.settle_now(reservation, used);
         Box::pin(std::future::ready(()))
     }
+
+    fn usage<'a>(
+        &'a self,
+        tenant: &'a str,
+        limits: &'a TenantLimits,
+        now: i64,
+    ) -> BoxFuture<'a, Result<Standings, Denied>> {
+        let w = Windows::at(limits, now);
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = state.tenants.get(tenant);
+        let counted = t
+            .filter(|t| t.minute == w.minute)
+            .map_or((0, 0), |t| (t.counted.requests, t.counted.tokens));
+        let spent = match (t, w.budget) {
+            (Some(t), Some((b, n, _))) => t.spent.get(&b.period).filter(|s| s.0 == n).map_or(0, |s| s.1),
+            _ => 0,
+        };
+        let (_, standings) = w.granted(tenant, limits, Ask::default(), counted, spent);
+        Box::pin(std::future::ready(Ok(standings)))
+    }
 }
 
 impl MemoryStore {
@@ -357,8 +402,10 @@ impl MemoryStore {
     }
 }
 
+mod enforce;
 mod shared;
 
+pub use enforce::{Granted, Held, Limiter, TenantUsage, ask_for, ratelimit_reset};
 pub use shared::RedisStore;
 
 #[cfg(test)]

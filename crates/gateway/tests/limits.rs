@@ -89,6 +89,7 @@ fn limits(rpm: Option<u64>, budget_usd: Option<f64>) -> TenantLimits {
             pico: sluice_gateway::cost::pico(usd),
             period: Period::Month,
             utc_offset_seconds: 0,
+            include_local: false,
         }),
     }
 }
@@ -145,11 +146,7 @@ async fn three_replicas_share_limits_exactly() {
         }
     }
     assert_eq!(ok.len(), 33);
-    let most = ok
-        .iter()
-        .filter_map(|(_, s)| s.budget)
-        .map(|(spent, _)| spent)
-        .max();
+    let most = ok.iter().filter_map(|(_, s)| s.budget).map(|b| b.spent).max();
     assert_eq!(most, Some(sluice_gateway::cost::pico(0.99)));
     // Settling: one used nothing (it failed), and the room is there again, for exactly one more.
     replicas[1].settle(&ok[0].0, Ask::default()).await;

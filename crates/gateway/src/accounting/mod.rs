@@ -319,6 +319,8 @@ pub struct Ledger {
     audit: Option<Box<sluice_audit::Record>>,
     /// The request went redacted (the `redacted-cloud` route).
     redacted: bool,
+    /// What the request reserved of its tenant's limits, settled to what it used when it ends.
+    limits: Option<crate::limits::Held>,
 }
 
 /// The route as headers, explanations and the audit log name it.
@@ -376,7 +378,13 @@ impl Ledger {
             status: 499,
             audit,
             redacted: false,
+            limits: None,
         }
+    }
+
+    /// The request holds a reservation of its tenant's limits: settled when the request ends.
+    pub fn hold(&mut self, held: Option<crate::limits::Held>) {
+        self.limits = held;
     }
 
     /// The request was sent redacted, with these distinct values replaced, by kind: the audit record and
@@ -475,6 +483,10 @@ impl Drop for Ledger {
                 .inc_by(u.completion_tokens);
         }
         let (cost, equivalent) = self.charge();
+        if let Some(held) = self.limits.take() {
+            let used = self.usage_or_generated();
+            held.settle(self.route, used.prompt_tokens + used.completion_tokens, cost);
+        }
         let fallbacks = std::mem::take(&mut self.fallbacks);
         let route_named = route_label(self.route, self.redacted);
         if let (Some(mut record), Some(audit)) = (self.audit.take(), accounts.audit.get()) {

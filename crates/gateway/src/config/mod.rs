@@ -9,6 +9,7 @@
 
 mod cloud;
 mod fields;
+mod limits;
 mod local;
 mod ner;
 mod raw;
@@ -21,10 +22,15 @@ use sluice_config::{ConfigError, Locator};
 
 use self::cloud::{cloud, reference_model};
 use self::fields::{address, check_name, parse_sha256, seconds};
+pub use self::limits::{
+    DEFAULT_RESERVE_OUTPUT_TOKENS, DEFAULT_STORE_TIMEOUT_MS, Fail, StoreConfig, TenantLimitsConfig,
+    utc_offset,
+};
 use self::local::local_pool;
 pub use self::raw::{
-    RawApiKey, RawAudit, RawBreaker, RawClientTls, RawCloud, RawCloudModel, RawCost, RawGatewayConfig,
-    RawKubernetes, RawLimits, RawLocal, RawNer, RawNodeCost, RawPort, RawWorker,
+    RawApiKey, RawAudit, RawBreaker, RawBudget, RawClientTls, RawCloud, RawCloudModel, RawCost,
+    RawGatewayConfig, RawKubernetes, RawLimits, RawLocal, RawNer, RawNodeCost, RawPort, RawRedis,
+    RawTenantLimits, RawWorker,
 };
 use crate::auth::{ApiKey, hash_key};
 use crate::backend::Prices;
@@ -79,6 +85,8 @@ pub struct GatewayConfig {
     pub keys: Vec<ApiKey>,
     pub allow_unauthenticated: bool,
     pub limits: Limits,
+    /// Per-tenant rates and budgets, and where they are counted.
+    pub tenant_limits: TenantLimitsConfig,
     pub local: Option<PoolConfig>,
     pub clouds: Vec<CloudConfig>,
     pub drain_grace: Duration,
@@ -270,6 +278,9 @@ impl RawGatewayConfig {
             max_in_flight,
             request_timeout,
         };
+        let key_tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
+        let tenant_limits =
+            self::limits::tenant_limits(&at, raw_limits, &key_tenants, allow_unauthenticated, env)?;
 
         let local = self.local.map(|l| local_pool(&at, l)).transpose()?;
         let mut clouds = Vec::new();
@@ -361,6 +372,7 @@ impl RawGatewayConfig {
             keys,
             allow_unauthenticated,
             limits,
+            tenant_limits,
             local,
             clouds,
             drain_grace,

@@ -4,11 +4,14 @@
 //! These types only mirror the file: they never check a value, never hold a default and never read the
 //! environment or the disk (the validation in the sibling modules does).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use sluice_policy::config::RawPolicy;
+
+pub use super::limits::{RawBudget, RawRedis, RawTenantLimits};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +114,16 @@ pub struct RawLimits {
     pub max_body_bytes: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub request_timeout_seconds: Option<f64>,
+    /// Limits of tenants without their own.
+    pub default: Option<RawTenantLimits>,
+    /// Per tenant: requests and tokens per minute, a spend budget.
+    pub tenants: Option<BTreeMap<String, RawTenantLimits>>,
+    /// Completion tokens a request without `max_tokens` reserves (default 4096).
+    pub reserve_output_tokens: Option<u32>,
+    /// Keep the counts in Redis, shared by every gateway replica (in this process otherwise).
+    pub redis: Option<RawRedis>,
+    /// With Redis unreachable: `closed` (refuse cloud-bound requests that need a budget) or `local`.
+    pub fail: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

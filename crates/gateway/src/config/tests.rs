@@ -211,3 +211,133 @@ fn kubernetes_settings_are_checked() {
         assert!(e.contains(key) && e.contains(message), "{local}: {e}");
     }
 }
+
+/// `FULL` with tenant limits in place of its `limits:` section.
+fn with_limits(limits: &str) -> String {
+    FULL.replace(
+        "limits:\n  max_in_flight: 64\n",
+        &format!("limits:\n  max_in_flight: 64\n{limits}"),
+    )
+}
+
+#[test]
+fn tenant_limits_are_read_with_their_defaults() {
+    let c = validate(&with_limits(
+        "  default: { requests_per_minute: 600 }
+  tenants:
+    acme:
+      tokens_per_minute: 100000
+      budget: { usd: 12.5, period: week, time_zone: '-05:00', include_local: true }
+  redis: { url: 'redis://:pw@10.0.0.9:6379/2', key_prefix: eu }
+  fail: local
+",
+    ))
+    .unwrap();
+    let l = &c.tenant_limits;
+    assert_eq!(l.of("globex").unwrap().requests_per_minute, Some(600));
+    let acme = l.of("acme").unwrap();
+    assert_eq!(
+        (acme.requests_per_minute, acme.tokens_per_minute),
+        (None, Some(100_000))
+    );
+    let b = acme.budget.unwrap();
+    assert_eq!(
+        (b.pico, b.period, b.utc_offset_seconds, b.include_local),
+        (
+            crate::cost::pico(12.5),
+            crate::limits::Period::Week,
+            -18_000,
+            true
+        )
+    );
+    assert_eq!(l.fail, Fail::Local);
+    assert_eq!(l.reserve_output_tokens, DEFAULT_RESERVE_OUTPUT_TOKENS);
+    match &l.store {
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            timeout,
+        } => {
+            assert_eq!(
+                (url.as_str(), key_prefix.as_str()),
+                ("redis://:pw@10.0.0.9:6379/2", "eu")
+            );
+            assert_eq!(*timeout, Duration::from_millis(DEFAULT_STORE_TIMEOUT_MS));
+        }
+        StoreConfig::Memory => panic!("redis expected"),
+    }
+    // TLS turns the scheme to rediss://.
+    let c = validate(&with_limits(
+        "  default: { requests_per_minute: 1 }\n  redis: { url: 'redis://r:6379', tls: true }\n",
+    ))
+    .unwrap();
+    assert!(matches!(&c.tenant_limits.store, StoreConfig::Redis { url, .. } if url == "rediss://r:6379"));
+    // Without the keys, no limits at all.
+    assert!(!validate(FULL).unwrap().tenant_limits.any());
+}
+
+#[test]
+fn tenant_limit_problems_name_file_line_and_key_and_never_a_password() {
+    let cases = [
+        (
+            "  tenants:\n    initech: { requests_per_minute: 5 }\n",
+            "gateway.yaml:11: limits.tenants.initech",
+            "no API key maps to the tenant",
+        ),
+        (
+            "  default: { requests_per_minute: 0 }\n",
+            "gateway.yaml:10: limits.default.requests_per_minute",
+            "at least 1",
+        ),
+        (
+            "  default: {}\n",
+            "gateway.yaml:10: limits.default",
+            "give requests_per_minute",
+        ),
+        (
+            "  default:\n    budget: { usd: 5, period: fortnight }\n",
+            "gateway.yaml:11: limits.default.budget.period",
+            "day, week",
+        ),
+        (
+            "  default:\n    budget: { usd: 5, time_zone: Europe/Paris }\n",
+            "gateway.yaml:11: limits.default.budget.time_zone",
+            "named zones",
+        ),
+        (
+            "  default:\n    budget: { period: day }\n",
+            "gateway.yaml:11: limits.default.budget",
+            "`usd` is required",
+        ),
+        (
+            "  default: { requests_per_minute: 1 }\n  fail: local\n",
+            "gateway.yaml:11: limits.fail",
+            "kept in Redis",
+        ),
+        (
+            "  default: { requests_per_minute: 1 }\n  redis: { url: 'http://:hunter2@r' }\n",
+            "gateway.yaml:11: limits.redis.url",
+            "not a Redis URL",
+        ),
+        (
+            "  default: { requests_per_minute: 1 }\n  redis: { url_env: NO_SUCH_VAR }\n",
+            "gateway.yaml:11: limits.redis.url_env",
+            "is not set",
+        ),
+        (
+            "  default: { requests_per_minute: 1 }\n  redis: { url: 'redis://r', key_prefix: 'a b' }\n",
+            "gateway.yaml:11: limits.redis.key_prefix",
+            "without spaces",
+        ),
+        (
+            "  default: { requests_per_minute: 1 }\n  redis: { url: 'redis://r' }\n  fail: open\n",
+            "gateway.yaml:12: limits.fail",
+            "closed",
+        ),
+    ];
+    for (limits, at, says) in cases {
+        let e = validate(&with_limits(limits)).unwrap_err().to_string();
+        assert!(e.starts_with(at) && e.contains(says), "{limits}: {e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

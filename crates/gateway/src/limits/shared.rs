@@ -53,6 +53,15 @@ if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCRBY', KEYS
 return 0
 ";
 
+/// Reads where a tenant stands. KEYS as for [`RESERVE`]. Returns `{requests, tokens, spent}`.
+const PEEK: &str = r"
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+local t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local spent = 0
+if KEYS[2] then spent = tonumber(redis.call('GET', KEYS[2]) or '0') end
+return {r, t, spent}
+";
+
 /// Limits kept in Redis.
 pub struct RedisStore {
     client: redis::Client,
@@ -61,6 +70,7 @@ pub struct RedisStore {
     timeout: Duration,
     reserve: redis::Script,
     settle: redis::Script,
+    peek: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -83,6 +93,7 @@ impl RedisStore {
             timeout,
             reserve: redis::Script::new(RESERVE),
             settle: redis::Script::new(SETTLE),
+            peek: redis::Script::new(PEEK),
         })
     }
 
@@ -141,12 +152,13 @@ impl RedisStore {
         };
         let (code, requests, tokens, spent) = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => reply,
+            // The limiter logs when the store stops and starts answering; each failure is a debug line.
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the limits store failed");
+                tracing::debug!(error = %e, "the limits store failed");
                 return Err(Denied::Unreachable);
             }
             Err(_) => {
-                tracing::warn!(timeout = ?self.timeout, "the limits store did not answer in time");
+                tracing::debug!(timeout = ?self.timeout, "the limits store did not answer in time");
                 return Err(Denied::Unreachable);
             }
         };
@@ -191,6 +203,30 @@ impl RedisStore {
             Err(_) => tracing::warn!("the limits store did not settle a request in time"),
         }
     }
+
+    async fn usage_in(&self, tenant: &str, limits: &TenantLimits, now: i64) -> Result<Standings, Denied> {
+        let w = Windows::at(limits, now);
+        let mut invocation = self.peek.key(self.minute_key(tenant, w.minute));
+        if let Some((b, n, _)) = w.budget {
+            invocation.key(self.budget_key(tenant, b.period, n));
+        }
+        let call = async {
+            let mut con = self.connection().await?;
+            invocation.invoke_async::<(u64, u64, u64)>(&mut con).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok((requests, tokens, spent))) => Ok(w
+                .granted(
+                    tenant,
+                    limits,
+                    Ask::default(),
+                    (requests, tokens),
+                    Pico::from(spent) * PICO_PER_NANO,
+                )
+                .1),
+            _ => Err(Denied::Unreachable),
+        }
+    }
 }
 
 fn nanos_up(pico: Pico) -> Pico {
@@ -218,5 +254,14 @@ impl Store for RedisStore {
 
     fn settle<'a>(&'a self, reservation: &'a Reservation, used: Ask) -> BoxFuture<'a, ()> {
         Box::pin(self.settle_in(reservation, used))
+    }
+
+    fn usage<'a>(
+        &'a self,
+        tenant: &'a str,
+        limits: &'a TenantLimits,
+        now: i64,
+    ) -> BoxFuture<'a, Result<Standings, Denied>> {
+        Box::pin(self.usage_in(tenant, limits, now))
     }
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
+use sluice_policy::Route;
 
 use super::*;
 
@@ -76,6 +77,7 @@ fn limits(rpm: u64, tpm: u64, budget_pico: Pico) -> TenantLimits {
             pico: budget_pico,
             period: Period::Day,
             utc_offset_seconds: 0,
+            include_local: false,
         }),
     }
 }
@@ -95,7 +97,7 @@ fn each_limit_is_held_and_says_when_it_frees_up() {
         })
     );
     assert_eq!(s.tokens.map(|t| t.remaining), Some(600));
-    assert_eq!(s.budget, Some((4, 10)));
+    assert_eq!(s.budget.map(|b| (b.spent, b.limit)), Some((4, 10)));
     // Tokens: 400 + 700 > 1000.
     let big = Ask { tokens: 700, pico: 1 };
     assert_eq!(
@@ -156,7 +158,7 @@ fn settling_replaces_the_reservation_and_a_failure_gives_it_back() {
     )
     .unwrap();
     assert_eq!(s.tokens.map(|t| t.remaining), Some(0));
-    assert_eq!(s.budget, Some((100, 100)));
+    assert_eq!(s.budget.map(|b| (b.spent, b.limit)), Some((100, 100)));
     // It failed: everything back but the request.
     settle(&store, &r2, Ask::default());
     let (_, s) = reserve(
@@ -171,7 +173,7 @@ fn settling_replaces_the_reservation_and_a_failure_gives_it_back() {
     )
     .unwrap();
     assert_eq!(s.requests.map(|x| x.remaining), Some(97));
-    assert_eq!(s.budget, Some((100, 100)));
+    assert_eq!(s.budget.map(|b| (b.spent, b.limit)), Some((100, 100)));
 }
 
 #[test]
@@ -200,4 +202,131 @@ fn concurrent_requests_never_take_a_tenant_past_its_limits() {
         state.tenants["acme"].spent[&Period::Day],
         (SAT.div_euclid(86_400), 990)
     );
+}
+
+fn tenant_config(limits: TenantLimits) -> crate::config::TenantLimitsConfig {
+    crate::config::TenantLimitsConfig {
+        tenants: [("acme".to_owned(), limits)].into(),
+        ..Default::default()
+    }
+}
+
+/// Lets the tasks a settlement spawns run.
+async fn settled() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_held_reservation_settles_to_what_was_used_or_gives_everything_back_when_dropped() {
+    let store = Arc::new(MemoryStore::default());
+    let l = limits(10, 1000, 1_000_000);
+    let limiter =
+        Limiter::with_store(&tenant_config(l), store.clone(), &prometheus::Registry::new()).unwrap();
+    let ask = Ask {
+        tokens: 300,
+        pico: 400_000,
+    };
+    let usage = || async { store.usage("acme", &l, now_for_tests()).await.unwrap() };
+
+    // Dropped unsettled (the request failed before an answer): the request stays counted, nothing else.
+    let g = limiter.reserve("acme", &l, ask).await.unwrap();
+    assert_eq!(g.standings.tokens.unwrap().remaining, 700);
+    drop(g);
+    settled().await;
+    let s = usage().await;
+    assert_eq!(s.requests.unwrap().remaining, 9);
+    assert_eq!(s.tokens.unwrap().remaining, 1000);
+    assert_eq!(s.budget.unwrap().spent, 0);
+
+    // Settled: a cloud answer counts its tokens and cost; a local one its tokens only.
+    let g = limiter.reserve("acme", &l, ask).await.unwrap();
+    g.held.settle(Route::Cloud, 120, 150_000);
+    let g = limiter.reserve("acme", &l, ask).await.unwrap();
+    g.held.settle(Route::Local, 80, 999);
+    settled().await;
+    let s = usage().await;
+    assert_eq!(s.requests.unwrap().remaining, 7);
+    assert_eq!(s.tokens.unwrap().remaining, 800);
+    assert_eq!(s.budget.unwrap().spent, 150_000);
+}
+
+fn now_for_tests() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn a_request_reserves_its_most_at_the_dearest_target_its_budget_counts() {
+    use sluice_policy::{BackendView, Decision, FleetView, Load, ModelCard, Prices, Target};
+    let backend = |name: &str, route, price: f64| BackendView {
+        name: name.into(),
+        route,
+        clearance: sluice_policy::Level::Public,
+        models: vec![ModelCard {
+            id: "m".into(),
+            prices: Some(Prices {
+                input_usd_per_mtok: price,
+                output_usd_per_mtok: 4.0 * price,
+            }),
+        }],
+        ready: true,
+        load: Load::default(),
+        ttft_seconds: None,
+        tokens_per_second: None,
+    };
+    let view = FleetView {
+        backends: vec![
+            backend("local", Route::Local, 100.0),
+            backend("cheap", Route::Cloud, 1.0),
+            backend("dear", Route::Cloud, 2.0),
+        ],
+        over_budget: false,
+    };
+    let decision = Decision {
+        targets: (0..3)
+            .map(|backend| Target {
+                backend,
+                model: "m".into(),
+            })
+            .collect(),
+        rule: "r".into(),
+        level: sluice_policy::Level::Public,
+        substituted_for: None,
+        excluded: Vec::new(),
+        reason: String::new(),
+        redaction: None,
+        unredactable: None,
+    };
+    let l = limits(10, 100_000, 1_000_000_000);
+    // 1000 prompt tokens at 2 USD/M and 500 answer tokens at 8 USD/M: 0.006 USD.
+    let ask = ask_for(&l, &decision, &view, 1000, 500);
+    assert_eq!(
+        ask,
+        Ask {
+            tokens: 1500,
+            pico: crate::cost::pico(0.006)
+        }
+    );
+    // Counting local busy cost too: the local list price is the dearest.
+    let mut with_local = l;
+    with_local.budget.as_mut().unwrap().include_local = true;
+    assert_eq!(
+        ask_for(&with_local, &decision, &view, 1000, 500).pico,
+        crate::cost::pico(0.3)
+    );
+    // No budget: tokens only.
+    let rates = TenantLimits { budget: None, ..l };
+    assert_eq!(ask_for(&rates, &decision, &view, 1000, 500).pico, 0);
+}
+
+#[test]
+fn resets_are_written_as_openai_writes_them() {
+    assert_eq!(ratelimit_reset(7), "7s");
+    assert_eq!(ratelimit_reset(60), "1m0s");
+    assert_eq!(ratelimit_reset(61), "1m1s");
+    assert_eq!(ratelimit_reset(-3), "0s");
 }

@@ -113,3 +113,25 @@ pub(super) async fn decisions(State(app): State<Arc<App>>) -> Response {
         .collect();
     axum::Json(json!({ "decisions": latest })).into_response()
 }
+
+/// Every tenant's usage against its limits: requests and tokens this minute, spend this period, and when
+/// each resets.
+pub(super) async fn tenants(State(app): State<Arc<App>>) -> Response {
+    let Some(limiter) = &app.limiter else {
+        return axum::Json(json!({"limits": "off", "tenants": []})).into_response();
+    };
+    let mut names: Vec<String> = app.keys.tenants().map(ToOwned::to_owned).collect();
+    if app.config.allow_unauthenticated {
+        names.push(crate::auth::ANONYMOUS.to_owned());
+    }
+    names.sort_unstable();
+    names.dedup();
+    let tenants = limiter.usage(&names).await;
+    axum::Json(json!({
+        "limits": "on",
+        "store": if limiter.shared() { "redis" } else { "memory" },
+        "reachable": limiter.reachable(),
+        "tenants": tenants,
+    }))
+    .into_response()
+}

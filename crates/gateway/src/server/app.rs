@@ -10,6 +10,7 @@ use crate::accounting::Accounting;
 use crate::auth::KeyStore;
 use crate::config::GatewayConfig;
 use crate::fleet::Fleet;
+use crate::limits::Limiter;
 use crate::recognise::Recogniser;
 
 /// Everything the handlers share.
@@ -22,6 +23,8 @@ pub struct App {
     pub accounts: Arc<Accounting>,
     /// The personal-data model, when it is on.
     pub recogniser: Option<Arc<Recogniser>>,
+    /// Per-tenant rates and budgets, when any tenant has one.
+    pub limiter: Option<Arc<Limiter>>,
     pub(super) in_flight: Arc<Semaphore>,
 }
 
@@ -53,8 +56,10 @@ impl App {
         registry: prometheus::Registry,
         recogniser: Option<Arc<Recogniser>>,
     ) -> Result<Arc<Self>, prometheus::Error> {
+        let limiter = Limiter::new(&config.tenant_limits, &registry).map_err(prometheus::Error::Msg)?;
         let accounts = Arc::new(Accounting::new(&config, &fleet.backends, registry)?);
         Ok(Arc::new(Self {
+            limiter,
             keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             accounts,

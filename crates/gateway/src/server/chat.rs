@@ -11,12 +11,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::{Attempt, Level};
+use sluice_policy::{Attempt, Level, Refusal, RefusalReason};
 use sluice_sensitivity::ModelPass;
 use tokio::time::Instant;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
+use super::limited::{self, Asking, Step};
 use crate::accounting::{Ledger, RecordFields, Served};
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
@@ -69,7 +70,7 @@ pub(super) async fn completions(
 
     // Policy, and the personal-data model when its answer can change where the request may go.
     let http_headers = HttpHeaders(&headers);
-    let view = app.fleet.view(&accounts.stats);
+    let mut view = app.fleet.view(&accounts.stats);
     let mut decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
     if let Some(recogniser) = &app.recogniser {
         if recognise::can_change_route(&decided, &view, &intake.scan) {
@@ -120,6 +121,53 @@ pub(super) async fn completions(
             }
         }
     }
+    // Limits: what the request can cost at most is reserved before it goes anywhere; a spent budget is
+    // the policy's to handle (the rule's `over_budget` action), with the fleet view saying so.
+    let mut held = None;
+    let mut budget_resets = None;
+    if let Some(limiter) = &app.limiter
+        && let Some(limits) = limiter.limits_of(&tenant.0)
+    {
+        let asking = Asking {
+            limiter,
+            limits,
+            tenant: &tenant.0,
+            prompt_tokens: intake.prompt_tokens,
+            max_tokens: intake.request.max_tokens,
+        };
+        let mut step = asking
+            .reserve(&decided, &view, false, &mut routing.ratelimit)
+            .await;
+        if let Step::OverBudget(resets) = step {
+            budget_resets = resets;
+            view.over_budget = true;
+            decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+            (redacted, unproven) = (None, None);
+            // The store could not say whether the budget is spent: a rule that rejects over budget is not
+            // told that it is, the request is refused until the store answers.
+            if resets.is_none()
+                && let Err(Refusal {
+                    reason: RefusalReason::OverBudget { .. },
+                    ..
+                }) = &decided
+            {
+                let error = ApiError::limits_unavailable();
+                accounts.rejected(error.code);
+                return respond(&routing, error);
+            }
+            step = asking
+                .reserve(&decided, &view, true, &mut routing.ratelimit)
+                .await;
+        }
+        match step {
+            Step::Go(granted) => held = granted.map(|g| g.held),
+            Step::Refuse(error) => {
+                accounts.rejected(error.code);
+                return respond(&routing, error);
+            }
+            Step::OverBudget(_) => unreachable!("a second reservation never decides again"),
+        }
+    }
     let facts = intake.facts(&tenant.0, &http_headers);
     let decision_id = new_id("dec_");
     routing.decision_id = Some(decision_id.clone());
@@ -155,7 +203,10 @@ pub(super) async fn completions(
     let mut decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
-            let error = ApiError::from(&refusal);
+            let mut error = ApiError::from(&refusal);
+            if let (RefusalReason::OverBudget { .. }, Some(at)) = (&refusal.reason, budget_resets) {
+                error = error.with_retry_after(limited::after(at));
+            }
             routing.rule = refusal.rule;
             routing.level = refusal.level;
             accounts.refused(
@@ -242,6 +293,7 @@ pub(super) async fn completions(
                         attempts(earlier),
                         audit,
                     );
+                    ledger.hold(held);
                     ledger.end(error.status.as_u16(), error.code, last.error.member_fault());
                 }
                 // Nothing was tried: the record ends here.
@@ -271,6 +323,7 @@ pub(super) async fn completions(
         attempts(&started.fallbacks),
         audit,
     );
+    ledger.hold(held);
     let mut events = started.dispatched.events;
     if let Some(s) = &redacted {
         routing.redacted = true;

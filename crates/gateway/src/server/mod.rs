@@ -8,6 +8,7 @@ mod admin;
 mod app;
 mod chat;
 mod ids;
+mod limited;
 mod models;
 mod router;
 

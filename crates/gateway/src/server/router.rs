@@ -70,13 +70,15 @@ pub fn public_router(app: Arc<App>) -> Router {
 
 /// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
 /// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
-/// `/admin/summary` and `/dashboard` (cost, local against cloud), `/healthz`. Meant for a loopback or cluster-internal address.
+/// `/admin/summary` and `/dashboard` (cost, local against cloud), `/admin/tenants` (usage against each
+/// tenant's limits), `/healthz`. Meant for a loopback or cluster-internal address.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(admin::metrics))
         .route("/admin/backends", get(admin::backends))
         .route("/admin/decisions", get(admin::decisions))
         .route("/admin/summary", get(admin::summary))
+        .route("/admin/tenants", get(admin::tenants))
         .route("/dashboard", get(admin::dashboard))
         .route("/admin/decisions/{id}", get(admin::decision))
         .route("/healthz", get(healthz))
@@ -161,9 +163,15 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"status": if ready { "ready" } else { "not_ready" }, "backends": backends})),
-    )
-        .into_response()
+    let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "backends": backends});
+    // An unreachable limits store does not make the gateway unready (requests follow `limits.fail`), but
+    // it is said here.
+    if let Some(l) = &app.limiter {
+        body["limits"] = json!({
+            "store": if l.shared() { "redis" } else { "memory" },
+            "reachable": l.reachable(),
+            "fail": l.fail().as_str(),
+        });
+    }
+    (status, axum::Json(body)).into_response()
 }

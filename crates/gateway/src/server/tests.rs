@@ -193,6 +193,7 @@ fn config(limits: Limits) -> GatewayConfig {
         }],
         allow_unauthenticated: false,
         limits,
+        tenant_limits: crate::config::TenantLimitsConfig::default(),
         local: None,
         clouds: Vec::new(),
         drain_grace: Duration::from_secs(1),

@@ -1,0 +1,134 @@
+//! The limits step of the chat handler: a decided request reserves what it can cost at most of its
+//! tenant's limits before it goes anywhere. A rate limit answers 429 `rate_limit_exceeded`; a spent
+//! budget (or, with `limits.fail: local`, a store that cannot be reached) is the policy's to handle: the
+//! handler decides again with the fleet view saying so, and the rule's `over_budget` action applies.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_policy::{Decision, FleetView, Refusal, Route};
+
+use crate::config::Fail;
+use crate::error::ApiError;
+use crate::headers::{RateHeader, RateHeaders};
+use crate::limits::{Denied, Granted, Limiter, Standings, TenantLimits, ask_for, ratelimit_reset};
+
+/// What the limits say of a decided request.
+pub(super) enum Step {
+    /// Go on, holding this reservation (none when nothing was reserved).
+    Go(Option<Granted>),
+    /// Decide again as over budget; the budget frees up at this time (seconds since the epoch), when known.
+    OverBudget(Option<i64>),
+    /// Answer with this error.
+    Refuse(ApiError),
+}
+
+/// The request as the limits see it.
+pub(super) struct Asking<'a> {
+    pub limiter: &'a Limiter,
+    pub limits: &'a TenantLimits,
+    pub tenant: &'a str,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u32>,
+}
+
+impl Asking<'_> {
+    /// Reserves for `decided`; `second` is a reservation after deciding again as over budget, where
+    /// another spent budget or an unreachable store has nowhere further to go.
+    pub(super) async fn reserve(
+        &self,
+        decided: &Result<Decision, Refusal>,
+        view: &FleetView,
+        second: bool,
+        headers: &mut RateHeaders,
+    ) -> Step {
+        let Ok(decision) = decided else {
+            return Step::Go(None);
+        };
+        let max_output = self
+            .max_tokens
+            .unwrap_or(self.limiter.config().reserve_output_tokens);
+        let ask = ask_for(self.limits, decision, view, self.prompt_tokens, max_output);
+        let denied = match self.limiter.reserve(self.tenant, self.limits, ask).await {
+            Ok(granted) => {
+                *headers = rate_headers(&granted.standings);
+                return Step::Go(Some(granted));
+            }
+            Err(d) => d,
+        };
+        self.limiter.limited(self.tenant, denied);
+        let reaches_cloud = decision.targets.iter().any(|t| {
+            view.backends
+                .get(t.backend)
+                .is_none_or(|b| b.route == Route::Cloud)
+        });
+        let needs_budget = self.limits.budget.is_some() && (reaches_cloud || ask.pico > 0);
+        match denied {
+            Denied::Requests { resets_at } => {
+                let limit = self.limits.requests_per_minute.unwrap_or_default();
+                headers.requests = Some(exhausted(limit, resets_at));
+                Step::Refuse(ApiError::rate_limited(
+                    "requests",
+                    &format!("limit {limit} requests"),
+                    after(resets_at),
+                ))
+            }
+            Denied::Tokens { resets_at } => {
+                let limit = self.limits.tokens_per_minute.unwrap_or_default();
+                headers.tokens = Some(exhausted(limit, resets_at));
+                Step::Refuse(ApiError::rate_limited(
+                    "tokens",
+                    &format!(
+                        "limit {limit} tokens, this request may use up to {} (its prompt and max_tokens)",
+                        ask.tokens
+                    ),
+                    after(resets_at),
+                ))
+            }
+            Denied::Budget { resets_at } if !second => Step::OverBudget(Some(resets_at)),
+            Denied::Budget { resets_at } => Step::Refuse(
+                ApiError::budget_exceeded(&decision.rule, sluice_policy::OVER_BUDGET_REASON)
+                    .with_retry_after(after(resets_at)),
+            ),
+            // The store cannot count: requests that need no budget go on uncounted; the rest follow
+            // `limits.fail`.
+            Denied::Unreachable if !needs_budget => Step::Go(None),
+            Denied::Unreachable => match self.limiter.fail() {
+                Fail::Local if !second => Step::OverBudget(None),
+                Fail::Local if !reaches_cloud => Step::Go(None),
+                _ => Step::Refuse(ApiError::limits_unavailable()),
+            },
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The wait until a window resets.
+pub(super) fn after(resets_at: i64) -> Duration {
+    Duration::from_secs(u64::try_from(resets_at - unix_now()).unwrap_or(0).max(1))
+}
+
+fn exhausted(limit: u64, resets_at: i64) -> RateHeader {
+    RateHeader {
+        limit,
+        remaining: 0,
+        reset: ratelimit_reset(resets_at - unix_now()),
+    }
+}
+
+/// The `x-ratelimit-*` headers of a granted reservation.
+pub(super) fn rate_headers(s: &Standings) -> RateHeaders {
+    let header = |s: crate::limits::Standing| RateHeader {
+        limit: s.limit,
+        remaining: s.remaining,
+        reset: ratelimit_reset(s.reset_seconds),
+    };
+    RateHeaders {
+        requests: s.requests.map(header),
+        tokens: s.tokens.map(header),
+    }
+}
