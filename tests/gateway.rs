@@ -451,7 +451,9 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
     let worker = Worker::start(&[]);
     worker.wait_serving().await;
     let sim = SimCloud::start(&[]);
-    let gateway = Gateway::start(&backends(&worker, &sim, ""));
+    // A daily budget, to see the tenant's spend against it.
+    let limits = "limits:\n  tenants:\n    acme:\n      budget: { usd: 1, period: day }\n";
+    let gateway = Gateway::start(&format!("{}{limits}", backends(&worker, &sim, "")));
     gateway.wait_ready("local");
     sdk(&gateway, "costs");
     let (_, body) = common::http(gateway.admin, "GET", "/admin/summary", None);
@@ -495,6 +497,11 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
     assert!(dom.contains("<td>default</td><td>cloud</td><td>3</td>"), "{dom}");
     assert!(dom.contains("<td>default</td><td>local</td><td>1</td>"), "{dom}");
     assert!(dom.contains("<td>w0</td>"), "the node is listed:\n{dom}");
+    // The tenant's cloud spend against its budget: every cloud request was acme's.
+    assert!(
+        dom.contains(&format!("<td>acme</td><td>${spend:.6}</td><td>$1.00 a day</td>")),
+        "the budget is not shown:\n{dom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1093,6 +1100,25 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     );
     let served = r["auto"]["headers"]["x-sluice-model"].as_str().unwrap();
     assert!(served == DEMO_MODEL_ID || served == "gpt-4o-mini", "{served}");
+    // The demo key's limits: in the headers from the first request, and in /admin/tenants.
+    assert!(
+        banner.contains("600 requests and 200000 tokens a minute") && banner.contains("--no-limits"),
+        "{banner}"
+    );
+    let h = &r["cloud"]["headers"];
+    assert_eq!(h["x-ratelimit-limit-requests"], "600", "{h}");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "200000", "{h}");
+    let remaining: u64 = h["x-ratelimit-remaining-requests"].as_str().unwrap().parse().unwrap();
+    assert!((590..600).contains(&remaining), "{h}");
+    let (status, body) = common::http(admin_of(&banner), "GET", "/admin/tenants", None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let tenant = &v["tenants"][0];
+    assert_eq!((tenant["tenant"].as_str(), tenant["limits"].as_str()), (Some("default"), Some("default")), "{body}");
+    assert_eq!(tenant["budget"]["limit_usd"], 0.1, "{body}");
+    assert_eq!(tenant["budget"]["period"], "day", "{body}");
+    assert!(tenant["budget"]["spent_usd"].as_f64().unwrap() > 0.0, "{body}");
+    assert!(tenant["requests_per_minute"]["used"].as_u64().unwrap() >= 4, "{body}");
     stop(child);
 }
 

@@ -152,6 +152,10 @@ pub struct UpArgs {
     /// found; fetched and converted on first use otherwise, about 15 MB).
     #[arg(long)]
     pub no_ner: bool,
+    /// Run without the demo key's limits (600 requests and 200,000 tokens a minute, a cloud budget of
+    /// 0.10 USD a day after which cloud-bound requests are served by the local model).
+    #[arg(long)]
+    pub no_limits: bool,
 }
 
 /// `sluice scan`: what the scanner, and the personal-data model, find in text.

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_gateway::config::{RawApiKey, RawAudit, RawCloud, RawCloudModel, RawLocal, RawNer, RawWorker};
+use sluice_gateway::config::{
+    RawApiKey, RawAudit, RawBudget, RawCloud, RawCloudModel, RawLimits, RawLocal, RawNer, RawTenantLimits,
+    RawWorker,
+};
 use sluice_gateway::{BoundAddrs, RawGatewayConfig};
 use sluice_simcloud::{Sim, SimConfig, SimModel};
 use tokio::sync::watch;
@@ -37,6 +40,7 @@ models:
     members:
       - { backend: local, model: "{local}" }
       - { backend: "{cloud}", model: gpt-4o-mini }
+over_budget: { substitute: "{local}" }
 rules:
   - name: contacts-redacted
     when: { min_level: confidential, model: gpt-4o-mini }
@@ -49,6 +53,12 @@ rules:
     when: { min_level: confidential }
     then: { route: local }
 "#;
+
+/// The demo key's limits: generous rates, and a small daily cloud budget after which cloud-bound requests
+/// are served by the local model (the policy's `over_budget`).
+const UP_REQUESTS_PER_MINUTE: u64 = 600;
+const UP_TOKENS_PER_MINUTE: u64 = 200_000;
+const UP_DAILY_BUDGET_USD: f64 = 0.10;
 
 /// How long `up` waits for the local worker to load its model before it says so and serves anyway.
 const WORKER_READY_WAIT: Duration = Duration::from_secs(300);
@@ -219,6 +229,18 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             }]),
             ..Default::default()
         }]),
+        limits: (!args.no_limits).then(|| RawLimits {
+            default: Some(RawTenantLimits {
+                requests_per_minute: Some(UP_REQUESTS_PER_MINUTE),
+                tokens_per_minute: Some(UP_TOKENS_PER_MINUTE),
+                budget: Some(RawBudget {
+                    usd: Some(UP_DAILY_BUDGET_USD),
+                    period: Some("day".into()),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let env = |var: &str| match var {
@@ -267,6 +289,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             Readiness {
                 worker: ready,
                 ner: ner_on,
+                limits: !args.no_limits,
             },
         );
     }
@@ -342,6 +365,8 @@ struct Readiness {
     worker: bool,
     /// The personal-data model is on.
     ner: bool,
+    /// The demo key has limits.
+    limits: bool,
 }
 
 fn print_banner(
@@ -351,7 +376,11 @@ fn print_banner(
     workers: &[String],
     local: &str,
     cloud: &Cloud,
-    Readiness { worker: ready, ner }: Readiness,
+    Readiness {
+        worker: ready,
+        ner,
+        limits,
+    }: Readiness,
 ) {
     let base = format!("http://{}/v1", bound.public);
     let cloud_line = match cloud {
@@ -399,10 +428,20 @@ fn print_banner(
         "  Personal data    OFF (--no-ner): names, addresses and health data written as prose are not \
          found, only data with a shape (cards, IBANs, keys, e-mail, phone numbers)\n"
     });
+    out.push_str(&if limits {
+        format!(
+            "  Limits           {UP_REQUESTS_PER_MINUTE} requests and {UP_TOKENS_PER_MINUTE} tokens a minute \
+             (x-ratelimit-* headers), a cloud budget of {UP_DAILY_BUDGET_USD:.2} USD a day; once it is spent, \
+             cloud-bound requests are served by the local model (x-sluice-rule ends in :over_budget); \
+             --no-limits turns them off\n"
+        )
+    } else {
+        "  Limits           OFF (--no-limits)\n".to_owned()
+    });
     if let Some(admin) = bound.admin {
         out.push_str(&format!(
             "  Metrics          http://{admin}/metrics   backends: http://{admin}/admin/backends   \
-             decisions: http://{admin}/admin/decisions\n"
+             decisions: http://{admin}/admin/decisions   tenants: http://{admin}/admin/tenants\n"
         ));
     }
     out.push_str(&format!(
