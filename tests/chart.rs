@@ -1180,6 +1180,22 @@ fn chart_refuses_contradictory_values_with_its_own_message() {
             json!({"gateway": {"apiKeys": []}}),
             "gateway.apiKeys is empty: add at least one key, or set gateway.allowUnauthenticated: true",
         ),
+        (
+            json!({"gateway": {"limits": {"default": {"requests_per_minute": 60}}}}),
+            "gateway.limits sets tenant limits, kept in memory, but up to 10 gateway pods may run (gateway.autoscaling.maxReplicas): each pod would allow the whole limit.",
+        ),
+        (
+            json!({"gateway": {"autoscaling": {"enabled": false}, "replicas": 3, "limits": {"tenants": {"platform": {"budget": {"usd": 5}}}}}}),
+            "but up to 3 gateway pods may run (gateway.replicas)",
+        ),
+        (
+            json!({"gateway": {"redis": {"enabled": true}}}),
+            "gateway.redis.enabled is true, but gateway.redis.url is empty",
+        ),
+        (
+            json!({"gateway": {"redis": {"enabled": true, "url": "redis://redis:6379/0"}}}),
+            "gateway.redis.networkPolicyPeers is empty: the gateway could not reach Redis",
+        ),
     ];
     for (values, message) in cases {
         let r = render(values.clone());
@@ -1264,6 +1280,52 @@ fn rendered_configurations_pass_sluice_checks() {
     assert_worker_check_passes(&air_gapped);
     assert_policy_check_passes(&default);
     assert_policy_check_passes(&air_gapped);
+}
+
+/// Tenant limits shared by the gateway pods in Redis: the URL in the chart's Secret, the configuration naming
+/// it, egress to Redis only, and a configuration `sluice policy check` accepts. One pod may keep them in memory.
+#[test]
+fn tenant_limits_are_kept_in_redis_with_egress_to_it() {
+    let peer = json!({"ipBlock": {"cidr": "10.20.0.5/32"}});
+    let r = render(json!({
+        "gateway": {
+            "limits": {
+                "default": {"requests_per_minute": 600, "tokens_per_minute": 200000},
+                "tenants": {"platform": {"budget": {"usd": 25, "period": "month", "time_zone": "+01:00"}}},
+                "fail": "local",
+            },
+            "redis": {"enabled": true, "url": "redis://:s3cret@10.20.0.5:6379/0", "tls": true, "keyPrefix": "prod-eu", "networkPolicyPeers": [peer]},
+        },
+    }))
+    .valid();
+    let (config, _) = r.gateway_config();
+    assert_eq!(
+        config["limits"]["redis"],
+        json!({"url_env": "SLUICE_REDIS_URL", "tls": true, "key_prefix": "prod-eu", "timeout_ms": 250})
+    );
+    assert_eq!(config["limits"]["fail"], "local");
+    assert_eq!(config["limits"]["tenants"]["platform"]["budget"]["usd"], 25);
+    let data = r.get("Secret", GATEWAY).doc["data"].clone();
+    // base64 of redis://:s3cret@10.20.0.5:6379/0
+    assert_eq!(
+        data["SLUICE_REDIS_URL"],
+        "cmVkaXM6Ly86czNjcmV0QDEwLjIwLjAuNTo2Mzc5LzA="
+    );
+    let mut want = base_gateway_egress(&r);
+    want.push(Egress::Cidrs(vec!["10.20.0.5/32".to_owned()], vec![tcp(6379)]));
+    want.push(Egress::Cidrs(
+        DEFAULT_CLOUD_CIDRS.iter().map(|c| (*c).to_owned()).collect(),
+        vec![tcp(443)],
+    ));
+    want.sort();
+    assert_eq!(egress_rules(r.network_policy(GATEWAY)), want);
+    assert_policy_check_passes(&r);
+
+    // One pod: memory is exact.
+    let one = render(json!({"gateway": {"autoscaling": {"enabled": false}, "replicas": 1, "limits": {"default": {"requests_per_minute": 60}}}}))
+        .valid();
+    assert!(one.gateway_config().0["limits"].get("redis").is_none());
+    assert_policy_check_passes(&one);
 }
 
 #[test]

@@ -157,6 +157,22 @@ Checks that must hold for any install; each stops the render with a message sayi
 {{- if and (not .Values.gateway.apiKeys) (not .Values.gateway.allowUnauthenticated) }}
 {{- fail "gateway.apiKeys is empty: add at least one key, or set gateway.allowUnauthenticated: true to serve without keys" }}
 {{- end }}
+{{- $l := .Values.gateway.limits }}
+{{- $tenantLimits := or $l.default $l.tenants }}
+{{- $a := .Values.gateway.autoscaling }}
+{{- $pods := ternary (int $a.maxReplicas) (int .Values.gateway.replicas) $a.enabled }}
+{{- if and $tenantLimits (not .Values.gateway.redis.enabled) (gt $pods 1) }}
+{{- fail (printf "gateway.limits sets tenant limits, kept in memory, but up to %d gateway pods may run (%s): each pod would allow the whole limit. Set gateway.redis.enabled with gateway.redis.url to share them, or run one pod (gateway.autoscaling.enabled: false, gateway.replicas: 1)." $pods (ternary "gateway.autoscaling.maxReplicas" "gateway.replicas" $a.enabled)) }}
+{{- end }}
+{{- if and .Values.gateway.redis.enabled (not .Values.gateway.redis.url) (not .Values.gateway.existingSecret) }}
+{{- fail "gateway.redis.enabled is true, but gateway.redis.url is empty: give the URL (stored in the chart's Secret), or an existingSecret holding SLUICE_REDIS_URL." }}
+{{- end }}
+{{- if and .Values.gateway.redis.enabled .Values.networkPolicy.enabled (not .Values.gateway.redis.networkPolicyPeers) }}
+{{- fail "gateway.redis.enabled is true and networkPolicy.enabled, but gateway.redis.networkPolicyPeers is empty: the gateway could not reach Redis. Name its address (an ipBlock) or its pods (namespaceSelector and podSelector)." }}
+{{- end }}
+{{- if and $l.fail (not .Values.gateway.redis.enabled) }}
+{{- fail "gateway.limits.fail applies when the limits are kept in Redis: set gateway.redis.enabled, or leave fail out." }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -186,7 +202,11 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- if $keys }}
 {{- $_ := set $cfg "api_keys" $keys }}
 {{- end }}
-{{- $_ := set $cfg "limits" $g.limits }}
+{{- $limits := deepCopy $g.limits }}
+{{- if $g.redis.enabled }}
+{{- $_ := set $limits "redis" (dict "url_env" "SLUICE_REDIS_URL" "tls" $g.redis.tls "key_prefix" $g.redis.keyPrefix "timeout_ms" $g.redis.timeoutMs) }}
+{{- end }}
+{{- $_ := set $cfg "limits" $limits }}
 {{- $_ := set $cfg "drain_grace_seconds" $g.drainGraceSeconds }}
 {{- if $g.sensitivity }}
 {{- $_ := set $cfg "sensitivity" $g.sensitivity }}
