@@ -973,6 +973,21 @@ fn policy_check_and_explain_show_what_a_redaction_rule_does() {
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
+    // Once the tenant's budget is spent, the rule's over_budget decides (the default: reject).
+    let (code, out, err) = run_sluice(&[
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--request",
+        request,
+        "--over-budget",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("contacts:over_budget") && out.contains("budget_exceeded"),
+        "{out}"
+    );
     // A value where nothing is replaced (a key of the body) survives the redaction: the fallback decides,
     // and the explanation says which finding survived, and where, never what it is.
     write(
@@ -1108,17 +1123,28 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     let h = &r["cloud"]["headers"];
     assert_eq!(h["x-ratelimit-limit-requests"], "600", "{h}");
     assert_eq!(h["x-ratelimit-limit-tokens"], "200000", "{h}");
-    let remaining: u64 = h["x-ratelimit-remaining-requests"].as_str().unwrap().parse().unwrap();
+    let remaining: u64 = h["x-ratelimit-remaining-requests"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((590..600).contains(&remaining), "{h}");
     let (status, body) = common::http(admin_of(&banner), "GET", "/admin/tenants", None);
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let tenant = &v["tenants"][0];
-    assert_eq!((tenant["tenant"].as_str(), tenant["limits"].as_str()), (Some("default"), Some("default")), "{body}");
+    assert_eq!(
+        (tenant["tenant"].as_str(), tenant["limits"].as_str()),
+        (Some("default"), Some("default")),
+        "{body}"
+    );
     assert_eq!(tenant["budget"]["limit_usd"], 0.1, "{body}");
     assert_eq!(tenant["budget"]["period"], "day", "{body}");
     assert!(tenant["budget"]["spent_usd"].as_f64().unwrap() > 0.0, "{body}");
-    assert!(tenant["requests_per_minute"]["used"].as_u64().unwrap() >= 4, "{body}");
+    assert!(
+        tenant["requests_per_minute"]["used"].as_u64().unwrap() >= 4,
+        "{body}"
+    );
     stop(child);
 }
 

@@ -119,6 +119,9 @@ pub struct ExplainArgs {
     /// local pool, and the requested model when no cloud serves it.
     #[arg(long, value_name = "MODEL")]
     pub local_model: Vec<String>,
+    /// Decide as the gateway does once the tenant's cloud budget is spent (the rule's over_budget).
+    #[arg(long)]
+    pub over_budget: bool,
     /// Print the explanation as JSON.
     #[arg(long)]
     pub json: bool,

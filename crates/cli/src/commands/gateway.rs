@@ -147,7 +147,8 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     } else {
         args.local_model.clone()
     };
-    let fleet = sluice_gateway::fleet::offline_view(&config, &local_models, &args.down);
+    let mut fleet = sluice_gateway::fleet::offline_view(&config, &local_models, &args.down);
+    fleet.over_budget = args.over_budget;
     let http_headers = HttpHeaders(&headers);
     let mut read = read;
     let engine = PolicyEngine::new(config.policy.clone());
