@@ -11,12 +11,85 @@
 //! [`RedisStore`] implements the same [`Store`] for replicas, one atomic script a call; [`Limiter`] puts
 //! them on the request path (what a request asks, what it holds until it ends, the metrics).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
 use crate::cost::Pico;
+
+/// Completion tokens a request without `max_tokens` reserves unless configured.
+pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u32 = 4096;
+
+/// What a request that needs the shared store gets when it cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    /// Cloud-bound requests of tenants with a budget are refused (503 `limits_unavailable`); the rest go
+    /// on uncounted.
+    Closed,
+    /// They are served as over budget: by the rule's `over_budget` action when it reaches local workers.
+    Local,
+}
+
+impl Fail {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// Where limits are counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process: exact for one gateway.
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis {
+        url: String,
+        key_prefix: String,
+        timeout: Duration,
+    },
+}
+
+/// The checked tenant limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantLimitsConfig {
+    /// For tenants without their own.
+    pub default: Option<TenantLimits>,
+    pub tenants: BTreeMap<String, TenantLimits>,
+    /// What a request without `max_tokens` reserves for its answer.
+    pub reserve_output_tokens: u32,
+    pub store: StoreConfig,
+    pub fail: Fail,
+}
+
+impl Default for TenantLimitsConfig {
+    /// No limits.
+    fn default() -> Self {
+        Self {
+            default: None,
+            tenants: BTreeMap::new(),
+            reserve_output_tokens: DEFAULT_RESERVE_OUTPUT_TOKENS,
+            store: StoreConfig::Memory,
+            fail: Fail::Closed,
+        }
+    }
+}
+
+impl TenantLimitsConfig {
+    /// A tenant's limits, when it has any.
+    pub fn of(&self, tenant: &str) -> Option<&TenantLimits> {
+        self.tenants.get(tenant).or(self.default.as_ref())
+    }
+
+    /// Whether any tenant has a limit.
+    pub fn any(&self) -> bool {
+        self.default.is_some() || !self.tenants.is_empty()
+    }
+}
 
 /// The period of a spend budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -405,7 +478,7 @@ impl MemoryStore {
 mod enforce;
 mod shared;
 
-pub use enforce::{Granted, Held, Limiter, TenantUsage, ask_for, ratelimit_reset};
+pub use enforce::{Granted, Held, Limiter, Recorder, TenantUsage, ask_for, ratelimit_reset};
 pub use shared::RedisStore;
 
 #[cfg(test)]

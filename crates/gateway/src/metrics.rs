@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::cost::{Pico, usd};
 
@@ -62,6 +62,15 @@ pub struct GatewayMetrics {
     pub discovery_synced: IntGaugeVec,
     /// EndpointSlice watch failures, each retried with backoff. Labels: backend (the pool).
     pub discovery_failures: IntCounterVec,
+    /// Spend counted against each tenant's budget in its period, USD. Labels: tenant.
+    pub budget_spent: GaugeVec,
+    /// Each tenant's budget per period, USD. Labels: tenant.
+    pub budget_limit: GaugeVec,
+    /// Requests a tenant limit refused or rerouted. Labels: tenant, limit.
+    pub rate_limited: IntCounterVec,
+    /// Whether the limits store answered its last call.
+    pub limits_store_up: prometheus::IntGauge,
+    pub limits_store_errors: prometheus::IntCounter,
 }
 
 /// A counter of US dollars kept in integer picodollars, so that millions of small amounts add up exactly;
@@ -290,6 +299,41 @@ impl GatewayMetrics {
             ),
             &["backend"],
         )?;
+        let budget_spent = GaugeVec::new(
+            Opts::new(
+                "sluice_budget_spent_usd",
+                "Spend counted against each tenant's budget in its current period, in USD (requests in flight at their reservation).",
+            ),
+            &["tenant"],
+        )?;
+        let budget_limit = GaugeVec::new(
+            Opts::new(
+                "sluice_budget_limit_usd",
+                "Each tenant's budget per period, in USD.",
+            ),
+            &["tenant"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "sluice_rate_limited_total",
+                "Requests refused or rerouted by a tenant limit, by limit (requests, tokens, budget, unreachable).",
+            ),
+            &["tenant", "limit"],
+        )?;
+        let limits_store_up = prometheus::IntGauge::new(
+            "sluice_limits_store_up",
+            "Whether the limits store answered its last call (1) or not (0).",
+        )?;
+        limits_store_up.set(1);
+        let limits_store_errors = prometheus::IntCounter::new(
+            "sluice_limits_store_errors_total",
+            "Calls to the limits store that failed or timed out.",
+        )?;
+        registry.register(Box::new(budget_spent.clone()))?;
+        registry.register(Box::new(budget_limit.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(limits_store_up.clone()))?;
+        registry.register(Box::new(limits_store_errors.clone()))?;
         registry.register(Box::new(discovery_synced.clone()))?;
         registry.register(Box::new(discovery_failures.clone()))?;
         registry.register(Box::new(cost.clone()))?;
@@ -334,6 +378,11 @@ impl GatewayMetrics {
             node_cost,
             discovery_synced,
             discovery_failures,
+            budget_spent,
+            budget_limit,
+            rate_limited,
+            limits_store_up,
+            limits_store_errors,
         })
     }
 

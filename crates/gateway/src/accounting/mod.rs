@@ -7,6 +7,7 @@
 //! Accounting never changes what a client gets: it only records.
 
 pub mod decisions;
+mod limits;
 pub mod nodes;
 
 use std::sync::{Arc, OnceLock};

@@ -5,124 +5,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use sluice_config::{ConfigError, Locator};
 
-use super::RawLimits;
-use crate::limits::{Budget, Period, TenantLimits};
-
-/// Completion tokens a request without `max_tokens` reserves unless configured.
-pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u32 = 4096;
+use super::raw::{RawBudget, RawLimits, RawRedis, RawTenantLimits};
+use crate::limits::{
+    Budget, DEFAULT_RESERVE_OUTPUT_TOKENS, Fail, Period, StoreConfig, TenantLimits, TenantLimitsConfig,
+};
 /// How long a call to the shared store may take before `fail:` applies, unless configured.
 pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 250;
 pub const DEFAULT_KEY_PREFIX: &str = "sluice";
-
-/// One tenant's limits as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTenantLimits {
-    pub requests_per_minute: Option<u64>,
-    /// Prompt and completion tokens.
-    pub tokens_per_minute: Option<u64>,
-    pub budget: Option<RawBudget>,
-}
-
-/// A spend budget as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBudget {
-    pub usd: Option<f64>,
-    /// day, week (from Monday) or month (calendar).
-    pub period: Option<String>,
-    /// The time zone periods start in, as an offset from UTC: `UTC`, `+01:00`, `-05:00`.
-    pub time_zone: Option<String>,
-    /// Count local requests at their busy-time cost too (off: the budget is cloud spend).
-    pub include_local: Option<bool>,
-}
-
-/// The shared store as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRedis {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: Option<String>,
-    /// Or: an environment variable holding the URL (with its password, from a Secret).
-    pub url_env: Option<String>,
-    /// Connect with TLS (`rediss://`).
-    pub tls: Option<bool>,
-    /// Put before every key, so that several installs can share one Redis.
-    pub key_prefix: Option<String>,
-    pub timeout_ms: Option<u64>,
-}
-
-/// What a request that needs the shared store gets when it cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fail {
-    /// Cloud-bound requests of tenants with a budget are refused (503 `limits_unavailable`); the rest go
-    /// on uncounted.
-    Closed,
-    /// They are served as over budget: by the rule's `over_budget` action when it reaches local workers.
-    Local,
-}
-
-impl Fail {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Local => "local",
-        }
-    }
-}
-
-/// Where limits are counted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// In this process: exact for one gateway.
-    Memory,
-    /// In Redis, shared by every replica.
-    Redis {
-        url: String,
-        key_prefix: String,
-        timeout: Duration,
-    },
-}
-
-/// The checked tenant limits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TenantLimitsConfig {
-    /// For tenants without their own.
-    pub default: Option<TenantLimits>,
-    pub tenants: BTreeMap<String, TenantLimits>,
-    /// What a request without `max_tokens` reserves for its answer.
-    pub reserve_output_tokens: u32,
-    pub store: StoreConfig,
-    pub fail: Fail,
-}
-
-impl Default for TenantLimitsConfig {
-    /// No limits.
-    fn default() -> Self {
-        Self {
-            default: None,
-            tenants: BTreeMap::new(),
-            reserve_output_tokens: DEFAULT_RESERVE_OUTPUT_TOKENS,
-            store: StoreConfig::Memory,
-            fail: Fail::Closed,
-        }
-    }
-}
-
-impl TenantLimitsConfig {
-    /// A tenant's limits, when it has any.
-    pub fn of(&self, tenant: &str) -> Option<&TenantLimits> {
-        self.tenants.get(tenant).or(self.default.as_ref())
-    }
-
-    /// Whether any tenant has a limit.
-    pub fn any(&self) -> bool {
-        self.default.is_some() || !self.tenants.is_empty()
-    }
-}
 
 /// Checks the tenant limits; `tenants` are those API keys map to (a tenant named in `limits.tenants`
 /// that no key maps to is a mistake).

@@ -22,10 +22,7 @@ use sluice_config::{ConfigError, Locator};
 
 use self::cloud::{cloud, reference_model};
 use self::fields::{address, check_name, parse_sha256, seconds};
-pub use self::limits::{
-    DEFAULT_RESERVE_OUTPUT_TOKENS, DEFAULT_STORE_TIMEOUT_MS, Fail, StoreConfig, TenantLimitsConfig,
-    utc_offset,
-};
+pub use self::limits::{DEFAULT_STORE_TIMEOUT_MS, utc_offset};
 use self::local::local_pool;
 pub use self::raw::{
     RawApiKey, RawAudit, RawBreaker, RawBudget, RawClientTls, RawCloud, RawCloudModel, RawCost,
@@ -36,6 +33,7 @@ use crate::auth::{ApiKey, hash_key};
 use crate::backend::Prices;
 use crate::backend::cloud::CloudConfig;
 use crate::backend::local::PoolConfig;
+pub use crate::limits::{DEFAULT_RESERVE_OUTPUT_TOKENS, Fail, StoreConfig, TenantLimitsConfig};
 use sluice_policy::config::{BackendInfo, Context};
 use sluice_policy::{PolicyConfig, Route};
 

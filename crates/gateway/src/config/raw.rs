@@ -11,8 +11,6 @@ use serde::Deserialize;
 
 use sluice_policy::config::RawPolicy;
 
-pub use super::limits::{RawBudget, RawRedis, RawTenantLimits};
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGatewayConfig {
@@ -202,4 +200,42 @@ pub struct RawCloudModel {
     pub id: Option<String>,
     pub input_usd_per_mtok: Option<f64>,
     pub output_usd_per_mtok: Option<f64>,
+}
+
+/// One tenant's limits as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantLimits {
+    pub requests_per_minute: Option<u64>,
+    /// Prompt and completion tokens.
+    pub tokens_per_minute: Option<u64>,
+    pub budget: Option<RawBudget>,
+}
+
+/// A spend budget as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub usd: Option<f64>,
+    /// day, week (from Monday) or month (calendar).
+    pub period: Option<String>,
+    /// The time zone periods start in, as an offset from UTC: `UTC`, `+01:00`, `-05:00`.
+    pub time_zone: Option<String>,
+    /// Count local requests at their busy-time cost too (off: the budget is cloud spend).
+    pub include_local: Option<bool>,
+}
+
+/// The shared store as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: Option<String>,
+    /// Or: an environment variable holding the URL (with its password, from a Secret).
+    pub url_env: Option<String>,
+    /// Connect with TLS (`rediss://`).
+    pub tls: Option<bool>,
+    /// Put before every key, so that several installs can share one Redis.
+    pub key_prefix: Option<String>,
+    pub timeout_ms: Option<u64>,
 }

@@ -1,18 +1,20 @@
 //! The limits on the request path. [`ask_for`] says what a decided request can cost at most; the
 //! [`Limiter`] reserves it in the configured store and hands back a [`Held`] reservation, which the
 //! request's ledger settles to what was used when it ends (or, dropped unsettled, gives everything but the
-//! request back). The limiter also keeps the series operators watch (spend against budget, requests
-//! refused by a limit, whether the shared store answers) and logs when the store stops or starts answering.
+//! request back). The limiter tells a [`Recorder`] (accounting) what operators watch (spend against budget,
+//! requests refused by a limit, whether the shared store answers) and logs when the store stops or starts
+//! answering.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use sluice_policy::{Decision, FleetView, Route};
 
-use super::{Ask, Denied, MemoryStore, RedisStore, Reservation, Standings, Store, TenantLimits};
-use crate::config::{Fail, StoreConfig, TenantLimitsConfig};
+use super::{
+    Ask, Denied, Fail, MemoryStore, RedisStore, Reservation, Standings, Store, StoreConfig, TenantLimits,
+    TenantLimitsConfig,
+};
 use crate::cost::{Pico, Usage, priced, usd};
 
 /// What a decided request asks of its tenant's limits: its prompt (estimated) and the most completion
@@ -56,68 +58,23 @@ pub fn ratelimit_reset(seconds: i64) -> String {
     }
 }
 
-/// Series of the limits.
-#[derive(Clone)]
-struct LimitMetrics {
-    spent: GaugeVec,
-    limit: GaugeVec,
-    rate_limited: IntCounterVec,
-    store_up: IntGauge,
-    store_errors: prometheus::IntCounter,
-}
-
-impl LimitMetrics {
-    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let spent = GaugeVec::new(
-            Opts::new(
-                "sluice_budget_spent_usd",
-                "Spend counted against each tenant's budget in its current period, in USD (requests in flight at their reservation).",
-            ),
-            &["tenant"],
-        )?;
-        let limit = GaugeVec::new(
-            Opts::new(
-                "sluice_budget_limit_usd",
-                "Each tenant's budget per period, in USD.",
-            ),
-            &["tenant"],
-        )?;
-        let rate_limited = IntCounterVec::new(
-            Opts::new(
-                "sluice_rate_limited_total",
-                "Requests refused or rerouted by a tenant limit, by limit (requests, tokens, budget, unreachable).",
-            ),
-            &["tenant", "limit"],
-        )?;
-        let store_up = IntGauge::new(
-            "sluice_limits_store_up",
-            "Whether the limits store answered its last call (1) or not (0).",
-        )?;
-        let store_errors = prometheus::IntCounter::new(
-            "sluice_limits_store_errors_total",
-            "Calls to the limits store that failed or timed out.",
-        )?;
-        registry.register(Box::new(spent.clone()))?;
-        registry.register(Box::new(limit.clone()))?;
-        registry.register(Box::new(rate_limited.clone()))?;
-        registry.register(Box::new(store_up.clone()))?;
-        registry.register(Box::new(store_errors.clone()))?;
-        store_up.set(1);
-        Ok(Self {
-            spent,
-            limit,
-            rate_limited,
-            store_up,
-            store_errors,
-        })
-    }
+/// What the limiter reports, for the series operators watch (accounting writes them).
+pub trait Recorder: Send + Sync {
+    /// Where a tenant stands against its budget after a reservation (spent includes requests in flight).
+    fn budget(&self, tenant: &str, spent: Pico, limit: Pico);
+    /// A reservation of `reserved` was settled to `used`.
+    fn settled(&self, tenant: &str, reserved: Pico, used: Pico);
+    /// A limit refused or rerouted a request (`requests`, `tokens`, `budget`, `unreachable`).
+    fn limited(&self, tenant: &str, limit: &'static str);
+    /// Whether the store answered a call.
+    fn store_answered(&self, ok: bool);
 }
 
 /// Per-tenant limits on the request path.
 pub struct Limiter {
     config: TenantLimitsConfig,
     store: Arc<dyn Store>,
-    metrics: LimitMetrics,
+    recorder: Arc<dyn Recorder>,
     /// The store answered its last call.
     reachable: AtomicBool,
 }
@@ -178,7 +135,10 @@ fn now() -> i64 {
 
 impl Limiter {
     /// The limiter of a configuration, or `None` when no tenant has a limit.
-    pub fn new(config: &TenantLimitsConfig, registry: &Registry) -> Result<Option<Arc<Self>>, String> {
+    pub fn new(
+        config: &TenantLimitsConfig,
+        recorder: Arc<dyn Recorder>,
+    ) -> Result<Option<Arc<Self>>, String> {
         if !config.any() {
             return Ok(None);
         }
@@ -195,30 +155,26 @@ impl Limiter {
                 )
             })?),
         };
-        Self::with_store(config, store, registry)
-            .map(Some)
-            .map_err(|e| format!("metrics: {e}"))
+        Ok(Some(Self::with_store(config, store, recorder)))
     }
 
     /// A limiter around a store of the caller's.
     pub fn with_store(
         config: &TenantLimitsConfig,
         store: Arc<dyn Store>,
-        registry: &Registry,
-    ) -> Result<Arc<Self>, prometheus::Error> {
-        let metrics = LimitMetrics::register(registry)?;
+        recorder: Arc<dyn Recorder>,
+    ) -> Arc<Self> {
         for (tenant, l) in &config.tenants {
             if let Some(b) = l.budget {
-                metrics.limit.with_label_values(&[tenant]).set(usd(b.pico));
-                metrics.spent.with_label_values(&[tenant]).set(0.0);
+                recorder.budget(tenant, 0, b.pico);
             }
         }
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             config: config.clone(),
             store,
-            metrics,
+            recorder,
             reachable: AtomicBool::new(true),
-        }))
+        })
     }
 
     pub fn config(&self) -> &TenantLimitsConfig {
@@ -247,10 +203,7 @@ impl Limiter {
 
     fn answered(&self, ok: bool) {
         let was = self.reachable.swap(ok, Ordering::Relaxed);
-        self.metrics.store_up.set(i64::from(ok));
-        if !ok {
-            self.metrics.store_errors.inc();
-        }
+        self.recorder.store_answered(ok);
         match (was, ok) {
             (true, false) => tracing::warn!(
                 fail = self.config.fail.as_str(),
@@ -268,15 +221,14 @@ impl Limiter {
         match result {
             Ok((reservation, standings)) => {
                 if let Some(b) = standings.budget {
-                    self.metrics.spent.with_label_values(&[tenant]).set(usd(b.spent));
-                    self.metrics.limit.with_label_values(&[tenant]).set(usd(b.limit));
+                    self.recorder.budget(tenant, b.spent, b.limit);
                 }
                 Ok(Granted {
                     held: Held {
                         store: self.store.clone(),
                         reservation: Some(reservation),
                         include_local: limits.budget.is_some_and(|b| b.include_local),
-                        spent: limits.budget.is_some().then(|| self.metrics.spent.clone()),
+                        recorder: limits.budget.is_some().then(|| self.recorder.clone()),
                     },
                     standings,
                 })
@@ -287,10 +239,7 @@ impl Limiter {
 
     /// Counts a request a limit refused or rerouted.
     pub fn limited(&self, tenant: &str, denied: Denied) {
-        self.metrics
-            .rate_limited
-            .with_label_values(&[tenant, denied.as_str()])
-            .inc();
+        self.recorder.limited(tenant, denied.as_str());
     }
 
     /// Where each of `tenants` stands against its limits (tenants without limits are left out).
@@ -368,7 +317,8 @@ pub struct Held {
     store: Arc<dyn Store>,
     reservation: Option<Reservation>,
     include_local: bool,
-    spent: Option<GaugeVec>,
+    /// Told of the settlement when the tenant has a budget.
+    recorder: Option<Arc<dyn Recorder>>,
 }
 
 impl std::fmt::Debug for Held {
@@ -394,14 +344,11 @@ impl Held {
             return;
         };
         let store = self.store.clone();
-        let spent = self.spent.take();
+        let recorder = self.recorder.take();
         let settle = async move {
             store.settle(&reservation, used).await;
-            if let Some(g) = spent {
-                // The gauge follows this replica's view: the next reservation brings the shared total.
-                let tenant = reservation.tenant.as_str();
-                let g = g.with_label_values(&[tenant]);
-                g.set((g.get() - usd(reservation.ask.pico) + usd(used.pico)).max(0.0));
+            if let Some(r) = recorder {
+                r.settled(&reservation.tenant, reservation.ask.pico, used.pico);
             }
         };
         match tokio::runtime::Handle::try_current() {

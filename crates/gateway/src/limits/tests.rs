@@ -204,8 +204,8 @@ fn concurrent_requests_never_take_a_tenant_past_its_limits() {
     );
 }
 
-fn tenant_config(limits: TenantLimits) -> crate::config::TenantLimitsConfig {
-    crate::config::TenantLimitsConfig {
+fn tenant_config(limits: TenantLimits) -> TenantLimitsConfig {
+    TenantLimitsConfig {
         tenants: [("acme".to_owned(), limits)].into(),
         ..Default::default()
     }
@@ -222,8 +222,7 @@ async fn settled() {
 async fn a_held_reservation_settles_to_what_was_used_or_gives_everything_back_when_dropped() {
     let store = Arc::new(MemoryStore::default());
     let l = limits(10, 1000, 1_000_000);
-    let limiter =
-        Limiter::with_store(&tenant_config(l), store.clone(), &prometheus::Registry::new()).unwrap();
+    let limiter = Limiter::with_store(&tenant_config(l), store.clone(), Arc::new(Quiet));
     let ask = Ask {
         tokens: 300,
         pico: 400_000,
@@ -329,4 +328,14 @@ fn resets_are_written_as_openai_writes_them() {
     assert_eq!(ratelimit_reset(60), "1m0s");
     assert_eq!(ratelimit_reset(61), "1m1s");
     assert_eq!(ratelimit_reset(-3), "0s");
+}
+
+/// A recorder that records nothing.
+struct Quiet;
+
+impl Recorder for Quiet {
+    fn budget(&self, _: &str, _: Pico, _: Pico) {}
+    fn settled(&self, _: &str, _: Pico, _: Pico) {}
+    fn limited(&self, _: &str, _: &'static str) {}
+    fn store_answered(&self, _: bool) {}
 }

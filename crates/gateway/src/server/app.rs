@@ -56,8 +56,9 @@ impl App {
         registry: prometheus::Registry,
         recogniser: Option<Arc<Recogniser>>,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let limiter = Limiter::new(&config.tenant_limits, &registry).map_err(prometheus::Error::Msg)?;
         let accounts = Arc::new(Accounting::new(&config, &fleet.backends, registry)?);
+        let limiter =
+            Limiter::new(&config.tenant_limits, accounts.clone()).map_err(prometheus::Error::Msg)?;
         Ok(Arc::new(Self {
             limiter,
             keys: KeyStore::new(config.keys.clone(), config.allow_unauthenticated),

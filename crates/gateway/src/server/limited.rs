@@ -7,10 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_policy::{Decision, FleetView, Refusal, Route};
 
-use crate::config::Fail;
 use crate::error::ApiError;
 use crate::headers::{RateHeader, RateHeaders};
-use crate::limits::{Denied, Granted, Limiter, Standings, TenantLimits, ask_for, ratelimit_reset};
+use crate::limits::{Denied, Fail, Granted, Limiter, Standings, TenantLimits, ask_for, ratelimit_reset};
 
 /// What the limits say of a decided request.
 pub(super) enum Step {
