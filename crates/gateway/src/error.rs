@@ -29,6 +29,8 @@ pub struct ApiError {
     /// The code an upstream provider gave, shown to the client instead of `code` (which stays the metric
     /// label, so that labels keep to this file's codes).
     pub upstream_code: Option<String>,
+    /// Retrying the same request cannot help: `x-should-retry: false`, which the official SDKs read.
+    pub final_answer: bool,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             upstream_code: None,
+            final_answer: false,
         }
     }
 
@@ -253,7 +256,7 @@ impl IntoResponse for ApiError {
             }
         }
         // A spent budget does not come back in seconds: the official SDKs read this and do not retry.
-        if self.code == "budget_exceeded" {
+        if self.code == "budget_exceeded" || self.final_answer {
             response
                 .headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));

@@ -41,8 +41,8 @@ impl Fail {
     }
 }
 
-/// Where limits are counted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where limits are counted. Its `Debug` never shows the Redis URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// In this process: exact for one gateway.
     Memory,
@@ -52,6 +52,21 @@ pub enum StoreConfig {
         key_prefix: String,
         timeout: Duration,
     },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis {
+                key_prefix, timeout, ..
+            } => f
+                .debug_struct("Redis")
+                .field("key_prefix", key_prefix)
+                .field("timeout", timeout)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The checked tenant limits.
@@ -439,7 +454,8 @@ impl MemoryStore {
             if slot.0 != n {
                 *slot = (n, 0);
             }
-            if slot.1.saturating_add(ask.pico) > b.pico {
+            // A request that costs nothing against the budget is never refused by it, even past it.
+            if ask.pico > 0 && slot.1.saturating_add(ask.pico) > b.pico {
                 return Err(Denied::Budget { resets_at: ends });
             }
             slot.1 = slot.1.saturating_add(ask.pico);

@@ -208,3 +208,34 @@ async fn a_redis_that_goes_away_is_reported_in_time_and_counting_resumes_when_it
         }
     }
 }
+
+#[tokio::test]
+async fn past_its_budget_a_tenant_still_gets_requests_that_cost_it_nothing() {
+    let redis = Redis::start();
+    let s = store(&redis, "d");
+    let l = limits(None, Some(1.0));
+    let dear = Ask {
+        tokens: 10,
+        pico: sluice_gateway::cost::pico(0.9),
+    };
+    let (r, _) = s.reserve("acme", &l, dear, NOW).await.unwrap();
+    // It used more than it reserved: the budget is now past.
+    s.settle(
+        &r,
+        Ask {
+            tokens: 10,
+            pico: sluice_gateway::cost::pico(1.2),
+        },
+    )
+    .await;
+    assert_eq!(
+        s.reserve("acme", &l, Ask { tokens: 1, pico: 1 }, NOW)
+            .await
+            .err()
+            .map(|d| d.as_str()),
+        Some("budget")
+    );
+    let free = Ask { tokens: 10, pico: 0 };
+    let (_, standings) = s.reserve("acme", &l, free, NOW).await.unwrap();
+    assert_eq!(standings.budget.unwrap().spent, sluice_gateway::cost::pico(1.2));
+}

@@ -15,8 +15,9 @@ impl Recorder for Accounting {
 
     fn settled(&self, tenant: &str, reserved: Pico, used: Pico) {
         // This replica's view of the shared total: the next reservation brings it up to date.
+        // One atomic add, so that settlements ending together lose nothing.
         let g = self.metrics.budget_spent.with_label_values(&[tenant]);
-        g.set((g.get() - usd(reserved) + usd(used)).max(0.0));
+        g.add(usd(used) - usd(reserved));
     }
 
     fn limited(&self, tenant: &str, limit: &'static str) {

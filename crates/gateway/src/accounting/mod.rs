@@ -485,8 +485,13 @@ impl Drop for Ledger {
         }
         let (cost, equivalent) = self.charge();
         if let Some(held) = self.limits.take() {
-            let used = self.usage_or_generated();
-            held.settle(self.route, used.prompt_tokens + used.completion_tokens, cost);
+            if self.route == Route::Cloud && self.usage.is_none() && self.first_token.is_some() {
+                // Started but never said what it used: what it may have cost stays counted.
+                held.keep();
+            } else {
+                let used = self.usage_or_generated();
+                held.settle(self.route, used.prompt_tokens + used.completion_tokens, cost);
+            }
         }
         let fallbacks = std::mem::take(&mut self.fallbacks);
         let route_named = route_label(self.route, self.redacted);

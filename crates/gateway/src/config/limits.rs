@@ -41,6 +41,20 @@ pub fn tenant_limits(
     if !(1..=1_000_000).contains(&reserve_output_tokens) {
         return Err(at.error("limits.reserve_output_tokens", "must be between 1 and 1000000"));
     }
+    // A request without max_tokens reserves this many answer tokens: a tenant whose minute holds fewer
+    // could send no such request at all.
+    for (key, l) in configured(default.as_ref(), &by_tenant) {
+        if let Some(tpm) = l.tokens_per_minute
+            && tpm <= u64::from(reserve_output_tokens)
+        {
+            return Err(at.error(
+                &format!("{key}.tokens_per_minute"),
+                format!(
+                    "{tpm} is not above reserve_output_tokens ({reserve_output_tokens}), which every request without max_tokens reserves: raise it, or lower limits.reserve_output_tokens"
+                ),
+            ));
+        }
+    }
     let store = match raw.redis {
         None => StoreConfig::Memory,
         Some(r) => redis(at, r, env)?,
@@ -68,6 +82,15 @@ pub fn tenant_limits(
         store,
         fail,
     })
+}
+
+/// Every configured set of limits with its key.
+fn configured<'a>(
+    default: Option<&'a TenantLimits>,
+    tenants: &'a BTreeMap<String, TenantLimits>,
+) -> impl Iterator<Item = (String, &'a TenantLimits)> {
+    let default = default.into_iter().map(|l| ("limits.default".to_owned(), l));
+    default.chain(tenants.iter().map(|(t, l)| (format!("limits.tenants.{t}"), l)))
 }
 
 fn one(at: &Locator<'_>, key: &str, raw: RawTenantLimits) -> Result<TenantLimits, ConfigError> {

@@ -334,6 +334,11 @@ fn tenant_limit_problems_name_file_line_and_key_and_never_a_password() {
             "gateway.yaml:12: limits.fail",
             "closed",
         ),
+        (
+            "  default: { tokens_per_minute: 4096 }\n",
+            "gateway.yaml:10: limits.default.tokens_per_minute",
+            "not above reserve_output_tokens",
+        ),
     ];
     for (limits, at, says) in cases {
         let e = validate(&with_limits(limits)).unwrap_err().to_string();

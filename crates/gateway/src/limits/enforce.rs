@@ -339,6 +339,12 @@ impl Held {
         });
     }
 
+    /// Keeps the whole reservation as used: a cloud answer that started but never said what it used
+    /// (the client left, the stream broke) is billed by the provider all the same.
+    pub fn keep(mut self) {
+        self.reservation = None;
+    }
+
     fn settle_to(&mut self, used: Ask) {
         let Some(reservation) = self.reservation.take() else {
             return;

@@ -33,7 +33,8 @@ if tpm >= 0 and t + tok > tpm then return {2, r, t, 0} end
 local spent = 0
 if budget >= 0 then
   spent = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if spent + nano > budget then return {3, r, t, spent} end
+  -- A request that costs nothing against the budget is never refused by it, even past it.
+  if nano > 0 and spent + nano > budget then return {3, r, t, spent} end
 end
 r = redis.call('HINCRBY', KEYS[1], 'r', 1)
 t = redis.call('HINCRBY', KEYS[1], 't', tok)
@@ -141,17 +142,18 @@ impl RedisStore {
                 .arg(limit(limits.requests_per_minute))
                 .arg(limit(limits.tokens_per_minute))
                 .arg(ask.tokens)
-                .arg(u64::try_from(nano).unwrap_or(u64::MAX))
+                .arg(i64::try_from(nano).unwrap_or(i64::MAX))
                 .arg(w.budget.map_or(-1, |(b, _, _)| {
                     i64::try_from(nanos_down(b.pico)).unwrap_or(i64::MAX)
                 }))
                 .arg(w.minute_ends - now + 60)
                 .arg(w.budget.map_or(1, |(_, _, ends)| ends - now + 3600))
-                .invoke_async::<(u8, u64, u64, u64)>(&mut con)
+                .invoke_async::<(u8, i64, i64, i64)>(&mut con)
                 .await
         };
+        // Counters can go below zero when a settlement lands in a window Redis lost and recreated.
         let (code, requests, tokens, spent) = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(reply)) => reply,
+            Ok(Ok((code, r, t, s))) => (code, non_negative(r), non_negative(t), non_negative(s)),
             // The limiter logs when the store stops and starts answering; each failure is a debug line.
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "the limits store failed");
@@ -212,7 +214,7 @@ impl RedisStore {
         }
         let call = async {
             let mut con = self.connection().await?;
-            invocation.invoke_async::<(u64, u64, u64)>(&mut con).await
+            invocation.invoke_async::<(i64, i64, i64)>(&mut con).await
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((requests, tokens, spent))) => Ok(w
@@ -220,13 +222,17 @@ impl RedisStore {
                     tenant,
                     limits,
                     Ask::default(),
-                    (requests, tokens),
-                    Pico::from(spent) * PICO_PER_NANO,
+                    (non_negative(requests), non_negative(tokens)),
+                    Pico::from(non_negative(spent)) * PICO_PER_NANO,
                 )
                 .1),
             _ => Err(Denied::Unreachable),
         }
     }
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 fn nanos_up(pico: Pico) -> Pico {

@@ -120,6 +120,9 @@ fn each_limit_is_held_and_says_when_it_frees_up() {
     );
     // Another tenant counts apart.
     assert!(reserve(&store, "other", &l, ask, SAT).is_ok());
+    // A request that costs nothing against the budget (served locally) still passes, even past it.
+    let free = Ask { tokens: 10, pico: 0 };
+    assert!(reserve(&store, "acme", &l, free, SAT + 61).is_ok());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::{Attempt, Level, Refusal, RefusalReason};
+use sluice_policy::{Attempt, Level, RefusalReason};
 use sluice_sensitivity::ModelPass;
 use tokio::time::Instant;
 
@@ -143,14 +143,9 @@ pub(super) async fn completions(
             view.over_budget = true;
             decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
             (redacted, unproven) = (None, None);
-            // The store could not say whether the budget is spent: a rule that rejects over budget is not
-            // told that it is, the request is refused until the store answers.
-            if resets.is_none()
-                && let Err(Refusal {
-                    reason: RefusalReason::OverBudget { .. },
-                    ..
-                }) = &decided
-            {
+            // The store could not say whether the budget is spent: when no local way is left, the request
+            // is refused until the store answers, never told that the budget is spent.
+            if resets.is_none() && decided.is_err() {
                 let error = ApiError::limits_unavailable();
                 accounts.rejected(error.code);
                 return respond(&routing, error);

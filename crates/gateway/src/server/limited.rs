@@ -74,14 +74,17 @@ impl Asking<'_> {
             Denied::Tokens { resets_at } => {
                 let limit = self.limits.tokens_per_minute.unwrap_or_default();
                 headers.tokens = Some(exhausted(limit, resets_at));
-                Step::Refuse(ApiError::rate_limited(
+                let mut error = ApiError::rate_limited(
                     "tokens",
                     &format!(
                         "limit {limit} tokens, this request may use up to {} (its prompt and max_tokens)",
                         ask.tokens
                     ),
                     after(resets_at),
-                ))
+                );
+                // Larger than a whole minute's tokens: waiting cannot help, a smaller max_tokens can.
+                error.final_answer = ask.tokens > limit;
+                Step::Refuse(error)
             }
             Denied::Budget { resets_at } if !second => Step::OverBudget(Some(resets_at)),
             Denied::Budget { resets_at } => Step::Refuse(
