@@ -759,7 +759,17 @@ fn default_values_render_a_valid_locked_down_install() {
     );
     let secret = r.get("Secret", GATEWAY);
     let data = secret.doc["data"].as_object().expect("secret data");
-    assert_eq!(data.keys().collect::<Vec<_>>(), ["SLUICE_KEY_PLATFORM"]);
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["SLUICE_ADMIN_TOKEN", "SLUICE_KEY_PLATFORM"]
+    );
+    // The admin listener requires a token, generated at install and read from the Secret.
+    assert_eq!(config["admin_token_env"], "SLUICE_ADMIN_TOKEN");
+    assert!(
+        r.notes.contains("jsonpath='{.data.SLUICE_ADMIN_TOKEN}'"),
+        "{}",
+        r.notes
+    );
     assert_eq!(
         r.container(GATEWAY)["envFrom"],
         json!([{"secretRef": {"name": GATEWAY}}])
@@ -838,7 +848,7 @@ fn air_gapped_has_no_cloud_in_config_or_network_policy() {
     let secret = r.get("Secret", GATEWAY);
     assert_eq!(
         secret.doc["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["SLUICE_KEY_PLATFORM"]
+        ["SLUICE_ADMIN_TOKEN", "SLUICE_KEY_PLATFORM"]
     );
     assert!(r.notes.contains("air-gapped (no cloud backend)"), "{}", r.notes);
     assert!(!r.notes.contains("apiServer.cidrs is empty"), "{}", r.notes);

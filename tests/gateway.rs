@@ -451,12 +451,25 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
     let worker = Worker::start(&[]);
     worker.wait_serving().await;
     let sim = SimCloud::start(&[]);
-    // A daily budget, to see the tenant's spend against it.
+    // A daily budget, to see the tenant's spend against it; an admin token, which the page sends from its
+    // URL's fragment.
     let limits = "limits:\n  tenants:\n    acme:\n      budget: { usd: 1, period: day }\n";
-    let gateway = Gateway::start(&format!("{}{limits}", backends(&worker, &sim, "")));
+    let token = format!(
+        "admin_token_sha256: {}\n",
+        sluice_gateway::auth::hash_key_hex("adm-dash")
+    );
+    let gateway = Gateway::start(&format!("{}{limits}{token}", backends(&worker, &sim, "")));
     gateway.wait_ready("local");
     sdk(&gateway, "costs");
-    let (_, body) = common::http(gateway.admin, "GET", "/admin/summary", None);
+    let (status, _) = common::http(gateway.admin, "GET", "/admin/summary", None);
+    assert_eq!(status, 401, "the summary needs the admin token");
+    let (_, body) = common::http_with(
+        gateway.admin,
+        "GET",
+        "/admin/summary",
+        None,
+        "Authorization: Bearer adm-dash\r\n",
+    );
     let summary: Value = serde_json::from_str(&body).unwrap();
     let spend = summary["cloud"]["spend_usd"].as_f64().unwrap();
     assert!(spend > 0.0, "{summary}");
@@ -481,7 +494,7 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
             &format!("--user-data-dir={}", profile.path().display()),
             "--virtual-time-budget=5000",
             "--dump-dom",
-            &format!("http://{}/dashboard", gateway.admin),
+            &format!("http://{}/dashboard#token=adm-dash", gateway.admin),
         ])
         .output()
         .expect("chromium (Debian package `chromium`)");

@@ -223,11 +223,22 @@ pub fn log_field(line: &str, name: &str) -> Option<SocketAddr> {
 
 /// One plain HTTP/1.1 exchange (`Connection: close`): the status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_with(addr, method, path, body, "")
+}
+
+/// [`http`] with extra header lines (`"Authorization: Bearer T\r\n"`).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let body = body.unwrap_or("");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
@@ -378,7 +389,7 @@ impl Gateway {
     pub fn wait_ready(&self, backend: &str) {
         let until = Instant::now() + Duration::from_secs(120);
         loop {
-            let (_, body) = http(self.admin, "GET", "/admin/backends", None);
+            let (_, body) = http(self.public, "GET", "/readyz", None);
             let v: serde_json::Value = serde_json::from_str(&body).expect("backends JSON");
             let ready = v["backends"]
                 .as_array()

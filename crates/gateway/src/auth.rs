@@ -81,14 +81,7 @@ impl KeyStore {
                 Err(AuthFailure::Missing)
             };
         };
-        let token = match value.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
-            _ => return Err(AuthFailure::Malformed),
-        };
-        if token.is_empty() {
-            return Err(AuthFailure::Missing);
-        }
-        let digest: [u8; 32] = Sha256::digest(token).into();
+        let digest = bearer_digest(value)?;
         let mut found: Option<&ApiKey> = None;
         for key in &self.keys {
             if bool::from(key.sha256.ct_eq(&digest)) {
@@ -105,6 +98,40 @@ impl KeyStore {
     /// The configured tenants (metric labels are limited to these).
     pub fn tenants(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.tenant.as_str())
+    }
+}
+
+/// The SHA-256 of the token in an `Authorization: Bearer TOKEN` header value.
+fn bearer_digest(value: &[u8]) -> Result<[u8; 32], AuthFailure> {
+    let token = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => return Err(AuthFailure::Malformed),
+    };
+    if token.is_empty() {
+        return Err(AuthFailure::Missing);
+    }
+    Ok(Sha256::digest(token).into())
+}
+
+/// The token the admin listener requires, as its SHA-256 (the token itself is never kept).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AdminToken(pub [u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Whether an `Authorization` header value carries the token (compared in constant time).
+    pub fn check(&self, header: Option<&[u8]>) -> Result<(), AuthFailure> {
+        let digest = bearer_digest(header.ok_or(AuthFailure::Missing)?)?;
+        if bool::from(self.0.ct_eq(&digest)) {
+            Ok(())
+        } else {
+            Err(AuthFailure::Unknown)
+        }
     }
 }
 

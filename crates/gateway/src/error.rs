@@ -78,6 +78,15 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
     }
 
+    /// 401: the admin listener requires its token.
+    pub fn admin_unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_admin_token",
+            "This admin endpoint requires the admin token: send `Authorization: Bearer <token>` (/metrics and /healthz do not).",
+        )
+    }
+
     /// 404: the model is served by no backend.
     pub fn model_not_found(model: &str) -> Self {
         Self::new(

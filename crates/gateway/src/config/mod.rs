@@ -80,6 +80,8 @@ pub struct GatewayConfig {
     pub air_gapped: bool,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token the admin listener requires, when one is set.
+    pub admin_token: Option<crate::auth::AdminToken>,
     pub keys: Vec<ApiKey>,
     pub allow_unauthenticated: bool,
     pub limits: Limits,
@@ -213,6 +215,30 @@ impl RawGatewayConfig {
             a => Some(address(&at, "admin_listen", a)?),
         };
 
+        let admin_token = match (self.admin_token_env, self.admin_token_sha256) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(at.error(
+                    "admin_token_env",
+                    "give admin_token_env or admin_token_sha256, not both",
+                ));
+            }
+            (Some(var), None) => match env(&var) {
+                Some(v) if !v.is_empty() => Some(crate::auth::AdminToken(hash_key(&v))),
+                _ => {
+                    return Err(at.error(
+                        "admin_token_env",
+                        format!("the environment variable {var} is not set"),
+                    ));
+                }
+            },
+            (None, Some(hex)) => Some(crate::auth::AdminToken(parse_sha256(&hex).ok_or_else(|| {
+                at.error(
+                    "admin_token_sha256",
+                    "must be 64 hexadecimal digits (a SHA-256 of the token)",
+                )
+            })?)),
+        };
         let allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
         let mut keys = Vec::new();
         for (i, k) in self.api_keys.unwrap_or_default().into_iter().enumerate() {
@@ -367,6 +393,7 @@ impl RawGatewayConfig {
             ner,
             listen,
             admin_listen,
+            admin_token,
             keys,
             allow_unauthenticated,
             limits,

@@ -18,6 +18,10 @@ pub struct RawGatewayConfig {
     pub listen: Option<String>,
     /// Operators' address (`/metrics`, `/admin/*`), or "off".
     pub admin_listen: Option<String>,
+    /// A bearer token the admin listener requires (`/metrics` and `/healthz` excepted): an environment
+    /// variable holding it, or its SHA-256 in hex.
+    pub admin_token_env: Option<String>,
+    pub admin_token_sha256: Option<String>,
     /// Serve without API keys (every request is tenant `anonymous`). Off unless set.
     pub allow_unauthenticated: Option<bool>,
     /// Air-gapped mode: no cloud backend may be configured; the gateway refuses to start with one.

@@ -346,3 +346,27 @@ fn tenant_limit_problems_name_file_line_and_key_and_never_a_password() {
         assert!(!e.contains("hunter2"), "{e}");
     }
 }
+
+#[test]
+fn an_admin_token_comes_from_the_environment_or_a_digest() {
+    let with = |extra: &str| FULL.replace("admin_listen: off\n", &format!("admin_listen: off\n{extra}"));
+    let c = validate(&with("admin_token_env: ACME_KEY\n")).unwrap();
+    assert_eq!(c.admin_token, Some(crate::auth::AdminToken(hash_key("sk-acme"))));
+    let c = validate(&with(
+        "admin_token_sha256: ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n",
+    ))
+    .unwrap();
+    assert_eq!(c.admin_token, Some(crate::auth::AdminToken(hash_key("abc"))));
+    assert_eq!(validate(FULL).unwrap().admin_token, None);
+    for (extra, at) in [
+        ("admin_token_env: NOPE\n", "gateway.yaml:3: admin_token_env"),
+        ("admin_token_sha256: zz\n", "gateway.yaml:3: admin_token_sha256"),
+        (
+            "admin_token_env: ACME_KEY\nadmin_token_sha256: ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n",
+            "gateway.yaml:3: admin_token_env",
+        ),
+    ] {
+        let e = validate(&with(extra)).unwrap_err().to_string();
+        assert!(e.starts_with(at), "{e}");
+    }
+}

@@ -71,18 +71,43 @@ pub fn public_router(app: Arc<App>) -> Router {
 /// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
 /// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
 /// `/admin/summary` and `/dashboard` (cost, local against cloud), `/admin/tenants` (usage against each
-/// tenant's limits), `/healthz`. Meant for a loopback or cluster-internal address.
+/// tenant's limits), `/healthz`. With `admin_token_*` configured, every route but `/metrics`, `/healthz`
+/// and the dashboard's page requires the token. Meant for a loopback or cluster-internal address.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/metrics", get(admin::metrics))
         .route("/admin/backends", get(admin::backends))
         .route("/admin/decisions", get(admin::decisions))
         .route("/admin/summary", get(admin::summary))
         .route("/admin/tenants", get(admin::tenants))
-        .route("/dashboard", get(admin::dashboard))
         .route("/admin/decisions/{id}", get(admin::decision))
+        // With an admin token, everything above requires it; scrapers, probes and the dashboard's page
+        // (which holds no figures and sends the token from its URL's fragment) below do not.
+        .layer(middleware::from_fn_with_state(app.clone(), admin_token))
+        .route("/metrics", get(admin::metrics))
         .route("/healthz", get(healthz))
+        .route("/dashboard", get(admin::dashboard))
         .with_state(app)
+}
+
+/// The admin token, when one is configured: `Authorization: Bearer TOKEN`, or 401 `invalid_admin_token`.
+async fn admin_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(token) = &app.config.admin_token else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match token.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(_) => {
+            let mut response = ApiError::admin_unauthorized().into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
 }
 
 async fn request_id(mut request: Request, next: Next) -> Response {

@@ -187,6 +187,7 @@ fn config(limits: Limits) -> GatewayConfig {
         air_gapped: false,
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
+        admin_token: None,
         keys: vec![ApiKey {
             tenant: "acme".into(),
             sha256: hash_key(KEY),
@@ -1482,4 +1483,56 @@ fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-gw-{}", super::ids::new_id("t")));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_every_admin_route_but_metrics_and_health() {
+    let mut c = config(Limits::default());
+    c.admin_token = Some(crate::auth::AdminToken(hash_key("adm-s3cret")));
+    let app = App::new(
+        c,
+        Fleet {
+            backends: vec![local(answer(&["hi"])) as Arc<dyn Backend>],
+        },
+        Arc::new(PolicyEngine::default()),
+        prometheus::Registry::new(),
+    )
+    .unwrap();
+    let get = |path: &'static str, auth: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut r = HttpRequest::get(path);
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            let response = admin_router(app)
+                .oneshot(r.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let www = response.headers().get("www-authenticate").cloned();
+            let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            (status, www, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for path in [
+        "/admin/backends",
+        "/admin/decisions",
+        "/admin/summary",
+        "/admin/tenants",
+    ] {
+        let (status, www, body) = get(path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(www.unwrap(), "Bearer");
+        assert!(body.contains("invalid_admin_token"), "{body}");
+        let (status, _, _) = get(path, Some("Bearer wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _, _) = get(path, Some("Bearer adm-s3cret")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    // The dashboard page holds no figures: it sends the token from its URL's fragment for them.
+    for path in ["/metrics", "/healthz", "/dashboard"] {
+        let (status, _, _) = get(path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
 }
