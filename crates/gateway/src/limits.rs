@@ -293,6 +293,13 @@ impl Windows {
     }
 }
 
+/// Seconds since the Unix epoch, the time windows are named by.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The minute a time falls in, and when it ends.
 pub fn minute(now: i64) -> (i64, i64) {
     let m = now.div_euclid(60);

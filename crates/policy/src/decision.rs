@@ -45,6 +45,19 @@ pub struct Decision {
     pub unredactable: Option<Box<String>>,
 }
 
+impl Decision {
+    /// Whether the request may go to a cloud (and so spend its tenant's budget): a target is a cloud
+    /// backend, or one the fleet does not list.
+    pub fn reaches_cloud(&self, fleet: &FleetView) -> bool {
+        self.targets.iter().any(|t| {
+            fleet
+                .backends
+                .get(t.backend)
+                .is_none_or(|b| b.route == crate::fleet::Route::Cloud)
+        })
+    }
+}
+
 /// A request to send redacted: what to replace, the level it should have then, and what it gets when the
 /// gateway's scan of the redacted form does not bear that out.
 #[derive(Debug, Clone, PartialEq)]

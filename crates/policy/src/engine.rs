@@ -106,7 +106,7 @@ impl Policy for PolicyEngine {
             action => self.act(&on, action),
         };
         match decided {
-            Ok(d) if fleet.over_budget && reaches_cloud(&d, fleet) => {
+            Ok(d) if fleet.over_budget && d.reaches_cloud(fleet) => {
                 let action = rule
                     .and_then(|r| r.over_budget.as_ref())
                     .unwrap_or(&self.config.over_budget);
@@ -115,16 +115,6 @@ impl Policy for PolicyEngine {
             decided => decided,
         }
     }
-}
-
-/// Whether a decision may send the request to a cloud (and so spend the tenant's budget).
-fn reaches_cloud(d: &Decision, fleet: &FleetView) -> bool {
-    d.targets.iter().any(|t| {
-        fleet
-            .backends
-            .get(t.backend)
-            .is_none_or(|b| b.route == Route::Cloud)
-    })
 }
 
 /// One request, as an action is carried out for it.

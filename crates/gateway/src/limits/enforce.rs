@@ -7,13 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_policy::{Decision, FleetView, Route};
 
 use super::{
     Ask, Denied, Fail, MemoryStore, RedisStore, Reservation, Standings, Store, StoreConfig, TenantLimits,
-    TenantLimitsConfig,
+    TenantLimitsConfig, unix_now,
 };
 use crate::cost::{Pico, Usage, priced, usd};
 
@@ -127,12 +126,6 @@ pub struct BudgetUsage {
     pub include_local: bool,
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl Limiter {
     /// The limiter of a configuration, or `None` when no tenant has a limit.
     pub fn new(
@@ -216,7 +209,7 @@ impl Limiter {
 
     /// Reserves `ask` for `tenant`: every limit checked and counted in one step.
     pub async fn reserve(&self, tenant: &str, limits: &TenantLimits, ask: Ask) -> Result<Granted, Denied> {
-        let result = self.store.reserve(tenant, limits, ask, now()).await;
+        let result = self.store.reserve(tenant, limits, ask, unix_now()).await;
         self.answered(!matches!(result, Err(Denied::Unreachable)));
         match result {
             Ok((reservation, standings)) => {
@@ -244,7 +237,7 @@ impl Limiter {
 
     /// Where each of `tenants` stands against its limits (tenants without limits are left out).
     pub async fn usage(&self, tenants: &[String]) -> Vec<TenantUsage> {
-        let now = now();
+        let now = unix_now();
         let mut out = Vec::new();
         for tenant in tenants {
             let Some(limits) = self.limits_of(tenant) else {

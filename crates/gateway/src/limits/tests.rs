@@ -230,7 +230,7 @@ async fn a_held_reservation_settles_to_what_was_used_or_gives_everything_back_wh
         tokens: 300,
         pico: 400_000,
     };
-    let usage = || async { store.usage("acme", &l, now_for_tests()).await.unwrap() };
+    let usage = || async { store.usage("acme", &l, unix_now()).await.unwrap() };
 
     // Dropped unsettled (the request failed before an answer): the request stays counted, nothing else.
     let g = limiter.reserve("acme", &l, ask).await.unwrap();
@@ -252,13 +252,6 @@ async fn a_held_reservation_settles_to_what_was_used_or_gives_everything_back_wh
     assert_eq!(s.requests.unwrap().remaining, 7);
     assert_eq!(s.tokens.unwrap().remaining, 800);
     assert_eq!(s.budget.unwrap().spent, 150_000);
-}
-
-fn now_for_tests() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 #[test]

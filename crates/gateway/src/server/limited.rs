@@ -3,13 +3,15 @@
 //! budget (or, with `limits.fail: local`, a store that cannot be reached) is the policy's to handle: the
 //! handler decides again with the fleet view saying so, and the rule's `over_budget` action applies.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sluice_policy::{Decision, FleetView, Refusal, Route};
+use sluice_policy::{Decision, FleetView, Refusal};
 
 use crate::error::ApiError;
 use crate::headers::{RateHeader, RateHeaders};
-use crate::limits::{Denied, Fail, Granted, Limiter, Standings, TenantLimits, ask_for, ratelimit_reset};
+use crate::limits::{
+    Denied, Fail, Granted, Limiter, Standings, TenantLimits, ask_for, ratelimit_reset, unix_now,
+};
 
 /// What the limits say of a decided request.
 pub(super) enum Step {
@@ -55,11 +57,7 @@ impl Asking<'_> {
             Err(d) => d,
         };
         self.limiter.limited(self.tenant, denied);
-        let reaches_cloud = decision.targets.iter().any(|t| {
-            view.backends
-                .get(t.backend)
-                .is_none_or(|b| b.route == Route::Cloud)
-        });
+        let reaches_cloud = decision.reaches_cloud(view);
         let needs_budget = self.limits.budget.is_some() && (reaches_cloud || ask.pico > 0);
         match denied {
             Denied::Requests { resets_at } => {
@@ -101,12 +99,6 @@ impl Asking<'_> {
             },
         }
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The wait until a window resets.
