@@ -38,6 +38,8 @@ const GATEWAY_SERIES: &[&str] = &[
     "sluice_budget_limit_usd",
     "sluice_rate_limited_total",
     "sluice_limits_store_up",
+    "sluice_connections_open",
+    "sluice_connections_closed_total",
 ];
 
 /// The gateway's histograms (each is `_bucket`, `_sum` and `_count` series).

@@ -400,3 +400,54 @@ async fn a_client_that_leaves_while_queued_frees_its_place_in_the_queue() {
         "{still_running:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_at_most_its_streams_and_messages_are_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("worker.yaml");
+    std::fs::write(
+        &path,
+        "connections:\n  max_concurrent_streams: 3\n  max_message_bytes: 65536\n",
+    )
+    .expect("write config");
+    let worker = Worker::start(&["--config", path.to_str().expect("path")]);
+    worker.wait_serving().await;
+    let client = worker.client().await;
+
+    // A request larger than max_message_bytes is refused by the transport, before the model sees it.
+    let status = generate(&mut client.clone(), chat(&"word ".repeat(20_000), 4))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // Three load watches fill the connection; a fourth stream waits until one of them ends.
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        let mut stream = client
+            .clone()
+            .watch_load(v1::WatchLoadRequest {})
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("report").expect("first report");
+        watches.push(stream);
+    }
+    let mut fourth = client.clone();
+    let waiting = tokio::spawn(async move {
+        let mut stream = fourth.watch_load(v1::WatchLoadRequest {}).await?.into_inner();
+        stream.message().await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a fourth stream was opened beyond max_concurrent_streams"
+    );
+    watches.pop();
+    let report = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the fourth stream opens once one ends")
+        .expect("task")
+        .expect("report");
+    assert!(report.is_some());
+}

@@ -375,6 +375,11 @@ impl Gateway {
         format!("http://{}/v1", self.public)
     }
 
+    /// The gateway process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }

@@ -253,5 +253,8 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- $_ := set $cfg "device" (include "sluice.worker.device" .) }}
 {{- $_ := set $cfg "weight_format" $w.weightFormat }}
 {{- $_ := set $cfg "drain_grace_seconds" $w.drainGraceSeconds }}
+{{- if $w.connections }}
+{{- $_ := set $cfg "connections" $w.connections }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}

@@ -71,6 +71,11 @@ pub struct GatewayMetrics {
     /// Whether the limits store answered its last call.
     pub limits_store_up: prometheus::IntGauge,
     pub limits_store_errors: prometheus::IntCounter,
+    /// Open client connections. Labels: listener (`public` or `admin`).
+    pub connections_open: IntGaugeVec,
+    /// Connections the gateway closed on its own. Labels: listener, reason (`header_timeout`,
+    /// `idle_timeout`, `evicted`).
+    pub connections_closed: IntCounterVec,
 }
 
 /// A counter of US dollars kept in integer picodollars, so that millions of small amounts add up exactly;
@@ -329,6 +334,19 @@ impl GatewayMetrics {
             "sluice_limits_store_errors_total",
             "Calls to the limits store that failed or timed out.",
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("sluice_connections_open", "Open client connections, by listener."),
+            &["listener"],
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sluice_connections_closed_total",
+                "Connections the gateway closed on its own: a request head too slow (header_timeout), idle too long (idle_timeout), or idle at the connection cap when a new client came (evicted).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(budget_spent.clone()))?;
         registry.register(Box::new(budget_limit.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
@@ -383,6 +401,8 @@ impl GatewayMetrics {
             rate_limited,
             limits_store_up,
             limits_store_errors,
+            connections_open,
+            connections_closed,
         })
     }
 

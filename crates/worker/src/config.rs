@@ -39,6 +39,22 @@ pub struct RawWorkerConfig {
     /// Seconds that in-flight requests get to finish after SIGTERM.
     pub drain_grace_seconds: Option<u64>,
     pub tls: Option<RawTls>,
+    /// What each gateway's connection may hold.
+    pub connections: Option<RawConnections>,
+}
+
+/// The gRPC server's connection limits as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    /// Streams (requests, load watches, health checks) one connection may have open at once.
+    pub max_concurrent_streams: Option<u32>,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: Option<usize>,
+    /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer within
+    /// `keepalive_timeout_seconds` is dropped.
+    pub keepalive_interval_seconds: Option<u64>,
+    pub keepalive_timeout_seconds: Option<u64>,
 }
 
 /// TLS settings as written.
@@ -97,6 +113,34 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     pub drain_grace: Duration,
     pub tls: Option<TlsConfig>,
+    pub connections: Connections,
+}
+
+/// The gRPC server's connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    pub max_concurrent_streams: u32,
+    pub max_message_bytes: usize,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// Enough for every slot and queue place of a large worker, with room for watches and health checks.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Four times the gateway's largest request body by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub const DEFAULT_KEEPALIVE_INTERVAL_SECONDS: u64 = 30;
+pub const DEFAULT_KEEPALIVE_TIMEOUT_SECONDS: u64 = 20;
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keepalive_interval: Duration::from_secs(DEFAULT_KEEPALIVE_INTERVAL_SECONDS),
+            keepalive_timeout: Duration::from_secs(DEFAULT_KEEPALIVE_TIMEOUT_SECONDS),
+        }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
@@ -143,6 +187,7 @@ impl RawWorkerConfig {
                 }),
                 (a, b) => a.or(b),
             },
+            connections: self.connections.or(file.connections),
         }
     }
 
@@ -276,6 +321,7 @@ impl RawWorkerConfig {
                 ));
             }
         };
+        let connections = connections(&err, self.connections.unwrap_or_default())?;
         Ok(WorkerConfig {
             model,
             model_id,
@@ -290,8 +336,53 @@ impl RawWorkerConfig {
             worker_id: self.worker_id,
             drain_grace,
             tls,
+            connections,
         })
     }
+}
+
+fn connections(
+    err: &impl Fn(&str, String) -> ConfigError,
+    raw: RawConnections,
+) -> Result<Connections, ConfigError> {
+    let streams = raw
+        .max_concurrent_streams
+        .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS);
+    if !(1..=100_000).contains(&streams) {
+        return Err(err(
+            "connections.max_concurrent_streams",
+            format!("must be between 1 and 100000, got {streams}"),
+        ));
+    }
+    let message = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if !((64 << 10)..=(1 << 30)).contains(&message) {
+        return Err(err(
+            "connections.max_message_bytes",
+            format!("must be between 65536 and 1073741824, got {message}"),
+        ));
+    }
+    let secs = |key: &str, value: Option<u64>, default: u64| {
+        let v = value.unwrap_or(default);
+        if (1..=3600).contains(&v) {
+            Ok(Duration::from_secs(v))
+        } else {
+            Err(err(key, format!("must be between 1 and 3600 seconds, got {v}")))
+        }
+    };
+    Ok(Connections {
+        max_concurrent_streams: streams,
+        max_message_bytes: message,
+        keepalive_interval: secs(
+            "connections.keepalive_interval_seconds",
+            raw.keepalive_interval_seconds,
+            DEFAULT_KEEPALIVE_INTERVAL_SECONDS,
+        )?,
+        keepalive_timeout: secs(
+            "connections.keepalive_timeout_seconds",
+            raw.keepalive_timeout_seconds,
+            DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+        )?,
+    })
 }
 
 #[cfg(test)]
@@ -314,6 +405,31 @@ mod tests {
         assert_eq!((c.slots, c.max_waiting, c.device), (4, 16, DeviceSpec::Cpu));
         assert_eq!(c.max_kv_tokens, None);
         assert!(c.tls.is_none());
+        assert_eq!(c.connections, Connections::default());
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_checked() {
+        let c = RawWorkerConfig::from_yaml_str(
+            "connections:\n  max_concurrent_streams: 64\n  max_message_bytes: 1048576\n  keepalive_interval_seconds: 5\n",
+        )
+        .expect("parses")
+        .validate(None, None)
+        .expect("valid");
+        assert_eq!(c.connections.max_concurrent_streams, 64);
+        assert_eq!(c.connections.max_message_bytes, 1 << 20);
+        assert_eq!(c.connections.keepalive_interval, Duration::from_secs(5));
+        assert_eq!(
+            c.connections.keepalive_timeout,
+            Duration::from_secs(DEFAULT_KEEPALIVE_TIMEOUT_SECONDS)
+        );
+        let text = "slots: 2\nconnections:\n  max_message_bytes: 10\n";
+        let e = RawWorkerConfig::from_yaml_str(text)
+            .expect("parses")
+            .validate(None, Some(text))
+            .expect_err("too small");
+        assert_eq!(e.key, "connections.max_message_bytes");
+        assert_eq!(e.line, Some(3));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sluice_proto::v1;
 use sluice_proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -134,7 +134,15 @@ pub async fn run(
         });
     }
 
-    let mut server = Server::builder();
+    let limits = config.connections;
+    let mut server = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // Rapid reset (CVE-2023-44487): a connection resetting streams faster than they are accepted is
+        // closed once this many resets are pending.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES));
     if let Some(tls) = &config.tls {
         let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
         if let Some(ca) = &tls.client_ca_pem {
@@ -142,12 +150,19 @@ pub async fn run(
         }
         server = server.tls_config(tls_config).map_err(WorkerError::Tls)?;
     }
-    let router = server
-        .add_service(health_service)
-        .add_service(WorkerServer::new(WorkerService::new(state.clone())));
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
-        let _ = stop_rx.await;
-    });
+    let router = server.add_service(health_service).add_service(
+        WorkerServer::new(WorkerService::new(state.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes),
+    );
+    let serve = router.serve_with_incoming_shutdown(
+        TcpIncoming::from(grpc_listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(limits.keepalive_interval)),
+        async {
+            let _ = stop_rx.await;
+        },
+    );
     tokio::select! {
         result = serve => result.map_err(WorkerError::Serve)?,
         Ok(error) = load_failed_rx => return Err(error),
@@ -171,6 +186,11 @@ fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
     };
     Engine::start(Arc::new(model), engine_config).map_err(WorkerError::Engine)
 }
+
+/// Resets a connection may have pending before it is closed (h2's own default, set here so that it stays).
+const MAX_PENDING_RESETS: usize = 20;
+/// gRPC metadata of one request: a trace context and a deadline need far less.
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 
 const WORKER_SERVICE: &str = "sluice.worker.v1.Worker";
 

@@ -28,6 +28,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
                 client_ca: args.tls_client_ca,
             },
         ),
+        // The file's `connections:` only.
+        connections: None,
     };
     let config = match &args.config {
         Some(path) => {

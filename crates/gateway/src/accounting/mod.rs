@@ -6,6 +6,7 @@
 //! the targets tried before it, the status and code the client got.
 //! Accounting never changes what a client gets: it only records.
 
+pub mod connections;
 pub mod decisions;
 mod limits;
 pub mod nodes;

@@ -8,6 +8,7 @@
 //! a configuration is checked before any listener, worker connection or task exists.
 
 mod cloud;
+mod connections;
 mod fields;
 mod limits;
 mod local;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use sluice_config::{ConfigError, Locator};
 
 use self::cloud::{cloud, reference_model};
+pub use self::connections::ConnectionLimits;
+use self::connections::connection_limits;
 use self::fields::{address, check_name, parse_sha256, seconds};
 pub use self::limits::{DEFAULT_STORE_TIMEOUT_MS, utc_offset};
 use self::local::local_pool;
@@ -61,6 +64,10 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Each request's deadline, from arrival to its last byte.
     pub request_timeout: Duration,
+    /// What connections to the public listener may hold, and how many.
+    pub connections: ConnectionLimits,
+    /// The same for the admin listener.
+    pub admin_connections: ConnectionLimits,
 }
 
 impl Default for Limits {
@@ -69,6 +76,9 @@ impl Default for Limits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: Duration::from_secs_f64(DEFAULT_REQUEST_TIMEOUT_SECONDS),
+            connections: ConnectionLimits::public(),
+            admin_connections: ConnectionLimits::public()
+                .with_max(connections::DEFAULT_MAX_ADMIN_CONNECTIONS),
         }
     }
 }
@@ -297,10 +307,13 @@ impl RawGatewayConfig {
             raw_limits.request_timeout_seconds,
             DEFAULT_REQUEST_TIMEOUT_SECONDS,
         )?;
+        let (connections, admin_connections) = connection_limits(&at, &raw_limits)?;
         let limits = Limits {
             max_body_bytes,
             max_in_flight,
             request_timeout,
+            connections,
+            admin_connections,
         };
         let key_tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
         let tenant_limits =

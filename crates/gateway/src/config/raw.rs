@@ -116,6 +116,16 @@ pub struct RawLimits {
     pub max_body_bytes: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub request_timeout_seconds: Option<f64>,
+    /// Open connections on the public listener (default 8192).
+    pub max_connections: Option<usize>,
+    /// Open connections on the admin listener (default 256).
+    pub max_admin_connections: Option<usize>,
+    /// From a connection, or its next request's first byte, to the end of the request head (default 10).
+    pub header_read_timeout_seconds: Option<f64>,
+    /// A kept-alive connection with no request in flight is closed after this (default 60).
+    pub idle_timeout_seconds: Option<f64>,
+    /// Request line and headers (default 65536); more is answered 431.
+    pub max_header_bytes: Option<usize>,
     /// Limits of tenants without their own.
     pub default: Option<RawTenantLimits>,
     /// Per tenant: requests and tokens per minute, a spend budget.

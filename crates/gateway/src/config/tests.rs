@@ -370,3 +370,36 @@ fn an_admin_token_comes_from_the_environment_or_a_digest() {
         assert!(e.starts_with(at), "{e}");
     }
 }
+
+#[test]
+fn connection_limits_have_defaults_and_are_checked_with_their_key() {
+    let c = validate(FULL).unwrap();
+    assert_eq!(c.limits.connections, ConnectionLimits::public());
+    assert_eq!(c.limits.admin_connections.max_connections, 256);
+    assert_eq!(c.limits.connections.header_read_timeout, Duration::from_secs(10));
+    let text = FULL.replace(
+        "  max_in_flight: 64\n",
+        "  max_in_flight: 64\n  max_connections: 50\n  max_admin_connections: 5\n  idle_timeout_seconds: 2.5\n  max_header_bytes: 2048\n",
+    );
+    let c = validate(&text).unwrap();
+    assert_eq!(c.limits.connections.max_connections, 50);
+    assert_eq!(c.limits.admin_connections.max_connections, 5);
+    assert_eq!(
+        c.limits.admin_connections.idle_timeout,
+        Duration::from_millis(2500)
+    );
+    assert_eq!(c.limits.connections.max_header_bytes, 2048);
+    for (line, key) in [
+        ("  max_connections: 0\n", "limits.max_connections"),
+        (
+            "  header_read_timeout_seconds: 0\n",
+            "limits.header_read_timeout_seconds",
+        ),
+        ("  max_header_bytes: 100\n", "limits.max_header_bytes"),
+    ] {
+        let text = FULL.replace("  max_in_flight: 64\n", &format!("  max_in_flight: 64\n{line}"));
+        let e = validate(&text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+    }
+}

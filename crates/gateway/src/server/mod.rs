@@ -9,6 +9,7 @@ mod app;
 mod chat;
 mod ids;
 mod limited;
+mod listen;
 mod models;
 mod router;
 
@@ -17,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use sluice_policy::PolicyEngine;
 use tokio::net::TcpListener;
 
@@ -127,23 +127,29 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let limits = app.config.limits;
     if let Some(admin) = admin {
         let router = admin_router(app.clone());
-        let rx = stop_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin, router)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-            {
-                tracing::warn!(error = %e, "admin listener failed");
-            }
-        });
+        let counts = app.accounts.connections("admin");
+        tokio::spawn(listen::serve(
+            admin,
+            router,
+            limits.admin_connections,
+            counts,
+            false,
+            stop_rx.clone(),
+        ));
     }
-    let server = axum::serve(public.tap_io(no_delay), public_router(app.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let mut serving = tokio::spawn(async move { server.await });
+    let mut serving = tokio::spawn(listen::serve(
+        public,
+        public_router(app.clone()),
+        limits.connections,
+        app.accounts.connections("public"),
+        true,
+        stop_rx.clone(),
+    ));
     tokio::select! {
-        r = &mut serving => return r.map_err(|e| GatewayError::Serve(std::io::Error::other(e)))?.map_err(GatewayError::Serve),
+        r = &mut serving => return r.map_err(|e| GatewayError::Serve(std::io::Error::other(e))),
         _ = stopped(stop_rx) => {}
     }
     tracing::info!(
@@ -151,9 +157,7 @@ pub async fn run(
         "draining: no new connections; waiting for requests in flight"
     );
     let result = match tokio::time::timeout(grace, &mut serving).await {
-        Ok(r) => r
-            .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))
-            .and_then(|r| r.map_err(GatewayError::Serve)),
+        Ok(r) => r.map_err(|e| GatewayError::Serve(std::io::Error::other(e))),
         Err(_) => {
             // Connections still open end when the process exits.
             tracing::warn!("drain grace over; stopping with requests still in flight");
@@ -167,14 +171,6 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }
     result
-}
-
-/// Streamed answers are many small writes: without this, Nagle's algorithm and delayed ACKs can hold a
-/// token back for tens of milliseconds.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
