@@ -60,6 +60,13 @@ pub(super) async fn summary(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+/// Sluice's HTTP surface as an OpenAPI document, checked in at `docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 pub(super) async fn dashboard() -> Response {
     (
         [

@@ -71,7 +71,7 @@ pub fn public_router(app: Arc<App>) -> Router {
 /// The admin router: `/metrics` (Prometheus text), `/admin/backends` (every member's state and observed
 /// latency, JSON), `/admin/decisions` (the latest decisions) and `/admin/decisions/{id}` (one explained),
 /// `/admin/summary` and `/dashboard` (cost, local against cloud), `/admin/tenants` (usage against each
-/// tenant's limits), `/healthz`. With `admin_token_*` configured, every route but `/metrics`, `/healthz`
+/// tenant's limits), `/openapi.json` (the HTTP surface, `docs/openapi.json`), `/healthz`. With `admin_token_*` configured, every route but `/metrics`, `/healthz`
 /// and the dashboard's page requires the token. Meant for a loopback or cluster-internal address.
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
@@ -80,12 +80,15 @@ pub fn admin_router(app: Arc<App>) -> Router {
         .route("/admin/summary", get(admin::summary))
         .route("/admin/tenants", get(admin::tenants))
         .route("/admin/decisions/{id}", get(admin::decision))
+        .route("/openapi.json", get(admin::openapi))
         // With an admin token, everything above requires it; scrapers, probes and the dashboard's page
         // (which holds no figures and sends the token from its URL's fragment) below do not.
         .layer(middleware::from_fn_with_state(app.clone(), admin_token))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(healthz))
         .route("/dashboard", get(admin::dashboard))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 

@@ -242,7 +242,11 @@ fn post(body: &str) -> HttpRequest<Body> {
 }
 
 async fn send(app: &Arc<App>, request: HttpRequest<Body>) -> (StatusCode, HeaderMap, Value) {
-    let response = public_router(app.clone()).oneshot(request).await.unwrap();
+    send_to(public_router(app.clone()), request).await
+}
+
+async fn send_to(router: axum::Router, request: HttpRequest<Body>) -> (StatusCode, HeaderMap, Value) {
+    let response = router.oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
@@ -782,7 +786,7 @@ async fn the_admin_router_serves_metrics_and_backend_state() {
     assert_eq!(response.status(), StatusCode::OK);
     let text = String::from_utf8(to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
     assert!(text.contains("sluice_requests_total"), "{text}");
-    let response = admin_router(app)
+    let response = admin_router(app.clone())
         .oneshot(HttpRequest::get("/admin/backends").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -790,6 +794,36 @@ async fn the_admin_router_serves_metrics_and_backend_state() {
         serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
     assert_eq!(body["backends"][0]["name"], "worker-a");
     assert_eq!(body["backends"][0]["clearance"], "restricted");
+    let response = admin_router(app.clone())
+        .oneshot(HttpRequest::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[axum::http::header::CONTENT_TYPE],
+        "application/json"
+    );
+    let doc: Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object(), "{doc}");
+    // Unknown admin paths and methods are answered in OpenAI's shape too.
+    let (status, _, body) = send_to(
+        admin_router(app.clone()),
+        HttpRequest::get("/admin/nope").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_url"))
+    );
+    let (status, _, body) = send_to(
+        admin_router(app),
+        HttpRequest::post("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
 }
 
 /// A card number that passes Luhn, made at run time.
