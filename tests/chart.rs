@@ -1199,6 +1199,14 @@ fn chart_refuses_contradictory_values_with_its_own_message() {
             "but up to 3 gateway pods may run (gateway.replicas)",
         ),
         (
+            json!({"tracing": {"enabled": true}}),
+            "tracing.enabled is true, but tracing.otlpEndpoint is empty",
+        ),
+        (
+            json!({"tracing": {"enabled": true, "otlpEndpoint": "http://otel:4317"}}),
+            "tracing.networkPolicyPeers is empty: the pods could not reach the collector",
+        ),
+        (
             json!({"gateway": {"redis": {"enabled": true}}}),
             "gateway.redis.enabled is true, but gateway.redis.url is empty",
         ),
@@ -1336,6 +1344,39 @@ fn tenant_limits_are_kept_in_redis_with_egress_to_it() {
         .valid();
     assert!(one.gateway_config().0["limits"].get("redis").is_none());
     assert_policy_check_passes(&one);
+}
+
+#[test]
+fn traces_go_to_the_collector_from_both_daemons() {
+    let peer = json!({"ipBlock": {"cidr": "10.30.0.7/32"}});
+    let r = render(json!({
+        "tracing": {"enabled": true, "otlpEndpoint": "http://10.30.0.7:4317", "sampleRatio": 0.25, "networkPolicyPeers": [peer]},
+    }))
+    .valid();
+    let want = json!({"otlp_endpoint": "http://10.30.0.7:4317", "sample_ratio": 0.25, "queue_spans": 4096, "export_timeout_ms": 2000});
+    assert_eq!(r.gateway_config().0["tracing"], want);
+    assert_eq!(r.worker_config().0["tracing"], want);
+    let mut gateway = base_gateway_egress(&r);
+    gateway.push(Egress::Cidrs(vec!["10.30.0.7/32".to_owned()], vec![tcp(4317)]));
+    gateway.push(Egress::Cidrs(
+        DEFAULT_CLOUD_CIDRS.iter().map(|c| (*c).to_owned()).collect(),
+        vec![tcp(443)],
+    ));
+    gateway.sort();
+    assert_eq!(egress_rules(r.network_policy(GATEWAY)), gateway);
+    let worker = egress_rules(r.network_policy(WORKER));
+    assert!(
+        worker.contains(&Egress::Cidrs(vec!["10.30.0.7/32".to_owned()], vec![tcp(4317)])),
+        "{worker:?}"
+    );
+    assert_policy_check_passes(&r);
+    assert_worker_check_passes(&r);
+
+    // Off by default: no section, and workers reach nothing.
+    let off = render(json!({})).valid();
+    assert!(off.gateway_config().0.get("tracing").is_none());
+    assert!(off.worker_config().0.get("tracing").is_none());
+    assert!(egress_rules(off.network_policy(WORKER)).is_empty());
 }
 
 #[test]

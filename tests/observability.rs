@@ -40,6 +40,8 @@ const GATEWAY_SERIES: &[&str] = &[
     "sluice_limits_store_up",
     "sluice_connections_open",
     "sluice_connections_closed_total",
+    "sluice_trace_spans_exported_total",
+    "sluice_trace_spans_dropped_total",
 ];
 
 /// The gateway's histograms (each is `_bucket`, `_sum` and `_count` series).

@@ -443,7 +443,23 @@ def burst():
         return {"outcomes": list(pool.map(one, range(n)))}
 
 
-SCENARIOS = {f.__name__: f for f in [burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+def traced():
+    """One streamed local request and one cloud request, each continuing a trace of the caller's: TRACE_LOCAL
+    and TRACE_CLOUD are W3C traceparent values, sent as the `traceparent` header. PROMPT_WORD is put in both
+    prompts, so that the test can check it never reaches a span."""
+    c = client()
+    word = os.environ["PROMPT_WORD"]
+    messages = [{"role": "user", "content": f"Say one word about {word}."}]
+    raw = c.chat.completions.with_raw_response.create(
+        model=LOCAL, messages=messages, max_tokens=8, stream=True,
+        extra_headers={"traceparent": os.environ["TRACE_LOCAL"]})
+    text = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    local = {"headers": headers_of(raw), "text": text}
+    cloud = plain(c, CLOUD, messages, max_tokens=8, extra_headers={"traceparent": os.environ["TRACE_CLOUD"]})
+    return {"local": local, "cloud": cloud}
+
+
+SCENARIOS = {f.__name__: f for f in [traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -170,6 +170,12 @@ Checks that must hold for any install; each stops the render with a message sayi
 {{- if and .Values.gateway.redis.enabled .Values.networkPolicy.enabled (not .Values.gateway.redis.networkPolicyPeers) }}
 {{- fail "gateway.redis.enabled is true and networkPolicy.enabled, but gateway.redis.networkPolicyPeers is empty: the gateway could not reach Redis. Name its address (an ipBlock) or its pods (namespaceSelector and podSelector)." }}
 {{- end }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
+{{- fail "tracing.enabled is true, but tracing.otlpEndpoint is empty: give the collector's OTLP/gRPC address, like http://otel-collector.observability:4317." }}
+{{- end }}
+{{- if and .Values.tracing.enabled .Values.networkPolicy.enabled (not .Values.tracing.networkPolicyPeers) }}
+{{- fail "tracing.enabled is true and networkPolicy.enabled, but tracing.networkPolicyPeers is empty: the pods could not reach the collector. Name its address (an ipBlock) or its pods (namespaceSelector and podSelector)." }}
+{{- end }}
 {{- if and $l.fail (not .Values.gateway.redis.enabled) }}
 {{- fail "gateway.limits.fail applies when the limits are kept in Redis: set gateway.redis.enabled, or leave fail out." }}
 {{- end }}
@@ -227,6 +233,9 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- $audit := dict "path" (printf "%s/audit.jsonl" (trimSuffix "/" $g.audit.mountPath)) "max_bytes" $g.audit.max_bytes "keep" $g.audit.keep "hash_prompts" $g.audit.hash_prompts }}
 {{- $_ := set $cfg "audit" $audit }}
 {{- end }}
+{{- with (include "sluice.tracing" . | fromYaml) }}
+{{- $_ := set $cfg "tracing" . }}
+{{- end }}
 {{- $_ := set $cfg "local" $local }}
 {{- if and (not .Values.airGapped) .Values.clouds }}
 {{- $clouds := list }}
@@ -256,5 +265,16 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- if $w.connections }}
 {{- $_ := set $cfg "connections" $w.connections }}
 {{- end }}
+{{- with (include "sluice.tracing" . | fromYaml) }}
+{{- $_ := set $cfg "tracing" . }}
+{{- end }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/* The tracing section both configurations share, when tracing is on (empty otherwise). */}}
+{{- define "sluice.tracing" -}}
+{{- $t := .Values.tracing }}
+{{- if $t.enabled }}
+{{- toYaml (dict "otlp_endpoint" $t.otlpEndpoint "sample_ratio" $t.sampleRatio "queue_spans" (int $t.queueSpans) "export_timeout_ms" (int $t.exportTimeoutMs)) }}
+{{- end }}
 {{- end }}

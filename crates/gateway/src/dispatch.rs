@@ -7,6 +7,7 @@
 //! of record (accounting does, from what it returns).
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use sluice_policy::{Decision, Excluded, Level, Route, Target};
 
@@ -117,8 +118,19 @@ pub async fn dispatch(
         let sent = (target.model != request.model).then(|| request.with_model(&target.model));
         let sent_request = sent.as_ref().unwrap_or(request);
         tracing::debug!(request_id = %context.request_id, decision_id, backend = backend.name(), model = %target.model, "dispatching");
+        let attempt = tracing::trace_span!(
+            target: sluice_telemetry::TARGET,
+            "dispatch",
+            otel.name = %format_args!("dispatch {}", backend.name()),
+            sluice.backend = backend.name(),
+            sluice.route = backend.route().as_str(),
+            sluice.model = %target.model,
+            sluice.attempt = i64::try_from(failures.len() + 1).unwrap_or(i64::MAX),
+            sluice.outcome = tracing::field::Empty,
+        );
         // Backends bound their own waits by the deadline; this holds whatever a backend does.
         let result = tokio::time::timeout_at(context.deadline, backend.dispatch(sent_request, context))
+            .instrument(attempt.clone())
             .await
             .unwrap_or_else(|_| {
                 Err(BackendError::Timeout(format!(
@@ -132,6 +144,14 @@ pub async fn dispatch(
             model: target.model.clone(),
             error,
         };
+        attempt.record(
+            "sluice.outcome",
+            match &result {
+                Ok(_) => "started",
+                Err(e) if e.may_fall_back() => "fell_back",
+                Err(_) => "failed",
+            },
+        );
         match result {
             Ok(dispatched) => {
                 return Dispatch {

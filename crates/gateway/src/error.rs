@@ -251,6 +251,8 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The request's span, when it is traced, says which error it got.
+        tracing::Span::current().record("error.type", self.code);
         let body = self.body().to_string();
         let mut response = (
             self.status,

@@ -61,19 +61,21 @@ pub struct RateHeaders {
 }
 
 impl RoutingHeaders {
+    /// `x-sluice-route`'s value: `local`, `cloud` or `redacted-cloud`.
+    pub fn route_name(&self) -> Option<&'static str> {
+        self.route.map(|r| match r {
+            Route::Cloud if self.redacted => "redacted-cloud",
+            r => r.as_str(),
+        })
+    }
+
     pub fn apply(&self, headers: &mut HeaderMap) {
         let mut set = |name: HeaderName, value: Option<&str>| {
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert(name, v);
             }
         };
-        set(
-            X_ROUTE,
-            self.route.map(|r| match r {
-                Route::Cloud if self.redacted => "redacted-cloud",
-                r => r.as_str(),
-            }),
-        );
+        set(X_ROUTE, self.route_name());
         set(X_BACKEND, self.backend.as_deref());
         set(X_RULE, self.rule.as_deref());
         set(X_SENSITIVITY, self.level.map(Level::as_str));

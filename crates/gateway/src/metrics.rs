@@ -345,6 +345,7 @@ impl GatewayMetrics {
             ),
             &["listener", "reason"],
         )?;
+        sluice_telemetry::register(&registry)?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(budget_spent.clone()))?;

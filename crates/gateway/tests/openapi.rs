@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 const ROUTER: &str = include_str!("../src/server/router.rs");
+const TRACED: &str = include_str!("../src/server/traced.rs");
 const DOC: &str = include_str!("../../../docs/openapi.json");
 
 /// `(path, method)` of every `.route("PATH", METHOD(...))` in `text`.
@@ -78,6 +79,22 @@ fn the_document_lists_exactly_the_routes_of_each_listener() {
             "docs/openapi.json lists {tag} routes nobody serves: {extra:?}"
         );
     }
+}
+
+#[test]
+fn request_spans_are_named_after_exactly_the_public_routes() {
+    let start = TRACED.find("const ROUTES: &[&str] = &[").expect("ROUTES") + 26;
+    let end = start + TRACED[start..].find("];").expect("end of ROUTES");
+    let named: BTreeSet<String> = TRACED[start..end]
+        .split(',')
+        .map(|p| p.trim().trim_matches('"').to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let served: BTreeSet<String> = listener_routes("public_router")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(named, served);
 }
 
 #[test]

@@ -134,12 +134,12 @@ pub struct RecordedRequest {
     pub body: serde_json::Value,
     /// The raw `Authorization` header, if any.
     pub authorization: Option<String>,
-    /// The request's `x-request-id`, `user-agent` and `content-type` headers, those present.
+    /// The request's `x-request-id`, `user-agent`, `content-type` and `traceparent` headers, those present.
     pub headers: BTreeMap<String, String>,
 }
 
 /// Headers kept besides `Authorization`.
-const KEPT_HEADERS: [&str; 3] = ["x-request-id", "user-agent", "content-type"];
+const KEPT_HEADERS: [&str; 4] = ["x-request-id", "user-agent", "content-type", "traceparent"];
 
 /// A recorded request as stored: shared bytes and header values, so recording costs no parsing or copying.
 #[derive(Clone)]
@@ -147,13 +147,13 @@ pub(crate) struct Record {
     pub seq: u64,
     pub body: Bytes,
     /// `Authorization`, then `KEPT_HEADERS` in order.
-    pub headers: [Option<HeaderValue>; 4],
+    pub headers: [Option<HeaderValue>; 5],
 }
 
 impl Record {
-    pub fn capture(headers: &HeaderMap) -> [Option<HeaderValue>; 4] {
-        let [a, b, c] = KEPT_HEADERS.map(|name| headers.get(name).cloned());
-        [headers.get(AUTHORIZATION).cloned(), a, b, c]
+    pub fn capture(headers: &HeaderMap) -> [Option<HeaderValue>; 5] {
+        let [a, b, c, d] = KEPT_HEADERS.map(|name| headers.get(name).cloned());
+        [headers.get(AUTHORIZATION).cloned(), a, b, c, d]
     }
 
     pub fn into_public(self) -> RecordedRequest {

@@ -41,6 +41,8 @@ pub struct RawWorkerConfig {
     pub tls: Option<RawTls>,
     /// What each gateway's connection may hold.
     pub connections: Option<RawConnections>,
+    /// OpenTelemetry traces (off without this section).
+    pub tracing: Option<sluice_telemetry::RawTracing>,
 }
 
 /// The gRPC server's connection limits as written.
@@ -114,6 +116,7 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     pub tls: Option<TlsConfig>,
     pub connections: Connections,
+    pub tracing: Option<sluice_telemetry::TracingConfig>,
 }
 
 /// The gRPC server's connection limits.
@@ -188,6 +191,7 @@ impl RawWorkerConfig {
                 (a, b) => a.or(b),
             },
             connections: self.connections.or(file.connections),
+            tracing: self.tracing.or(file.tracing),
         }
     }
 
@@ -322,6 +326,10 @@ impl RawWorkerConfig {
             }
         };
         let connections = connections(&err, self.connections.unwrap_or_default())?;
+        let tracing = self
+            .tracing
+            .map(|t| t.validate(&at, "tracing", "sluice-worker"))
+            .transpose()?;
         Ok(WorkerConfig {
             model,
             model_id,
@@ -337,6 +345,7 @@ impl RawWorkerConfig {
             drain_grace,
             tls,
             connections,
+            tracing,
         })
     }
 }

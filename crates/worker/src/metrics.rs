@@ -24,6 +24,8 @@ pub struct WorkerMetrics {
 impl WorkerMetrics {
     /// Creates the series and registers them in `registry`.
     pub fn new(registry: Registry) -> prometheus::Result<Self> {
+        // The trace export pipeline's counts (the same series as the gateway's).
+        sluice_telemetry::register(&registry)?;
         let gauge = |name: &str, help: &str| -> prometheus::Result<Gauge> {
             let g = Gauge::new(format!("sluice_worker_{name}"), help)?;
             registry.register(Box::new(g.clone()))?;

@@ -9,6 +9,7 @@ use sluice_engine::{
     Engine, EngineState, Event, LoadSnapshot, Message, RunError, SamplingParams, SubmitError,
 };
 use sluice_proto::v1;
+use sluice_telemetry::TARGET;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -280,10 +281,14 @@ async fn forward(
     mut events: mpsc::UnboundedReceiver<Event>,
     out: mpsc::Sender<Result<v1::GenerateEvent, Status>>,
     metrics: WorkerMetrics,
+    trace: tracing::Span,
 ) {
     use v1::generate_event::Event as E;
     let mut last_token: Option<Instant> = None;
     let mut code = "cancelled";
+    // The request's phases as spans of its trace: waiting for a slot, its prompt up to the first token,
+    // and the tokens after it.
+    let mut phase = Some(tracing::trace_span!(target: TARGET, parent: &trace, "queue"));
     loop {
         // A client that leaves while its request waits for a slot is noticed here, not only at the first
         // event: dropping `events` takes the request out of the queue.
@@ -303,14 +308,23 @@ async fn forward(
             Event::Started {
                 prompt_tokens,
                 queue_seconds,
-            } => Ok(v1::GenerateEvent {
-                event: Some(E::Started(v1::Started {
-                    prompt_tokens,
-                    queue_seconds,
-                })),
-            }),
+            } => {
+                phase = Some(
+                    tracing::trace_span!(target: TARGET, parent: &trace, "prefill", sluice.prompt_tokens = i64::from(prompt_tokens)),
+                );
+                trace.record("sluice.prompt_tokens", i64::from(prompt_tokens));
+                Ok(v1::GenerateEvent {
+                    event: Some(E::Started(v1::Started {
+                        prompt_tokens,
+                        queue_seconds,
+                    })),
+                })
+            }
             Event::Delta { text, tokens } => {
                 let now = Instant::now();
+                if last_token.is_none() {
+                    phase = Some(tracing::trace_span!(target: TARGET, parent: &trace, "decode"));
+                }
                 if let Some(previous) = last_token
                     && tokens > 0
                 {
@@ -329,11 +343,15 @@ async fn forward(
                     .time_to_first_token_seconds
                     .observe(f.timings.time_to_first_token);
                 code = "ok";
+                phase = None;
+                trace.record("sluice.completion_tokens", i64::from(f.usage.completion_tokens));
+                trace.record("sluice.finish_reason", format!("{:?}", f.reason).to_lowercase());
                 Ok(finished_event(f))
             }
             Event::Failed(e) => {
                 let (status, label) = run_status(&e);
                 code = label;
+                trace.record("rpc.grpc.status_code", status.code() as i32);
                 Err(status)
             }
         };
@@ -351,6 +369,8 @@ async fn forward(
             break;
         }
     }
+    drop(phase);
+    trace.record("sluice.outcome", code);
     metrics.requests_total.with_label_values(&[code]).inc();
 }
 
@@ -393,8 +413,26 @@ impl v1::worker_server::Worker for WorkerService {
 
     async fn generate(&self, request: Request<v1::GenerateRequest>) -> Result<Response<EventStream>, Status> {
         let metrics = self.state.metrics.clone();
+        // The request's span continues the gateway's trace (its `traceparent` metadata).
+        let trace = tracing::trace_span!(
+            target: TARGET,
+            "generate",
+            otel.name = "sluice.worker.v1.Worker/Generate",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "sluice.worker.v1.Worker",
+            rpc.method = "Generate",
+            rpc.grpc.status_code = tracing::field::Empty,
+            sluice.prompt_tokens = tracing::field::Empty,
+            sluice.completion_tokens = tracing::field::Empty,
+            sluice.finish_reason = tracing::field::Empty,
+            sluice.outcome = tracing::field::Empty,
+        );
+        sluice_telemetry::propagation::continue_from_metadata(&trace, request.metadata());
         let refuse = |status: Status, label: &str| {
             metrics.requests_total.with_label_values(&[label]).inc();
+            trace.record("rpc.grpc.status_code", status.code() as i32);
+            trace.record("sluice.outcome", label);
             Err(status)
         };
         let deadline = deadline_of(request.metadata(), Instant::now())?;
@@ -412,7 +450,8 @@ impl v1::worker_server::Worker for WorkerService {
         };
         let request = to_engine_request(request.into_inner(), deadline);
         // Templating and tokenizing a long prompt is CPU work: keep it off the async threads.
-        let submitted = tokio::task::spawn_blocking(move || engine.submit(request))
+        let admit = tracing::trace_span!(target: TARGET, parent: &trace, "admit");
+        let submitted = tokio::task::spawn_blocking(move || admit.in_scope(|| engine.submit(request)))
             .await
             .map_err(|e| Status::internal(format!("admission task failed: {e}")))?;
         let events = match submitted {
@@ -423,7 +462,7 @@ impl v1::worker_server::Worker for WorkerService {
             }
         };
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(forward(events, tx, metrics));
+        tokio::spawn(forward(events, tx, metrics, trace));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

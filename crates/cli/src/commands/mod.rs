@@ -28,6 +28,36 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The `tracing:` section of the daemon's configuration file, read before logging starts so that the span
+/// exporter joins the log subscriber. A file that cannot be read or parsed gives `None` here: loading it
+/// again reports that, with the rest.
+pub fn tracing_config(command: &Command) -> Result<Option<sluice_telemetry::TracingConfig>, Failure> {
+    let (raw, text, path, service) = match command {
+        Command::Gateway(args) => match sluice_gateway::RawGatewayConfig::from_yaml_file(&args.config) {
+            Ok((raw, text)) => (raw.tracing, text, args.config.as_path(), "sluice-gateway"),
+            Err(_) => return Ok(None),
+        },
+        Command::Worker(args) => match args
+            .config
+            .as_deref()
+            .map(sluice_worker::RawWorkerConfig::from_yaml_file)
+        {
+            Some(Ok((raw, text))) => (
+                raw.tracing,
+                text,
+                args.config.as_deref().unwrap_or(std::path::Path::new("")),
+                "sluice-worker",
+            ),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let at = sluice_config::Locator::new(Some(path), Some(&text));
+    raw.map(|t| t.validate(&at, "tracing", service))
+        .transpose()
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
 pub async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Worker(args) => worker::run(args).await,

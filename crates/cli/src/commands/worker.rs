@@ -30,6 +30,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Failure> {
         ),
         // The file's `connections:` only.
         connections: None,
+        tracing: None,
     };
     let config = match &args.config {
         Some(path) => {

@@ -6,6 +6,7 @@
 //! `timeout` to produce its answer (streamed: its first chunk, then each next chunk).
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
@@ -109,7 +110,7 @@ impl CloudBackend {
         // ignoring our deadline); the plain service leaves every retry to `dispatch_inner`.
         let client = Client::with_config(openai)
             .with_http_client(http.clone())
-            .with_http_service(async_openai::middleware::ReqwestService::new(http));
+            .with_http_service(Traced { http });
         Ok(Self {
             config,
             client,
@@ -173,6 +174,26 @@ impl CloudBackend {
     }
 
     async fn attempt(&self, request: &ChatRequest, deadline: Instant) -> Result<Dispatched, Attempt> {
+        // The call's span lasts as long as its answer; the provider gets its context in `traceparent`.
+        let span = tracing::trace_span!(
+            target: sluice_telemetry::TARGET,
+            "chat",
+            otel.name = "POST /chat/completions",
+            otel.kind = "client",
+            http.request.method = "POST",
+            sluice.backend = %self.config.name,
+        );
+        self.attempt_in(request, deadline, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn attempt_in(
+        &self,
+        request: &ChatRequest,
+        deadline: Instant,
+        span: &tracing::Span,
+    ) -> Result<Dispatched, Attempt> {
         let until = deadline.min(Instant::now() + self.config.timeout);
         let body = Self::upstream_body(request);
         let limit = until.saturating_duration_since(Instant::now());
@@ -214,7 +235,7 @@ impl CloudBackend {
             ]);
             return Ok(Dispatched {
                 served_by: self.config.name.as_str().into(),
-                events: with_in_flight(events.boxed(), &self.in_flight),
+                events: with_in_flight(events.boxed(), &self.in_flight, span.clone()),
             });
         }
         let mut upstream =
@@ -244,7 +265,7 @@ impl CloudBackend {
         );
         Ok(Dispatched {
             served_by: self.config.name.as_str().into(),
-            events: with_in_flight(events, &self.in_flight),
+            events: with_in_flight(events, &self.in_flight, span.clone()),
         })
     }
 
@@ -277,18 +298,51 @@ impl CloudBackend {
     }
 }
 
-/// Counts the answer in `in_flight` while its stream lives.
+/// Counts the answer in `in_flight`, and keeps the call's span open, while its stream lives.
 fn with_in_flight(
     events: super::EventStream,
     in_flight: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    span: tracing::Span,
 ) -> super::EventStream {
     let guard = InFlight::new(in_flight);
     events
         .map(move |e| {
+            // A span ends at its last exit: each item enters it, so it ends with the last.
+            let _entered = span.enter();
             let _ = &guard;
             e
         })
         .boxed()
+}
+
+/// The HTTP client of async-openai's calls: reqwest, with the current span's W3C trace context in
+/// `traceparent` when the request is traced.
+#[derive(Clone)]
+struct Traced {
+    http: reqwest::Client,
+}
+
+impl tower::Service<async_openai::middleware::HttpRequestFactory> for Traced {
+    type Response = reqwest::Response;
+    type Error = OpenAIError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<reqwest::Response, OpenAIError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: async_openai::middleware::HttpRequestFactory) -> Self::Future {
+        let http = self.http.clone();
+        let span = tracing::Span::current();
+        Box::pin(async move {
+            let mut request = request.build().await?;
+            if !span.is_disabled() {
+                sluice_telemetry::propagation::inject(&span, request.headers_mut());
+            }
+            http.execute(request).await.map_err(OpenAIError::Reqwest)
+        })
+    }
 }
 
 type UpstreamStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, OpenAIError>> + Send>>;

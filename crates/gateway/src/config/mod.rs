@@ -108,6 +108,8 @@ pub struct GatewayConfig {
     /// The cloud model locally served requests are also priced at, when there is one.
     pub reference_model: Option<(String, Prices)>,
     pub audit: Option<AuditConfig>,
+    /// OpenTelemetry traces, when they are on.
+    pub tracing: Option<sluice_telemetry::TracingConfig>,
 }
 
 /// What `sluice policy check` reports: every problem it can find, and warnings.
@@ -388,6 +390,10 @@ impl RawGatewayConfig {
         let scanner = sluice_sensitivity::Scanner::new(&self.sensitivity.unwrap_or_default())
             .map_err(|e| at.error("sensitivity", e.to_string()))?;
         let ner = ner::ner(&at, self.ner)?;
+        let tracing = self
+            .tracing
+            .map(|t| t.validate(&at, "tracing", "sluice-gateway"))
+            .transpose()?;
         let backends = backend_infos(local.as_ref(), &clouds);
         let tenants: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
         let cx = Context {
@@ -400,6 +406,7 @@ impl RawGatewayConfig {
         Ok(GatewayConfig {
             air_gapped: self.air_gapped.unwrap_or(false),
             audit,
+            tracing,
             reference_model,
             policy,
             scanner,

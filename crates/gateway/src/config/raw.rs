@@ -40,6 +40,8 @@ pub struct RawGatewayConfig {
     pub audit: Option<RawAudit>,
     /// The personal-data model.
     pub ner: Option<RawNer>,
+    /// OpenTelemetry traces (off without this section).
+    pub tracing: Option<sluice_telemetry::RawTracing>,
 }
 
 /// The personal-data model (names, addresses and identifiers in prose). On when the section is given,

@@ -13,11 +13,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use sluice_policy::{Attempt, Level, RefusalReason};
 use sluice_sensitivity::ModelPass;
+use sluice_telemetry::TARGET;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
 use super::limited::{self, Asking, Step};
+use super::traced;
 use crate::accounting::{Ledger, RecordFields, Served};
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
@@ -34,6 +37,7 @@ use crate::wire::{self, Shape};
 const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
+    traced::record_routing(routing);
     let mut response = response.into_response();
     routing.apply(response.headers_mut());
     response
@@ -59,6 +63,7 @@ pub(super) async fn completions(
         &headers,
         &app.config.scanner,
     )
+    .instrument(tracing::trace_span!(target: TARGET, "scan"))
     .await
     {
         Ok(i) => i,
@@ -71,12 +76,17 @@ pub(super) async fn completions(
     // Policy, and the personal-data model when its answer can change where the request may go.
     let http_headers = HttpHeaders(&headers);
     let mut view = app.fleet.view(&accounts.stats);
-    let mut decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+    let decide = |intake: &intake::Intake, view: &sluice_policy::FleetView| {
+        tracing::trace_span!(target: TARGET, "policy")
+            .in_scope(|| app.policy.decide(&intake.facts(&tenant.0, &http_headers), view))
+    };
+    let mut decided = decide(&intake, &view);
     if let Some(recogniser) = &app.recogniser {
         if recognise::can_change_route(&decided, &view, &intake.scan) {
             let texts = sluice_policy::strings(&intake.request.body);
             match recogniser
                 .recognise(&app.config.scanner, &mut intake.scan, &texts)
+                .instrument(tracing::trace_span!(target: TARGET, "recognise"))
                 .await
             {
                 Ok(recognition) => accounts.recognised(Some(&recognition)),
@@ -85,13 +95,14 @@ pub(super) async fn completions(
                     return respond(&routing, ApiError::overloaded(SHED_RETRY_AFTER));
                 }
             }
-            decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+            decided = decide(&intake, &view);
         } else {
             intake.scan.model = ModelPass::NotNeeded;
             accounts.recognised(None);
         }
     }
     accounts.scanned(&intake.scan);
+    traced::record_intake(&tenant.0, &intake.request.model, &intake.scan);
     let floor = app.config.policy.floor(&tenant.0);
     // Redact-then-cloud: the redacted form is proven before anything is sent, or the fallback decides.
     let mut redacted = None;
@@ -112,7 +123,10 @@ pub(super) async fn completions(
             &view,
             base,
         );
-        match redact_and_prove(&intake.request, &intake.scan, proving).await {
+        match redact_and_prove(&intake.request, &intake.scan, proving)
+            .instrument(tracing::trace_span!(target: TARGET, "redact"))
+            .await
+        {
             Ok(sendable) => redacted = Some(sendable),
             Err(u) => {
                 let (fallback, why) = fall_back(d, plan, &u);
@@ -137,11 +151,12 @@ pub(super) async fn completions(
         };
         let mut step = asking
             .reserve(&decided, &view, false, &mut routing.ratelimit)
+            .instrument(tracing::trace_span!(target: TARGET, "limits"))
             .await;
         if let Step::OverBudget(resets) = step {
             budget_resets = resets;
             view.over_budget = true;
-            decided = app.policy.decide(&intake.facts(&tenant.0, &http_headers), &view);
+            decided = decide(&intake, &view);
             (redacted, unproven) = (None, None);
             // The store could not say whether the budget is spent: when no local way is left, the request
             // is refused until the store answers, never told that the budget is spent.
@@ -152,6 +167,7 @@ pub(super) async fn completions(
             }
             step = asking
                 .reserve(&decided, &view, true, &mut routing.ratelimit)
+                .instrument(tracing::trace_span!(target: TARGET, "limits"))
                 .await;
         }
         match step {

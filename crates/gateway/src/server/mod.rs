@@ -12,6 +12,7 @@ mod limited;
 mod listen;
 mod models;
 mod router;
+mod traced;
 
 use std::future::Future;
 use std::net::SocketAddr;

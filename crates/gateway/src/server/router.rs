@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
-use super::{admin, chat, models};
+use super::{admin, chat, models, traced};
 use crate::error::ApiError;
 use crate::headers::X_REQUEST_ID;
 use crate::shed::{PermitSlot, hold_until_body_ends};
@@ -32,11 +32,13 @@ const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
 /// 2. `Trace`: a span per request (method, path), with the status and latency at the end.
 /// 3. `request_id`: reads or makes the id, adds [`RequestId`] to the extensions (read by the handlers)
 ///    and `x-request-id` to every response, errors included.
-/// 4. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
+/// 4. `trace_request`: with tracing on, the request's span (continuing the client's `traceparent`), open
+///    until the response body ends; the steps below record on it and open their spans under it.
+/// 5. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
 ///    lives in the response body, so a stream counts until its last byte.
-/// 5. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
+/// 6. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
 ///    margin (504); the handler's own deadline normally answers first.
-/// 6. Routes. `/v1/*` sit behind `authenticate`, which adds [`crate::auth::Tenant`] (read by the handlers);
+/// 7. Routes. `/v1/*` sit behind `authenticate`, which adds [`crate::auth::Tenant`] (read by the handlers);
 ///    `/healthz` and `/readyz` do not. `DefaultBodyLimit` caps bodies; the handler maps the 413.
 pub fn public_router(app: Arc<App>) -> Router {
     let limits = app.config.limits;
@@ -57,6 +59,7 @@ pub fn public_router(app: Arc<App>) -> Router {
                 .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
                 .layer(TraceLayer::new_for_http())
                 .layer(middleware::from_fn(request_id))
+                .layer(middleware::from_fn(traced::trace_request))
                 .layer(middleware::from_fn_with_state(app, shed_load))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     ApiError::backend_timeout("The answer did not start within the request timeout.")

@@ -202,6 +202,7 @@ fn config(limits: Limits) -> GatewayConfig {
         ner: None,
         policy: Default::default(),
         audit: None,
+        tracing: None,
         reference_model: Some((
             "gpt-4o-mini".into(),
             crate::backend::Prices {

@@ -5,6 +5,7 @@
 //! It never chooses a worker or retries on another (the pool does), and never touches HTTP types.
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use futures_util::StreamExt;
 use sluice_proto::v1;
@@ -67,6 +68,7 @@ pub(super) async fn start(
     worker: &Worker,
     message: v1::GenerateRequest,
     deadline: Instant,
+    span: &tracing::Span,
 ) -> Result<(v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>), Status> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
@@ -74,6 +76,7 @@ pub(super) async fn start(
     }
     let mut call = tonic::Request::new(message);
     call.set_timeout(remaining);
+    sluice_telemetry::propagation::inject_metadata(span, call.metadata_mut());
     let mut client = WorkerClient::new(worker.channel.clone());
     let first = async {
         let mut stream = client.generate(call).await?.into_inner();
@@ -84,7 +87,7 @@ pub(super) async fn start(
             )),
         }
     };
-    match tokio::time::timeout_at(deadline, first).await {
+    match tokio::time::timeout_at(deadline, first.instrument(span.clone())).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded("the request's deadline passed")),
     }
@@ -97,8 +100,11 @@ pub(super) fn events_of(
     in_flight: InFlight,
     (first, stream): (v1::GenerateEvent, tonic::Streaming<v1::GenerateEvent>),
     config: PoolConfig,
+    span: tracing::Span,
 ) -> EventStream {
     struct State {
+        /// The call's span, entered while the stream is polled (a span ends at its last exit).
+        span: tracing::Span,
         stream: tonic::Streaming<v1::GenerateEvent>,
         pending: Option<v1::GenerateEvent>,
         done: bool,
@@ -107,6 +113,7 @@ pub(super) fn events_of(
         config: PoolConfig,
     }
     let state = State {
+        span,
         stream,
         pending: Some(first),
         done: false,
@@ -114,69 +121,73 @@ pub(super) fn events_of(
         _in_flight: in_flight,
         config,
     };
-    futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            let event = match s.pending.take() {
-                Some(e) => Ok(Some(e)),
-                None => s.stream.message().await,
-            };
-            let worker = &s.worker;
-            let item = match event {
-                Ok(Some(v1::GenerateEvent { event: Some(e) })) => match e {
-                    v1::generate_event::Event::Started(_) => continue,
-                    v1::generate_event::Event::Delta(d) if d.text.is_empty() => continue,
-                    v1::generate_event::Event::Delta(d) => Ok(ChatEvent::Text(d.text)),
-                    v1::generate_event::Event::Finished(f) => {
-                        s.done = true;
-                        let finish_reason = match f.finish_reason() {
-                            v1::FinishReason::Length => "length",
-                            _ => "stop",
-                        };
-                        Ok(ChatEvent::Finished {
-                            finish_reason: finish_reason.to_owned(),
-                            // A worker always reports usage; one that did not is taken at its word.
-                            usage: f
-                                .usage
-                                .map(|u| Usage {
-                                    prompt_tokens: u64::from(u.prompt_tokens),
-                                    completion_tokens: u64::from(u.completion_tokens),
-                                })
-                                .unwrap_or_default(),
-                        })
-                    }
-                },
-                Ok(Some(v1::GenerateEvent { event: None })) => continue,
-                Ok(None) => {
-                    s.done = true;
-                    Err(BackendError::Interrupted(format!(
-                        "worker {} ended the answer without finishing it",
-                        worker.name
-                    )))
+    futures_util::stream::unfold(state, |mut s| {
+        let span = s.span.clone();
+        async move {
+            loop {
+                if s.done {
+                    return None;
                 }
-                Err(status) => {
-                    s.done = true;
-                    match status.code() {
-                        Code::DeadlineExceeded => Err(BackendError::Timeout(format!(
-                            "worker {}: {}",
-                            worker.name,
-                            status.message()
-                        ))),
-                        _ => {
-                            let why = describe(&status);
-                            worker.record_failure(&why, &s.config);
-                            Err(BackendError::Interrupted(format!(
-                                "worker {} failed mid-answer: {why}",
-                                worker.name
-                            )))
+                let event = match s.pending.take() {
+                    Some(e) => Ok(Some(e)),
+                    None => s.stream.message().await,
+                };
+                let worker = &s.worker;
+                let item = match event {
+                    Ok(Some(v1::GenerateEvent { event: Some(e) })) => match e {
+                        v1::generate_event::Event::Started(_) => continue,
+                        v1::generate_event::Event::Delta(d) if d.text.is_empty() => continue,
+                        v1::generate_event::Event::Delta(d) => Ok(ChatEvent::Text(d.text)),
+                        v1::generate_event::Event::Finished(f) => {
+                            s.done = true;
+                            let finish_reason = match f.finish_reason() {
+                                v1::FinishReason::Length => "length",
+                                _ => "stop",
+                            };
+                            Ok(ChatEvent::Finished {
+                                finish_reason: finish_reason.to_owned(),
+                                // A worker always reports usage; one that did not is taken at its word.
+                                usage: f
+                                    .usage
+                                    .map(|u| Usage {
+                                        prompt_tokens: u64::from(u.prompt_tokens),
+                                        completion_tokens: u64::from(u.completion_tokens),
+                                    })
+                                    .unwrap_or_default(),
+                            })
+                        }
+                    },
+                    Ok(Some(v1::GenerateEvent { event: None })) => continue,
+                    Ok(None) => {
+                        s.done = true;
+                        Err(BackendError::Interrupted(format!(
+                            "worker {} ended the answer without finishing it",
+                            worker.name
+                        )))
+                    }
+                    Err(status) => {
+                        s.done = true;
+                        match status.code() {
+                            Code::DeadlineExceeded => Err(BackendError::Timeout(format!(
+                                "worker {}: {}",
+                                worker.name,
+                                status.message()
+                            ))),
+                            _ => {
+                                let why = describe(&status);
+                                worker.record_failure(&why, &s.config);
+                                Err(BackendError::Interrupted(format!(
+                                    "worker {} failed mid-answer: {why}",
+                                    worker.name
+                                )))
+                            }
                         }
                     }
-                }
-            };
-            return Some((item, s));
+                };
+                return Some((item, s));
+            }
         }
+        .instrument(span)
     })
     .boxed()
 }

@@ -275,12 +275,28 @@ impl WorkerPool {
         for worker in ready {
             // Counted from the call on: a request queued at the worker is load the next choice must see.
             let guard = InFlight::new(&worker.in_flight);
-            match start(&worker, message.clone(), context.deadline).await {
+            // The call's span lasts as long as its stream; the worker continues the trace from it.
+            let call = tracing::trace_span!(
+                target: sluice_telemetry::TARGET,
+                "generate",
+                otel.name = "sluice.worker.v1.Worker/Generate",
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = "sluice.worker.v1.Worker",
+                rpc.method = "Generate",
+                sluice.worker = %worker.name,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            let started = start(&worker, message.clone(), context.deadline, &call).await;
+            if let Err(status) = &started {
+                call.record("rpc.grpc.status_code", status.code() as i32);
+            }
+            match started {
                 Ok(events) => {
                     worker.record_success();
                     return Ok(Dispatched {
                         served_by: worker.name.clone(),
-                        events: events_of(worker.clone(), guard, events, self.config.clone()),
+                        events: events_of(worker.clone(), guard, events, self.config.clone(), call),
                     });
                 }
                 Err(status) => match status.code() {
