@@ -291,14 +291,13 @@ fn with_the_collector_down_requests_are_served_and_their_spans_counted_as_droppe
         sim.base_url(),
         tracing_section(&format!("http://127.0.0.1:{port}"))
     ));
-    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":4}"#;
-    for _ in 0..5 {
+    let ask = || {
         let started = Instant::now();
         let (status, _) = http_with(
             gateway.public,
             "POST",
             "/v1/chat/completions",
-            Some(body),
+            Some(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":4}"#),
             &format!("Authorization: Bearer {TEST_KEY}\r\n"),
         );
         assert_eq!(status, 200);
@@ -307,20 +306,35 @@ fn with_the_collector_down_requests_are_served_and_their_spans_counted_as_droppe
             "{:?}",
             started.elapsed()
         );
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
+    };
+    let dropped = |reason: &str| {
         let text = gateway.scrape();
-        let dropped = metric(
+        assert_eq!(metric(&text, "sluice_trace_spans_exported_total"), Some(0.0));
+        metric(
             &text,
-            "sluice_trace_spans_dropped_total{reason=\"export_failed\"}",
+            &format!("sluice_trace_spans_dropped_total{{reason=\"{reason}\"}}"),
         )
-        .unwrap();
-        if dropped >= 5.0 {
-            assert_eq!(metric(&text, "sluice_trace_spans_exported_total"), Some(0.0));
-            break;
-        }
-        assert!(Instant::now() < until, "no spans counted as dropped:\n{text}");
+        .unwrap()
+    };
+    for _ in 0..5 {
+        ask();
+    }
+    // The first batch fails to export...
+    let until = Instant::now() + Duration::from_secs(10);
+    while dropped("export_failed") < 5.0 {
+        assert!(
+            Instant::now() < until,
+            "no spans counted as dropped:\n{}",
+            gateway.scrape()
+        );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // ...and, while the collector keeps failing, spans stop being recorded for a while: requests in that
+    // pause are counted, not built.
+    let until = Instant::now() + Duration::from_secs(15);
+    while dropped("collector_down") == 0.0 {
+        assert!(Instant::now() < until, "no pause:\n{}", gateway.scrape());
+        ask();
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

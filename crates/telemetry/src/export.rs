@@ -1,9 +1,11 @@
 //! The export pipeline: a span processor that hands finished spans to a bounded queue without ever
 //! waiting, and a task that sends them in batches to the collector over OTLP/gRPC, each export bounded by
-//! a timeout. What cannot be queued or exported is dropped and counted, never retried: a slow or absent
-//! collector costs a request nothing.
+//! a timeout. What cannot be queued or exported is dropped and counted, never retried. After a failed
+//! export the pipeline stops recording spans for a while (1 s, doubling to 30 s while the collector keeps
+//! failing; counted as dropped too), so a slow or absent collector costs a request nothing: not the wait,
+//! and not the work of building spans nobody will take.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,8 +19,9 @@ use opentelemetry_sdk::trace::{
 };
 use tokio::sync::mpsc;
 use tracing::Subscriber;
+use tracing::subscriber::Interest;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::filter::DynFilterFn;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::TracingConfig;
@@ -27,6 +30,10 @@ use crate::config::TracingConfig;
 const BATCH: usize = 512;
 /// A batch not full is sent after this long.
 const LINGER: Duration = Duration::from_millis(500);
+/// How long recording stops after the first failed export, and the most it grows to while exports keep
+/// failing (doubling each time).
+const PAUSE_FIRST: Duration = Duration::from_secs(1);
+const PAUSE_MOST: Duration = Duration::from_secs(30);
 
 /// What the pipeline did with the spans it was given, since the process started.
 #[derive(Debug, Default)]
@@ -34,6 +41,9 @@ pub struct Stats {
     exported: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_export_failed: AtomicU64,
+    dropped_collector_down: AtomicU64,
+    /// Set while recording is stopped after a failed export.
+    paused: AtomicBool,
 }
 
 impl Stats {
@@ -51,12 +61,19 @@ impl Stats {
     pub fn dropped_export_failed(&self) -> u64 {
         self.dropped_export_failed.load(Ordering::Relaxed)
     }
+
+    /// Spans not recorded because the last export had failed (the pause after it).
+    pub fn dropped_collector_down(&self) -> u64 {
+        self.dropped_collector_down.load(Ordering::Relaxed)
+    }
 }
 
 static STATS: Stats = Stats {
     exported: AtomicU64::new(0),
     dropped_queue_full: AtomicU64::new(0),
     dropped_export_failed: AtomicU64::new(0),
+    dropped_collector_down: AtomicU64::new(0),
+    paused: AtomicBool::new(false),
 };
 
 /// The process's pipeline counts (all zero while tracing is off).
@@ -118,7 +135,22 @@ where
         .get_or_init(|| Mutex::new(None))
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Running { provider, sending });
-    let own_spans = FilterFn::new(|m| m.is_span() && m.target() == crate::TARGET);
+    // Decided for each span (not cached for its call site), as the pause comes and goes; every other
+    // call site is left out for good.
+    let own_spans = DynFilterFn::new(|_, _| {
+        let paused = STATS.paused.load(Ordering::Relaxed);
+        if paused {
+            STATS.dropped_collector_down.fetch_add(1, Ordering::Relaxed);
+        }
+        !paused
+    })
+    .with_callsite_filter(|m| {
+        if m.is_span() && m.target() == crate::TARGET {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    });
     Ok(tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -171,13 +203,16 @@ impl SpanProcessor for Queue {
     }
 }
 
-/// Sends what the queue holds in batches of at most [`BATCH`], a partial batch after [`LINGER`].
+/// Sends what the queue holds in batches of at most [`BATCH`], a partial batch after [`LINGER`]. After a
+/// failed export, stops recording for a pause that doubles while exports keep failing.
 async fn send(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<SpanData>,
     timeout: Duration,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut pause = PAUSE_FIRST;
+    let mut failing = false;
     loop {
         let first = match rx.recv().await {
             Some(span) => span,
@@ -193,18 +228,27 @@ async fn send(
         }
         let n = batch.len() as u64;
         let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        match tokio::time::timeout(timeout, exporter.export(sent)).await {
-            Ok(Ok(())) => {
-                STATS.exported.fetch_add(n, Ordering::Relaxed);
+        let failure = match tokio::time::timeout(timeout, exporter.export(sent)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        let Some(failure) = failure else {
+            STATS.exported.fetch_add(n, Ordering::Relaxed);
+            if failing {
+                tracing::info!("the trace collector took spans again; recording resumed");
             }
-            Ok(Err(e)) => {
-                STATS.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-                tracing::debug!(error = %e, spans = n, "spans not exported");
-            }
-            Err(_) => {
-                STATS.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-                tracing::debug!(spans = n, "spans not exported in time");
-            }
+            (failing, pause) = (false, PAUSE_FIRST);
+            continue;
+        };
+        STATS.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+        if !failing {
+            tracing::warn!(error = %failure, spans = n, "spans not exported; recording stops while the trace collector fails (retried after 1 s, then up to every 30 s)");
         }
+        failing = true;
+        STATS.paused.store(true, Ordering::Relaxed);
+        tokio::time::sleep(pause).await;
+        STATS.paused.store(false, Ordering::Relaxed);
+        pause = (pause * 2).min(PAUSE_MOST);
     }
 }

@@ -4,8 +4,9 @@
 //! - [`layer`]: a `tracing` layer that turns Sluice's own spans (target [`TARGET`]; never events, so no
 //!   log message becomes span data) into OpenTelemetry spans, sampled, and exported
 //!   over OTLP/gRPC by a pipeline that never blocks a request: a span that finds the export queue full is
-//!   dropped, as are the spans of a batch the collector does not take within the export timeout, and both
-//!   are counted ([`stats`]).
+//!   dropped, as are the spans of a batch the collector does not take within the export timeout; after
+//!   such a failure no spans are recorded for a pause (1 s, doubling to 30 s while the collector keeps
+//!   failing), so that building spans costs nothing while nobody takes them. All are counted ([`stats`]).
 //! - [`propagation`]: the W3C `traceparent` read from and written to HTTP headers and gRPC metadata.
 //!
 //! Spans carry what the caller gives them; callers give identifiers, decisions and counts, never content.

@@ -1,5 +1,5 @@
 //! The pipeline's counts as Prometheus series, read at each scrape: `sluice_trace_spans_exported_total`
-//! and `sluice_trace_spans_dropped_total{reason="queue_full"|"export_failed"}`.
+//! and `sluice_trace_spans_dropped_total{reason="queue_full"|"export_failed"|"collector_down"}`.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -27,7 +27,7 @@ impl Series {
             )?,
             dropped: Desc::new(
                 "sluice_trace_spans_dropped_total".into(),
-                "Trace spans dropped: the export queue was full (queue_full), or the collector refused them or did not take them in time (export_failed).".into(),
+                "Trace spans dropped: the export queue was full (queue_full), the collector refused them or did not take them in time (export_failed), or they were not recorded in the pause after a failed export (collector_down).".into(),
                 vec!["reason".into()],
                 Default::default(),
             )?,
@@ -73,6 +73,7 @@ impl Collector for Series {
             family(
                 &self.dropped,
                 vec![
+                    counter(&[("reason", "collector_down")], s.dropped_collector_down()),
                     counter(&[("reason", "export_failed")], s.dropped_export_failed()),
                     counter(&[("reason", "queue_full")], s.dropped_queue_full()),
                 ],
