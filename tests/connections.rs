@@ -232,6 +232,14 @@ fn slow_clients_beyond_the_connection_cap_do_not_keep_an_sdk_request_out() {
         open_connections <= CAP as f64,
         "{open_connections} connections open"
     );
+    assert_eq!(
+        metric(&text, "sluice_connections_max{listener=\"public\"}"),
+        Some(CAP as f64)
+    );
+    assert_eq!(
+        metric(&text, "sluice_connections_max{listener=\"admin\"}"),
+        Some(256.0)
+    );
     // Each client beyond the cap took the place of a slow one: the 100 slow ones and the SDK's 3.
     assert!(closed_total(&text, "public", "evicted") >= 103.0, "{text}");
     drop(slow);

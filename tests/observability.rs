@@ -39,6 +39,7 @@ const GATEWAY_SERIES: &[&str] = &[
     "sluice_rate_limited_total",
     "sluice_limits_store_up",
     "sluice_connections_open",
+    "sluice_connections_max",
     "sluice_connections_closed_total",
     "sluice_trace_spans_exported_total",
     "sluice_trace_spans_dropped_total",

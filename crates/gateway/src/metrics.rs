@@ -73,6 +73,7 @@ pub struct GatewayMetrics {
     pub limits_store_errors: prometheus::IntCounter,
     /// Open client connections. Labels: listener (`public` or `admin`).
     pub connections_open: IntGaugeVec,
+    pub connections_max: IntGaugeVec,
     /// Connections the gateway closed on its own. Labels: listener, reason (`header_timeout`,
     /// `idle_timeout`, `evicted`).
     pub connections_closed: IntCounterVec,
@@ -338,6 +339,13 @@ impl GatewayMetrics {
             Opts::new("sluice_connections_open", "Open client connections, by listener."),
             &["listener"],
         )?;
+        let connections_max = IntGaugeVec::new(
+            Opts::new(
+                "sluice_connections_max",
+                "The connection cap, by listener (limits.max_connections, limits.max_admin_connections).",
+            ),
+            &["listener"],
+        )?;
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "sluice_connections_closed_total",
@@ -347,6 +355,7 @@ impl GatewayMetrics {
         )?;
         sluice_telemetry::register(&registry)?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_max.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(budget_spent.clone()))?;
         registry.register(Box::new(budget_limit.clone()))?;
@@ -403,6 +412,7 @@ impl GatewayMetrics {
             limits_store_up,
             limits_store_errors,
             connections_open,
+            connections_max,
             connections_closed,
         })
     }

@@ -1,5 +1,5 @@
-//! What the listeners report about their connections: how many are open, and which ones the gateway closed
-//! on its own and why.
+//! What the listeners report about their connections: how many are open against the cap, and which ones the
+//! gateway closed on its own and why.
 
 use prometheus::{IntCounter, IntGauge};
 
@@ -20,6 +20,7 @@ pub enum Closed {
 #[derive(Clone)]
 pub struct ConnectionCounts {
     open: IntGauge,
+    max: IntGauge,
     header_timeout: IntCounter,
     idle_timeout: IntCounter,
     evicted: IntCounter,
@@ -32,6 +33,11 @@ impl std::fmt::Debug for ConnectionCounts {
 }
 
 impl ConnectionCounts {
+    /// The listener's cap, reported beside the open count.
+    pub fn capped_at(&self, max: usize) {
+        self.max.set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
     pub fn opened(&self) {
         self.open.inc();
     }
@@ -56,6 +62,7 @@ impl Accounting {
         let closed = |reason: &str| m.connections_closed.with_label_values(&[listener, reason]);
         ConnectionCounts {
             open: m.connections_open.with_label_values(&[listener]),
+            max: m.connections_max.with_label_values(&[listener]),
             header_timeout: closed("header_timeout"),
             idle_timeout: closed("idle_timeout"),
             evicted: closed("evicted"),

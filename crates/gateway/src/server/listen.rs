@@ -171,6 +171,7 @@ struct Open {
 
 impl Table {
     fn new(limits: ConnectionLimits, counts: ConnectionCounts) -> Self {
+        counts.capped_at(limits.max_connections);
         Self {
             limits,
             counts,
