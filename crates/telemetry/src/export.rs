@@ -158,6 +158,9 @@ where
         .with_level(false)
         .with_target(false)
         .with_tracked_inactivity(false)
+        // Contexts are read from the spans themselves (propagation::inject), never from OpenTelemetry's
+        // current context: entering a span (each poll of an instrumented future) need not activate one.
+        .with_context_activation(false)
         .with_filter(own_spans))
 }
 
