@@ -2,12 +2,14 @@
 definitions (PyPI opentelemetry-proto, served with grpcio). It listens on a free loopback port, prints
 `listening PORT` once ready, and appends every span it receives to the file given as its argument, one JSON
 object per line: ids in hex, name, kind, attributes, the service that sent it, and the whole span in
-protobuf text form (`raw`), so that a test can look for text that must not be there.
+protobuf text form (`raw`), so that a test can look for text that must not be there. With `-` for OUT it
+only counts the spans (for benchmarks: a collector that keeps up) and prints the count when stopped.
 
-Usage: receiver.py OUT.jsonl
+Usage: receiver.py OUT.jsonl|-
 """
 
 import json
+import signal
 import sys
 import threading
 from concurrent import futures
@@ -26,8 +28,13 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, path):
         self.path = path
         self.lock = threading.Lock()
+        self.count = 0
 
     def Export(self, request, context):
+        if self.path == "-":
+            with self.lock:
+                self.count += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
         lines = []
         for rs in request.resource_spans:
             resource = {a.key: value_of(a.value) for a in rs.resource.attributes}
@@ -53,11 +60,15 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(sys.argv[1]), server)
+    receiver = Receiver(sys.argv[1])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"listening {port}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
     server.wait_for_termination()
+    if receiver.path == "-":
+        print(f"received {receiver.count} spans", flush=True)
 
 
 if __name__ == "__main__":
