@@ -382,6 +382,27 @@ async fn every_decision_is_audited_in_a_chain_that_shows_tampering() {
             .unwrap_or_else(|| panic!("{case}: no record for {id}"));
         assert_eq!(rec["tenant"], "acme");
         assert_eq!(rec["model"], "gpt-4o-mini");
+        // What a replay needs: the answer's limit, streaming, and the times observed.
+        assert_eq!(rec["stream"], false, "{case}: {rec}");
+        if *case != "benign" {
+            assert_eq!(rec["max_tokens"], 8, "{case}: {rec}");
+        }
+        if rec["status"] == 200 {
+            let time = |field: &str| {
+                rec[field]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{case}: no {field} in {rec}"))
+            };
+            let took = time("duration_ms");
+            // The cloud simulator always answers with text; the local model may end its turn at once,
+            // and an answer without a token has no time to first token.
+            if *case == "benign" || rec.get("ttft_ms").is_some() {
+                let ttft = time("ttft_ms");
+                assert!(0.0 < ttft && ttft <= took, "{case}: {rec}");
+            }
+        } else {
+            assert!(rec.get("ttft_ms").is_none(), "{case}: {rec}");
+        }
         match *case {
             "benign" => {
                 assert_eq!(

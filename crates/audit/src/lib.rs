@@ -31,11 +31,6 @@ pub use writer::{AuditHandle, spawn_writer};
 /// `prev` of the very first record: there is no line before it.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One routing decision, as the gateway reports it. The writer adds `seq` and `prev` in front of these
-/// fields; see [`AuditLog::append`].
-///
-/// There is deliberately no field for the prompt or the answer: an audit log is kept long and read
-/// widely, so it records what happened to a request, never what it said.
 /// Where one finding is in a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -46,6 +41,12 @@ pub struct Position {
     pub end: usize,
 }
 
+/// One routing decision, as the gateway reports it. The writer adds `seq` and `prev` in front of these
+/// fields; see [`AuditLog::append`].
+///
+/// There is deliberately no field for the prompt or the answer: an audit log is kept long and read
+/// widely, so it records what happened to a request, never what it said. Fields added later are optional
+/// when read, so older logs stay readable (and verifiable: the chain hashes the lines as written).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// When the decision was made: RFC 3339, UTC, milliseconds ([`format_time`]).
@@ -87,6 +88,21 @@ pub struct Record {
     /// in records written before it existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// The answer's length limit the client set (`max_completion_tokens`, else `max_tokens`). Absent when
+    /// it set none (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Whether the client asked for a stream. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Milliseconds from the request's arrival to the answer's first token, as served. Absent when no
+    /// token came (a refusal, an error) and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Milliseconds from the request's arrival to its end (the last byte sent, or the client leaving).
+    /// Absent for requests refused before any backend was tried, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
     /// The HTTP status the client got.
     pub status: u16,
     /// `ok`, or the stable error code the client got.

@@ -35,6 +35,10 @@ fn record(i: u64) -> Record {
         redactions: Default::default(),
         backend: Some("local".into()),
         fallbacks: Vec::new(),
+        max_tokens: None,
+        stream: None,
+        ttft_ms: None,
+        duration_ms: None,
         status: 200,
         code: "ok".into(),
         prompt_tokens: 12,
@@ -139,6 +143,36 @@ fn a_line_has_the_documented_shape() {
     assert!(GENESIS_PREV.bytes().all(|b| b == b'0'));
     assert_eq!(prev_of(&all[1]), line_hash(all[0].as_bytes()));
     assert!(all[1].ends_with(&format!(",\"prompt_sha256\":\"{}\"}}", "ab".repeat(32))));
+}
+
+#[test]
+fn what_a_replay_needs_is_written_and_older_lines_without_it_still_read() {
+    let (_dir, path) = log_path();
+    let log = AuditLog::open(&path, AuditOptions::default()).unwrap();
+    let replayable = Record {
+        max_tokens: Some(64),
+        stream: Some(true),
+        ttft_ms: Some(212.5),
+        duration_ms: Some(1_840.25),
+        ..record(0)
+    };
+    log.append(replayable.clone()).unwrap();
+    let line = lines(&path).remove(0);
+    assert!(
+        line.contains(
+            ",\"max_tokens\":64,\"stream\":true,\"ttft_ms\":212.5,\"duration_ms\":1840.25,\"status\":200,"
+        ),
+        "{line}"
+    );
+    let back: LineIn = serde_json::from_str(&line).unwrap();
+    assert_eq!(back.record, replayable);
+    // A line written before the fields existed reads with them absent.
+    let old = line.replace(
+        ",\"max_tokens\":64,\"stream\":true,\"ttft_ms\":212.5,\"duration_ms\":1840.25",
+        "",
+    );
+    let back: LineIn = serde_json::from_str(&old).unwrap();
+    assert_eq!(back.record, record(0));
 }
 
 #[test]

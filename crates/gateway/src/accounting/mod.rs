@@ -212,6 +212,8 @@ impl Accounting {
                 .then(|| fields.scan.model.as_str().to_owned()),
             rule: fields.rule.map(str::to_owned),
             redactions: Default::default(),
+            max_tokens: fields.max_tokens,
+            stream: Some(fields.stream),
             prompt_sha256: self.hash_prompts.then(|| {
                 sha2::Sha256::digest(fields.body)
                     .iter()
@@ -287,6 +289,9 @@ pub struct RecordFields<'a> {
     pub body: &'a [u8],
     /// The parsed body, for the paths of the findings.
     pub request: &'a serde_json::Map<String, serde_json::Value>,
+    /// The answer's length limit the client set, and whether it asked for a stream.
+    pub max_tokens: Option<u32>,
+    pub stream: bool,
 }
 
 /// Records one request when it ends, however it ends (a client that leaves mid-stream drops it, and is
@@ -508,6 +513,9 @@ impl Drop for Ledger {
             record.completion_tokens = usage.completion_tokens;
             record.cost_usd = crate::cost::usd(cost);
             record.cloud_equivalent_usd = equivalent.map(crate::cost::usd);
+            let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+            record.ttft_ms = ttft.map(ms);
+            record.duration_ms = Some(ms(self.started.elapsed()));
             audit.send(*record);
         }
         accounts.decisions.end(

@@ -210,6 +210,8 @@ pub(super) async fn completions(
         },
         body: prompt_digest_of.as_deref().unwrap_or_default(),
         request: &intake.request.body,
+        max_tokens: intake.request.max_tokens,
+        stream: intake.request.stream,
     });
     let mut decision = match decided {
         Ok(d) => d,
