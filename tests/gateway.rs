@@ -1185,6 +1185,68 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     stop(child);
 }
 
+#[test]
+fn sluice_up_prints_the_configuration_it_runs() {
+    common::ensure_demo_model();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit log.jsonl");
+    let (code, yaml, err) = run_sluice(&[
+        "up",
+        "--print-config",
+        "--no-ner",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    // The parts `up` starts itself are where their own commands listen by default.
+    for line in [
+        "address: \"127.0.0.1:50051\"",
+        "base_url: \"http://127.0.0.1:8090/v1\"",
+        "key_env: SLUICE_UP_KEY",
+        "requests_per_minute: 600",
+        "budget: { usd: 0.1, period: day }",
+        "- name: contacts-redacted",
+        "- name: sensitive-local-only",
+        "over_budget: { substitute: \"smollm2-135m-instruct\" }",
+    ] {
+        assert!(yaml.contains(line), "{line} not in:\n{yaml}");
+    }
+    assert!(
+        yaml.contains(&format!("path: {}", json!(audit.to_str().unwrap()))),
+        "{yaml}"
+    );
+    // The gateway and the policy checker read it as it is.
+    let file = dir.path().join("up.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let file = file.to_str().unwrap();
+    let check = std::process::Command::new(common::sluice_bin())
+        .args(["gateway", "--config", file, "--check"])
+        .env("SLUICE_UP_KEY", "sk-printed")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let (code, out, err) = run_sluice(&["policy", "check", file]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("2 rule(s), 1 virtual model(s)"), "{out}");
+
+    // Workers given are written as given; without limits there is no limits section.
+    let (code, yaml, err) = run_sluice(&[
+        "up",
+        "--print-config",
+        "--no-ner",
+        "--no-limits",
+        "--worker",
+        "10.0.0.7:50051",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(yaml.contains("address: \"10.0.0.7:50051\""), "{yaml}");
+    assert!(!yaml.contains("limits:"), "{yaml}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sluice_up_uses_openai_when_a_key_is_set_and_honours_its_base_url() {
     // An OpenAI-compatible server that insists on the key, standing in for api.openai.com.

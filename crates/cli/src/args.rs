@@ -159,6 +159,12 @@ pub struct UpArgs {
     /// 0.10 USD a day after which cloud-bound requests are served by the local model).
     #[arg(long)]
     pub no_limits: bool,
+    /// Print the gateway configuration `up` runs, as YAML that `sluice gateway --config`, `sluice policy
+    /// check` and `sluice simulate --config` read, and exit without starting anything. The worker and the
+    /// cloud simulator, which `up` starts on free ports, are written at the addresses `sluice worker` and
+    /// `sluice sim-cloud` listen on by default; the API key comes from SLUICE_UP_KEY.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// `sluice scan`: what the scanner, and the personal-data model, find in text.

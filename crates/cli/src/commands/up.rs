@@ -7,10 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_gateway::config::{
-    RawApiKey, RawAudit, RawBudget, RawCloud, RawCloudModel, RawLimits, RawLocal, RawNer, RawTenantLimits,
-    RawWorker,
-};
 use sluice_gateway::{BoundAddrs, RawGatewayConfig};
 use sluice_simcloud::{Sim, SimConfig, SimModel};
 use tokio::sync::watch;
@@ -60,6 +56,11 @@ const UP_REQUESTS_PER_MINUTE: u64 = 600;
 const UP_TOKENS_PER_MINUTE: u64 = 200_000;
 const UP_DAILY_BUDGET_USD: f64 = 0.10;
 
+/// Where `sluice sim-cloud` and `sluice worker` listen by default: `--print-config` writes these for the
+/// parts `up` would start itself on free ports.
+const SIM_CLOUD_DEFAULT_PORT: u16 = 8090;
+const WORKER_DEFAULT_PORT: u16 = 50051;
+
 /// How long `up` waits for the local worker to load its model before it says so and serves anyway.
 const WORKER_READY_WAIT: Duration = Duration::from_secs(300);
 
@@ -93,11 +94,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             tokio::task::spawn_blocking(move || super::models::pull_ner(&cache, false))
                 .await
                 .context("fetch task failed")??;
-        Some(RawNer {
-            weights: Some(weights),
-            tokenizer: Some(tokenizer),
-            ..Default::default()
-        })
+        Some((weights, tokenizer))
     };
     let ner_on = ner.is_some();
 
@@ -109,6 +106,10 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
                 .ok()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| OPENAI_BASE_URL.to_owned()),
+        },
+        // Printing only: `sluice sim-cloud` at its default address.
+        None if args.print_config => Cloud::Simulator {
+            addr: SocketAddr::from(([127, 0, 0, 1], SIM_CLOUD_DEFAULT_PORT)),
         },
         None => {
             let sim = Sim::new(SimConfig {
@@ -140,6 +141,8 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     // The workers: the ones given, or one started here with the demo model (or --model).
     let mut workers = args.worker.clone();
     let mut own_worker = None;
+    let mut own_model = None;
+    let mut own_config = None;
     if workers.is_empty() {
         let config = sluice_worker::RawWorkerConfig {
             model: args.model.clone(),
@@ -150,7 +153,14 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         }
         .validate(None, None)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-        let model_id = config.model_id.clone();
+        own_model = Some(config.model_id.clone());
+        if args.print_config {
+            // Printing only: `sluice worker` at its default address.
+            workers.push(format!("127.0.0.1:{WORKER_DEFAULT_PORT}"));
+        }
+        own_config = Some(config);
+    }
+    if let (Some(config), false) = (own_config, args.print_config) {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let stopped = stop();
         let handle = tokio::spawn(async move {
@@ -171,84 +181,43 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             }
         };
         workers.push(addr.to_string());
-        own_worker = Some((handle, model_id));
+        own_worker = Some(handle);
     }
 
     let cloud_name = match cloud {
         Cloud::OpenAi { .. } => "openai",
         Cloud::Simulator { .. } => "sim-cloud",
     };
-    let local_model = own_worker
-        .as_ref()
-        .map_or(sluice_models::DEMO_MODEL_ID, |(_, id): &(_, String)| id.as_str())
-        .to_owned();
-    let policy_yaml = UP_POLICY
-        .replace("{local}", &local_model)
-        .replace("{cloud}", cloud_name);
-    let policy = sluice_config::parse_yaml(&policy_yaml)
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("the built-in policy: {e}")))?;
-    let raw = RawGatewayConfig {
-        audit: args.audit_log.clone().map(|path| RawAudit {
-            path: Some(path),
-            ..Default::default()
-        }),
-        policy: Some(policy),
-        ner,
-        listen: Some(args.listen.clone()),
-        admin_listen: Some(args.admin_listen.clone()),
-        api_keys: Some(vec![RawApiKey {
-            tenant: Some("default".into()),
-            key_env: Some("SLUICE_UP_KEY".into()),
-            ..Default::default()
-        }]),
-        local: Some(RawLocal {
-            workers: Some(
-                workers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| RawWorker {
-                        name: Some(format!("worker-{i}")),
-                        address: Some(a.clone()),
-                        cost: None,
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        clouds: Some(vec![RawCloud {
-            name: Some(cloud_name.into()),
-            base_url: Some(match &cloud {
-                Cloud::OpenAi { base_url } => base_url.clone(),
-                Cloud::Simulator { addr } => format!("http://{addr}/v1"),
-            }),
-            api_key_env: matches!(cloud, Cloud::OpenAi { .. }).then(|| "OPENAI_API_KEY".into()),
-            models: Some(vec![RawCloudModel {
-                id: Some(CLOUD_MODEL.into()),
-                input_usd_per_mtok: Some(CLOUD_INPUT_PRICE),
-                output_usd_per_mtok: Some(CLOUD_OUTPUT_PRICE),
-            }]),
-            ..Default::default()
-        }]),
-        limits: (!args.no_limits).then(|| RawLimits {
-            default: Some(RawTenantLimits {
-                requests_per_minute: Some(UP_REQUESTS_PER_MINUTE),
-                tokens_per_minute: Some(UP_TOKENS_PER_MINUTE),
-                budget: Some(RawBudget {
-                    usd: Some(UP_DAILY_BUDGET_USD),
-                    period: Some("day".into()),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+    let local_model = own_model.unwrap_or_else(|| sluice_models::DEMO_MODEL_ID.to_owned());
+    let cloud_url = match &cloud {
+        Cloud::OpenAi { base_url } => base_url.clone(),
+        Cloud::Simulator { addr } => format!("http://{addr}/v1"),
     };
+    let yaml = config_yaml(&UpConfig {
+        args: &args,
+        workers: &workers,
+        local_model: &local_model,
+        cloud_name,
+        cloud_url: &cloud_url,
+        openai: matches!(cloud, Cloud::OpenAi { .. }),
+        ner: ner.as_ref(),
+    });
+    if args.print_config {
+        print!(
+            "# The gateway configuration `sluice up` runs. The worker and the cloud simulator it starts on free\n\
+             # ports are written at the addresses `sluice worker` and `sluice sim-cloud` listen on by default;\n\
+             # the API key is read from SLUICE_UP_KEY.\n{yaml}"
+        );
+        return Ok(());
+    }
+    let raw = RawGatewayConfig::from_yaml_str(&yaml)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("the built-in configuration: {e}")))?;
     let env = |var: &str| match var {
         "SLUICE_UP_KEY" => Some(key.clone()),
         other => std::env::var(other).ok(),
     };
     let config = raw
-        .validate(None, None, &env)
+        .validate(None, Some(&yaml), &env)
         .map_err(|e| Failure::Usage(e.to_string()))?;
 
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<BoundAddrs>();
@@ -295,7 +264,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     }
 
     let result = gateway.await;
-    if let Some((worker, _)) = own_worker {
+    if let Some(worker) = own_worker {
         match worker.await {
             Ok(Err(e)) => tracing::error!(error = %e, "local worker failed"),
             Err(e) => tracing::error!(error = %e, "local worker task failed"),
@@ -307,6 +276,77 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("gateway"))),
         Err(e) => Err(Failure::Runtime(anyhow::Error::new(e).context("gateway task"))),
     }
+}
+
+/// What the gateway configuration of `up` is made of.
+struct UpConfig<'a> {
+    args: &'a UpArgs,
+    /// The workers' addresses.
+    workers: &'a [String],
+    local_model: &'a str,
+    cloud_name: &'a str,
+    cloud_url: &'a str,
+    /// The cloud is OpenAI (its key from `OPENAI_API_KEY`), not the simulator.
+    openai: bool,
+    /// The personal-data model's files, when it runs.
+    ner: Option<&'a (std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// The gateway configuration `up` runs, as the YAML `sluice gateway --config` reads: `up` parses this text
+/// itself, so what `--print-config` prints is what runs.
+fn config_yaml(c: &UpConfig<'_>) -> String {
+    use std::fmt::Write as _;
+    // JSON strings are YAML double-quoted scalars: any path or address is written safely.
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let path = |p: &std::path::Path| q(&p.to_string_lossy());
+    let mut y = String::new();
+    let _ = writeln!(y, "listen: {}", q(&c.args.listen));
+    let _ = writeln!(y, "admin_listen: {}", q(&c.args.admin_listen));
+    y.push_str("api_keys:\n  - tenant: default\n    key_env: SLUICE_UP_KEY\n");
+    y.push_str("local:\n  workers:\n");
+    for (i, a) in c.workers.iter().enumerate() {
+        let _ = writeln!(y, "    - name: worker-{i}\n      address: {}", q(a));
+    }
+    let _ = writeln!(
+        y,
+        "clouds:\n  - name: {}\n    base_url: {}",
+        q(c.cloud_name),
+        q(c.cloud_url)
+    );
+    if c.openai {
+        y.push_str("    api_key_env: OPENAI_API_KEY\n");
+    }
+    let _ = writeln!(
+        y,
+        "    models:\n      - id: {CLOUD_MODEL}\n        input_usd_per_mtok: {CLOUD_INPUT_PRICE}\n        \
+         output_usd_per_mtok: {CLOUD_OUTPUT_PRICE}"
+    );
+    if !c.args.no_limits {
+        let _ = writeln!(
+            y,
+            "limits:\n  default:\n    requests_per_minute: {UP_REQUESTS_PER_MINUTE}\n    \
+             tokens_per_minute: {UP_TOKENS_PER_MINUTE}\n    budget: {{ usd: {UP_DAILY_BUDGET_USD}, period: day }}"
+        );
+    }
+    if let Some((weights, tokenizer)) = c.ner {
+        let _ = writeln!(
+            y,
+            "ner:\n  weights: {}\n  tokenizer: {}",
+            path(weights),
+            path(tokenizer)
+        );
+    }
+    if let Some(log) = &c.args.audit_log {
+        let _ = writeln!(y, "audit:\n  path: {}", path(log));
+    }
+    y.push_str("policy:\n");
+    let policy = UP_POLICY
+        .replace("{local}", c.local_model)
+        .replace("{cloud}", c.cloud_name);
+    for line in policy.lines().filter(|l| !l.trim().is_empty()) {
+        let _ = writeln!(y, "  {line}");
+    }
+    y
 }
 
 /// A fresh random key.
