@@ -25,6 +25,11 @@ fn record(i: u64) -> Record {
         model: "gpt-4o-mini".into(),
         served_model: Some("smollm2-135m-instruct".into()),
         level: "confidential".into(),
+        scan_level: Some("confidential".into()),
+        scan_incomplete: false,
+        declared: None,
+        prefer: None,
+        prompt_estimate: Some(410),
         findings: vec!["email".into()],
         positions: vec![sluice_audit::Position {
             kind: "email".into(),

@@ -24,8 +24,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use log::{AuditError, AuditLog, AuditOptions};
-pub use time::format_time;
-pub use verify::{Problem, VerifyError, VerifyReport, verify};
+pub use time::{format_time, parse_time};
+pub use verify::{Problem, VerifyError, VerifyReport, log_files, verify};
 pub use writer::{AuditHandle, spawn_writer};
 
 /// `prev` of the very first record: there is no line before it.
@@ -61,6 +61,24 @@ pub struct Record {
     pub served_model: Option<String>,
     /// The request's sensitivity level, as the dispatcher enforced it.
     pub level: String,
+    /// The level the scanner gave the request's text, before the client's declaration, a tenant's floor
+    /// or the policy raised it. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_level: Option<String>,
+    /// The scan could not read everything (too large, the personal-data model over its budget), which
+    /// makes the request restricted. Absent when the scan was complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scan_incomplete: bool,
+    /// The level the client declared in `x-sluice-sensitivity`. Absent when it declared none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<String>,
+    /// The route the client preferred in `x-sluice-prefer`. Absent when it gave no hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<String>,
+    /// The prompt's estimated size in tokens, as the policy saw it (rules test it). Absent in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_estimate: Option<u64>,
     /// Kinds of what the scanner found (`credit_card`, `aws_access_key`, ...), never the matched text.
     pub findings: Vec<String>,
     /// Where each finding is: its kind, the JSON path of its string and its byte range there, never

@@ -26,6 +26,11 @@ fn record(i: u64) -> Record {
         model: "gpt-4o-mini".into(),
         served_model: Some("smollm2-135m-instruct".into()),
         level: "confidential".into(),
+        scan_level: None,
+        scan_incomplete: false,
+        declared: None,
+        prefer: None,
+        prompt_estimate: None,
         findings: vec!["email".into(), "credit_card".into()],
         positions: Vec::new(),
         combined: Vec::new(),
@@ -150,6 +155,11 @@ fn what_a_replay_needs_is_written_and_older_lines_without_it_still_read() {
     let (_dir, path) = log_path();
     let log = AuditLog::open(&path, AuditOptions::default()).unwrap();
     let replayable = Record {
+        scan_level: Some("internal".into()),
+        scan_incomplete: true,
+        declared: Some("confidential".into()),
+        prefer: Some("local".into()),
+        prompt_estimate: Some(31),
         max_tokens: Some(64),
         stream: Some(true),
         ttft_ms: Some(212.5),
@@ -158,6 +168,11 @@ fn what_a_replay_needs_is_written_and_older_lines_without_it_still_read() {
     };
     log.append(replayable.clone()).unwrap();
     let line = lines(&path).remove(0);
+    let facts = ",\"scan_level\":\"internal\",\"scan_incomplete\":true,\"declared\":\"confidential\",\"prefer\":\"local\",\"prompt_estimate\":31";
+    assert!(
+        line.contains(&format!("\"level\":\"confidential\"{facts},\"findings\"")),
+        "{line}"
+    );
     assert!(
         line.contains(
             ",\"max_tokens\":64,\"stream\":true,\"ttft_ms\":212.5,\"duration_ms\":1840.25,\"status\":200,"
@@ -167,10 +182,12 @@ fn what_a_replay_needs_is_written_and_older_lines_without_it_still_read() {
     let back: LineIn = serde_json::from_str(&line).unwrap();
     assert_eq!(back.record, replayable);
     // A line written before the fields existed reads with them absent.
-    let old = line.replace(
-        ",\"max_tokens\":64,\"stream\":true,\"ttft_ms\":212.5,\"duration_ms\":1840.25",
-        "",
-    );
+    let old = line
+        .replace(
+            ",\"max_tokens\":64,\"stream\":true,\"ttft_ms\":212.5,\"duration_ms\":1840.25",
+            "",
+        )
+        .replace(facts, "");
     let back: LineIn = serde_json::from_str(&old).unwrap();
     assert_eq!(back.record, record(0));
 }

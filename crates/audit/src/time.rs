@@ -23,6 +23,57 @@ pub fn format_time(t: SystemTime) -> String {
     )
 }
 
+/// Reads an RFC 3339 UTC timestamp as [`format_time`] writes it (`2024-02-29T13:05:09.042Z`; fewer or no
+/// fractional digits and a `+00:00` offset are accepted too) into milliseconds since 1970. `None` for
+/// anything else, or an offset other than UTC.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let ms: String = frac[..n].chars().chain("000".chars()).take(3).collect();
+        millis = ms.parse::<i64>().ok()?;
+        rest = &frac[n..];
+    }
+    if !matches!(rest, "Z" | "z" | "+00:00" | "-00:00") {
+        return None;
+    }
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date: the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let march_month = (month + 9) % 12;
+    let day_of_year = (153 * march_month + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`:
 /// eras of 400 years, each exactly 146,097 days, with years starting in March so leap days come last).
 fn civil_from_days(days: i128) -> (i128, i128, i128) {
@@ -108,6 +159,32 @@ mod tests {
             } else {
                 (y + 1, 1, 1)
             };
+        }
+    }
+
+    #[test]
+    fn parse_time_reads_what_format_time_writes() {
+        for (secs, nanos) in [
+            (0, 0),
+            (1_709_211_909, 42_000_000),
+            (-1, 999_000_000),
+            (4_102_444_800, 0),
+        ] {
+            let t = at(secs, nanos);
+            let text = format_time(t);
+            let ms = secs * 1000 + i64::from(nanos / 1_000_000);
+            assert_eq!(parse_time(&text), Some(ms), "{text}");
+        }
+        assert_eq!(parse_time("2024-02-29T13:05:09Z"), Some(1_709_211_909_000));
+        assert_eq!(parse_time("2024-02-29T13:05:09.5+00:00"), Some(1_709_211_909_500));
+        for bad in [
+            "2024-02-29T13:05:09+01:00",
+            "2024-02-29",
+            "2024-13-01T00:00:00Z",
+            "yesterday",
+            "",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
         }
     }
 }

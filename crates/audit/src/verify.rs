@@ -125,6 +125,16 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The files of the log at `path`, oldest first: its rotated copies (`path.N` down to `path.1`), then
+/// `path` itself when it exists. Empty when there is no log.
+pub fn log_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = rotated(path)?.into_iter().rev().map(|(_, p)| p).collect();
+    if path.try_exists()? {
+        files.push(path.to_owned());
+    }
+    Ok(files)
+}
+
 /// Checks `path` and its rotated copies (`path.N`, oldest first, then `path`): every line parses, `seq`
 /// goes up by exactly one, and `prev` is the hash of the previous line, across files. The first record
 /// must have 64 zeros as `prev` when its `seq` is 0; a later first `seq` means older files were rotated
@@ -143,15 +153,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
         let path = path.to_owned();
         move |source| VerifyError::Io { path, source }
     };
-    let mut files: Vec<PathBuf> = rotated(path)
-        .map_err(io_error(path))?
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .collect();
-    if path.try_exists().map_err(io_error(path))? {
-        files.push(path.to_owned());
-    }
+    let files = log_files(path).map_err(io_error(path))?;
     if files.is_empty() {
         return Err(VerifyError::NotFound {
             path: path.to_owned(),

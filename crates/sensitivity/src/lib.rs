@@ -153,6 +153,9 @@ pub enum Incomplete {
     /// The personal-data model failed on the text.
     #[error("the personal-data model failed: {0}")]
     ModelFailed(String),
+    /// A scan rebuilt from a record that says the original was incomplete ([`Scanner::rate_kinds`]).
+    #[error("the recorded scan was incomplete")]
+    Recorded,
 }
 
 /// The built-in vendor credential rules (`data/credentials.yaml`), in file order: each rule's id (what a

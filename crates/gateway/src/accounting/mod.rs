@@ -200,6 +200,11 @@ impl Accounting {
             tenant: fields.tenant.to_owned(),
             model: fields.model.to_owned(),
             level: fields.level.as_str().to_owned(),
+            scan_level: Some(fields.scan.level.as_str().to_owned()),
+            scan_incomplete: !fields.scan.complete,
+            declared: fields.declared.map(|l| l.as_str().to_owned()),
+            prefer: fields.prefer.map(|r| r.as_str().to_owned()),
+            prompt_estimate: Some(fields.prompt_estimate),
             findings: fields
                 .scan
                 .kinds()
@@ -292,6 +297,10 @@ pub struct RecordFields<'a> {
     /// The answer's length limit the client set, and whether it asked for a stream.
     pub max_tokens: Option<u32>,
     pub stream: bool,
+    /// The client's hints and the prompt's estimated size, as the policy saw them.
+    pub declared: Option<sluice_policy::Level>,
+    pub prefer: Option<sluice_policy::Route>,
+    pub prompt_estimate: u64,
 }
 
 /// Records one request when it ends, however it ends (a client that leaves mid-stream drops it, and is

@@ -212,6 +212,9 @@ pub(super) async fn completions(
         request: &intake.request.body,
         max_tokens: intake.request.max_tokens,
         stream: intake.request.stream,
+        declared: intake.declared,
+        prefer: intake.prefer,
+        prompt_estimate: intake.prompt_tokens,
     });
     let mut decision = match decided {
         Ok(d) => d,

@@ -4,7 +4,7 @@ use super::{Compiled, Scanner};
 use crate::config::{Combination, ScannerConfig, ScannerError};
 use crate::kind::{Kind, KindSet};
 use crate::level::Level;
-use crate::{Combined, Scan};
+use crate::{Combined, Finding, Incomplete, ModelPass, Scan};
 
 impl Scanner {
     /// What a combination cannot do as configured, by its index in `combinations`: one that names a
@@ -82,6 +82,38 @@ impl Scanner {
             own.chain(name).chain(combined).max().unwrap_or(Level::Public)
         };
         level(with_name) > level(found).max(self.level(Kind::PersonName))
+    }
+
+    /// A scan rebuilt from a record of what another scan found, as this scanner would rate it: one
+    /// finding per kind (at no position: index 0, empty range) at this scanner's level for the kind, or
+    /// at `list_level` for a keyword list or a custom pattern (their levels are their own), the
+    /// combinations this scanner's rules meet, and restricted when the original scan was incomplete.
+    /// For replaying recorded decisions, which keep kinds and never text.
+    pub fn rate_kinds(&self, kinds: &[Kind], list_level: Level, incomplete: Option<Incomplete>) -> Scan {
+        let findings = kinds
+            .iter()
+            .map(|&kind| Finding {
+                kind,
+                level: if kind.is_tenant_rule() {
+                    list_level
+                } else {
+                    self.level(kind)
+                },
+                index: 0,
+                range: 0..0,
+                rule: None,
+            })
+            .collect();
+        let mut scan = Scan {
+            findings,
+            level: Level::Public,
+            combined: Vec::new(),
+            complete: incomplete.is_none(),
+            incomplete,
+            model: ModelPass::Off,
+        };
+        self.rate(&mut scan);
+        scan
     }
 
     /// The level of a scan: the highest of its findings and of the combinations they meet, and
