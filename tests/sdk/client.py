@@ -459,7 +459,43 @@ def traced():
     return {"local": local, "cloud": cloud}
 
 
-SCENARIOS = {f.__name__: f for f in [traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+def replay():
+    """A fixed sequence of requests, one at a time, that meets every kind of decision: cloud plain and
+    streamed, contacts redacted, a card number kept local, the local model, a declared level, a virtual
+    model with and without a hint, a codename rejected, an unknown model. The simulation test sends it to
+    two gateways and compares their audit logs with what `sluice simulate` predicts."""
+    c = client()
+    v = redact_values()
+    ask = lambda text: [{"role": "user", "content": text}]
+    calls = [
+        lambda: plain(c, CLOUD, ask("What is the capital of Japan?"), max_tokens=12),
+        lambda: streamed(c, CLOUD, ask("Name three rivers."), True, max_tokens=20),
+        lambda: plain(c, CLOUD, ask(f"Draft a reply to {v['email']}, phone {v['phone']}."), max_tokens=16),
+        lambda: plain(c, CLOUD, ask(f"Is the card {v['card']} valid?"), max_tokens=4),
+        lambda: plain(c, LOCAL, ask("Say hello."), max_tokens=4),
+        lambda: streamed(c, LOCAL, ask("Count to three."), True, max_tokens=4),
+        lambda: plain(c, CLOUD, ask("Summarise the meeting."), max_tokens=10,
+                      extra_headers={"x-sluice-sensitivity": "confidential"}),
+        lambda: plain(c, "auto", ask("What is two plus two?"), max_tokens=4),
+        lambda: plain(c, "auto", ask("What is three plus three?"), max_tokens=4,
+                      extra_headers={"x-sluice-prefer": "cloud"}),
+        lambda: plain(c, CLOUD, ask("Status of project falcon?"), max_tokens=8),
+        lambda: plain(c, "no-such-model", ask("Hello?"), max_tokens=8),
+        lambda: plain(c, CLOUD, ask("A haiku about the sea, please."), max_tokens=24),
+    ]
+    out = []
+    for call in calls:
+        try:
+            r = call()
+            out.append({"status": 200, "route": r["headers"]["x-sluice-route"], "rule": r["headers"]["x-sluice-rule"]})
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            out.append({"status": e.status_code, "code": body.get("code"),
+                        "rule": e.response.headers.get("x-sluice-rule")})
+    return {"outcomes": out}
+
+
+SCENARIOS = {f.__name__: f for f in [replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

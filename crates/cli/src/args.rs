@@ -38,6 +38,9 @@ pub enum Command {
     /// Show what the content scanner and the personal-data model find in text (positions, never the
     /// text), and the level it gets.
     Scan(ScanArgs),
+    /// Replay a recorded trace (the audit log, or a JSONL of requests) against a candidate configuration
+    /// and fleet: where requests would go, what they would cost, time to first token, what changes.
+    Simulate(SimulateArgs),
     /// An OpenAI-compatible cloud simulator (latency, token rate, errors, prices), for demos and tests.
     SimCloud(crate::commands::sim_cloud::SimCloudArgs),
     /// Print the SHA-256 of an API key, as `key_sha256` in the gateway configuration wants it.
@@ -125,6 +128,55 @@ pub struct ExplainArgs {
     /// Print the explanation as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `sluice simulate`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Traces:
+  the audit log (PATH; its rotated copies PATH.N are read first, and the chain is checked before the
+  replay: a break is reported, not fatal), or a JSONL file with one request per line:
+    {\"time\": \"2026-12-01T09:00:00.000Z\" or seconds since 1970, \"request\": {chat completion body},
+     \"tenant\": \"acme\", \"headers\": {\"x-sluice-sensitivity\": \"confidential\"},
+     \"prompt_tokens\": 812, \"completion_tokens\": 240}      (all but time and request optional)
+  Request lines are read and scanned as the gateway reads them; without token counts the prompt is the
+  gateway's estimate and the answer max_tokens (or 256).
+
+Fleet file (every key optional; figures not given are measured from the trace's local requests, or
+the worker's defaults):
+  local: {nodes: 2, slots: 4, max_waiting: 16, prefill_tokens_per_second: 900,
+          decode_tokens_per_second: 95, batch_speedup: 2.0, usd_per_hour: 1.33, models: [smollm2]}
+  clouds: {openai: {ttft_ms: 450}}
+
+Exit status: 0 when the replay ran, 64 for a bad argument, configuration or fleet file, 1 when the
+trace cannot be read.")]
+pub struct SimulateArgs {
+    /// The candidate gateway configuration (what `sluice gateway --config` takes).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The trace: an audit log, or a JSONL of requests (told apart by their first line).
+    #[arg(long, value_name = "PATH")]
+    pub trace: PathBuf,
+    /// The local nodes and clouds to replay on (see below); measured from the trace when absent.
+    #[arg(long, value_name = "FILE")]
+    pub fleet: Option<PathBuf>,
+    /// Replay arrivals N times closer together than recorded (2: twice the request rate).
+    #[arg(long, value_name = "N", default_value_t = 1.0)]
+    pub speed_up: f64,
+    /// Also replay with each number of local nodes in this range (`1..8`, or one number), and report
+    /// the cost and latency objective misses of each.
+    #[arg(long, value_name = "FROM..TO")]
+    pub nodes: Option<String>,
+    /// Print the report as JSON instead of text.
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Write the report as one self-contained HTML page (plots included, nothing fetched) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write one JSON line per replayed request (its recorded and replayed route, rule, backend and
+    /// status) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub decisions: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

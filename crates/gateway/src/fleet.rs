@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use sluice_policy::{BackendView, FleetView, Load, ModelCard, Route};
+use sluice_policy::{Action, BackendView, FleetView, Load, ModelCard, Route};
 
 use crate::backend::Backend;
 use crate::backend::cloud::{CloudBackend, CloudError};
@@ -148,4 +148,41 @@ pub fn offline_view(config: &GatewayConfig, local_models: &[String], down: &[Str
         backends,
         over_budget: false,
     }
+}
+
+/// What the local pool is assumed to serve when no `--local-model` is given: every model the policy
+/// sends there, and the requested model when no cloud and no virtual model has that name.
+pub fn assumed_local_models(config: &GatewayConfig, requested: &str) -> Vec<String> {
+    let Some(local) = config.local.as_ref().filter(|l| l.has_members()) else {
+        return Vec::new();
+    };
+    let cloud = |m: &str| config.clouds.iter().any(|c| c.models.iter().any(|x| x.id == m));
+    let mut models: Vec<String> = Vec::new();
+    for r in &config.policy.rules {
+        let action = match &r.then {
+            Action::Redact(redact) => &*redact.fallback,
+            other => other,
+        };
+        if let Action::Substitute { model, backend } = action
+            && backend.as_ref().is_none_or(|b| *b == local.name)
+            && config.policy.virtual_model(model).is_none()
+            && !cloud(model)
+        {
+            models.push(model.clone());
+        }
+    }
+    for v in &config.policy.models {
+        models.extend(
+            v.members
+                .iter()
+                .filter(|m| m.backend == local.name)
+                .map(|m| m.model.clone()),
+        );
+    }
+    if !cloud(requested) && config.policy.virtual_model(requested).is_none() {
+        models.push(requested.to_owned());
+    }
+    models.sort();
+    models.dedup();
+    models
 }

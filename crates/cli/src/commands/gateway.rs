@@ -10,7 +10,7 @@ use sluice_gateway::headers::HttpHeaders;
 use sluice_gateway::http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_gateway::redact::proof::{self, Proving};
 use sluice_gateway::{GatewayConfig, RawGatewayConfig, intake, recognise};
-use sluice_policy::{Action, Decision, Explanation, FleetView, Level, Policy, PolicyEngine};
+use sluice_policy::{Decision, Explanation, FleetView, Level, Policy, PolicyEngine};
 
 use super::{Failure, shutdown_signal};
 use crate::args::{ExplainArgs, GatewayArgs};
@@ -143,7 +143,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .or_else(|| config.keys.first().map(|k| k.tenant.clone()))
         .unwrap_or_else(|| sluice_gateway::auth::ANONYMOUS.to_owned());
     let local_models = if args.local_model.is_empty() {
-        assumed_local_models(&config, &read.request.model)
+        sluice_gateway::fleet::assumed_local_models(&config, &read.request.model)
     } else {
         args.local_model.clone()
     };
@@ -261,43 +261,6 @@ fn all_down(d: &Decision, fleet: &FleetView, level: Level) -> Unserved {
         unsupported: None,
         fatal: None,
     }
-}
-
-/// What the local pool is assumed to serve when no `--local-model` is given: every model the policy
-/// sends there, and the requested model when no cloud and no virtual model has that name.
-fn assumed_local_models(config: &GatewayConfig, requested: &str) -> Vec<String> {
-    let Some(local) = config.local.as_ref().filter(|l| l.has_members()) else {
-        return Vec::new();
-    };
-    let cloud = |m: &str| config.clouds.iter().any(|c| c.models.iter().any(|x| x.id == m));
-    let mut models: Vec<String> = Vec::new();
-    for r in &config.policy.rules {
-        let action = match &r.then {
-            Action::Redact(redact) => &*redact.fallback,
-            other => other,
-        };
-        if let Action::Substitute { model, backend } = action
-            && backend.as_ref().is_none_or(|b| *b == local.name)
-            && config.policy.virtual_model(model).is_none()
-            && !cloud(model)
-        {
-            models.push(model.clone());
-        }
-    }
-    for v in &config.policy.models {
-        models.extend(
-            v.members
-                .iter()
-                .filter(|m| m.backend == local.name)
-                .map(|m| m.model.clone()),
-        );
-    }
-    if !cloud(requested) && config.policy.virtual_model(requested).is_none() {
-        models.push(requested.to_owned());
-    }
-    models.sort();
-    models.dedup();
-    models
 }
 
 fn render(e: &Explanation, local_models: &[String], down: &[String]) -> String {

@@ -6,6 +6,7 @@ mod gateway;
 mod models;
 mod scan;
 pub mod sim_cloud;
+pub mod simulate;
 mod up;
 mod worker;
 
@@ -70,6 +71,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Scan(args) => scan::run(&args).await,
         Command::SimCloud(args) => sim_cloud::run(args, shutdown_signal()).await,
+        Command::Simulate(args) => simulate::run(&args),
         Command::HashKey { key } => hash_key(key),
     }
 }
