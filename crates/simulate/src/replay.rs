@@ -31,8 +31,11 @@ pub struct Tally {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// Cloud: at list price. Local: the requests' share of the nodes' busy time.
+    /// Cloud: at list price. Local: the requests' share of the nodes' busy time (shared in proportion
+    /// to each request's work, once the replay ends).
     pub cost: Pico,
+    /// Local: seconds the requests would take on a node alone.
+    pub work_seconds: f64,
     /// Local requests priced at the reference cloud model.
     pub cloud_equivalent: Pico,
     pub ttft: Histogram,
@@ -164,7 +167,7 @@ pub fn replay(
         busy_unit: local_fleet.as_ref().map_or((0.0, 0.0), |l| {
             (
                 1.0 / l.prefill_tokens_per_second,
-                1.0 / (l.decode_tokens_per_second * l.batch_speedup),
+                1.0 / l.decode_tokens_per_second,
             )
         }),
         run: Run {
@@ -305,7 +308,9 @@ impl State<'_> {
                 "fallbacks": outcome.fallbacks,
                 "status": outcome.status,
                 "code": outcome.code,
-                "cost_usd": cost::usd(outcome.cost),
+                // A local request's cost is its share of the nodes' busy time, known only at the end.
+                "cost_usd": (outcome.route != LOCAL).then(|| cost::usd(outcome.cost)),
+                "work_seconds": (outcome.route == LOCAL).then_some(outcome.work),
             });
             serde_json::to_writer(&mut **out, &line)?;
             out.write_all(b"\n")?;
@@ -344,7 +349,7 @@ impl State<'_> {
                         failures.push(fail(BackendError::Full(format!("{} is full", b.name))));
                         continue;
                     }
-                    let busy = r.usage.prompt_tokens as f64 * self.busy_unit.0
+                    let work = r.usage.prompt_tokens as f64 * self.busy_unit.0
                         + r.usage.completion_tokens as f64 * self.busy_unit.1;
                     let equivalent = self
                         .setup
@@ -360,7 +365,8 @@ impl State<'_> {
                         fallbacks,
                         status: 200,
                         code: "ok",
-                        cost: cost::pico(self.usd_per_hour * busy / 3600.0),
+                        cost: 0,
+                        work,
                         cloud_equivalent: equivalent,
                         ttft: None,
                     };
@@ -382,6 +388,7 @@ impl State<'_> {
                         status: 200,
                         code: "ok",
                         cost: prices.map_or(0, |p| cost::priced(r.usage, p)),
+                        work: 0.0,
                         cloud_equivalent: 0,
                         ttft,
                     };
@@ -426,6 +433,7 @@ impl State<'_> {
                 tally.completion_tokens += r.usage.completion_tokens;
             }
             tally.cost += o.cost;
+            tally.work_seconds += o.work;
             tally.cloud_equivalent += o.cloud_equivalent;
             if let Some(ttft) = o.ttft {
                 tally.ttft.add(ttft);
@@ -481,6 +489,18 @@ impl State<'_> {
         self.run.local_busy_seconds = self.pool.as_ref().map_or(0.0, Pool::busy_seconds);
         self.run.local_node_cost =
             cost::pico(self.usd_per_hour * f64::from(self.run.nodes) * self.run.span_seconds / 3600.0);
+        // The nodes' busy time, shared between local requests in proportion to their work.
+        let busy = cost::pico(self.usd_per_hour * self.run.local_busy_seconds / 3600.0);
+        let total_work = self.run.routes.get(LOCAL).map_or(0.0, |t| t.work_seconds);
+        if total_work > 0.0 {
+            let share = |work: f64| (busy as f64 * work / total_work).round() as Pico;
+            if let Some(t) = self.run.routes.get_mut(LOCAL) {
+                t.cost = busy;
+            }
+            for t in self.run.tenants.values_mut() {
+                t.all.cost += share(t.all.work_seconds);
+            }
+        }
     }
 }
 
@@ -494,6 +514,8 @@ struct Outcome {
     status: u16,
     code: &'static str,
     cost: Pico,
+    /// Local: seconds of work on a node alone (its cost is its share of the busy time, known at the end).
+    work: f64,
     cloud_equivalent: Pico,
     /// Cloud requests' time to first token (local ones come from the pool later).
     ttft: Option<f64>,
@@ -510,6 +532,7 @@ impl Outcome {
             status: e.status.as_u16(),
             code: e.code,
             cost: 0,
+            work: 0.0,
             cloud_equivalent: 0,
             ttft: None,
         }
