@@ -168,7 +168,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FROM..TO")]
     pub nodes: Option<String>,
     /// Print the report as JSON instead of text.
-    #[arg(long, conflicts_with = "html")]
+    #[arg(long)]
     pub json: bool,
     /// Write the report as one self-contained HTML page (plots included, nothing fetched) to FILE.
     #[arg(long, value_name = "FILE")]

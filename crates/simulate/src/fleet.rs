@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use sluice_config::{ConfigError, Locator};
 use sluice_gateway::GatewayConfig;
 
-use crate::stats::{Reservoir, quantile_of};
+use crate::calibrate::Measured;
+use crate::stats::Reservoir;
 use crate::trace::TraceRequest;
 
 /// The worker's own defaults (`sluice worker`): requests run at once and requests waiting.
@@ -88,12 +89,11 @@ pub struct Observed {
     /// Local members that served (recorded backends of the local route).
     pub local_backends: BTreeSet<String>,
     pub local_models: BTreeSet<String>,
-    /// Per request served locally: prompt tokens per second up to the first token, answer tokens per
-    /// second after it.
-    pub prefill_rates: Reservoir,
-    pub decode_rates: Reservoir,
     /// Recorded time to first token, by cloud backend (seconds).
     pub cloud_ttft: BTreeMap<String, Reservoir>,
+    /// The longest recorded request, arrival to end: an audit log is written as requests end, so a
+    /// record is at most this far behind the records that arrived after it.
+    pub max_duration_ms: f64,
 }
 
 const SAMPLES: usize = 4096;
@@ -106,9 +106,8 @@ impl Default for Observed {
             last_ms: None,
             local_backends: BTreeSet::new(),
             local_models: BTreeSet::new(),
-            prefill_rates: Reservoir::new(SAMPLES),
-            decode_rates: Reservoir::new(SAMPLES),
             cloud_ttft: BTreeMap::new(),
+            max_duration_ms: 0.0,
         }
     }
 }
@@ -119,6 +118,9 @@ impl Observed {
         self.first_ms = Some(self.first_ms.map_or(r.time_ms, |t| t.min(r.time_ms)));
         self.last_ms = Some(self.last_ms.map_or(r.time_ms, |t| t.max(r.time_ms)));
         let Some(rec) = &r.recorded else { return };
+        if let Some(d) = rec.duration_ms.filter(|d| d.is_finite()) {
+            self.max_duration_ms = self.max_duration_ms.max(d);
+        }
         if rec.status != 200 {
             return;
         }
@@ -129,17 +131,6 @@ impl Observed {
                 }
                 self.local_models
                     .insert(rec.served_model.clone().unwrap_or_else(|| r.model.clone()));
-                if let (Some(ttft), Some(duration)) = (rec.ttft_ms, rec.duration_ms) {
-                    if ttft > 0.0 && r.usage.prompt_tokens > 0 {
-                        self.prefill_rates
-                            .add(r.usage.prompt_tokens as f64 / (ttft / 1000.0));
-                    }
-                    let decode_ms = duration - ttft;
-                    if decode_ms > 0.0 && r.usage.completion_tokens > 1 {
-                        self.decode_rates
-                            .add((r.usage.completion_tokens - 1) as f64 / (decode_ms / 1000.0));
-                    }
-                }
             }
             "cloud" | "redacted-cloud" => {
                 if let (Some(b), Some(ttft)) = (&rec.backend, rec.ttft_ms) {
@@ -202,134 +193,131 @@ pub fn read_fleet_file(path: &Path) -> Result<(FleetFile, String), FleetError> {
 impl Fleet {
     /// The fleet: each figure from the fleet file when it gives it, else measured from the trace, else
     /// the worker's default. `None` local fleet when the configuration has no local pool.
-    pub fn build(config: &GatewayConfig, file: Option<&FleetFile>, observed: &Observed) -> Fleet {
+    pub fn build(
+        config: &GatewayConfig,
+        file: Option<&FleetFile>,
+        observed: &Observed,
+        measured: &Measured,
+    ) -> Fleet {
         let mut sources = BTreeMap::new();
         let mut source = |k: &str, s: String| {
             sources.insert(k.to_owned(), s);
         };
-        let local = config.local.as_ref().map(|pool| {
-            let f = file.and_then(|f| f.local.as_ref());
-            let nodes = match f.and_then(|l| l.nodes) {
-                Some(n) => {
-                    source("nodes", "fleet file".into());
-                    n
-                }
-                None if !observed.local_backends.is_empty() => {
-                    source("nodes", "the workers that served in the trace".into());
-                    observed.local_backends.len() as u32
-                }
-                None if !pool.workers.is_empty() => {
-                    source("nodes", "the workers the configuration names".into());
-                    pool.workers.len() as u32
-                }
-                None => {
-                    source("nodes", "default".into());
-                    1
-                }
-            };
-            let mut from_file = |key: &str, v: Option<u32>, default: u32| match v {
-                Some(v) => {
-                    source(key, "fleet file".into());
-                    v
-                }
-                None => {
-                    source(key, "the worker's default".into());
-                    default
-                }
-            };
-            let slots = from_file("slots", f.and_then(|l| l.slots), DEFAULT_SLOTS);
-            let max_waiting = from_file("max_waiting", f.and_then(|l| l.max_waiting), DEFAULT_MAX_WAITING);
-            let mut rate = |key: &str, given: Option<f64>, seen: &Reservoir, default: f64| match given {
-                Some(v) => {
-                    source(key, "fleet file".into());
-                    v
-                }
-                None => match quantile_of(&seen.sorted(), 0.9) {
-                    // The 90th percentile of what recorded requests achieved: the least contended ones,
-                    // close to a request alone.
-                    Some(v) if v > 0.0 => {
-                        source(
-                            key,
-                            format!(
-                                "measured: 90th percentile of {} local requests",
-                                seen.sorted().len()
-                            ),
-                        );
+        let local =
+            config.local.as_ref().map(|pool| {
+                let f = file.and_then(|f| f.local.as_ref());
+                let nodes = match f.and_then(|l| l.nodes) {
+                    Some(n) => {
+                        source("nodes", "fleet file".into());
+                        n
+                    }
+                    None if !observed.local_backends.is_empty() => {
+                        source("nodes", "the workers that served in the trace".into());
+                        observed.local_backends.len() as u32
+                    }
+                    None if !pool.workers.is_empty() => {
+                        source("nodes", "the workers the configuration names".into());
+                        pool.workers.len() as u32
+                    }
+                    None => {
+                        source("nodes", "default".into());
+                        1
+                    }
+                };
+                let mut from_file = |key: &str, v: Option<u32>, default: u32| match v {
+                    Some(v) => {
+                        source(key, "fleet file".into());
                         v
                     }
-                    _ => {
-                        source(key, "default (no local request with timings in the trace)".into());
+                    None => {
+                        source(key, "the worker's default".into());
                         default
                     }
-                },
-            };
-            let prefill = rate(
-                "prefill_tokens_per_second",
-                f.and_then(|l| l.prefill_tokens_per_second),
-                &observed.prefill_rates,
-                1000.0,
-            );
-            let decode = rate(
-                "decode_tokens_per_second",
-                f.and_then(|l| l.decode_tokens_per_second),
-                &observed.decode_rates,
-                50.0,
-            );
-            let batch_speedup = match f.and_then(|l| l.batch_speedup) {
-                Some(b) => {
-                    source("batch_speedup", "fleet file".into());
-                    b
-                }
-                None => {
-                    source(
-                        "batch_speedup",
-                        "default (the demo model's measured 2x at full batch)".into(),
-                    );
-                    DEFAULT_BATCH_SPEEDUP
-                }
-            };
-            let usd_per_hour = match f.and_then(|l| l.usd_per_hour) {
-                Some(u) => {
-                    source("usd_per_hour", "fleet file".into());
-                    u
-                }
-                None => {
-                    source("usd_per_hour", "the configuration's local.cost".into());
-                    pool.node_cost.usd_per_hour()
-                }
-            };
-            let models = match f.and_then(|l| l.models.clone()) {
-                Some(m) => {
-                    source("models", "fleet file".into());
-                    m
-                }
-                None => {
-                    source(
-                        "models",
-                        "served locally in the trace, or named for local by the policy".into(),
-                    );
-                    let mut m: BTreeSet<String> = observed.local_models.clone();
-                    for model in &observed.local_models {
-                        m.extend(sluice_gateway::fleet::assumed_local_models(config, model));
+                };
+                let slots = from_file("slots", f.and_then(|l| l.slots), DEFAULT_SLOTS);
+                let max_waiting =
+                    from_file("max_waiting", f.and_then(|l| l.max_waiting), DEFAULT_MAX_WAITING);
+                let mut rate =
+                    |key: &str, given: Option<f64>, seen: &Option<(f64, String)>, default: f64, why: &str| {
+                        match (given, seen) {
+                            (Some(v), _) => {
+                                source(key, "fleet file".into());
+                                v
+                            }
+                            (None, Some((v, how))) => {
+                                source(key, how.clone());
+                                *v
+                            }
+                            (None, None) => {
+                                source(key, format!("default ({why})"));
+                                default
+                            }
+                        }
+                    };
+                let none = "no local request with timings in the trace";
+                let prefill = rate(
+                    "prefill_tokens_per_second",
+                    f.and_then(|l| l.prefill_tokens_per_second),
+                    &measured.prefill,
+                    1000.0,
+                    none,
+                );
+                let decode = rate(
+                    "decode_tokens_per_second",
+                    f.and_then(|l| l.decode_tokens_per_second),
+                    &measured.decode,
+                    50.0,
+                    none,
+                );
+                let batch_speedup = rate(
+                    "batch_speedup",
+                    f.and_then(|l| l.batch_speedup),
+                    &measured.batch_speedup,
+                    DEFAULT_BATCH_SPEEDUP,
+                    "the demo model's measured 2x at full batch; no requests in the trace shared a node",
+                );
+                let usd_per_hour = match f.and_then(|l| l.usd_per_hour) {
+                    Some(u) => {
+                        source("usd_per_hour", "fleet file".into());
+                        u
                     }
-                    if m.is_empty() {
-                        m.extend(sluice_gateway::fleet::assumed_local_models(config, ""));
-                        m.remove("");
+                    None => {
+                        source("usd_per_hour", "the configuration's local.cost".into());
+                        pool.node_cost.usd_per_hour()
                     }
-                    m.into_iter().collect()
+                };
+                let models = match f.and_then(|l| l.models.clone()) {
+                    Some(m) => {
+                        source("models", "fleet file".into());
+                        m
+                    }
+                    None => {
+                        source(
+                            "models",
+                            "served locally in the trace, or named for local by the policy".into(),
+                        );
+                        let mut m: BTreeSet<String> = observed.local_models.clone();
+                        for model in &observed.local_models {
+                            m.extend(sluice_gateway::fleet::assumed_local_models(config, model));
+                        }
+                        if m.is_empty() {
+                            m.extend(sluice_gateway::fleet::assumed_local_models(config, ""));
+                            m.remove("");
+                        }
+                        m.into_iter().collect()
+                    }
+                };
+                LocalFleet {
+                    nodes,
+                    slots,
+                    max_waiting,
+                    prefill_tokens_per_second: prefill,
+                    decode_tokens_per_second: decode,
+                    batch_speedup,
+                    usd_per_hour,
+                    models,
                 }
-            };
-            LocalFleet {
-                nodes,
-                slots,
-                max_waiting,
-                prefill_tokens_per_second: prefill,
-                decode_tokens_per_second: decode,
-                batch_speedup,
-                usd_per_hour,
-                models,
-            }
-        });
+            });
         let cloud_ttft_ms = file
             .map(|f| {
                 f.clouds

@@ -12,6 +12,7 @@
 //! Memory does not grow with the trace: requests are streamed, and every figure is a sum, a bounded
 //! histogram or a bounded sample.
 
+pub mod calibrate;
 pub mod fleet;
 pub mod html;
 pub mod pool;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use sluice_gateway::GatewayConfig;
 use sluice_policy::{Action, rules::Rule};
 
+use crate::calibrate::{Calibration, Measured};
 use crate::fleet::{Fleet, FleetFile, Observed};
 use crate::replay::{Run, Setup};
 use crate::report::{Parts, Report, TraceInfo};
@@ -80,7 +82,37 @@ pub fn simulate(o: &Options<'_>) -> Result<Report, SimulateError> {
     for r in first.flatten() {
         observed.add(&r);
     }
-    let fleet = Fleet::build(o.config, o.fleet, &observed);
+    // An audit log is in the order requests ended: replay them in the order they arrived.
+    let window_ms = match kind {
+        TraceKind::Audit => observed.max_duration_ms.ceil() as i64 + 1000,
+        TraceKind::Requests => 0,
+    };
+    let arrivals = || -> Result<_, SimulateError> { Ok(trace::Arrivals::new(open()?, window_ms)) };
+
+    // Second pass, when the fleet file leaves the nodes' speed to be measured: the recorded local
+    // requests' rates against how many shared the pool.
+    let local_file = o.fleet.and_then(|f| f.local.as_ref());
+    let given = local_file.is_some_and(|l| {
+        l.prefill_tokens_per_second.is_some()
+            && l.decode_tokens_per_second.is_some()
+            && l.batch_speedup.is_some()
+    });
+    let measured = if o.config.local.is_some() && !given && kind == TraceKind::Audit {
+        let slots = local_file.and_then(|l| l.slots).unwrap_or(fleet::DEFAULT_SLOTS);
+        let mut calibration = Calibration::new(slots);
+        for r in arrivals()?.flatten() {
+            calibration.add(&r);
+        }
+        calibration.finish();
+        calibrate::measure(&calibration)
+    } else {
+        Measured {
+            prefill: None,
+            decode: None,
+            batch_speedup: None,
+        }
+    };
+    let fleet = Fleet::build(o.config, o.fleet, &observed, &measured);
 
     let mut decisions = match o.decisions {
         Some(path) => Some((
@@ -93,7 +125,7 @@ pub fn simulate(o: &Options<'_>) -> Result<Report, SimulateError> {
         None => None,
     };
     let main = replay::replay(
-        open()?,
+        arrivals()?,
         setup(
             o,
             &fleet,
@@ -119,7 +151,7 @@ pub fn simulate(o: &Options<'_>) -> Result<Report, SimulateError> {
     if let Some((from, to)) = o.nodes {
         for n in from..=to {
             sweep.push(
-                replay::replay(open()?, setup(o, &fleet, &observed, Some(n), None))
+                replay::replay(arrivals()?, setup(o, &fleet, &observed, Some(n), None))
                     .map_err(SimulateError::Read)?,
             );
         }
@@ -226,7 +258,7 @@ fn notes(config: &GatewayConfig, kind: TraceKind, run: &Run) -> Vec<String> {
     }
     if run.out_of_order > 0 {
         notes.push(format!(
-            "{} request(s) were recorded earlier than the one before them (decisions made concurrently): replayed at the later time",
+            "{} request(s) arrived earlier than one listed before them (a request trace out of order, or an audit record behind by more than the longest request): replayed at the later time",
             run.out_of_order
         ));
     }

@@ -441,3 +441,79 @@ impl Iterator for Trace {
         })
     }
 }
+
+/// Puts a trace's requests in arrival order. The audit log is written as requests end, so a long request
+/// is written after shorter ones that arrived later; each is held until no request read later can have
+/// arrived before it (`window_ms`: the longest request of the trace, and a second for the clocks).
+/// Memory holds the requests of one window, not the trace.
+pub struct Arrivals<I> {
+    inner: I,
+    window_ms: i64,
+    held: std::collections::BinaryHeap<std::cmp::Reverse<Held>>,
+    seq: u64,
+    /// The latest arrival read so far.
+    newest: i64,
+    done: bool,
+}
+
+pub struct Held(i64, u64, Box<TraceRequest>);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0, self.1) == (other.0, other.1)
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(other.0, other.1))
+    }
+}
+
+impl<I> Arrivals<I> {
+    pub fn new(inner: I, window_ms: i64) -> Self {
+        Self {
+            inner,
+            window_ms: window_ms.max(0),
+            held: std::collections::BinaryHeap::new(),
+            seq: 0,
+            newest: i64::MIN,
+            done: false,
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<TraceRequest, TraceError>>> Iterator for Arrivals<I> {
+    type Item = Result<TraceRequest, TraceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(std::cmp::Reverse(top)) = self.held.peek()
+                && (self.done || top.0 <= self.newest.saturating_sub(self.window_ms))
+            {
+                return self.held.pop().map(|h| Ok(*h.0.2));
+            }
+            if self.done {
+                return None;
+            }
+            match self.inner.next() {
+                None => self.done = true,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(r)) => {
+                    self.seq += 1;
+                    self.newest = self.newest.max(r.time_ms);
+                    self.held
+                        .push(std::cmp::Reverse(Held(r.time_ms, self.seq, Box::new(r))));
+                }
+            }
+        }
+    }
+}
