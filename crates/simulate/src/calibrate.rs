@@ -197,8 +197,8 @@ fn count(r: &Reservoir) -> usize {
 }
 
 /// Rates alone come from the requests that had the pool to themselves (the median, over at least 3),
-/// else from the fastest tenth of all; the batch speedup from the decode rates of requests that shared it
-/// (at most `slots` run at once: more in flight were queued), weighted by how many there are of each.
+/// else from the fastest tenth of all; the batch speedup from the busy periods in which requests shared
+/// it, weighted by their length.
 pub fn measure(c: &Calibration) -> Measured {
     let slots = c.slots;
     let alone = |by: &BTreeMap<u32, Reservoir>, what: &str| -> Option<(f64, String)> {
@@ -228,10 +228,10 @@ pub fn measure(c: &Calibration) -> Measured {
     };
     let prefill = alone(&c.prefill, "a prompt read");
     let decode = alone(&c.decode, "an answer written");
-    // A busy period's requests took their work (seconds alone, at the rates alone) in its length; with
-    // the simulation's straight line from one request (1x) to every slot busy (the speedup), the average
-    // throughput over the period is 1 + (speedup - 1) * (running - 1) / (slots - 1), where `running` is
-    // the period's average of the requests in flight, capped at the slots (more were queued).
+    // As the simulation runs a node: a busy period's prompt tokens at the prefill rate, and its answer
+    // tokens at the decode rate times the throughput of the streams written together, which is
+    // 1 + (speedup - 1) * (streams - 1) / (slots - 1), `streams` being the period's average of the
+    // requests in flight, at most the slots (more were queued).
     let batch_speedup = match (&prefill, &decode) {
         (Some((p, _)), Some((d, _))) if slots >= 2 => {
             let (mut weighted, mut weight, mut n) = (0.0, 0.0, 0);
@@ -245,9 +245,12 @@ pub fn measure(c: &Calibration) -> Measured {
                 if running < 1.2 {
                     continue;
                 }
-                let work = period.prompt_tokens as f64 / p + period.completion_tokens as f64 / d;
-                let ratio = work / (length / 1000.0);
-                let at_full = 1.0 + (ratio - 1.0) * f64::from(slots - 1) / (running - 1.0);
+                let decoding = length / 1000.0 - period.prompt_tokens as f64 / p;
+                if decoding <= 0.0 {
+                    continue;
+                }
+                let throughput = period.completion_tokens as f64 / d / decoding;
+                let at_full = 1.0 + (throughput - 1.0) * f64::from(slots - 1) / (running - 1.0);
                 weighted += at_full * length;
                 weight += length;
                 n += 1;
@@ -256,7 +259,7 @@ pub fn measure(c: &Calibration) -> Measured {
                 (
                     (weighted / weight).max(1.0),
                     format!(
-                        "measured: the work of {n} busy period(s) of the pool against their length ({:.1} s)",
+                        "measured: the answer tokens of {n} busy period(s) of the pool against their length ({:.1} s)",
                         weight / 1000.0
                     ),
                 )
@@ -321,8 +324,8 @@ mod tests {
         for i in 0..3 {
             c.add(&local(i * 10_000, 100, 100.0, 101, 1100.0));
         }
-        // Four at once, three times, each in 2.9 s: the work of four alone (4 x (0.1 s + 1.01 s)) in 2.9 s,
-        // 1.53x one alone with every slot busy.
+        // Four at once, three times, each in 2.9 s: four prompts at 1000 tok/s (0.4 s), then four answers
+        // of 101 tokens in 2.5 s, 1.616x what one stream alone writes (100 tok/s).
         for round in 0..3 {
             for _ in 0..4 {
                 c.add(&local(100_000 + round * 10_000, 100, 400.0, 101, 400.0 + 2500.0));
@@ -333,6 +336,6 @@ mod tests {
         assert_eq!(m.prefill.as_ref().map(|p| p.0), Some(1000.0));
         assert_eq!(m.decode.as_ref().map(|p| p.0), Some(100.0));
         let b = m.batch_speedup.unwrap().0;
-        assert!((b - 4.0 * 1.11 / 2.9).abs() < 1e-9, "{b}");
+        assert!((b - 4.0 * 1.01 / 2.5).abs() < 1e-9, "{b}");
     }
 }

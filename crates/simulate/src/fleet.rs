@@ -13,9 +13,11 @@ use crate::calibrate::Measured;
 use crate::stats::Reservoir;
 use crate::trace::TraceRequest;
 
-/// The worker's own defaults (`sluice worker`): requests run at once and requests waiting.
+/// The worker's own defaults (`sluice worker`): requests run at once, requests waiting, prompt tokens
+/// per round.
 pub const DEFAULT_SLOTS: u32 = 4;
 pub const DEFAULT_MAX_WAITING: u32 = 16;
+pub const DEFAULT_PREFILL_CHUNK: u32 = 64;
 /// Decode throughput with every slot busy against one stream alone, as measured on the demo model
 /// (docs/benchmarks.md: 8 streams gave 2.02x to 2.18x one stream).
 pub const DEFAULT_BATCH_SPEEDUP: f64 = 2.0;
@@ -37,6 +39,8 @@ pub struct LocalFile {
     pub nodes: Option<u32>,
     pub slots: Option<u32>,
     pub max_waiting: Option<u32>,
+    /// Prompt tokens a request reads per round (the worker's `prefill_chunk`).
+    pub prefill_chunk: Option<u32>,
     /// Prompt tokens per second of one request alone.
     pub prefill_tokens_per_second: Option<f64>,
     /// Answer tokens per second of one stream alone.
@@ -63,6 +67,7 @@ pub struct LocalFleet {
     pub nodes: u32,
     pub slots: u32,
     pub max_waiting: u32,
+    pub prefill_chunk: u32,
     pub prefill_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
     pub batch_speedup: f64,
@@ -176,6 +181,9 @@ pub fn read_fleet_file(path: &Path) -> Result<(FleetFile, String), FleetError> {
         if l.slots == Some(0) {
             return Err(at.error("local.slots", "must be at least 1").into());
         }
+        if l.prefill_chunk == Some(0) {
+            return Err(at.error("local.prefill_chunk", "must be at least 1").into());
+        }
     }
     for (name, c) in &file.clouds {
         if let Some(t) = c.ttft_ms.filter(|t| !(t.is_finite() && *t >= 0.0)) {
@@ -237,6 +245,11 @@ impl Fleet {
                 let slots = from_file("slots", f.and_then(|l| l.slots), DEFAULT_SLOTS);
                 let max_waiting =
                     from_file("max_waiting", f.and_then(|l| l.max_waiting), DEFAULT_MAX_WAITING);
+                let prefill_chunk = from_file(
+                    "prefill_chunk",
+                    f.and_then(|l| l.prefill_chunk),
+                    DEFAULT_PREFILL_CHUNK,
+                );
                 let mut rate =
                     |key: &str, given: Option<f64>, seen: &Option<(f64, String)>, default: f64, why: &str| {
                         match (given, seen) {
@@ -311,6 +324,7 @@ impl Fleet {
                     nodes,
                     slots,
                     max_waiting,
+                    prefill_chunk,
                     prefill_tokens_per_second: prefill,
                     decode_tokens_per_second: decode,
                     batch_speedup,
