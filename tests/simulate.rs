@@ -293,3 +293,79 @@ fn chromium_dom(page: &Path) -> String {
         .expect("chromium (Debian package `chromium`)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A request trace is read as the gateway reads requests, the personal-data model included: a name with a
+/// birth date written as prose stays local only when the model is on.
+#[test]
+fn request_lines_are_read_by_the_personal_data_model_as_the_gateway_reads_them() {
+    let pulled = Command::new(sluice_bin())
+        .args(["models", "pull", "--ner"])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let files = String::from_utf8(pulled.stdout).unwrap();
+    let files: Vec<&str> = files.lines().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("requests.jsonl");
+    let line = |t: u32, text: &str| {
+        serde_json::json!({"time": 1_790_000_000 + t, "request": {"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": text}], "max_tokens": 8}})
+        .to_string()
+    };
+    std::fs::write(
+        &trace,
+        [
+            line(
+                0,
+                "Send a card to Tomasz Kowalski, born on 4 March 1975, from the whole team.",
+            ),
+            line(1, "Who was Abraham Lincoln?"),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let base = format!(
+        "api_keys:\n  - tenant: acme\n    key_env: SLUICE_TEST_KEY\n\
+         local:\n  workers:\n    - name: w0\n      address: 127.0.0.1:50051\n\
+         clouds:\n  - name: sim\n    base_url: http://127.0.0.1:8090/v1\n    models:\n      - id: gpt-4o-mini\n        input_usd_per_mtok: 0.15\n        output_usd_per_mtok: 0.60\n\
+         policy:\n  rules:\n    - name: personal-local\n      when: {{ min_level: confidential }}\n      then: {{ substitute: {DEMO_MODEL_ID} }}\n"
+    );
+    let with_model = format!(
+        "{base}ner:\n  weights: {}\n  tokenizer: {}\n",
+        serde_json::Value::from(files[0]),
+        serde_json::Value::from(files[1])
+    );
+    let routes = |name: &str, config: &str| -> Vec<(String, String)> {
+        let path = write_config(dir.path(), name, config);
+        let (_, decisions) = simulate(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+        ]);
+        decisions
+            .iter()
+            .map(|d| {
+                (
+                    d["route"].as_str().unwrap().to_owned(),
+                    d["rule"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |route: &str, rule: &str| (route.to_owned(), rule.to_owned());
+    assert_eq!(
+        routes("ner.yaml", &with_model),
+        [pair("local", "personal-local"), pair("cloud", "default")]
+    );
+    assert_eq!(
+        routes("patterns.yaml", &base),
+        [pair("cloud", "default"), pair("cloud", "default")],
+        "without the model the name and birth date are not seen"
+    );
+}

@@ -20,7 +20,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sluice_ner::{Personal, PersonalKind, Reading, Recognizer, Tagger, WordPieces};
+pub use sluice_ner::Recognizer;
+use sluice_ner::{Personal, PersonalKind, Reading, Tagger, WordPieces};
 use sluice_sensitivity::{Incomplete, Kind, ModelPass, Recognised, Scan, Scanner};
 use tokio::sync::oneshot;
 

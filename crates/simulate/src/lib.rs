@@ -236,15 +236,15 @@ fn notes(config: &GatewayConfig, kind: TraceKind, run: &Run) -> Vec<String> {
         .rules
         .iter()
         .any(|r| matches!(r.then, Action::Redact(_)));
-    if redacts && kind == TraceKind::Audit {
+    if redacts {
         notes.push(
-            "requests a rule redacts are assumed to pass the check of their redacted form (the audit log keeps no text to check)".into(),
+            "requests a rule redacts are assumed to pass the check of their redacted form (it is not run in a replay)".into(),
         );
     }
     if config.ner.is_some() {
         notes.push(match kind {
             TraceKind::Audit => "the personal-data model is not run again: an audit record's kinds are those found when it was written".into(),
-            TraceKind::Requests => "the personal-data model is not run in a replay: only the pattern scanner reads the requests".into(),
+            TraceKind::Requests => "request lines are read by the personal-data model as the gateway reads them (when its answer could change the route)".into(),
         });
     }
     if !config.tenant_limits.tenants.is_empty() || config.tenant_limits.default.is_some() {

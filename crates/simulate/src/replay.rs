@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::json;
-use sluice_gateway::GatewayConfig;
 use sluice_gateway::backend::BackendError;
 use sluice_gateway::cost::{self, Pico};
 use sluice_gateway::dispatch::{FailedTarget, Unserved};
 use sluice_gateway::error::{self, ApiError};
+use sluice_gateway::{GatewayConfig, recognise};
 use sluice_policy::{Decision, FleetView, Policy, PolicyEngine, RequestFacts, Route};
 
 use crate::fleet::{Fleet, Observed};
@@ -126,6 +126,9 @@ struct State<'a> {
     tenant_index: BTreeMap<String, u32>,
     first_ms: i64,
     last_t: f64,
+    /// The personal-data model, loaded when a request line first needs it.
+    ner: Option<Result<recognise::Recognizer, String>>,
+    ner_failed: bool,
 }
 
 /// Replays `trace` on `setup`'s fleet.
@@ -178,6 +181,8 @@ pub fn replay(
         tenant_index: BTreeMap::new(),
         first_ms: setup.observed.first_ms.unwrap_or(0),
         last_t: 0.0,
+        ner: None,
+        ner_failed: false,
         setup,
     };
     for item in trace {
@@ -267,18 +272,49 @@ impl State<'_> {
             }
         }
         self.run.estimated_tokens += u64::from(r.estimated);
-        let facts = RequestFacts {
+        let facts = |scan| RequestFacts {
             tenant: &r.tenant,
             model: &r.model,
             max_tokens: r.max_tokens,
             body: &r.body,
             headers: &r.headers,
             declared: r.declared,
-            scan: &r.scan,
+            scan,
             prefer: r.prefer,
             prompt_tokens: r.prompt_estimate,
         };
-        let decided = self.engine.decide(&facts, &self.view);
+        let mut decided = self.engine.decide(&facts(&r.scan), &self.view);
+        // A request line's text is read by the personal-data model as the gateway reads it: only when its
+        // answer could change the route. (An audit record's kinds are final: it keeps no text.)
+        if r.recorded.is_none()
+            && let Some(ner) = &config.ner
+            && recognise::can_change_route(&decided, &self.view, &r.scan)
+        {
+            let model = self
+                .ner
+                .get_or_insert_with(|| recognise::load(ner).map_err(|e| e.to_string()));
+            match model {
+                Ok(model) => {
+                    let mut scan = r.scan.clone();
+                    recognise::recognise_here(
+                        model,
+                        ner,
+                        &config.scanner,
+                        &mut scan,
+                        &sluice_policy::strings(&r.body),
+                    );
+                    decided = self.engine.decide(&facts(&scan), &self.view);
+                }
+                Err(e) => {
+                    if !self.ner_failed {
+                        self.ner_failed = true;
+                        self.run.problems.push(format!(
+                            "the personal-data model could not be loaded ({e}): request lines were read by the pattern scanner only"
+                        ));
+                    }
+                }
+            }
+        }
         let tenant = self.tenant(&r.tenant);
         let objective = objective(config, &r.model);
         let outcome = match &decided {
