@@ -192,23 +192,14 @@ fn median(r: &Reservoir) -> Option<f64> {
     quantile_of(&r.sorted(), 0.5)
 }
 
-fn count(r: &Reservoir) -> usize {
-    r.sorted().len()
-}
-
 /// Rates alone come from the requests that had the pool to themselves (the median, over at least 3),
 /// else from the fastest tenth of all; the batch speedup from the busy periods in which requests shared
 /// it, weighted by their length.
 pub fn measure(c: &Calibration) -> Measured {
     let slots = c.slots;
     let alone = |by: &BTreeMap<u32, Reservoir>, what: &str| -> Option<(f64, String)> {
-        if let Some(r) = by.get(&1).filter(|r| count(r) >= 3) {
-            return median(r).map(|v| {
-                (
-                    v,
-                    format!("measured: median of {} local requests alone", count(r)),
-                )
-            });
+        if let Some(r) = by.get(&1).filter(|r| r.len() >= 3) {
+            return median(r).map(|v| (v, format!("measured: median of {} local requests alone", r.len())));
         }
         let mut all = Reservoir::new(SAMPLES * 4);
         for r in by.values() {
@@ -221,7 +212,7 @@ pub fn measure(c: &Calibration) -> Measured {
                 v,
                 format!(
                     "measured: fastest tenth of {} local requests ({what} alone not seen)",
-                    all.sorted().len()
+                    all.len()
                 ),
             )
         })

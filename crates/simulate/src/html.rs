@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Money, Report};
+use crate::report::{Report, dollars, ms, route_counts};
 
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -18,14 +18,6 @@ fn esc(s: &str) -> String {
         }
     }
     o
-}
-
-fn dollars(m: &Money) -> String {
-    format!("${:.6}", m.usd)
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
 }
 
 const W: f64 = 720.0;
@@ -303,13 +295,12 @@ pub fn page(r: &Report) -> String {
 
     o.push_str("<h2>Tenants</h2><table><tr><th>tenant</th><th>requests</th><th>routes</th><th>cost</th><th>at cloud price (local)</th><th>ttft p50 ms</th><th>p95</th><th>over objective</th></tr>");
     for row in &r.tenants {
-        let routes: Vec<String> = row.by_route.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = write!(
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&row.tenant),
             row.requests,
-            esc(&routes.join(", ")),
+            esc(&route_counts(&row.by_route)),
             dollars(&row.cost),
             dollars(&row.cloud_equivalent),
             ms(row.ttft.p50_ms),

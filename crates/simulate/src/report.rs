@@ -345,12 +345,23 @@ pub fn build(parts: Parts, run: &Run, sweep: &[Run]) -> Report {
     }
 }
 
-fn dollars(m: &Money) -> String {
+/// Money as the report writes it: dollars to the millionth.
+pub(crate) fn dollars(m: &Money) -> String {
     format!("${:.6}", m.usd)
 }
 
-fn ms(v: Option<f64>) -> String {
+/// Milliseconds to a tenth, or `-` when there is no figure.
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+}
+
+/// Requests by route: `cloud 3, local 2`.
+pub(crate) fn route_counts(by_route: &BTreeMap<&'static str, u64>) -> String {
+    by_route
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The report for a terminal.
@@ -465,7 +476,6 @@ pub fn text(r: &Report) -> String {
         "\ntenants               requests   cost            ttft p50/p95 ms   misses   routes"
     );
     for row in &r.tenants {
-        let routes: Vec<String> = row.by_route.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             o,
             "  {:<18} {:>9}   {:>14}  {:>8}/{:>8}  {:>6}   {}",
@@ -475,7 +485,7 @@ pub fn text(r: &Report) -> String {
             ms(row.ttft.p50_ms),
             ms(row.ttft.p95_ms),
             row.objective_misses,
-            routes.join(", ")
+            route_counts(&row.by_route)
         );
     }
     if let Some(c) = &r.changes {
@@ -498,7 +508,6 @@ pub fn text(r: &Report) -> String {
             "\nnodes   total          cloud          local          misses   local ttft p50/p95/p99 ms   utilised   routes"
         );
         for row in &r.sweep {
-            let routes: Vec<String> = row.by_route.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
                 o,
                 "  {:>3}   {:>13}  {:>13}  {:>13}  {:>6}   {:>8}/{:>8}/{:>8}   {:>7}   {}",
@@ -512,7 +521,7 @@ pub fn text(r: &Report) -> String {
                 ms(row.local_ttft.p99_ms),
                 row.local_utilisation
                     .map_or("-".to_owned(), |u| format!("{:.1}%", u * 100.0)),
-                routes.join(", ")
+                route_counts(&row.by_route)
             );
         }
     }

@@ -124,6 +124,11 @@ impl Reservoir {
         self.values.is_empty()
     }
 
+    /// Values kept (at most the capacity).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
     /// The values kept, sorted.
     pub fn sorted(&self) -> Vec<f64> {
         let mut v = self.values.clone();

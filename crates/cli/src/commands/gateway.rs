@@ -94,14 +94,19 @@ pub fn check(file: &Path, deny_warnings: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The environment for commands that read a configuration without calling anything (explain, simulate):
+/// a variable that is not set reads as a placeholder, since keys and secrets are not needed.
+pub(super) fn keys_not_needed(var: &str) -> Option<String> {
+    Some(std::env::var(var).unwrap_or_else(|_| format!("unset-{var}")))
+}
+
 /// `sluice policy explain`: the decision for one request, computed as the gateway would, sent nowhere.
 pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     let (raw, text) =
         RawGatewayConfig::from_yaml_file(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
     // Keys are not needed to explain a decision.
-    let env = |var: &str| Some(std::env::var(var).unwrap_or_else(|_| format!("unset-{var}")));
     let config = raw
-        .validate(Some(&args.config), Some(&text), &env)
+        .validate(Some(&args.config), Some(&text), &keys_not_needed)
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let body = if args.request.as_os_str() == "-" {
         let mut b = Vec::new();

@@ -39,10 +39,8 @@ pub fn run(args: &SimulateArgs) -> Result<(), Failure> {
         .map_err(Failure::Usage)?;
     let (raw, text) =
         RawGatewayConfig::from_yaml_file(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
-    // Keys and secrets are not needed to replay decisions.
-    let env = |var: &str| Some(std::env::var(var).unwrap_or_else(|_| format!("unset-{var}")));
     let config = raw
-        .validate(Some(&args.config), Some(&text), &env)
+        .validate(Some(&args.config), Some(&text), &super::gateway::keys_not_needed)
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let fleet_file = args
         .fleet
