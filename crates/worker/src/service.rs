@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use sluice_engine::{
-    Engine, EngineState, Event, LoadSnapshot, Message, RunError, SamplingParams, SubmitError,
+    Embedder, Engine, EngineState, Event, LoadSnapshot, Message, RunError, SamplingParams, SubmitError,
 };
 use sluice_proto::v1;
 use sluice_telemetry::TARGET;
@@ -42,6 +42,8 @@ pub struct WorkerIdentity {
 pub struct WorkerState {
     pub identity: WorkerIdentity,
     engine: OnceLock<Arc<Engine>>,
+    /// For an embedding model, in the engine's place.
+    embedder: OnceLock<Arc<Embedder>>,
     phase: watch::Sender<Phase>,
     pub metrics: WorkerMetrics,
     started: Instant,
@@ -53,6 +55,7 @@ impl WorkerState {
         Arc::new(Self {
             identity,
             engine: OnceLock::new(),
+            embedder: OnceLock::new(),
             phase,
             metrics,
             started: Instant::now(),
@@ -61,13 +64,27 @@ impl WorkerState {
 
     /// Installs the engine once the model is loaded, and turns ready unless a drain came first.
     pub fn set_engine(&self, engine: Arc<Engine>) {
-        let draining = !matches!(*self.phase.borrow(), Phase::Starting);
-        if draining {
+        if !matches!(*self.phase.borrow(), Phase::Starting) {
             engine.drain();
         }
         if self.engine.set(engine).is_err() {
             tracing::error!("engine installed twice; keeping the first");
         }
+        self.ready();
+    }
+
+    /// Installs the batcher of an embedding model once it is loaded, as [`Self::set_engine`] does.
+    pub fn set_embedder(&self, embedder: Arc<Embedder>) {
+        if !matches!(*self.phase.borrow(), Phase::Starting) {
+            embedder.drain();
+        }
+        if self.embedder.set(embedder).is_err() {
+            tracing::error!("embedding model installed twice; keeping the first");
+        }
+        self.ready();
+    }
+
+    fn ready(&self) {
         self.phase.send_if_modified(|p| {
             if *p == Phase::Starting {
                 *p = Phase::Ready;
@@ -80,6 +97,27 @@ impl WorkerState {
 
     pub fn engine(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
+    }
+
+    pub fn embedder(&self) -> Option<&Arc<Embedder>> {
+        self.embedder.get()
+    }
+
+    /// The model's latest load, once it is loaded.
+    pub fn load(&self) -> Option<LoadSnapshot> {
+        match (self.engine(), self.embedder()) {
+            (Some(e), _) => Some(e.load()),
+            (None, Some(e)) => Some(e.load()),
+            (None, None) => None,
+        }
+    }
+
+    fn watch_load(&self) -> Option<watch::Receiver<LoadSnapshot>> {
+        match (self.engine(), self.embedder()) {
+            (Some(e), _) => Some(e.watch_load()),
+            (None, Some(e)) => Some(e.watch_load()),
+            (None, None) => None,
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -100,12 +138,15 @@ impl WorkerState {
                 false
             }
         });
+        if let Some(embedder) = self.embedder() {
+            embedder.drain();
+        }
         match self.engine() {
             Some(engine) => {
                 engine.drain();
                 engine.in_flight()
             }
-            None => 0,
+            None => self.embedder().map_or(0, |e| e.in_flight()),
         }
     }
 
@@ -115,7 +156,7 @@ impl WorkerState {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.engine().map_or(0, |e| e.in_flight())
+        self.engine().map_or(0, |e| e.in_flight()) + self.embedder().map_or(0, |e| e.in_flight())
     }
 
     /// Waits until nothing is in flight or `grace` passed; returns what is left.
@@ -180,7 +221,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<v1::GenerateEvent, Status>> 
 type LoadStream = Pin<Box<dyn Stream<Item = Result<v1::LoadReport, Status>> + Send>>;
 
 /// The status for a refused request, and its metrics label.
-fn submit_status(error: &SubmitError) -> (Status, &'static str) {
+pub(crate) fn submit_status(error: &SubmitError) -> (Status, &'static str) {
     let message = error.to_string();
     match error {
         SubmitError::Full { .. } => (Status::resource_exhausted(message), "resource_exhausted"),
@@ -190,7 +231,7 @@ fn submit_status(error: &SubmitError) -> (Status, &'static str) {
     }
 }
 
-fn run_status(error: &RunError) -> (Status, &'static str) {
+pub(crate) fn run_status(error: &RunError) -> (Status, &'static str) {
     let message = error.to_string();
     match error {
         RunError::DeadlineExceeded { .. } => (Status::deadline_exceeded(message), "deadline_exceeded"),
@@ -390,7 +431,12 @@ impl v1::worker_server::Worker for WorkerService {
                     slots: config.slots as u32,
                     max_waiting: config.max_waiting as u32,
                     parameters: d.parameters,
+                    kind: v1::ModelKind::Chat as i32,
+                    dimensions: 0,
                 }
+            }
+            None if self.state.embedder().is_some() => {
+                crate::embed::model_info(self.state.embedder().expect("checked"))
             }
             None => v1::ModelInfo {
                 id: id.model_id.clone(),
@@ -399,7 +445,7 @@ impl v1::worker_server::Worker for WorkerService {
                 ..v1::ModelInfo::default()
             },
         };
-        let load = self.state.engine().map(|e| e.load());
+        let load = self.state.load();
         Ok(Response::new(v1::WorkerInfo {
             worker_id: id.worker_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -438,6 +484,15 @@ impl v1::worker_server::Worker for WorkerService {
         let deadline = deadline_of(request.metadata(), Instant::now())?;
         let engine = match (self.state.phase(), self.state.engine()) {
             (Phase::Ready, Some(engine)) => engine.clone(),
+            (Phase::Ready, None) if self.state.embedder().is_some() => {
+                return refuse(
+                    Status::failed_precondition(format!(
+                        "this worker serves the embedding model {}: it answers Embed, not Generate",
+                        self.state.identity.model_id
+                    )),
+                    "failed_precondition",
+                );
+            }
             (Phase::Starting, _) | (Phase::Ready, None) => {
                 return refuse(
                     Status::unavailable("the worker is loading its model"),
@@ -478,7 +533,7 @@ impl v1::worker_server::Worker for WorkerService {
             let mut last_time = Instant::now();
             loop {
                 if load.is_none() {
-                    load = state.engine().map(|e| e.watch_load());
+                    load = state.watch_load();
                 }
                 let snapshot = load.as_ref().map(|l| *l.borrow());
                 let report = state.report(snapshot.as_ref());
@@ -516,6 +571,10 @@ impl v1::worker_server::Worker for WorkerService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn embed(&self, request: Request<v1::EmbedRequest>) -> Result<Response<v1::EmbedResponse>, Status> {
+        crate::embed::embed(&self.state, request).await
     }
 
     async fn drain(&self, request: Request<v1::DrainRequest>) -> Result<Response<v1::DrainResponse>, Status> {

