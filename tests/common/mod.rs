@@ -42,6 +42,22 @@ pub fn ensure_demo_model() {
     });
 }
 
+/// Makes sure the embedding model is in the cache once, before workers race to fetch it.
+pub fn ensure_embedding_model() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let out = Command::new(sluice_bin())
+            .args(["models", "pull", "--embedding"])
+            .output()
+            .expect("run sluice models pull --embedding");
+        assert!(
+            out.status.success(),
+            "sluice models pull --embedding failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// A running `sluice worker` process.
 pub struct Worker {
     child: Child,

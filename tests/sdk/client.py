@@ -495,7 +495,56 @@ def replay():
     return {"outcomes": out}
 
 
-SCENARIOS = {f.__name__: f for f in [replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+EMBED_LOCAL = os.environ.get("EMBED_LOCAL", "all-minilm-l6-v2")
+EMBED_CLOUD = os.environ.get("EMBED_CLOUD", "text-embedding-3-small")
+# Public texts; and one with a card number (restricted whatever else the scan finds).
+PUBLIC_TEXTS = ["The library opens at nine on weekdays.", "Quarterly revenue grew four percent."]
+CARD_TEXT = "Refund card 4111 1111 1111 1111 for the cancelled order."
+# "hello world" in all-MiniLM-L6-v2's own vocabulary (BERT uncased), without [CLS] and [SEP].
+HELLO_WORLD_IDS = [7592, 2088]
+
+
+def embed(c, headers=None, **kw):
+    raw = c.embeddings.with_raw_response.create(extra_headers=headers or {}, **kw)
+    r = raw.parse()
+    return {"headers": headers_of(raw), "model": r.model, "vectors": [d.embedding for d in r.data],
+            "indices": [d.index for d in r.data], "usage": r.usage.model_dump()}
+
+
+def embeddings():
+    """Every input shape and encoding against the local and the cloud embedding model, a virtual
+    embedding model whose members are the same model in both places, and the errors a client can meet."""
+    c = client()
+    prefer_cloud = {"x-sluice-prefer": "cloud"}
+    # The local model is also hosted in the cloud: public text names where it should go.
+    prefer_local = {"x-sluice-prefer": "local"}
+    return {
+        # The SDK asks for base64 unless told otherwise, and decodes it.
+        "local_base64": embed(c, model=EMBED_LOCAL, input=PUBLIC_TEXTS, headers=prefer_local),
+        "local_float": embed(c, model=EMBED_LOCAL, input=PUBLIC_TEXTS, encoding_format="float",
+                             headers=prefer_local),
+        "local_card": embed(c, model=EMBED_LOCAL, input=[CARD_TEXT, PUBLIC_TEXTS[0]], headers=prefer_cloud),
+        "local_text": embed(c, model=EMBED_LOCAL, input="hello world", encoding_format="float",
+                            headers=prefer_local),
+        "local_ids": embed(c, model=EMBED_LOCAL, input=HELLO_WORLD_IDS, encoding_format="float"),
+        "cloud_public": embed(c, model=EMBED_CLOUD, input=PUBLIC_TEXTS),
+        "cloud_short": embed(c, model=EMBED_CLOUD, input=PUBLIC_TEXTS[1], dimensions=256, encoding_format="float"),
+        "cloud_card": error_of(lambda: c.embeddings.create(model=EMBED_CLOUD, input=CARD_TEXT)),
+        "cloud_ids": error_of(lambda: c.embeddings.create(model=EMBED_CLOUD, input=[[1, 2, 3]])),
+        "virtual_public": embed(c, model="docs-embed", input=PUBLIC_TEXTS, headers=prefer_cloud),
+        "virtual_card": embed(c, model="docs-embed", input=[PUBLIC_TEXTS[0], CARD_TEXT], headers=prefer_cloud),
+        "chat_of_embedding_model": error_of(lambda: c.chat.completions.create(
+            model=EMBED_LOCAL, messages=[{"role": "user", "content": "hi"}])),
+        "embedding_of_chat_model": error_of(lambda: c.embeddings.create(model=CLOUD, input="hi")),
+        "local_dimensions": error_of(lambda: c.embeddings.create(
+            model=EMBED_LOCAL, input="hi", dimensions=100, extra_headers=prefer_local)),
+        "too_long": error_of(lambda: c.embeddings.create(
+            model=EMBED_LOCAL, input="word " * 300, extra_headers=prefer_local)),
+        "empty": error_of(lambda: c.embeddings.create(model=EMBED_LOCAL, input="")),
+    }
+
+
+SCENARIOS = {f.__name__: f for f in [embeddings, replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -56,6 +56,10 @@ pub struct Record {
     pub tenant: String,
     /// The model the client asked for.
     pub model: String,
+    /// The API the request came through, when it is not chat completions (`embeddings`). Absent for chat
+    /// completions, and in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// The model that answered, when it differs or is known only after routing (a substitute, a virtual
     /// model's member).
     pub served_model: Option<String>,

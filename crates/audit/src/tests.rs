@@ -24,6 +24,7 @@ fn record(i: u64) -> Record {
         request_id: format!("req-{i:04}"),
         tenant: "acme".into(),
         model: "gpt-4o-mini".into(),
+        endpoint: None,
         served_model: Some("smollm2-135m-instruct".into()),
         level: "confidential".into(),
         scan_level: None,

@@ -207,6 +207,10 @@ pub struct UpArgs {
     /// found; fetched and converted on first use otherwise, about 15 MB).
     #[arg(long)]
     pub no_ner: bool,
+    /// Start no embedding worker (all-minilm-l6-v2, fetched on first use, about 91 MB) and offer no cloud
+    /// embedding model.
+    #[arg(long)]
+    pub no_embeddings: bool,
     /// Run without the demo key's limits (600 requests and 200,000 tokens a minute, a cloud budget of
     /// 0.10 USD a day after which cloud-bound requests are served by the local model).
     #[arg(long)]

@@ -2,6 +2,8 @@
 //! by the engine and by sentence-transformers (PyTorch) on the same files, vector by vector; and the
 //! batcher's answers against the model's own.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used, reason = "tests")]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,7 +60,11 @@ fn reference(folder: &Path, sentences: &[String]) -> Vec<Vec<f32>> {
         .write_all(job.to_string().as_bytes())
         .expect("write job");
     let out = child.wait_with_output().expect("reference output");
-    assert!(out.status.success(), "reference implementation failed: {}", out.status);
+    assert!(
+        out.status.success(),
+        "reference implementation failed: {}",
+        out.status
+    );
     #[derive(serde::Deserialize)]
     struct Answer {
         vectors: Vec<Vec<f32>>,
@@ -79,7 +85,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn vectors_match_sentence_transformers() {
     let model = model();
     assert_eq!(model.dimensions, 384);
-    assert_eq!(model.max_tokens(), 256, "sentence_bert_config.json's max_seq_length");
+    assert_eq!(
+        model.max_tokens(),
+        256,
+        "sentence_bert_config.json's max_seq_length"
+    );
     assert!(model.normalize, "modules.json has a Normalize module");
     let sentences = sentences();
     let tokens: Vec<Vec<u32>> = sentences
@@ -101,7 +111,10 @@ fn vectors_match_sentence_transformers() {
         let c = cosine(&alone, &expected[i]);
         let padded = cosine(&together[i], &alone);
         assert!(c >= 0.9999, "{s:?}: cosine {c} against sentence-transformers");
-        assert!(padded >= 0.99999, "{s:?}: padding changed the vector (cosine {padded})");
+        assert!(
+            padded >= 0.99999,
+            "{s:?}: padding changed the vector (cosine {padded})"
+        );
         worst = worst.min(c);
     }
     eprintln!("lowest cosine against sentence-transformers: {worst:.7}");
@@ -116,10 +129,14 @@ fn inputs_are_checked_never_cut() {
     let err = model.tokens(&EmbedInput::Text(words)).expect_err("too long");
     assert!(err.contains("maximum input length is 256 tokens"), "{err}");
     // Token ids are the model's own, framed by its special tokens as text is.
-    let text = model.tokens(&EmbedInput::Text("hello world".into())).expect("text");
+    let text = model
+        .tokens(&EmbedInput::Text("hello world".into()))
+        .expect("text");
     let inner = text[1..text.len() - 1].to_vec();
     assert_eq!(model.tokens(&EmbedInput::Tokens(inner)).expect("ids"), text);
-    let err = model.tokens(&EmbedInput::Tokens(vec![7, 40_000])).expect_err("vocab");
+    let err = model
+        .tokens(&EmbedInput::Tokens(vec![7, 40_000]))
+        .expect_err("vocab");
     assert!(err.contains("token 40000 is outside the vocabulary"), "{err}");
     assert!(model.tokens(&EmbedInput::Tokens(Vec::new())).is_err());
 }
@@ -162,7 +179,10 @@ async fn the_batcher_answers_as_the_model_does() {
         assert_eq!(answer.prompt_tokens, tokens);
     }
     let load = embedder.load();
-    assert!(load.prompt_tokens_total > 0 && load.busy_seconds_total > 0.0, "{load:?}");
+    assert!(
+        load.prompt_tokens_total > 0 && load.busy_seconds_total > 0.0,
+        "{load:?}"
+    );
     assert!(load.prompt_tokens_per_second > 0.0);
     // Another model's id and an empty request are refused before any work.
     let wrong = EmbedRequest {

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+pub mod embeddings;
+
 /// Why a body is not a chat request this gateway accepts: a stable snake_case `code`, a message that
 /// names the field, and the field (`param`). A 400 for the client (mapped in `error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,11 @@ fn bad_value(param: &str, message: impl Into<String>) -> InvalidRequest {
 
 /// Parses and checks a request body.
 pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, InvalidRequest> {
+    check(json_object(bytes)?)
+}
+
+/// The body as a JSON object, or why it is not one.
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, InvalidRequest> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(InvalidRequest::new(
             "invalid_utf8",
@@ -159,31 +166,32 @@ pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, InvalidRequest> {
             ),
         )
     })?;
-    let Value::Object(body) = value else {
-        return Err(InvalidRequest::new(
+    match value {
+        Value::Object(body) => Ok(body),
+        other => Err(InvalidRequest::new(
             "invalid_json",
-            format!("The body must be a JSON object, got {}.", kind(&value)),
-        ));
-    };
-    check(body)
+            format!("The body must be a JSON object, got {}.", kind(&other)),
+        )),
+    }
+}
+
+/// The `model` field: required, a string of 1 to 256 characters.
+fn model_of(body: &Map<String, Value>) -> Result<String, InvalidRequest> {
+    match body.get("model") {
+        None | Some(Value::Null) => {
+            Err(InvalidRequest::new("missing_required_parameter", "`model` is required.").with_param("model"))
+        }
+        Some(Value::String(s)) if s.is_empty() || s.len() > MAX_MODEL_ID_LEN => Err(bad_value(
+            "model",
+            format!("`model` must be 1 to {MAX_MODEL_ID_LEN} characters."),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(wrong_type("model", "a string", other)),
+    }
 }
 
 fn check(body: Map<String, Value>) -> Result<ChatRequest, InvalidRequest> {
-    let model = match body.get("model") {
-        None | Some(Value::Null) => {
-            return Err(
-                InvalidRequest::new("missing_required_parameter", "`model` is required.").with_param("model"),
-            );
-        }
-        Some(Value::String(s)) if s.is_empty() || s.len() > MAX_MODEL_ID_LEN => {
-            return Err(bad_value(
-                "model",
-                format!("`model` must be 1 to {MAX_MODEL_ID_LEN} characters."),
-            ));
-        }
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(wrong_type("model", "a string", other)),
-    };
+    let model = model_of(&body)?;
 
     let messages = match body.get("messages") {
         None | Some(Value::Null) => {

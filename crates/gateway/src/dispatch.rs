@@ -11,9 +11,92 @@ use tracing::Instrument as _;
 
 use sluice_policy::{Decision, Excluded, Level, Route, Target};
 
+use futures_util::future::BoxFuture;
+
 use crate::api::ChatRequest;
-use crate::backend::{Backend, BackendError, DispatchContext, Dispatched, Unsupported};
+use crate::api::embeddings::EmbeddingRequest;
+use crate::backend::{
+    Backend, BackendError, DispatchContext, Dispatched, Embeddings, ModelKind, Unsupported,
+};
 use crate::fleet::Fleet;
+
+/// What the dispatcher sends: a chat completion, or an embeddings request. The targets, the clearance
+/// check and the fallbacks are the same for both.
+pub trait Job: Sync + Sized {
+    /// What a backend answers once it has accepted the request.
+    type Answer: Send;
+    fn model(&self) -> &str;
+    /// The same request for another model (a substitute, or a virtual model's member).
+    fn for_model(&self, model: &str) -> Self;
+    /// Whether the backend can take it at all.
+    fn supported_by(&self, backend: &dyn Backend, model: &str) -> Result<(), Unsupported>;
+    fn send<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Self::Answer, BackendError>>;
+}
+
+/// A model of the wrong kind for the request, in words.
+fn wrong_kind(model: &str, kind: ModelKind) -> Unsupported {
+    let what = match kind {
+        ModelKind::Embedding => {
+            format!("`{model}` is an embedding model: it answers /v1/embeddings, not chat completions")
+        }
+        ModelKind::Chat => format!("`{model}` is a chat model: it does not make embeddings"),
+    };
+    Unsupported {
+        param: "model",
+        what,
+        model: model.to_owned(),
+    }
+}
+
+impl Job for ChatRequest {
+    type Answer = Dispatched;
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn for_model(&self, model: &str) -> Self {
+        self.with_model(model)
+    }
+    fn supported_by(&self, backend: &dyn Backend, model: &str) -> Result<(), Unsupported> {
+        match backend.kind_of(model) {
+            ModelKind::Chat => backend.supports(self, model),
+            kind => Err(wrong_kind(model, kind)),
+        }
+    }
+    fn send<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
+        backend.dispatch(self, context)
+    }
+}
+
+impl Job for EmbeddingRequest {
+    type Answer = Embeddings;
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn for_model(&self, model: &str) -> Self {
+        self.with_model(model)
+    }
+    fn supported_by(&self, backend: &dyn Backend, model: &str) -> Result<(), Unsupported> {
+        match backend.kind_of(model) {
+            ModelKind::Embedding => Ok(()),
+            kind => Err(wrong_kind(model, kind)),
+        }
+    }
+    fn send<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        backend.embed(self, context)
+    }
+}
 
 /// A target that was tried and did not serve.
 #[derive(Debug)]
@@ -24,16 +107,16 @@ pub struct FailedTarget {
     pub error: BackendError,
 }
 
-/// An answer that has started.
-pub struct Started {
-    pub dispatched: Dispatched,
+/// An answer that has started (for embeddings: that has come).
+pub struct Started<A = Dispatched> {
+    pub dispatched: A,
     pub backend: Arc<dyn Backend>,
     pub target: Target,
     /// Targets tried before, down or full.
     pub fallbacks: Vec<FailedTarget>,
 }
 
-impl std::fmt::Debug for Started {
+impl<A> std::fmt::Debug for Started<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Started")
             .field("backend", &self.backend.name())
@@ -73,8 +156,8 @@ impl Unserved {
 
 /// What the dispatcher did with one request.
 #[derive(Debug)]
-pub struct Dispatch {
-    pub result: Result<Started, Unserved>,
+pub struct Dispatch<A = Dispatched> {
+    pub result: Result<Started<A>, Unserved>,
     /// Targets the policy proposed below the request's clearance, refused here.
     pub blocked: u32,
     /// The last target considered: its route, backend and model (for the routing headers).
@@ -82,14 +165,14 @@ pub struct Dispatch {
 }
 
 /// Sends `request` to the decision's targets in order, at `level`.
-pub async fn dispatch(
+pub async fn dispatch<J: Job>(
     fleet: &Fleet,
     decision: &Decision,
     level: Level,
-    request: &ChatRequest,
+    request: &J,
     context: &DispatchContext,
     decision_id: &str,
-) -> Dispatch {
+) -> Dispatch<J::Answer> {
     let mut blocked = 0;
     let mut considered = None;
     let mut failures = Vec::new();
@@ -111,11 +194,11 @@ pub async fn dispatch(
             continue;
         }
         considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
-        if let Err(u) = backend.supports(request, &target.model) {
+        if let Err(u) = request.supported_by(backend.as_ref(), &target.model) {
             unsupported.get_or_insert(u);
             continue;
         }
-        let sent = (target.model != request.model).then(|| request.with_model(&target.model));
+        let sent = (target.model != request.model()).then(|| request.for_model(&target.model));
         let sent_request = sent.as_ref().unwrap_or(request);
         tracing::debug!(request_id = %context.request_id, decision_id, backend = backend.name(), model = %target.model, "dispatching");
         let attempt = tracing::trace_span!(
@@ -129,7 +212,7 @@ pub async fn dispatch(
             sluice.outcome = tracing::field::Empty,
         );
         // Backends bound their own waits by the deadline; this holds whatever a backend does.
-        let result = tokio::time::timeout_at(context.deadline, backend.dispatch(sent_request, context))
+        let result = tokio::time::timeout_at(context.deadline, sent_request.send(backend.as_ref(), context))
             .instrument(attempt.clone())
             .await
             .unwrap_or_else(|_| {

@@ -323,6 +323,10 @@ impl From<&BackendError> for ApiError {
 
 impl From<&Unsupported> for ApiError {
     fn from(u: &Unsupported) -> Self {
+        // A model of the other kind (chat asked of an embedding model, or the reverse).
+        if u.param == "model" {
+            return Self::invalid("model_not_supported", format!("{}.", u.what)).with_param("model");
+        }
         Self::invalid(
             "unsupported_parameter",
             format!(

@@ -125,6 +125,7 @@ pub fn offline_view(config: &GatewayConfig, local_models: &[String], down: &[Str
                 let models = local_models
                     .iter()
                     .map(|m| ModelCard {
+                        kind: Default::default(),
                         id: m.clone(),
                         prices: None,
                     })
@@ -136,6 +137,7 @@ pub fn offline_view(config: &GatewayConfig, local_models: &[String], down: &[Str
                     .models
                     .iter()
                     .map(|m| ModelCard {
+                        kind: Default::default(),
                         id: m.id.clone(),
                         prices: Some(m.prices),
                     })

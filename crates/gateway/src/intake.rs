@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use sluice_policy::{Level, RequestFacts, RequestHeaders, Route, estimate_tokens, strings};
 use sluice_sensitivity::{Scan, Scanner};
 
+use crate::api::embeddings::{EmbeddingRequest, parse_embedding_request};
 use crate::api::{ChatRequest, parse_chat_request};
 use crate::error::ApiError;
 use crate::headers::{X_PREFER, X_SENSITIVITY};
@@ -17,10 +18,44 @@ use crate::headers::{X_PREFER, X_SENSITIVITY};
 /// Bodies up to this size are scanned on the runtime thread; larger ones on the blocking pool.
 pub const SCAN_INLINE_BYTES: usize = 64 << 10;
 
+/// What the policy reads of a request of any kind.
+pub trait Asked {
+    fn model(&self) -> &str;
+    /// The answer's length limit the client set.
+    fn max_tokens(&self) -> Option<u32>;
+    /// The body as the client sent it.
+    fn body(&self) -> &serde_json::Map<String, serde_json::Value>;
+}
+
+impl Asked for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn max_tokens(&self) -> Option<u32> {
+        self.max_tokens
+    }
+    fn body(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.body
+    }
+}
+
+impl Asked for EmbeddingRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    /// An embedding writes no tokens.
+    fn max_tokens(&self) -> Option<u32> {
+        Some(0)
+    }
+    fn body(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.body
+    }
+}
+
 /// A request read, checked and scanned.
 #[derive(Debug)]
-pub struct Intake {
-    pub request: ChatRequest,
+pub struct Intake<R = ChatRequest> {
+    pub request: R,
     /// The level the client declared in `x-sluice-sensitivity`.
     pub declared: Option<Level>,
     /// The client's `x-sluice-prefer` hint.
@@ -46,9 +81,9 @@ impl Refused {
     }
 }
 
-impl Intake {
+impl<R: Asked> Intake<R> {
     fn of(
-        request: ChatRequest,
+        request: R,
         declared: Option<Level>,
         prefer: Option<Route>,
         (prompt_tokens, scan): (u64, Scan),
@@ -70,9 +105,9 @@ impl Intake {
     ) -> RequestFacts<'a> {
         RequestFacts {
             tenant,
-            model: &self.request.model,
-            max_tokens: self.request.max_tokens,
-            body: &self.request.body,
+            model: self.request.model(),
+            max_tokens: self.request.max_tokens(),
+            body: self.request.body(),
             headers,
             declared: self.declared,
             scan: &self.scan,
@@ -104,21 +139,7 @@ pub async fn read_body(
     headers: &HeaderMap,
     scanner: &Scanner,
 ) -> Result<Intake, Refused> {
-    let bytes = match body {
-        Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(Refused {
-                reason: "too_large",
-                error: Box::new(ApiError::too_large(max_body_bytes)),
-            });
-        }
-        Err(r) => {
-            return Err(Refused::invalid(ApiError::invalid(
-                "invalid_body",
-                format!("Cannot read the body: {}", r.body_text()),
-            )));
-        }
-    };
+    let bytes = body_bytes(body, max_body_bytes)?;
     if bytes.len() <= SCAN_INLINE_BYTES {
         return read(&bytes, headers, scanner);
     }
@@ -134,6 +155,69 @@ pub async fn read_body(
         error: Box::new(ApiError::internal(format!("The content scan failed: {e}"))),
     })?;
     Ok(Intake::of(request, declared, prefer, scanned))
+}
+
+/// Reads an embeddings request as the handler receives it: every string scanned (as for chat, on the
+/// blocking pool when large); inputs given as token ids cannot be read, so the scan is incomplete and the
+/// request restricted.
+pub async fn read_embeddings(
+    body: Result<Bytes, BytesRejection>,
+    max_body_bytes: usize,
+    headers: &HeaderMap,
+    scanner: &Scanner,
+) -> Result<Intake<EmbeddingRequest>, Refused> {
+    let bytes = body_bytes(body, max_body_bytes)?;
+    let request = parse_embedding_request(&bytes).map_err(|e| Refused::invalid(e.into()))?;
+    let (declared, prefer) = client_hints(headers).map_err(Refused::invalid)?;
+    let scan_embeddings = |scanner: &Scanner, request: &EmbeddingRequest| {
+        let texts = strings(&request.body);
+        let bytes = texts.iter().map(|t| t.len()).sum::<usize>();
+        let token_ids: usize = request
+            .inputs
+            .iter()
+            .map(|i| match i {
+                crate::api::embeddings::EmbeddingInput::Tokens(t) => t.len(),
+                crate::api::embeddings::EmbeddingInput::Text(_) => 0,
+            })
+            .sum();
+        let mut scan = scanner.scan_all(texts);
+        if request.token_inputs() > 0 {
+            scan.fail_closed(sluice_sensitivity::Incomplete::TokenIds {
+                inputs: request.token_inputs(),
+            });
+        }
+        (estimate_tokens(bytes) + token_ids as u64, scan)
+    };
+    if bytes.len() <= SCAN_INLINE_BYTES {
+        let scanned = scan_embeddings(scanner, &request);
+        return Ok(Intake::of(request, declared, prefer, scanned));
+    }
+    let scanner = scanner.clone();
+    let (request, scanned) = tokio::task::spawn_blocking(move || {
+        let scanned = scan_embeddings(&scanner, &request);
+        (request, scanned)
+    })
+    .await
+    .map_err(|e| Refused {
+        reason: "internal",
+        error: Box::new(ApiError::internal(format!("The content scan failed: {e}"))),
+    })?;
+    Ok(Intake::of(request, declared, prefer, scanned))
+}
+
+/// The body's bytes, or why it could not be read.
+fn body_bytes(body: Result<Bytes, BytesRejection>, max_body_bytes: usize) -> Result<Bytes, Refused> {
+    match body {
+        Ok(b) => Ok(b),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Refused {
+            reason: "too_large",
+            error: Box::new(ApiError::too_large(max_body_bytes)),
+        }),
+        Err(r) => Err(Refused::invalid(ApiError::invalid(
+            "invalid_body",
+            format!("Cannot read the body: {}", r.body_text()),
+        ))),
+    }
 }
 
 /// What a client may say about routing in its headers: the level it declares (`x-sluice-sensitivity`) and

@@ -50,6 +50,7 @@ fn local_view() -> BackendView {
         route: Route::Local,
         clearance: Level::Restricted,
         models: vec![ModelCard {
+            kind: Default::default(),
             id: LOCAL_MODEL.into(),
             prices: None,
         }],
@@ -71,6 +72,7 @@ fn cloud_view(name: &str, clearance: Level, models: &[(&str, f64, f64)]) -> Back
         models: models
             .iter()
             .map(|(id, i, o)| ModelCard {
+                kind: Default::default(),
                 id: (*id).into(),
                 prices: Some(Prices {
                     input_usd_per_mtok: *i,

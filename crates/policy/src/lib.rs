@@ -29,7 +29,7 @@ pub use explain::{
 pub use facts::{
     NoHeaders, RequestFacts, RequestHeaders, estimate_tokens, finding_paths, string_paths, strings,
 };
-pub use fleet::{BackendView, FleetView, Load, ModelCard, Prices, Route};
+pub use fleet::{BackendView, FleetView, Load, ModelCard, ModelKind, Prices, Route};
 pub use rules::{
     Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, DEFAULT_OUTPUT_TOKENS, DEFAULT_RULE, HeaderTest, LevelSet,
     OVER_BUDGET_REASON, Place, PolicyConfig, Redact, Rule, Strategy, VirtualMember, VirtualModel,

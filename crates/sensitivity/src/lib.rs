@@ -153,6 +153,9 @@ pub enum Incomplete {
     /// The personal-data model failed on the text.
     #[error("the personal-data model failed: {0}")]
     ModelFailed(String),
+    /// Inputs given as token ids (an embeddings request's `input`): what they say cannot be read.
+    #[error("{inputs} inputs are token ids, which the scanner cannot read")]
+    TokenIds { inputs: usize },
     /// A scan rebuilt from a record that says the original was incomplete ([`Scanner::rate_kinds`]).
     #[error("the recorded scan was incomplete")]
     Recorded,

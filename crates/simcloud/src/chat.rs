@@ -281,7 +281,7 @@ pub(crate) fn later(start: Instant, delay: Duration) -> Instant {
 }
 
 /// Waits until the server shuts down (the client leaving drops this future instead).
-async fn hang(ctx: &Ctx) -> SimError {
+pub(crate) async fn hang(ctx: &Ctx) -> SimError {
     crate::closing(ctx.closing.clone()).await;
     SimError::ShuttingDown
 }

@@ -1,5 +1,5 @@
-//! An OpenAI-compatible cloud simulator: `GET /v1/models` and `POST /v1/chat/completions` (streamed and not,
-//! with tool calls), plus unauthenticated test controls under `/sim/` that record the requests that arrived
+//! An OpenAI-compatible cloud simulator: `GET /v1/models`, `POST /v1/chat/completions` (streamed and not,
+//! with tool calls) and `POST /v1/embeddings` (float or base64 vectors, see [`embeddings`]), plus unauthenticated test controls under `/sim/` that record the requests that arrived
 //! and script what the next answers do. It stands in for a cloud API in demos, integration tests and load
 //! tests (`sluice sim-cloud`). It owns only its in-memory state; it must never reach the network beyond its
 //! own listener, read files, link another Sluice crate, or hold a lock across an await. It must never face
@@ -34,6 +34,7 @@
 //! only a request that found no step rolls the dice of [`SimConfig::error_rate`].
 
 mod chat;
+mod embeddings;
 mod error;
 mod script;
 mod stream;
@@ -72,11 +73,22 @@ pub struct SimModel {
     pub id: String,
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
+    /// For an embedding model (`POST /v1/embeddings`): the length of its vectors. None for a chat model.
+    pub dimensions: Option<u32>,
 }
 
 impl SimModel {
+    /// An embedding model, priced by input tokens, making vectors of `dimensions` values.
+    pub fn embedding(id: impl Into<String>, input_usd_per_mtok: f64, dimensions: u32) -> Self {
+        Self {
+            dimensions: Some(dimensions),
+            ..Self::new(id, input_usd_per_mtok, 0.0)
+        }
+    }
+
     pub fn new(id: impl Into<String>, input_usd_per_mtok: f64, output_usd_per_mtok: f64) -> Self {
         Self {
+            dimensions: None,
             id: id.into(),
             input_usd_per_mtok,
             output_usd_per_mtok,
@@ -211,6 +223,7 @@ impl Sim {
         Router::new()
             .route("/v1/models", get(list_models))
             .route("/v1/chat/completions", post(chat::handle))
+            .route("/v1/embeddings", post(embeddings::handle))
             .route("/sim/requests", get(list_requests).delete(clear_requests))
             .route("/sim/script", post(add_script).delete(clear_script))
             .route("/sim/in-flight", get(in_flight))

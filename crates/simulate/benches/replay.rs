@@ -86,6 +86,7 @@ fn record(i: u64) -> Record {
         request_id: format!("req_{i:016x}"),
         tenant: TENANTS[(i % 5) as usize].to_owned(),
         model: model.to_owned(),
+        endpoint: None,
         served_model: Some(if cloud { "gpt-4o-mini" } else { "smollm2" }.to_owned()),
         level: level.to_owned(),
         scan_level: Some(level.to_owned()),

@@ -91,7 +91,10 @@ pub(crate) async fn embed(
             )));
         }
         (Phase::Draining | Phase::Stopped, _) => {
-            return outcome(Err((Status::unavailable("the worker is draining"), "unavailable")));
+            return outcome(Err((
+                Status::unavailable("the worker is draining"),
+                "unavailable",
+            )));
         }
     };
     let mut message = request.into_inner();

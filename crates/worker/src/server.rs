@@ -80,6 +80,10 @@ pub async fn run(
         model_id: config.model_id.clone(),
         slots: config.slots as u32,
         max_waiting: config.max_waiting as u32,
+        kind: match config.model.is_embedding() {
+            true => v1::ModelKind::Embedding,
+            false => v1::ModelKind::Chat,
+        },
     };
     let state = WorkerState::new(identity, metrics);
 

@@ -35,6 +35,8 @@ pub struct WorkerIdentity {
     pub model_id: String,
     pub slots: u32,
     pub max_waiting: u32,
+    /// What the model does, known from the configuration before it is loaded.
+    pub kind: v1::ModelKind,
 }
 
 /// State shared by the service, the health reporter and the shutdown path.
@@ -419,8 +421,8 @@ async fn forward(
 impl v1::worker_server::Worker for WorkerService {
     async fn get_info(&self, _: Request<v1::GetInfoRequest>) -> Result<Response<v1::WorkerInfo>, Status> {
         let id = &self.state.identity;
-        let model = match self.state.engine() {
-            Some(engine) => {
+        let model = match (self.state.engine(), self.state.embedder()) {
+            (Some(engine), _) => {
                 let d = &engine.model().description;
                 let config = engine.config();
                 v1::ModelInfo {
@@ -435,13 +437,12 @@ impl v1::worker_server::Worker for WorkerService {
                     dimensions: 0,
                 }
             }
-            None if self.state.embedder().is_some() => {
-                crate::embed::model_info(self.state.embedder().expect("checked"))
-            }
-            None => v1::ModelInfo {
+            (None, Some(embedder)) => crate::embed::model_info(embedder),
+            (None, None) => v1::ModelInfo {
                 id: id.model_id.clone(),
                 slots: id.slots,
                 max_waiting: id.max_waiting,
+                kind: id.kind as i32,
                 ..v1::ModelInfo::default()
             },
         };

@@ -13,8 +13,8 @@ use super::Failure;
 const CONTROLS_HELP: &str = "\
 Test controls (unauthenticated; for demos and tests only, as GET /sim/requests shows the Authorization
 headers received):
-  GET /sim/requests       the chat requests received, oldest first; DELETE clears them
-  POST /sim/script        queue outcomes for the next chat requests, one step each, e.g.
+  GET /sim/requests       the chat and embeddings requests received, oldest first; DELETE clears them
+  POST /sim/script        queue outcomes for the next requests, one step each, e.g.
                           {\"steps\": [{\"status\": 429, \"retry_after_seconds\": 1}, {\"hang\": true},
                           {\"stall_after_chunks\": 3}, {\"delay_ms\": 500}, {\"echo\": true}, {}]};
                           echo answers with the last message as received (in 3-byte tokens when
@@ -35,6 +35,10 @@ pub struct SimCloudArgs {
     /// gpt-4o=2.50:10.00 (repeatable) [default: gpt-4o-mini=0.15:0.60].
     #[arg(long = "model", value_name = "ID=IN:OUT")]
     pub models: Vec<String>,
+    /// An embedding model to serve (POST /v1/embeddings), with its price in USD per million input tokens
+    /// and the length of its vectors, e.g. text-embedding-3-small=0.02:1536 (repeatable) [default: none].
+    #[arg(long = "embedding-model", value_name = "ID=IN:DIMENSIONS")]
+    pub embedding_models: Vec<String>,
     /// Milliseconds before the first byte of each answer (the time to first token) [default: 0].
     #[arg(long, value_name = "MS")]
     pub ttft_ms: Option<u64>,
@@ -102,6 +106,26 @@ fn config(args: SimCloudArgs) -> Result<SimConfig, String> {
         }
         models
     };
+    let mut models = models;
+    for spec in &args.embedding_models {
+        let model = parse_model(spec)
+            .and_then(|m| {
+                let dimensions = spec
+                    .rsplit_once(':')
+                    .and_then(|(_, d)| d.trim().parse::<u32>().ok())
+                    .filter(|d| (1..=65_536).contains(d))
+                    .ok_or("the vector length must be an integer from 1 to 65536")?;
+                Ok(SimModel::embedding(m.id, m.input_usd_per_mtok, dimensions))
+            })
+            .map_err(|e| format!("--embedding-model {spec:?}: {e}"))?;
+        if models.iter().any(|m| m.id == model.id) {
+            return Err(format!(
+                "--embedding-model {spec:?}: {:?} is already listed",
+                model.id
+            ));
+        }
+        models.push(model);
+    }
     let tokens_per_second = args.tokens_per_second.unwrap_or(defaults.tokens_per_second);
     if !(tokens_per_second == 0.0 || (tokens_per_second.is_finite() && tokens_per_second >= 0.001)) {
         return Err(format!(

@@ -22,6 +22,11 @@ const CLOUD_MODEL: &str = "gpt-4o-mini";
 const CLOUD_INPUT_PRICE: f64 = 0.15;
 const CLOUD_OUTPUT_PRICE: f64 = 0.60;
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The cloud embedding model `sluice up` offers, at OpenAI's list price (USD per million input tokens), and
+/// the length of its vectors.
+const CLOUD_EMBEDDING_MODEL: &str = "text-embedding-3-small";
+const CLOUD_EMBEDDING_PRICE: f64 = 0.02;
+const CLOUD_EMBEDDING_DIMENSIONS: u32 = 1536;
 /// The routing policy `sluice up` runs with: a request for the cloud model whose sensitive data is only
 /// names, e-mail addresses and phone numbers goes to the cloud with them replaced by placeholders (and
 /// put back in the answer); any other sensitive data stays on the local workers (a request for the cloud
@@ -45,9 +50,16 @@ rules:
         to: "{cloud}"
         kinds: [person_name, email, phone]
         fallback: { substitute: "{local}" }
-  - name: sensitive-local-only
+{embedding_rule}  - name: sensitive-local-only
     when: { min_level: confidential }
     then: { route: local }
+"#;
+
+/// With the embedding model: confidential text is never embedded by the cloud model, and never by another
+/// model in its place (vectors of different models must not be mixed in one index).
+const UP_EMBEDDING_RULE: &str = r#"  - name: sensitive-embeddings-local
+    when: { min_level: confidential, model: text-embedding-3-small }
+    then: { reject: "confidential text is embedded only by the local model {embedding} (embed the whole collection with it: its vectors and text-embedding-3-small's cannot be mixed)" }
 "#;
 
 /// The demo key's limits: generous rates, and a small daily cloud budget after which cloud-bound requests
@@ -113,11 +125,14 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         },
         None => {
             let sim = Sim::new(SimConfig {
-                models: vec![SimModel {
-                    id: CLOUD_MODEL.into(),
-                    input_usd_per_mtok: CLOUD_INPUT_PRICE,
-                    output_usd_per_mtok: CLOUD_OUTPUT_PRICE,
-                }],
+                models: vec![
+                    SimModel::new(CLOUD_MODEL, CLOUD_INPUT_PRICE, CLOUD_OUTPUT_PRICE),
+                    SimModel::embedding(
+                        CLOUD_EMBEDDING_MODEL,
+                        CLOUD_EMBEDDING_PRICE,
+                        CLOUD_EMBEDDING_DIMENSIONS,
+                    ),
+                ],
                 // Latency and speed in the range of a hosted small model, so the difference shows.
                 ttft: Duration::from_millis(300),
                 tokens_per_second: 80.0,
@@ -138,13 +153,14 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         }
     };
 
-    // The workers: the ones given, or one started here with the demo model (or --model).
+    // The workers: the ones given, or two started here: the demo model (or --model) and the embedding
+    // model (unless --no-embeddings).
     let mut workers = args.worker.clone();
-    let mut own_worker = None;
+    let mut own_workers = Vec::new();
     let mut own_model = None;
-    let mut own_config = None;
+    let mut embedding_model = None;
     if workers.is_empty() {
-        let config = sluice_worker::RawWorkerConfig {
+        let chat = sluice_worker::RawWorkerConfig {
             model: args.model.clone(),
             listen: Some("127.0.0.1:0".into()),
             metrics_listen: Some("off".into()),
@@ -153,35 +169,30 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         }
         .validate(None, None)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-        own_model = Some(config.model_id.clone());
-        if args.print_config {
-            // Printing only: `sluice worker` at its default address.
-            workers.push(format!("127.0.0.1:{WORKER_DEFAULT_PORT}"));
-        }
-        own_config = Some(config);
-    }
-    if let (Some(config), false) = (own_config, args.print_config) {
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        let stopped = stop();
-        let handle = tokio::spawn(async move {
-            sluice_worker::run(config, prometheus::Registry::new(), stopped, move |b| {
-                let _ = bound_tx.send(b.grpc);
-            })
-            .await
-        });
-        let addr = match bound_rx.await {
-            Ok(addr) => addr,
-            Err(_) => {
-                return match handle.await {
-                    Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("local worker"))),
-                    _ => Err(Failure::Runtime(anyhow::anyhow!(
-                        "the local worker stopped before listening"
-                    ))),
-                };
+        own_model = Some(chat.model_id.clone());
+        let mut configs = vec![chat];
+        if !args.no_embeddings {
+            let embed = sluice_worker::RawWorkerConfig {
+                model: Some(sluice_models::EMBEDDING_MODEL_ID.into()),
+                listen: Some("127.0.0.1:0".into()),
+                metrics_listen: Some("off".into()),
+                ..Default::default()
             }
-        };
-        workers.push(addr.to_string());
-        own_worker = Some(handle);
+            .validate(None, None)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+            embedding_model = Some(embed.model_id.clone());
+            configs.push(embed);
+        }
+        for (i, config) in configs.into_iter().enumerate() {
+            if args.print_config {
+                // Printing only: `sluice worker` at its default address (the next port for the second).
+                workers.push(format!("127.0.0.1:{}", WORKER_DEFAULT_PORT + i as u16));
+                continue;
+            }
+            let (addr, handle) = start_worker(config, stop()).await?;
+            workers.push(addr.to_string());
+            own_workers.push(handle);
+        }
     }
 
     let cloud_name = match cloud {
@@ -201,6 +212,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         cloud_url: &cloud_url,
         openai: matches!(cloud, Cloud::OpenAi { .. }),
         ner: ner.as_ref(),
+        embeddings: embedding_model.is_some(),
     });
     if args.print_config {
         print!(
@@ -253,7 +265,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
             &key,
             args.api_key.is_some(),
             &workers,
-            &local_model,
+            (&local_model, embedding_model.as_deref()),
             &cloud,
             Readiness {
                 worker: ready,
@@ -264,7 +276,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
     }
 
     let result = gateway.await;
-    if let Some(worker) = own_worker {
+    for worker in own_workers {
         match worker.await {
             Ok(Err(e)) => tracing::error!(error = %e, "local worker failed"),
             Err(e) => tracing::error!(error = %e, "local worker task failed"),
@@ -290,6 +302,33 @@ struct UpConfig<'a> {
     openai: bool,
     /// The personal-data model's files, when it runs.
     ner: Option<&'a (std::path::PathBuf, std::path::PathBuf)>,
+    /// A worker serves the embedding model.
+    embeddings: bool,
+}
+
+type WorkerTask = tokio::task::JoinHandle<Result<(), sluice_worker::WorkerError>>;
+
+/// Starts a worker in this process; returns its gRPC address once it listens.
+async fn start_worker(
+    config: sluice_worker::WorkerConfig,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, WorkerTask), Failure> {
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(async move {
+        sluice_worker::run(config, prometheus::Registry::new(), stopped, move |b| {
+            let _ = bound_tx.send(b.grpc);
+        })
+        .await
+    });
+    match bound_rx.await {
+        Ok(addr) => Ok((addr, handle)),
+        Err(_) => match handle.await {
+            Ok(Err(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context("local worker"))),
+            _ => Err(Failure::Runtime(anyhow::anyhow!(
+                "the local worker stopped before listening"
+            ))),
+        },
+    }
 }
 
 /// The gateway configuration `up` runs, as the YAML `sluice gateway --config` reads: `up` parses this text
@@ -321,6 +360,13 @@ fn config_yaml(c: &UpConfig<'_>) -> String {
         "    models:\n      - id: {CLOUD_MODEL}\n        input_usd_per_mtok: {CLOUD_INPUT_PRICE}\n        \
          output_usd_per_mtok: {CLOUD_OUTPUT_PRICE}"
     );
+    if c.embeddings {
+        let _ = writeln!(
+            y,
+            "      - id: {CLOUD_EMBEDDING_MODEL}\n        kind: embedding\n        \
+             input_usd_per_mtok: {CLOUD_EMBEDDING_PRICE}"
+        );
+    }
     if !c.args.no_limits {
         let _ = writeln!(
             y,
@@ -340,7 +386,12 @@ fn config_yaml(c: &UpConfig<'_>) -> String {
         let _ = writeln!(y, "audit:\n  path: {}", path(log));
     }
     y.push_str("policy:\n");
+    let embedding_rule = match c.embeddings {
+        true => UP_EMBEDDING_RULE.replace("{embedding}", sluice_models::EMBEDDING_MODEL_ID),
+        false => String::new(),
+    };
     let policy = UP_POLICY
+        .replace("{embedding_rule}", &embedding_rule)
         .replace("{local}", c.local_model)
         .replace("{cloud}", c.cloud_name);
     for line in policy.lines().filter(|l| !l.trim().is_empty()) {
@@ -414,7 +465,7 @@ fn print_banner(
     key: &str,
     key_given: bool,
     workers: &[String],
-    local: &str,
+    (local, embedding): (&str, Option<&str>),
     cloud: &Cloud,
     Readiness {
         worker: ready,
@@ -441,10 +492,15 @@ fn print_banner(
     out.push_str("\nSluice is up.\n\n");
     out.push_str(&format!("  OpenAI base URL  {base}\n"));
     out.push_str(&format!("  API key          {key}{key_note}\n"));
+    // Started here, the embedding model's worker is the last.
+    let (chat_workers, embedding_worker) = match (embedding, workers.split_last()) {
+        (Some(_), Some((last, rest))) => (rest, Some(last)),
+        _ => (workers, None),
+    };
     out.push_str(&format!(
         "  Local model      {local} on {} worker(s): {}\n",
-        workers.len(),
-        workers.join(", ")
+        chat_workers.len(),
+        chat_workers.join(", ")
     ));
     if !ready {
         out.push_str(
@@ -452,6 +508,13 @@ fn print_banner(
         );
     }
     out.push_str(&format!("  Cloud model      {cloud_line}\n"));
+    if let (Some(e), Some(w)) = (embedding, embedding_worker) {
+        out.push_str(&format!(
+            "  Embeddings       {e} on a local worker ({w}; POST /v1/embeddings), and {CLOUD_EMBEDDING_MODEL} in the \
+             cloud for text with nothing confidential in it (confidential text asked of it is refused, never \
+             embedded by another model: vectors of different models cannot be mixed)\n"
+        ));
+    }
     out.push_str(&format!(
         "  Virtual model    auto: {local} or {CLOUD_MODEL}, the cheapest expected to answer within 2 s\n"
     ));
@@ -506,5 +569,12 @@ fn print_banner(
          request timeout.\n\
          Stop with Ctrl-C: requests in flight finish first.\n"
     ));
+    if let Some(e) = embedding {
+        out.push_str(&format!(
+            "\nEmbeddings (the answer's model field names the model that made the vectors):\n\n  \
+             curl -s {base}/embeddings -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+             -d '{{\"model\": \"{e}\", \"input\": [\"Patient Anna Berg, born 12 May 1961, diagnosed with type 2 diabetes.\", \"Quarterly revenue grew 4%.\"]}}'\n"
+        ));
+    }
     print!("{out}");
 }

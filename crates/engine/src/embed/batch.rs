@@ -325,7 +325,10 @@ fn run(shared: &Shared) {
     }
 }
 
-type Done = Vec<(oneshot::Sender<Result<Embedded, RunError>>, Result<Embedded, RunError>)>;
+type Done = Vec<(
+    oneshot::Sender<Result<Embedded, RunError>>,
+    Result<Embedded, RunError>,
+)>;
 
 /// Runs one round; returns the answers and the tokens read.
 fn run_round(shared: &Shared, round: Vec<Job>, started: Instant) -> (Done, u64) {
@@ -351,7 +354,10 @@ fn run_round(shared: &Shared, round: Vec<Job>, started: Instant) -> (Done, u64) 
     let mut vectors: Vec<Vec<Vec<f32>>> = live.iter().map(|j| vec![Vec::new(); j.sequences.len()]).collect();
     let mut failed = None;
     for pass in order.chunks(shared.config.batch_size) {
-        let batch: Vec<&[u32]> = pass.iter().map(|&(j, s)| live[j].sequences[s].as_slice()).collect();
+        let batch: Vec<&[u32]> = pass
+            .iter()
+            .map(|&(j, s)| live[j].sequences[s].as_slice())
+            .collect();
         match shared.model.embed(&batch) {
             Ok(out) => {
                 for (&(j, s), v) in pass.iter().zip(out) {

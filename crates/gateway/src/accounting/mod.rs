@@ -472,6 +472,16 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// A whole answer came at once (vectors): what it used, and when it ended. No first token is
+    /// recorded, so the time-to-first-token series stay those of generated text.
+    pub fn answered(&mut self, usage: Usage) {
+        self.last_token = Some(Instant::now());
+        self.usage = Some(usage);
+        self.end(200, "ok", None);
+    }
+}
+
 impl Drop for Ledger {
     fn drop(&mut self) {
         let code = self.code.unwrap_or("client_closed");

@@ -18,10 +18,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, InFlight, MemberStatus, ModelCard, Prices,
-    Route, Usage, with_causes,
+    Backend, BackendError, ChatEvent, DispatchContext, Dispatched, Embeddings, InFlight, MemberStatus,
+    ModelCard, ModelKind, Prices, Route, Usage, with_causes,
 };
 use crate::api::ChatRequest;
+use crate::api::embeddings::EmbeddingRequest;
 use crate::level::Level;
 
 /// One model of a cloud catalogue.
@@ -29,6 +30,8 @@ use crate::level::Level;
 pub struct CloudModel {
     pub id: String,
     pub prices: Prices,
+    /// Chat, or embeddings (`POST /embeddings`, priced by input tokens).
+    pub kind: ModelKind,
 }
 
 /// A cloud backend's settings.
@@ -274,9 +277,20 @@ impl CloudBackend {
         request: &ChatRequest,
         context: &DispatchContext,
     ) -> Result<Dispatched, BackendError> {
+        self.with_retries(context, || self.attempt(request, context.deadline))
+            .await
+    }
+
+    /// Runs attempts until one succeeds, one fails for good, the retries are spent, or the next wait
+    /// would pass the deadline; waits back off exponentially with jitter.
+    async fn with_retries<T, F, A>(&self, context: &DispatchContext, attempt: F) -> Result<T, BackendError>
+    where
+        F: Fn() -> A,
+        A: std::future::Future<Output = Result<T, Attempt>>,
+    {
         let mut retry = 0u32;
         loop {
-            match self.attempt(request, context.deadline).await {
+            match attempt().await {
                 Ok(d) => return Ok(d),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(e)) => {
@@ -475,6 +489,7 @@ impl Backend for CloudBackend {
             .models
             .iter()
             .map(|m| ModelCard {
+                kind: m.kind,
                 id: m.id.clone(),
                 prices: Some(m.prices),
             })
@@ -483,6 +498,14 @@ impl Backend for CloudBackend {
 
     fn serves(&self, model: &str) -> bool {
         self.config.models.iter().any(|m| m.id == model)
+    }
+
+    fn kind_of(&self, model: &str) -> ModelKind {
+        self.config
+            .models
+            .iter()
+            .find(|m| m.id == model)
+            .map_or(ModelKind::Chat, |m| m.kind)
     }
 
     fn ready(&self) -> bool {
@@ -513,7 +536,17 @@ impl Backend for CloudBackend {
     ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
         self.dispatch_inner(request, context).boxed()
     }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        self.with_retries(context, || self.embed_attempt(request, context.deadline))
+            .boxed()
+    }
 }
 
+mod embed;
 #[cfg(test)]
 mod tests;

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-pub use sluice_policy::{ModelCard, Prices, Route};
+pub use sluice_policy::{ModelCard, ModelKind, Prices, Route};
 use tokio::time::Instant;
 
 use crate::api::ChatRequest;
+use crate::api::embeddings::EmbeddingRequest;
 pub use crate::cost::Usage;
 use crate::level::Level;
 
@@ -96,6 +97,16 @@ impl BackendError {
 /// The events of one answer, ending with [`ChatEvent::Finished`] or an error. Dropping it cancels the
 /// request at the backend.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, BackendError>> + Send>>;
+
+/// Vectors a backend made, one per input in order, with what it read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// The member that served (a worker's name, or the cloud backend's name).
+    pub served_by: Arc<str>,
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read (`completion_tokens` is 0).
+    pub usage: Usage,
+}
 
 /// A request that a backend has accepted.
 pub struct Dispatched {
@@ -233,4 +244,29 @@ pub trait Backend: Send + Sync {
         request: &'a ChatRequest,
         context: &'a DispatchContext,
     ) -> BoxFuture<'a, Result<Dispatched, BackendError>>;
+    /// Makes the vectors of an embeddings request; resolves with all of them (or every member that could
+    /// has failed).
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        let _ = context;
+        let error = BackendError::Rejected {
+            message: format!(
+                "backend {} does not serve embeddings ({})",
+                self.name(),
+                request.model
+            ),
+            code: "model_not_supported",
+        };
+        Box::pin(std::future::ready(Err(error)))
+    }
+    /// The kind of one of its models (chat when it does not list it).
+    fn kind_of(&self, model: &str) -> ModelKind {
+        self.models()
+            .into_iter()
+            .find(|m| m.id == model)
+            .map_or(ModelKind::Chat, |m| m.kind)
+    }
 }

@@ -10,8 +10,8 @@ use sluice_config::{ConfigError, Locator};
 
 use super::fields::{check_name, level, seconds};
 use super::raw::{RawCloud, RawCost};
-use crate::backend::Prices;
 use crate::backend::cloud::{CloudConfig, CloudModel};
+use crate::backend::{ModelKind, Prices};
 use crate::level::Level;
 
 /// The reference model: as configured (prices given, or those of the cloud model with that id), or else
@@ -124,14 +124,28 @@ pub(super) fn cloud(
             }
             Ok(v)
         };
+        let kind = match m.kind.as_deref() {
+            None | Some("chat") => ModelKind::Chat,
+            Some("embedding") => ModelKind::Embedding,
+            Some(other) => {
+                return Err(at.error(
+                    &mkey("kind"),
+                    format!("{other:?} is not a model kind: chat or embedding"),
+                ));
+            }
+        };
+        let output = match (kind, m.output_usd_per_mtok) {
+            (ModelKind::Embedding, None) => 0.0,
+            (_, output) => price("output_usd_per_mtok", output)?,
+        };
         let prices = Prices {
             input_usd_per_mtok: price("input_usd_per_mtok", m.input_usd_per_mtok)?,
-            output_usd_per_mtok: price("output_usd_per_mtok", m.output_usd_per_mtok)?,
+            output_usd_per_mtok: output,
         };
         if models.iter().any(|x: &CloudModel| x.id == id) {
             return Err(at.error(&mkey("id"), format!("the model {id:?} is listed twice")));
         }
-        models.push(CloudModel { id, prices });
+        models.push(CloudModel { id, prices, kind });
     }
     if models.is_empty() {
         return Err(at.error(&key("models"), "list at least one model with its prices"));

@@ -124,6 +124,43 @@ pub struct CheckReport {
 /// What `sluice policy check` warns about in the scanner's configuration: combinations that can never
 /// be met or never raise the level, and kinds only the personal-data model finds, named in combinations
 /// of one's own while the model is off.
+/// A virtual model that serves embeddings with members of different models: its vectors would come from
+/// two models, which cannot be compared (the classic retrieval bug: an index built with one, queried with
+/// the other). A model is known to embed when a cloud lists it so (`kind: embedding`).
+fn embedding_mix_warnings(
+    policy: &sluice_policy::PolicyConfig,
+    config: &GatewayConfig,
+    at: &Locator,
+) -> Vec<ConfigError> {
+    let embeds = |model: &str| {
+        config
+            .clouds
+            .iter()
+            .flat_map(|c| &c.models)
+            .any(|m| m.id == model && m.kind == crate::backend::ModelKind::Embedding)
+    };
+    policy
+        .models
+        .iter()
+        .filter(|v| v.members.iter().any(|m| embeds(&m.model)))
+        .filter_map(|v| {
+            let mut models: Vec<&str> = v.members.iter().map(|m| m.model.as_str()).collect();
+            models.sort_unstable();
+            models.dedup();
+            (models.len() > 1).then(|| {
+                at.error(
+                    &format!("policy.models.{}.members", v.name),
+                    format!(
+                        "virtual model `{}` serves embeddings from different models ({}): vectors of different models cannot be compared, so an index built through it would mix them; give it members of one model (the same model served in several places)",
+                        v.name,
+                        models.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 fn scanner_warnings(config: &GatewayConfig, at: &Locator, own_combinations: bool) -> Vec<ConfigError> {
     let mut out: Vec<ConfigError> = config
         .scanner
@@ -189,6 +226,7 @@ impl RawGatewayConfig {
             Ok(p) => {
                 let mut warnings = sluice_policy::lint::lint(&p, &at, cx);
                 warnings.extend(scanner_warnings(&config, &at, own_combinations));
+                warnings.extend(embedding_mix_warnings(&p, &config, &at));
                 config.policy = p;
                 CheckReport {
                     config: Some(config),

@@ -214,7 +214,10 @@ pub struct RawCloud {
 #[serde(deny_unknown_fields)]
 pub struct RawCloudModel {
     pub id: Option<String>,
+    /// `chat` (the default) or `embedding`.
+    pub kind: Option<String>,
     pub input_usd_per_mtok: Option<f64>,
+    /// Not needed for an embedding model (it writes no tokens).
     pub output_usd_per_mtok: Option<f64>,
 }
 

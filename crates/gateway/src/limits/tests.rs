@@ -262,6 +262,7 @@ fn a_request_reserves_its_most_at_the_dearest_target_its_budget_counts() {
         route,
         clearance: sluice_policy::Level::Public,
         models: vec![ModelCard {
+            kind: Default::default(),
             id: "m".into(),
             prices: Some(Prices {
                 input_usd_per_mtok: price,

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
-use super::limited::{self, Asking, Step};
+use super::limited;
 use super::traced;
 use crate::accounting::{Ledger, RecordFields, Served};
 use crate::auth::Tenant;
@@ -34,9 +34,9 @@ use crate::shed::PermitSlot;
 use crate::wire::{self, Shape};
 
 /// What a client shed because the personal-data model is saturated is told to wait before retrying.
-const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
+pub(super) fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> Response {
     traced::record_routing(routing);
     let mut response = response.into_response();
     routing.apply(response.headers_mut());
@@ -137,48 +137,28 @@ pub(super) async fn completions(
     }
     // Limits: what the request can cost at most is reserved before it goes anywhere; a spent budget is
     // the policy's to handle (the rule's `over_budget` action), with the fleet view saying so.
-    let mut held = None;
-    let mut budget_resets = None;
-    if let Some(limiter) = &app.limiter
-        && let Some(limits) = limiter.limits_of(&tenant.0)
-    {
-        let asking = Asking {
-            limiter,
-            limits,
-            tenant: &tenant.0,
-            prompt_tokens: intake.prompt_tokens,
-            max_tokens: intake.request.max_tokens,
-        };
-        let mut step = asking
-            .reserve(&decided, &view, false, &mut routing.ratelimit)
-            .instrument(tracing::trace_span!(target: TARGET, "limits"))
-            .await;
-        if let Step::OverBudget(resets) = step {
-            budget_resets = resets;
-            view.over_budget = true;
-            decided = decide(&intake, &view);
-            (redacted, unproven) = (None, None);
-            // The store could not say whether the budget is spent: when no local way is left, the request
-            // is refused until the store answers, never told that the budget is spent.
-            if resets.is_none() && decided.is_err() {
-                let error = ApiError::limits_unavailable();
-                accounts.rejected(error.code);
-                return respond(&routing, error);
+    let settled = limited::settle(
+        app.limiter.as_deref(),
+        (&tenant.0, intake.prompt_tokens, intake.request.max_tokens),
+        &mut decided,
+        &mut view,
+        &mut routing.ratelimit,
+        |view| decide(&intake, view),
+    )
+    .instrument(tracing::trace_span!(target: TARGET, "limits"))
+    .await;
+    let (held, budget_resets) = match settled {
+        Ok(s) => {
+            if s.decided_again {
+                (redacted, unproven) = (None, None);
             }
-            step = asking
-                .reserve(&decided, &view, true, &mut routing.ratelimit)
-                .instrument(tracing::trace_span!(target: TARGET, "limits"))
-                .await;
+            (s.held, s.budget_resets)
         }
-        match step {
-            Step::Go(granted) => held = granted.map(|g| g.held),
-            Step::Refuse(error) => {
-                accounts.rejected(error.code);
-                return respond(&routing, error);
-            }
-            Step::OverBudget(_) => unreachable!("a second reservation never decides again"),
+        Err(error) => {
+            accounts.rejected(error.code);
+            return respond(&routing, error);
         }
-    }
+    };
     let facts = intake.facts(&tenant.0, &http_headers);
     let decision_id = new_id("dec_");
     routing.decision_id = Some(decision_id.clone());
@@ -368,7 +348,7 @@ pub(super) async fn completions(
 }
 
 /// The targets tried before, as the outcome lists them.
-fn attempts(failures: &[FailedTarget]) -> Vec<Attempt> {
+pub(super) fn attempts(failures: &[FailedTarget]) -> Vec<Attempt> {
     failures
         .iter()
         .map(|f| Attempt {

@@ -1,4 +1,4 @@
-//! The limits step of the chat handler: a decided request reserves what it can cost at most of its
+//! The limits step of the handlers: a decided request reserves what it can cost at most of its
 //! tenant's limits before it goes anywhere. A rate limit answers 429 `rate_limit_exceeded`; a spent
 //! budget (or, with `limits.fail: local`, a store that cannot be reached) is the policy's to handle: the
 //! handler decides again with the fleet view saying so, and the rule's `over_budget` action applies.
@@ -98,6 +98,65 @@ impl Asking<'_> {
                 _ => Step::Refuse(ApiError::limits_unavailable()),
             },
         }
+    }
+}
+
+/// What the limits step settled for a request.
+pub(super) struct Settled {
+    /// The reservation the request holds until it ends.
+    pub held: Option<crate::limits::Held>,
+    /// When the spent budget frees up (seconds since the epoch), when the request was over budget.
+    pub budget_resets: Option<i64>,
+    /// The request was decided again as over budget.
+    pub decided_again: bool,
+}
+
+/// The limits step of a handler: reserves for `decided`; over budget, decides again with the fleet view
+/// saying so (through `decide`) and reserves for that. An error is the client's answer.
+pub(super) async fn settle(
+    limiter: Option<&Limiter>,
+    asking: (&str, u64, Option<u32>),
+    decided: &mut Result<Decision, Refusal>,
+    view: &mut FleetView,
+    headers: &mut RateHeaders,
+    decide: impl Fn(&FleetView) -> Result<Decision, Refusal>,
+) -> Result<Settled, ApiError> {
+    let mut settled = Settled {
+        held: None,
+        budget_resets: None,
+        decided_again: false,
+    };
+    let (tenant, prompt_tokens, max_tokens) = asking;
+    let Some((limiter, limits)) = limiter.and_then(|l| Some((l, l.limits_of(tenant)?))) else {
+        return Ok(settled);
+    };
+    let asking = Asking {
+        limiter,
+        limits,
+        tenant,
+        prompt_tokens,
+        max_tokens,
+    };
+    let mut step = asking.reserve(decided, view, false, headers).await;
+    if let Step::OverBudget(resets) = step {
+        settled.budget_resets = resets;
+        settled.decided_again = true;
+        view.over_budget = true;
+        *decided = decide(view);
+        // The store could not say whether the budget is spent: when no local way is left, the request is
+        // refused until the store answers, never told that the budget is spent.
+        if resets.is_none() && decided.is_err() {
+            return Err(ApiError::limits_unavailable());
+        }
+        step = asking.reserve(decided, view, true, headers).await;
+    }
+    match step {
+        Step::Go(granted) => {
+            settled.held = granted.map(|g| g.held);
+            Ok(settled)
+        }
+        Step::Refuse(error) => Err(error),
+        Step::OverBudget(_) => unreachable!("a second reservation never decides again"),
     }
 }
 

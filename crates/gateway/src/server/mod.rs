@@ -7,6 +7,7 @@
 mod admin;
 mod app;
 mod chat;
+mod embeddings;
 mod ids;
 mod limited;
 mod listen;

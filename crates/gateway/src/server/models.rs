@@ -1,4 +1,6 @@
-//! `/v1/models`: every model a backend serves, and the virtual models, with their prices.
+//! `/v1/models`: every model a backend serves, and the virtual models, with their prices and the endpoint
+//! each answers (`sluice.kind`: `chat` for `/v1/chat/completions`, `embedding` for `/v1/embeddings`; a
+//! virtual model's kind is its members').
 
 use std::sync::Arc;
 
@@ -7,6 +9,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::app::App;
+use crate::backend::ModelKind;
+
+fn endpoint(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Chat => "/v1/chat/completions",
+        ModelKind::Embedding => "/v1/embeddings",
+    }
+}
 
 pub(super) async fn list(State(app): State<Arc<App>>) -> Response {
     let mut seen = std::collections::HashSet::new();
@@ -21,7 +31,12 @@ pub(super) async fn list(State(app): State<Arc<App>>) -> Response {
                 "object": "model",
                 "created": 0,
                 "owned_by": backend.name(),
-                "sluice": {"route": backend.route().as_str(), "backend": backend.name()},
+                "sluice": {
+                    "route": backend.route().as_str(),
+                    "backend": backend.name(),
+                    "kind": card.kind.as_str(),
+                    "endpoint": endpoint(card.kind),
+                },
             });
             if let Some(p) = card.prices {
                 entry["sluice"]["pricing"] = json!({
@@ -36,6 +51,15 @@ pub(super) async fn list(State(app): State<Arc<App>>) -> Response {
         if !seen.insert(v.name.clone()) {
             continue;
         }
+        // Members of one virtual model share a kind (`sluice policy check` warns when they do not).
+        let kind = v
+            .members
+            .iter()
+            .find_map(|m| {
+                let backend = app.fleet.backends.iter().find(|b| b.name() == m.backend)?;
+                backend.serves(&m.model).then(|| backend.kind_of(&m.model))
+            })
+            .unwrap_or_default();
         data.push(json!({
             "id": v.name,
             "object": "model",
@@ -43,6 +67,8 @@ pub(super) async fn list(State(app): State<Arc<App>>) -> Response {
             "owned_by": "sluice",
             "sluice": {
                 "virtual": true,
+                "kind": kind.as_str(),
+                "endpoint": endpoint(kind),
                 "strategy": v.strategy.as_str(),
                 "members": v.members.iter().map(|m| json!({"backend": m.backend, "model": m.model})).collect::<Vec<_>>(),
             },

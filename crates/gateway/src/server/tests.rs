@@ -109,6 +109,7 @@ impl Backend for ScriptedBackend {
         self.models
             .iter()
             .map(|m| ModelCard {
+                kind: Default::default(),
                 id: (*m).to_owned(),
                 prices: (self.route == Route::Cloud).then_some(crate::backend::Prices {
                     input_usd_per_mtok: 0.15,

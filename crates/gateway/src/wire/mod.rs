@@ -5,6 +5,7 @@
 //! looks. It reports what passes to a [`Meter`] (accounting's ledger), and never chooses or calls a
 //! backend.
 
+pub mod embeddings;
 pub mod json;
 pub mod sse;
 

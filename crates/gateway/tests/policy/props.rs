@@ -41,6 +41,7 @@ prop_compose! {
             models: models
                 .into_iter()
                 .map(|id| ModelCard {
+                    kind: Default::default(),
                     id: id.to_owned(),
                     prices: (route == Route::Cloud).then_some(Prices {
                         input_usd_per_mtok: price,

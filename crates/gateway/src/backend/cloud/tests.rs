@@ -24,6 +24,7 @@ fn backend(base_url: &str, max_retries: u32, timeout: Duration) -> CloudBackend 
         base_url: base_url.into(),
         api_key: Some("sk-upstream".into()),
         models: vec![CloudModel {
+            kind: Default::default(),
             id: "gpt-4o-mini".into(),
             prices: Prices {
                 input_usd_per_mtok: 0.15,

@@ -17,6 +17,7 @@
 //! backend a request goes to (the policy does) and never touches HTTP types.
 
 mod config;
+mod embed;
 mod grpc;
 mod monitor;
 mod worker;
@@ -37,10 +38,11 @@ use self::grpc::{describe, events_of, generate_request, rejected, start};
 use self::monitor::monitor;
 use self::worker::{Worker, admission_of};
 use super::{
-    Backend, BackendError, Departure, DiscoveryStatus, DispatchContext, Dispatched, InFlight, MemberStatus,
-    ModelCard, Route, Unsupported,
+    Backend, BackendError, Departure, DiscoveryStatus, DispatchContext, Dispatched, Embeddings, InFlight,
+    MemberStatus, ModelCard, ModelKind, Route, Unsupported,
 };
 use crate::api::ChatRequest;
+use crate::api::embeddings::EmbeddingRequest;
 use crate::level::Level;
 
 /// A worker and the task that follows it.
@@ -312,6 +314,13 @@ impl WorkerPool {
                     }
                     // The model left this worker; another may still have it.
                     Code::NotFound => failed.push(format!("{}: {}", worker.name, status.message())),
+                    // A model of the other kind: the request's fault, not the worker's.
+                    Code::FailedPrecondition => {
+                        return Err(BackendError::Rejected {
+                            message: status.message().to_owned(),
+                            code: "model_not_supported",
+                        });
+                    }
                     _ => {
                         let why = describe(&status);
                         if worker.record_failure(&why, &self.config) {
@@ -404,6 +413,10 @@ impl Backend for WorkerPool {
             let s = w.state();
             let prices = w.busy_prices(&s);
             for id in &s.models {
+                let kind = match s.embedding_models.contains(id) {
+                    true => ModelKind::Embedding,
+                    false => ModelKind::Chat,
+                };
                 match cards.iter_mut().find(|c| &c.id == id) {
                     Some(c) => {
                         c.prices = match (c.prices, prices) {
@@ -413,6 +426,7 @@ impl Backend for WorkerPool {
                         };
                     }
                     None => cards.push(ModelCard {
+                        kind,
                         id: id.clone(),
                         prices,
                     }),
@@ -428,6 +442,7 @@ impl Backend for WorkerPool {
         {
             if !cards.iter().any(|c| &c.id == id) {
                 cards.push(ModelCard {
+                    kind: Default::default(),
                     id: id.clone(),
                     prices: None,
                 });
@@ -449,6 +464,18 @@ impl Backend for WorkerPool {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
                 .any(|m| m == model)
+    }
+
+    /// Asked on every request: from the workers' lists, without building [`Self::models`].
+    fn kind_of(&self, model: &str) -> ModelKind {
+        let embedding = self
+            .members_read()
+            .iter()
+            .any(|w| w.worker.state().embedding_models.iter().any(|m| m == model));
+        match embedding {
+            true => ModelKind::Embedding,
+            false => ModelKind::Chat,
+        }
     }
 
     fn ready(&self) -> bool {
@@ -492,6 +519,14 @@ impl Backend for WorkerPool {
         context: &'a DispatchContext,
     ) -> BoxFuture<'a, Result<Dispatched, BackendError>> {
         self.dispatch_inner(request, context).boxed()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        context: &'a DispatchContext,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        self.embed_inner(request, context).boxed()
     }
 }
 

@@ -65,6 +65,12 @@ async fn follow(worker: &Worker) -> Result<(), String> {
     {
         let mut s = worker.state();
         s.models = info.models.iter().map(|m| m.id.clone()).collect();
+        s.embedding_models = info
+            .models
+            .iter()
+            .filter(|m| m.kind() == v1::ModelKind::Embedding)
+            .map(|m| m.id.clone())
+            .collect();
         s.connected = true;
         s.last_error = None;
     }

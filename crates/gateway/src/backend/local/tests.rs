@@ -51,6 +51,15 @@ impl WorkerRpc for Scripted {
         }))
     }
 
+    async fn embed(
+        &self,
+        _: tonic::Request<v1::EmbedRequest>,
+    ) -> Result<tonic::Response<v1::EmbedResponse>, Status> {
+        Err(Status::unimplemented(
+            "this scripted worker serves a chat model only",
+        ))
+    }
+
     type GenerateStream = Events;
 
     async fn generate(
@@ -404,6 +413,7 @@ async fn a_pool_whose_workers_all_left_still_serves_their_model_and_says_none_is
     assert_eq!(
         pool.models(),
         vec![ModelCard {
+            kind: Default::default(),
             id: "m".into(),
             prices: None
         }]

@@ -24,6 +24,8 @@ pub(super) struct WorkerState {
     pub(super) load: Option<v1::LoadReport>,
     /// Models from the last `GetInfo`; kept while the worker is away, so its models stay known.
     pub(super) models: Vec<String>,
+    /// Those of `models` that are embedding models.
+    pub(super) embedding_models: Vec<String>,
     failures: u32,
     ejected_until: Option<Instant>,
     pub(super) last_error: Option<String>,
