@@ -1150,6 +1150,27 @@ async fn sluice_up_serves_local_and_simulated_cloud_models() {
     );
     let served = r["auto"]["headers"]["x-sluice-model"].as_str().unwrap();
     assert!(served == DEMO_MODEL_ID || served == "gpt-4o-mini", "{served}");
+    // Embeddings: the patient's record on the local embedding worker, public text in the cloud, and the
+    // record refused by the cloud model (never embedded by another model in its place).
+    assert!(banner.contains("all-minilm-l6-v2 on a local worker"), "{banner}");
+    let patient = &r["embed_patient"];
+    assert_eq!(patient["headers"]["x-sluice-route"], "local", "{patient}");
+    assert_eq!(patient["headers"]["x-sluice-backend"], "worker-1");
+    assert_eq!(patient["model"], "all-minilm-l6-v2");
+    assert_eq!(patient["vectors"][0].as_array().unwrap().len(), 384);
+    let public = &r["embed_public"];
+    assert_eq!(public["headers"]["x-sluice-route"], "cloud", "{public}");
+    assert_eq!(public["model"], "text-embedding-3-small");
+    assert_eq!(public["vectors"][0].as_array().unwrap().len(), 1536);
+    assert_eq!(
+        r["embed_patient_cloud"]["status"], 403,
+        "{}",
+        r["embed_patient_cloud"]
+    );
+    assert_eq!(
+        r["embed_patient_cloud"]["headers"]["x-sluice-rule"],
+        "sensitive-embeddings-local"
+    );
     // The demo key's limits: in the headers from the first request, and in /admin/tenants.
     assert!(
         banner.contains("600 requests and 200000 tokens a minute") && banner.contains("--no-limits"),
@@ -1208,6 +1229,11 @@ fn sluice_up_prints_the_configuration_it_runs() {
         "- name: contacts-redacted",
         "- name: sensitive-local-only",
         "over_budget: { substitute: \"smollm2-135m-instruct\" }",
+        // The embedding worker, at the next port, and the cloud embedding model with its rules.
+        "address: \"127.0.0.1:50052\"",
+        "- id: text-embedding-3-small\n        kind: embedding",
+        "- name: sensitive-embeddings-local",
+        "- name: cloud-embeddings",
     ] {
         assert!(yaml.contains(line), "{line} not in:\n{yaml}");
     }
@@ -1231,7 +1257,7 @@ fn sluice_up_prints_the_configuration_it_runs() {
     );
     let (code, out, err) = run_sluice(&["policy", "check", file]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("2 rule(s), 1 virtual model(s)"), "{out}");
+    assert!(out.contains("4 rule(s), 1 virtual model(s)"), "{out}");
 
     // Workers given are written as given; without limits there is no limits section.
     let (code, yaml, err) = run_sluice(&[
@@ -1250,7 +1276,12 @@ fn sluice_up_prints_the_configuration_it_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sluice_up_uses_openai_when_a_key_is_set_and_honours_its_base_url() {
     // An OpenAI-compatible server that insists on the key, standing in for api.openai.com.
-    let openai = SimCloud::start(&["--api-key", "sk-upstream"]);
+    let openai = SimCloud::start(&[
+        "--api-key",
+        "sk-upstream",
+        "--embedding-model",
+        "text-embedding-3-small=0.02:1536",
+    ]);
     let base = openai.base_url();
     let (child, banner) = sluice_up(&[("OPENAI_API_KEY", "sk-upstream"), ("OPENAI_BASE_URL", &base)]);
     assert!(
@@ -1263,7 +1294,13 @@ async fn sluice_up_uses_openai_when_a_key_is_set_and_honours_its_base_url() {
     // `auto` goes to whichever member is cheaper now: the cloud too, once the worker's rates price it.
     let auto_upstream = usize::from(r["auto"]["headers"]["x-sluice-backend"] == "openai");
     let seen = openai.requests();
-    assert_eq!(seen.len(), 1 + auto_upstream, "{seen:?}");
+    // The cloud chat request, `auto` when it went there, and the public embeddings request.
+    assert_eq!(seen.len(), 2 + auto_upstream, "{seen:?}");
+    assert_eq!(r["embed_public"]["headers"]["x-sluice-backend"], "openai");
+    assert!(
+        !serde_json::to_string(&seen).unwrap().contains("Anna Berg"),
+        "{seen:?}"
+    );
     for s in &seen {
         assert_eq!(
             s["authorization"], "Bearer sk-upstream",

@@ -275,6 +275,9 @@ def up():
         "card": plain(c, CLOUD, [{"role": "user", "content": f"Is {card} a number?"}], max_tokens=8),
         "auto": plain(c, "auto", JAPAN, max_tokens=8),
         "models": [m.id for m in c.models.list()],
+        "embed_patient": embed(c, model=EMBED_LOCAL, input=[PATIENT]),
+        "embed_public": embed(c, model=EMBED_CLOUD, input=PUBLIC_TEXTS),
+        "embed_patient_cloud": error_of(lambda: c.embeddings.create(model=EMBED_CLOUD, input=PATIENT)),
     }
 
 
@@ -499,6 +502,7 @@ EMBED_LOCAL = os.environ.get("EMBED_LOCAL", "all-minilm-l6-v2")
 EMBED_CLOUD = os.environ.get("EMBED_CLOUD", "text-embedding-3-small")
 # Public texts; and one with a card number (restricted whatever else the scan finds).
 PUBLIC_TEXTS = ["The library opens at nine on weekdays.", "Quarterly revenue grew four percent."]
+PATIENT = "Patient Anna Berg, born 12 May 1961, was diagnosed with type 2 diabetes."
 CARD_TEXT = "Refund card 4111 1111 1111 1111 for the cancelled order."
 # "hello world" in all-MiniLM-L6-v2's own vocabulary (BERT uncased), without [CLS] and [SEP].
 HELLO_WORLD_IDS = [7592, 2088]

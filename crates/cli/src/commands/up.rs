@@ -56,10 +56,15 @@ rules:
 "#;
 
 /// With the embedding model: confidential text is never embedded by the cloud model, and never by another
-/// model in its place (vectors of different models must not be mixed in one index).
+/// model in its place (vectors of different models must not be mixed in one index); over budget, cloud
+/// embeddings are refused rather than made by the local chat model.
 const UP_EMBEDDING_RULE: &str = r#"  - name: sensitive-embeddings-local
     when: { min_level: confidential, model: text-embedding-3-small }
     then: { reject: "confidential text is embedded only by the local model {embedding} (embed the whole collection with it: its vectors and text-embedding-3-small's cannot be mixed)" }
+  - name: cloud-embeddings
+    when: { model: text-embedding-3-small }
+    then: { route: cloud }
+    over_budget: reject
 "#;
 
 /// The demo key's limits: generous rates, and a small daily cloud budget after which cloud-bound requests
@@ -564,17 +569,20 @@ fn print_banner(
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"auto\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Name a primary colour.\"}}]}}'\n\n  \
          python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
-         print(c.chat.completions.create(model='{local}', max_tokens=64, messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n\
-         The demo model runs on this machine's CPU: give max_tokens, or a rambling answer runs until the \
-         request timeout.\n\
-         Stop with Ctrl-C: requests in flight finish first.\n"
+         print(c.chat.completions.create(model='{local}', max_tokens=64, messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n"
     ));
     if let Some(e) = embedding {
         out.push_str(&format!(
-            "\nEmbeddings (the answer's model field names the model that made the vectors):\n\n  \
+            "\n  # embeddings: a patient's record is embedded locally (the answer's model names the model that \
+             made the vectors)\n  \
              curl -s {base}/embeddings -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
              -d '{{\"model\": \"{e}\", \"input\": [\"Patient Anna Berg, born 12 May 1961, diagnosed with type 2 diabetes.\", \"Quarterly revenue grew 4%.\"]}}'\n"
         ));
     }
+    out.push_str(
+        "\nThe demo model runs on this machine's CPU: give max_tokens, or a rambling answer runs until the \
+         request timeout.\n\
+         Stop with Ctrl-C: requests in flight finish first.\n",
+    );
     print!("{out}");
 }

@@ -16,7 +16,13 @@ use super::ids::RequestId;
 use crate::headers::RoutingHeaders;
 
 /// The public listener's paths (crates/gateway/tests/openapi.rs holds them to the router's).
-const ROUTES: &[&str] = &["/v1/chat/completions", "/v1/models", "/healthz", "/readyz"];
+const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+];
 
 /// Middleware: the request's span, around everything below it and its response body.
 pub(super) async fn trace_request(request: Request, next: Next) -> Response {
