@@ -9,6 +9,8 @@
 //!
 //! Run with `scripts/bench-embed` (or `cargo bench -p sluice-worker --bench embed`).
 
+#![expect(clippy::panic, reason = "benchmark tool: a failure should stop it")]
+
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
