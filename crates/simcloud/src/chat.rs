@@ -399,8 +399,18 @@ fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
         Some(_) => return Err(SimError::invalid_type("stop", "a string or an array of strings")),
     };
     let tool = tool_plan(body, last_role)?;
-    if sim.model(model).is_none() {
-        return Err(SimError::ModelNotFound(model.clone()));
+    match sim.model(model) {
+        None => return Err(SimError::ModelNotFound(model.clone())),
+        Some(m) if m.dimensions.is_some() => {
+            return Err(SimError::InvalidRequest {
+                param: Some("model".to_owned()),
+                code: "model_not_supported",
+                message: format!(
+                    "The model `{model}` is an embedding model and does not support chat completions."
+                ),
+            });
+        }
+        Some(_) => {}
     }
     Ok(ChatRequest {
         model: model.clone(),

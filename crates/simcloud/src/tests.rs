@@ -1063,3 +1063,99 @@ async fn a_simulator_set_to_echo_echoes_every_unscripted_request() {
     .await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+async fn embed(router: &Router, body: Value) -> Reply {
+    let request = Request::post("/v1/embeddings")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    call(router, request).await
+}
+
+/// Decodes standard base64 (what the simulator writes), for the test.
+fn unbase64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let digits: Vec<u8> = chunk
+            .iter()
+            .take_while(|c| **c != b'=')
+            .map(|c| value(*c))
+            .collect();
+        let n = digits.iter().fold(0u32, |n, d| (n << 6) | u32::from(*d)) << (6 * (4 - digits.len()));
+        out.extend_from_slice(&n.to_be_bytes()[1..digits.len()]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn embeddings_as_floats_and_base64_with_usage() {
+    let sim = Sim::new(SimConfig {
+        models: vec![
+            SimModel::new("gpt-4o-mini", 0.15, 0.60),
+            SimModel::embedding("text-embedding-3-small", 0.02, 1536),
+        ],
+        ..SimConfig::default()
+    });
+    let router = sim.router();
+    let floats = embed(
+        &router,
+        json!({"model": "text-embedding-3-small", "input": ["hello there", "x"], "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(floats.status, StatusCode::OK);
+    let v = floats.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "text-embedding-3-small");
+    assert_eq!(v["data"][1]["index"], 1);
+    let first: Vec<f32> = v["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(first.len(), 1536);
+    // "hello there" is 11 characters: 3 tokens; "x": 1.
+    assert_eq!(v["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
+    let b64 = embed(
+        &router,
+        json!({"model": "text-embedding-3-small", "input": "hello there", "encoding_format": "base64", "dimensions": 8}),
+    )
+    .await
+    .json();
+    let bytes = unbase64(b64["data"][0]["embedding"].as_str().unwrap());
+    let short: Vec<f32> = bytes
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(short.len(), 8);
+    let norm: f32 = short.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    // Requests of the wrong kind, and bad inputs, are refused as OpenAI refuses them.
+    let wrong = embed(&router, json!({"model": "gpt-4o-mini", "input": "hi"})).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let chat_of_embedding = chat(&router, hello(json!({"model": "text-embedding-3-small"}))).await;
+    assert_eq!(chat_of_embedding.status, StatusCode::BAD_REQUEST);
+    assert_eq!(chat_of_embedding.error()["code"], "model_not_supported");
+    for bad in [
+        json!({"model": "text-embedding-3-small", "input": ""}),
+        json!({"model": "text-embedding-3-small", "input": []}),
+        json!({"model": "text-embedding-3-small", "input": "a", "dimensions": 2000}),
+        json!({"model": "text-embedding-3-small"}),
+    ] {
+        assert_eq!(
+            embed(&router, bad.clone()).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    // Embeddings requests are recorded like chat ones.
+    assert!(sim.recorded().iter().any(|r| r.body["input"] == "hello there"));
+}
