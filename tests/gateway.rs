@@ -1733,3 +1733,127 @@ fn unix_minute() -> u64 {
         .as_secs()
         / 60
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_responses_api_is_served_locally_and_in_the_cloud_streamed_and_not() {
+    let worker = Worker::start(&[]);
+    worker.wait_serving().await;
+    let sim = SimCloud::start(&[]);
+    let gateway = Gateway::start(&format!("{}{SUBSTITUTE_POLICY}", backends(&worker, &sim, "")));
+    gateway.wait_ready("local");
+    let r = sdk(&gateway, "responses");
+
+    // Local: the answer chat completions give for the same request, whole and streamed.
+    let local = &r["local"];
+    assert_eq!(local["headers"]["x-sluice-route"], "local", "{local}");
+    assert_eq!(local["object"], "response");
+    assert!(local["id"].as_str().unwrap().starts_with("resp_"), "{local}");
+    assert_eq!(local["text"], r["local_chat"]["content"], "{local}");
+    assert_eq!(local["text"], "The capital of Japan is Tokyo.");
+    assert_eq!(local["status"], "completed");
+    assert_eq!(local["store"], false);
+    assert_eq!(
+        local["output"],
+        json!([["message", "assistant", ["output_text"]]])
+    );
+    assert_eq!(
+        local["usage"]["input_tokens"],
+        r["local_chat"]["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        local["usage"]["output_tokens"],
+        r["local_chat"]["usage"]["completion_tokens"]
+    );
+    let stream = &r["local_stream"];
+    assert_eq!(stream["text"], local["text"], "{stream}");
+    assert_eq!(stream["final_text"], local["text"]);
+    let types: Vec<&str> = stream["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let deltas = types
+        .iter()
+        .filter(|t| **t == "response.output_text.delta")
+        .count();
+    assert!(deltas >= 2, "{types:?}");
+    let mut expected = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expected.extend(std::iter::repeat_n("response.output_text.delta", deltas));
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(types, expected);
+    let sequence: Vec<u64> = stream["sequence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(sequence, (0..types.len() as u64).collect::<Vec<_>>());
+    assert_eq!(r["local_items"]["status"], "completed", "{}", r["local_items"]);
+
+    // The cloud: the stand-in's answer cut at max_output_tokens is incomplete, whole and streamed.
+    let cloud = &r["cloud"];
+    assert_eq!(cloud["headers"]["x-sluice-route"], "cloud", "{cloud}");
+    assert_eq!(cloud["text"], "This is a simulated answer");
+    assert_eq!(cloud["status"], "incomplete");
+    assert_eq!(cloud["incomplete"]["reason"], "max_output_tokens");
+    assert_eq!(cloud["usage"]["output_tokens"], 5);
+    let cloud_stream = &r["cloud_stream"];
+    assert_eq!(cloud_stream["text"], cloud["text"], "{cloud_stream}");
+    assert_eq!(cloud_stream["status"], "incomplete");
+    assert_eq!(
+        cloud_stream["types"].as_array().unwrap().last().unwrap(),
+        "response.incomplete"
+    );
+    assert_eq!(r["cloud_whole"]["status"], "completed");
+    // What the cloud received: chat completions, the limit as max_tokens, usage asked on streams.
+    let bodies: Vec<Value> = sim.requests().into_iter().map(|q| q["body"].clone()).collect();
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert_eq!(
+        bodies[0]["messages"],
+        json!([{"role": "user", "content": "Hello"}])
+    );
+    assert_eq!(bodies[0]["max_tokens"], 5);
+    assert_eq!(bodies[1]["stream_options"]["include_usage"], true);
+    assert!(!serde_json::to_string(&bodies).unwrap().contains("4111"));
+
+    // The policy applies as to chat: the card number is answered by the local model.
+    let card = &r["card"];
+    assert_eq!(card["headers"]["x-sluice-route"], "local", "{card}");
+    assert_eq!(card["headers"]["x-sluice-substituted-for"], "gpt-4o-mini");
+    assert_eq!(card["model"], DEMO_MODEL_ID);
+
+    // What a stateless gateway cannot do is refused, naming the field.
+    for case in ["previous", "store", "tools"] {
+        assert_eq!(r[case]["status"], 400, "{case}: {}", r[case]);
+        assert_eq!(r[case]["code"], "unsupported_parameter", "{case}");
+    }
+    assert!(
+        r["previous"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the whole conversation in `input`"),
+        "{}",
+        r["previous"]
+    );
+    // Priced and counted as chat: the cloud's three answers at list price.
+    let metrics = gateway.scrape();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"sluice_requests_total{backend="sim",code="ok",model="gpt-4o-mini",route="cloud",tenant="acme"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+}

@@ -548,7 +548,55 @@ def embeddings():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [embeddings, replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+def response_of(raw):
+    r = raw.parse()
+    return {"headers": headers_of(raw), "id": r.id, "object": r.object, "status": r.status, "model": r.model,
+            "text": r.output_text, "usage": r.usage.model_dump() if r.usage else None,
+            "incomplete": r.incomplete_details.model_dump() if r.incomplete_details else None,
+            "store": r.store, "output": [[o.type, o.role, [p.type for p in o.content]] for o in r.output]}
+
+
+def streamed_response(c, **kw):
+    raw = c.responses.with_raw_response.create(stream=True, **kw)
+    types, sequence, deltas, final = [], [], [], None
+    for event in raw.parse():
+        types.append(event.type)
+        sequence.append(event.sequence_number)
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    return {"headers": headers_of(raw), "types": types, "sequence": sequence, "text": "".join(deltas),
+            "final_text": final.output_text if final else None, "status": final.status if final else None,
+            "usage": final.usage.model_dump() if final and final.usage else None}
+
+
+def responses():
+    """The Responses API, stateless: local and cloud models, plain and streamed, instructions, a card number
+    asked of the cloud model, and what a stateless gateway refuses."""
+    c = client()
+    card = " ".join(["4111"] + ["1111"] * 3)
+    ask = "What is the capital of Japan?"
+    create = c.responses.with_raw_response.create
+    return {
+        "local": response_of(create(model=LOCAL, input=ask, temperature=0, max_output_tokens=32)),
+        "local_stream": streamed_response(c, model=LOCAL, input=ask, temperature=0, max_output_tokens=32),
+        "local_chat": plain(c, LOCAL, JAPAN, temperature=0, max_tokens=32),
+        "local_items": response_of(create(
+            model=LOCAL, instructions="Answer in one word.", temperature=0, max_output_tokens=8,
+            input=[{"role": "user", "content": [{"type": "input_text", "text": ask}]}])),
+        "cloud": response_of(create(model=CLOUD, input="Hello", max_output_tokens=5)),
+        "cloud_stream": streamed_response(c, model=CLOUD, input="Hello", max_output_tokens=5),
+        "cloud_whole": response_of(create(model=CLOUD, input="Hello", store=False)),
+        "card": response_of(create(model=CLOUD, input=f"Is {card} a number?", max_output_tokens=8)),
+        "previous": error_of(lambda: c.responses.create(model=CLOUD, input="Go on", previous_response_id="resp_1")),
+        "store": error_of(lambda: c.responses.create(model=CLOUD, input="Hi", store=True)),
+        "tools": error_of(lambda: c.responses.create(model=CLOUD, input="Hi", tools=[
+            {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}])),
+    }
+
+
+SCENARIOS = {f.__name__: f for f in [responses, embeddings, replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

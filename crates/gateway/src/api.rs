@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 pub mod embeddings;
+pub mod responses;
 
 /// Why a body is not a chat request this gateway accepts: a stable snake_case `code`, a message that
 /// names the field, and the field (`param`). A 400 for the client (mapped in `error`).

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: one request through every step, in order. Intake (parse, hints, scan)
+//! `POST /v1/chat/completions` (and `POST /v1/responses`, translated into it): one request through every
+//! step, in order. Intake (parse, hints, scan)
 //! -> policy -> dispatch -> backend -> wire format, with accounting recording each step and the outcome.
 //! The handler only connects the steps: each decides in its own module, errors become HTTP only in
 //! `error`, and the routing headers go on every answer whatever it is.
@@ -22,6 +23,7 @@ use super::ids::{RequestId, new_id};
 use super::limited;
 use super::traced;
 use crate::accounting::{Ledger, RecordFields, Served};
+use crate::api::responses::ResponseOptions;
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
 use crate::dispatch::{Dispatch, FailedTarget, dispatch};
@@ -31,6 +33,7 @@ use crate::intake;
 use crate::recognise::{self, Busy};
 use crate::redact::proof::{Proving, explain_outcome, fall_back, redact_and_prove};
 use crate::shed::PermitSlot;
+use crate::wire::responses::ResponseShape;
 use crate::wire::{self, Shape};
 
 /// What a client shed because the personal-data model is saturated is told to wait before retrying.
@@ -43,6 +46,13 @@ pub(super) fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> 
     response
 }
 
+/// Which API the client called: chat completions, or the Responses API translated into them
+/// (`api::responses`), whose answers the wire layer writes in their own shapes.
+pub(super) enum Surface {
+    Chat,
+    Responses(ResponseOptions),
+}
+
 pub(super) async fn completions(
     State(app): State<Arc<App>>,
     axum::Extension(tenant): axum::Extension<Tenant>,
@@ -50,6 +60,18 @@ pub(super) async fn completions(
     permit: Option<axum::Extension<PermitSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    serve(app, (tenant, request_id), permit, headers, body, Surface::Chat).await
+}
+
+/// A chat request through every step; its answer in the shape of the API the client called.
+pub(super) async fn serve(
+    app: Arc<App>,
+    (tenant, request_id): (Tenant, RequestId),
+    permit: Option<axum::Extension<PermitSlot>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    surface: Surface,
 ) -> Response {
     let arrived = Instant::now();
     let accounts = &app.accounts;
@@ -174,28 +196,35 @@ pub(super) async fn completions(
     }
     accounts.decided(explanation);
     // The audit record of this decision, when there is a log: what was decided now, how it ended later.
-    let audit = accounts.audit_record(RecordFields {
-        decision_id: &decision_id,
-        request_id: &request_id.0,
-        tenant: &tenant.0,
-        model: &intake.request.model,
-        level: match &decided {
-            Ok(d) => d.level,
-            Err(r) => r.level.unwrap_or_else(|| facts.level()),
-        },
-        scan: &intake.scan,
-        rule: match &decided {
-            Ok(d) => Some(&d.rule),
-            Err(r) => r.rule.as_deref(),
-        },
-        body: prompt_digest_of.as_deref().unwrap_or_default(),
-        request: &intake.request.body,
-        max_tokens: intake.request.max_tokens,
-        stream: intake.request.stream,
-        declared: intake.declared,
-        prefer: intake.prefer,
-        prompt_estimate: intake.prompt_tokens,
-    });
+    let audit = accounts
+        .audit_record(RecordFields {
+            decision_id: &decision_id,
+            request_id: &request_id.0,
+            tenant: &tenant.0,
+            model: &intake.request.model,
+            level: match &decided {
+                Ok(d) => d.level,
+                Err(r) => r.level.unwrap_or_else(|| facts.level()),
+            },
+            scan: &intake.scan,
+            rule: match &decided {
+                Ok(d) => Some(&d.rule),
+                Err(r) => r.rule.as_deref(),
+            },
+            body: prompt_digest_of.as_deref().unwrap_or_default(),
+            request: &intake.request.body,
+            max_tokens: intake.request.max_tokens,
+            stream: intake.request.stream,
+            declared: intake.declared,
+            prefer: intake.prefer,
+            prompt_estimate: intake.prompt_tokens,
+        })
+        .map(|mut r| {
+            if let Surface::Responses(_) = surface {
+                r.endpoint = Some("responses".to_owned());
+            }
+            r
+        });
     let mut decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
@@ -327,8 +356,31 @@ pub(super) async fn completions(
         ledger.redacted(&s.counts);
         events = crate::redact::answer::restore(events, s.mapping.clone());
     }
+    let suffix = decision_id.trim_start_matches("dec_");
+    if let Surface::Responses(options) = surface {
+        let shape = ResponseShape {
+            id: format!("resp_{suffix}"),
+            message_id: format!("msg_{suffix}"),
+            created_at: unix_now(),
+            model: started.target.model.clone(),
+            options,
+        };
+        let events = wire::responses::text_events(events);
+        return if intake.request.stream {
+            let permit = permit.map(|axum::Extension(p)| p);
+            respond(
+                &routing,
+                wire::responses::stream(events, shape, Box::new(ledger), deadline, permit),
+            )
+        } else {
+            respond(
+                &routing,
+                wire::responses::collect(events, shape, &mut ledger, deadline).await,
+            )
+        };
+    }
     let shape = Shape {
-        id: format!("chatcmpl-{}", decision_id.trim_start_matches("dec_")),
+        id: format!("chatcmpl-{suffix}"),
         created: unix_now(),
         model: started.target.model.clone(),
         include_usage: intake.request.include_usage,

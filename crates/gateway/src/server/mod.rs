@@ -12,6 +12,7 @@ mod ids;
 mod limited;
 mod listen;
 mod models;
+mod responses;
 mod router;
 mod traced;
 

@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
-use super::{admin, chat, embeddings, models, traced};
+use super::{admin, chat, embeddings, models, responses, traced};
 use crate::error::ApiError;
 use crate::headers::X_REQUEST_ID;
 use crate::shed::{PermitSlot, hold_until_body_ends};
@@ -45,6 +45,7 @@ pub fn public_router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(models::list))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     let open = Router::new()

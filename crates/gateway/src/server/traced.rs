@@ -20,6 +20,7 @@ const ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/embeddings",
     "/v1/models",
+    "/v1/responses",
     "/healthz",
     "/readyz",
 ];

@@ -129,6 +129,23 @@ impl SseWriter {
     }
 }
 
+/// A source of server-sent event frames for [`serve`]: an answer's writer, in one of the APIs' shapes.
+pub(super) trait Frames: Send + 'static {
+    /// The next frame, or `None` after the last.
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// The answer's ledger.
+    fn meter(&mut self) -> &mut dyn Meter;
+}
+
+impl Frames for SseWriter {
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send {
+        SseWriter::next_frame(self)
+    }
+    fn meter(&mut self) -> &mut dyn Meter {
+        &mut *self.ledger
+    }
+}
+
 /// Streams an answer as server-sent events.
 ///
 /// A task of its own reads the backend and writes frames into a small buffer that the response body
@@ -142,7 +159,7 @@ pub fn stream(
     deadline: Instant,
     permit: Option<PermitSlot>,
 ) -> Response {
-    let mut writer = SseWriter {
+    let writer = SseWriter {
         events,
         shape,
         ledger,
@@ -152,6 +169,11 @@ pub fn stream(
         done: false,
         queue: VecDeque::new(),
     };
+    serve(writer, deadline, permit)
+}
+
+/// Serves a writer's frames as `text/event-stream`, as [`stream`] describes.
+pub(super) fn serve(mut writer: impl Frames, deadline: Instant, permit: Option<PermitSlot>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SSE_BUFFER);
     tokio::spawn(async move {
         loop {
@@ -164,8 +186,9 @@ pub fn stream(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {
-                    writer.ledger.client_stalled();
-                    tracing::info!(backend = %writer.ledger.member(), "client stopped reading; answer ended at the deadline");
+                    let meter = writer.meter();
+                    meter.client_stalled();
+                    tracing::info!(backend = %meter.member(), "client stopped reading; answer ended at the deadline");
                     break;
                 }
             }
