@@ -45,8 +45,51 @@ fn unsupported(param: &str, message: impl Into<String>) -> InvalidRequest {
     InvalidRequest::new("unsupported_parameter", message).with_param(param)
 }
 
+/// A key of `object` outside `allowed`, refused rather than dropped; the optional keys whose values are
+/// only carried (`Some(expected)`) must have the type the API gives them.
+fn only(param: &str, object: &Value, allowed: &[(&str, Option<&str>)]) -> Result<(), InvalidRequest> {
+    let Some(o) = object.as_object() else {
+        return Ok(());
+    };
+    for (key, value) in o {
+        let field = format!("{param}.{key}");
+        match allowed.iter().find(|(k, _)| k == key) {
+            None => {
+                return Err(unsupported(
+                    &field,
+                    format!("`{field}` is not served here; leave it out"),
+                ));
+            }
+            Some((_, Some("a string"))) if !value.is_string() => {
+                return Err(wrong_type(&field, "a string", value));
+            }
+            Some((_, Some("a list"))) if !value.is_array() => {
+                return Err(wrong_type(&field, "a list", value));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// One content part as a chat content part.
 fn part(param: &str, p: &Value) -> Result<Value, InvalidRequest> {
+    match p.get("type").and_then(Value::as_str) {
+        Some("input_text" | "output_text" | "text") => {
+            let carried = [("annotations", Some("a list")), ("logprobs", Some("a list"))];
+            only(
+                param,
+                p,
+                &[("type", None), ("text", None), carried[0], carried[1]],
+            )?
+        }
+        Some("input_image") => only(
+            param,
+            p,
+            &[("type", None), ("image_url", None), ("detail", Some("a string"))],
+        )?,
+        _ => {}
+    }
     match p.get("type").and_then(Value::as_str) {
         Some("input_text" | "output_text" | "text") => match p.get("text") {
             Some(Value::String(t)) => Ok(json!({"type": "text", "text": t})),
@@ -77,9 +120,10 @@ fn message(i: usize, item: &Value) -> Result<Value, InvalidRequest> {
     let Value::Object(item) = item else {
         return Err(wrong_type(&param, "an object", item));
     };
-    match item.get("type").and_then(Value::as_str) {
-        None | Some("message") => {}
-        Some(other) => {
+    match item.get("type") {
+        None => {}
+        Some(Value::String(t)) if t == "message" => {}
+        Some(Value::String(other)) => {
             return Err(unsupported(
                 &format!("{param}.type"),
                 format!(
@@ -87,7 +131,19 @@ fn message(i: usize, item: &Value) -> Result<Value, InvalidRequest> {
                 ),
             ));
         }
+        Some(other) => return Err(wrong_type(&format!("{param}.type"), "a string", other)),
     }
+    only(
+        &param,
+        &Value::Object(item.clone()),
+        &[
+            ("type", None),
+            ("role", None),
+            ("content", None),
+            ("id", Some("a string")),
+            ("status", Some("a string")),
+        ],
+    )?;
     let role = match item.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "assistant" | "system" | "developer")) => r,
         _ => {
@@ -141,6 +197,23 @@ pub fn to_chat_body(bytes: &[u8]) -> Result<(Vec<u8>, ResponseOptions), InvalidR
             key,
             format!("`{key}` is not served through /v1/responses here; leave it out"),
         ));
+    }
+    for (key, expected) in [
+        ("store", "a boolean"),
+        ("background", "a boolean"),
+        ("metadata", "an object"),
+        ("tools", "a list"),
+    ] {
+        let fits = match body.get(key) {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(_)) => expected == "a boolean",
+            Some(Value::Object(_)) => expected == "an object",
+            Some(Value::Array(_)) => expected == "a list",
+            Some(_) => false,
+        };
+        if !fits {
+            return Err(wrong_type(key, expected, &body[key]));
+        }
     }
     if body.get("previous_response_id").is_some_and(|v| !v.is_null()) {
         return Err(unsupported(
