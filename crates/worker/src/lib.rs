@@ -9,6 +9,7 @@ pub mod embed;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod state;
 
 pub use config::{ConfigError, RawWorkerConfig, WorkerConfig};
 pub use server::{BoundAddrs, WorkerError, run};
