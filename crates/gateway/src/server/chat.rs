@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use sluice_policy::{Attempt, Level, RefusalReason};
+use sluice_policy::{Level, RefusalReason};
 use sluice_sensitivity::ModelPass;
 use sluice_telemetry::TARGET;
 use tokio::time::Instant;
@@ -21,12 +21,13 @@ use tracing::Instrument as _;
 use super::app::App;
 use super::ids::{RequestId, new_id};
 use super::limited;
+use super::served::{self, Serving, attempts};
 use super::traced;
-use crate::accounting::{Ledger, RecordFields, Served};
+use crate::accounting::{Ledger, RecordFields};
 use crate::api::responses::ResponseOptions;
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
-use crate::dispatch::{Dispatch, FailedTarget, dispatch};
+use crate::dispatch::{Dispatch, dispatch};
 use crate::error::{self, ApiError};
 use crate::headers::{HttpHeaders, RoutingHeaders};
 use crate::intake;
@@ -260,12 +261,7 @@ pub(super) async fn serve(
     routing.rule = Some(decision.rule.clone());
     routing.level = Some(level);
     routing.substituted_for = decision.substituted_for.clone();
-    let tenant_label = if app.keys.tenants().any(|t| t == &*tenant.0) || &*tenant.0 == crate::auth::ANONYMOUS
-    {
-        tenant.0.to_string()
-    } else {
-        "other".to_owned()
-    };
+    let tenant_label = served::tenant_label(&app, &tenant);
 
     // Dispatch.
     let deadline = arrived + app.config.limits.request_timeout;
@@ -284,11 +280,8 @@ pub(super) async fn serve(
         routing.backend = Some(backend);
         routing.model = Some(model);
     }
-    let served = |backend, member, model, index: usize| Served {
-        backend,
-        member,
-        model,
-        prices: view.backends.get(index).and_then(|b| b.prices(model)),
+    let serving = Serving {
+        view: &view,
         tenant_label: &tenant_label,
         decision_id: &decision_id,
         arrived,
@@ -296,36 +289,7 @@ pub(super) async fn serve(
     let started = match result {
         Ok(started) => started,
         Err(unserved) => {
-            let (error, reason) = error::unserved(&unserved);
-            let (last, earlier) = unserved.last_and_earlier();
-            for f in earlier {
-                accounts.fell_back(&f.backend, f.error.member_fault());
-            }
-            let tried = last.and_then(|l| {
-                let index = app.fleet.backends.iter().position(|b| b.name() == l.backend)?;
-                Some((l, index))
-            });
-            match tried {
-                // The request is counted once, on the last backend tried, with the code the client gets.
-                Some((last, index)) => {
-                    if let Some(reason) = reason {
-                        accounts.rejected(reason);
-                    }
-                    let backend = app.fleet.backends[index].clone();
-                    let mut ledger = Ledger::new(
-                        accounts,
-                        &served(&backend, &last.backend, &last.model, index),
-                        attempts(earlier),
-                        audit,
-                    );
-                    ledger.hold(held);
-                    ledger.end(error.status.as_u16(), error.code, last.error.member_fault());
-                }
-                // Nothing was tried: the record ends here.
-                None => {
-                    accounts.refused(&decision_id, audit, error.status.as_u16(), error.code, reason);
-                }
-            }
+            let error = serving.unserved(&app, &unserved, audit, held);
             return respond(&routing, error);
         }
     };
@@ -339,7 +303,7 @@ pub(super) async fn serve(
     routing.backend = Some(served_by.clone());
     let mut ledger = Ledger::new(
         accounts,
-        &served(
+        &serving.served(
             &started.backend,
             &served_by,
             &started.target.model,
@@ -397,18 +361,6 @@ pub(super) async fn serve(
             wire::json::collect(events, shape, &mut ledger, deadline).await,
         )
     }
-}
-
-/// The targets tried before, as the outcome lists them.
-pub(super) fn attempts(failures: &[FailedTarget]) -> Vec<Attempt> {
-    failures
-        .iter()
-        .map(|f| Attempt {
-            backend: f.backend.clone(),
-            model: f.model.clone(),
-            code: ApiError::from(&f.error).code,
-        })
-        .collect()
 }
 
 fn unix_now() -> u64 {

@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::app::App;
-use super::chat::{SHED_RETRY_AFTER, attempts, respond};
+use super::chat::{SHED_RETRY_AFTER, respond};
 use super::ids::{RequestId, new_id};
 use super::limited;
+use super::served::{self, Serving, attempts};
 use super::traced;
-use crate::accounting::{Ledger, RecordFields, Served};
+use crate::accounting::{Ledger, RecordFields};
 use crate::auth::Tenant;
 use crate::backend::DispatchContext;
 use crate::dispatch::{Dispatch, dispatch};
@@ -193,12 +194,7 @@ pub(super) async fn create(
     routing.rule = Some(decision.rule.clone());
     routing.level = Some(level);
     routing.substituted_for = decision.substituted_for.clone();
-    let tenant_label = if app.keys.tenants().any(|t| t == &*tenant.0) || &*tenant.0 == crate::auth::ANONYMOUS
-    {
-        tenant.0.to_string()
-    } else {
-        "other".to_owned()
-    };
+    let tenant_label = served::tenant_label(&app, &tenant);
 
     // Dispatch.
     let deadline = arrived + app.config.limits.request_timeout;
@@ -225,11 +221,8 @@ pub(super) async fn create(
         routing.backend = Some(backend);
         routing.model = Some(model);
     }
-    let served = |backend, member, model, index: usize| Served {
-        backend,
-        member,
-        model,
-        prices: view.backends.get(index).and_then(|b| b.prices(model)),
+    let serving = Serving {
+        view: &view,
         tenant_label: &tenant_label,
         decision_id: &decision_id,
         arrived,
@@ -237,34 +230,7 @@ pub(super) async fn create(
     let started = match result {
         Ok(started) => started,
         Err(unserved) => {
-            let (error, reason) = error::unserved(&unserved);
-            let (last, earlier) = unserved.last_and_earlier();
-            for f in earlier {
-                accounts.fell_back(&f.backend, f.error.member_fault());
-            }
-            let tried = last.and_then(|l| {
-                let index = app.fleet.backends.iter().position(|b| b.name() == l.backend)?;
-                Some((l, index))
-            });
-            match tried {
-                Some((last, index)) => {
-                    if let Some(reason) = reason {
-                        accounts.rejected(reason);
-                    }
-                    let backend = app.fleet.backends[index].clone();
-                    let mut ledger = Ledger::new(
-                        accounts,
-                        &served(&backend, &last.backend, &last.model, index),
-                        attempts(earlier),
-                        audit,
-                    );
-                    ledger.hold(held);
-                    ledger.end(error.status.as_u16(), error.code, last.error.member_fault());
-                }
-                None => {
-                    accounts.refused(&decision_id, audit, error.status.as_u16(), error.code, reason);
-                }
-            }
+            let error = serving.unserved(&app, &unserved, audit, held);
             return respond(&routing, error);
         }
     };
@@ -279,7 +245,7 @@ pub(super) async fn create(
     routing.backend = Some(served_by.clone());
     let mut ledger = Ledger::new(
         accounts,
-        &served(
+        &serving.served(
             &started.backend,
             &served_by,
             &started.target.model,

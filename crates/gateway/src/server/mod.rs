@@ -14,6 +14,7 @@ mod listen;
 mod models;
 mod responses;
 mod router;
+mod served;
 mod traced;
 
 use std::future::Future;
