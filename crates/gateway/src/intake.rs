@@ -144,17 +144,26 @@ pub async fn read_body(
         return read(&bytes, headers, scanner);
     }
     let (request, declared, prefer) = parse(&bytes, headers)?;
+    let (request, scanned) = scan_blocking(request, scanner, scan_request).await?;
+    Ok(Intake::of(request, declared, prefer, scanned))
+}
+
+/// Scans a large request on the blocking pool, so that it holds up no other request on this thread.
+async fn scan_blocking<R: Send + 'static>(
+    request: R,
+    scanner: &Scanner,
+    scan: fn(&Scanner, &R) -> (u64, Scan),
+) -> Result<(R, (u64, Scan)), Refused> {
     let scanner = scanner.clone();
-    let (request, scanned) = tokio::task::spawn_blocking(move || {
-        let scanned = scan_request(&scanner, &request);
+    tokio::task::spawn_blocking(move || {
+        let scanned = scan(&scanner, &request);
         (request, scanned)
     })
     .await
     .map_err(|e| Refused {
         reason: "internal",
         error: Box::new(ApiError::internal(format!("The content scan failed: {e}"))),
-    })?;
-    Ok(Intake::of(request, declared, prefer, scanned))
+    })
 }
 
 /// Reads an embeddings request as the handler receives it: every string scanned (as for chat, on the
@@ -169,40 +178,34 @@ pub async fn read_embeddings(
     let bytes = body_bytes(body, max_body_bytes)?;
     let request = parse_embedding_request(&bytes).map_err(|e| Refused::invalid(e.into()))?;
     let (declared, prefer) = client_hints(headers).map_err(Refused::invalid)?;
-    let scan_embeddings = |scanner: &Scanner, request: &EmbeddingRequest| {
-        let texts = strings(&request.body);
-        let bytes = texts.iter().map(|t| t.len()).sum::<usize>();
-        let token_ids: usize = request
-            .inputs
-            .iter()
-            .map(|i| match i {
-                crate::api::embeddings::EmbeddingInput::Tokens(t) => t.len(),
-                crate::api::embeddings::EmbeddingInput::Text(_) => 0,
-            })
-            .sum();
-        let mut scan = scanner.scan_all(texts);
-        if request.token_inputs() > 0 {
-            scan.fail_closed(sluice_sensitivity::Incomplete::TokenIds {
-                inputs: request.token_inputs(),
-            });
-        }
-        (estimate_tokens(bytes) + token_ids as u64, scan)
-    };
     if bytes.len() <= SCAN_INLINE_BYTES {
         let scanned = scan_embeddings(scanner, &request);
         return Ok(Intake::of(request, declared, prefer, scanned));
     }
-    let scanner = scanner.clone();
-    let (request, scanned) = tokio::task::spawn_blocking(move || {
-        let scanned = scan_embeddings(&scanner, &request);
-        (request, scanned)
-    })
-    .await
-    .map_err(|e| Refused {
-        reason: "internal",
-        error: Box::new(ApiError::internal(format!("The content scan failed: {e}"))),
-    })?;
+    let (request, scanned) = scan_blocking(request, scanner, scan_embeddings).await?;
     Ok(Intake::of(request, declared, prefer, scanned))
+}
+
+/// Scans every string of an embeddings request; inputs given as token ids make the scan incomplete.
+/// Returns the estimated input tokens and what was found.
+fn scan_embeddings(scanner: &Scanner, request: &EmbeddingRequest) -> (u64, Scan) {
+    let texts = strings(&request.body);
+    let bytes = texts.iter().map(|t| t.len()).sum::<usize>();
+    let token_ids: usize = request
+        .inputs
+        .iter()
+        .map(|i| match i {
+            crate::api::embeddings::EmbeddingInput::Tokens(t) => t.len(),
+            crate::api::embeddings::EmbeddingInput::Text(_) => 0,
+        })
+        .sum();
+    let mut scan = scanner.scan_all(texts);
+    if request.token_inputs() > 0 {
+        scan.fail_closed(sluice_sensitivity::Incomplete::TokenIds {
+            inputs: request.token_inputs(),
+        });
+    }
+    (estimate_tokens(bytes) + token_ids as u64, scan)
 }
 
 /// The body's bytes, or why it could not be read.
