@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 pub mod embeddings;
+pub mod messages;
 pub mod responses;
 
 /// Why a body is not a chat request this gateway accepts: a stable snake_case `code`, a message that

@@ -55,7 +55,7 @@ impl AuthFailure {
     pub fn message(self) -> &'static str {
         match self {
             Self::Missing => {
-                "Missing API key: send it as `Authorization: Bearer <key>` (the OpenAI SDKs do with api_key)."
+                "Missing API key: send it as `Authorization: Bearer <key>` (the OpenAI SDKs do with api_key) or as `x-api-key: <key>` (the Anthropic SDKs do)."
             }
             Self::Malformed => "The Authorization header must be `Bearer <key>`.",
             Self::Unknown => "Incorrect API key provided.",
@@ -93,6 +93,18 @@ impl KeyStore {
             None if self.allow_unauthenticated && self.keys.is_empty() => Ok(Tenant(ANONYMOUS.into())),
             None => Err(AuthFailure::Unknown),
         }
+    }
+
+    /// The tenant of a key sent bare (the `x-api-key` header of the Anthropic SDKs), compared as
+    /// [`KeyStore::authenticate`] compares a bearer token.
+    pub fn authenticate_key(&self, key: &[u8]) -> Result<Tenant, AuthFailure> {
+        let key = key.trim_ascii();
+        if key.is_empty() {
+            return self.authenticate(None);
+        }
+        let mut header = b"Bearer ".to_vec();
+        header.extend_from_slice(key);
+        self.authenticate(Some(&header))
     }
 
     /// The configured tenants (metric labels are limited to these).

@@ -230,6 +230,11 @@ impl ApiError {
         }
     }
 
+    /// The Anthropic error `type` for this status (the Messages API's errors).
+    pub fn anthropic_kind(&self) -> &'static str {
+        anthropic_kind(self.status.as_u16())
+    }
+
     /// The JSON body, `{"error": {...}}`.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({
@@ -241,6 +246,36 @@ impl ApiError {
             }
         })
     }
+}
+
+/// The Anthropic error `type` of an HTTP status: what the Messages API calls its errors.
+pub fn anthropic_kind(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// An OpenAI-shaped error body (`{"error": {"message", "type", "param", "code"}}`) in the Messages API's
+/// shape: `{"type": "error", "error": {"type", "message"}}`, keeping this gateway's `code` and `param`.
+pub fn anthropic_body(status: u16, openai: &serde_json::Value) -> serde_json::Value {
+    let inner = openai.get("error");
+    let field = |k: &str| inner.and_then(|e| e.get(k)).cloned().unwrap_or_default();
+    serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": anthropic_kind(status),
+            "message": field("message"),
+            "code": field("code"),
+            "param": field("param"),
+        }
+    })
 }
 
 impl std::fmt::Display for ApiError {

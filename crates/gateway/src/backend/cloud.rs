@@ -1,5 +1,7 @@
-//! A cloud backend: any OpenAI-compatible chat completions API, called through async-openai with the
-//! client's body passed on as it came (so tools, response formats and new fields reach the provider).
+//! A cloud backend: any OpenAI-compatible chat completions API or Azure OpenAI, called through
+//! async-openai with the client's body passed on as it came (so tools, response formats and new fields
+//! reach the provider), or Anthropic's Messages API (`anthropic`: the request translated into its wire
+//! format and the answer back into OpenAI's, so that the rest of the gateway sees one shape).
 //!
 //! Answers that fail with 429, 5xx or a connection error before anything reached the client are retried
 //! with exponential backoff and jitter, as long as the request's deadline allows. Each attempt has
@@ -8,8 +10,11 @@
 use std::time::Duration;
 use tracing::Instrument as _;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_openai::Client;
-use async_openai::config::OpenAIConfig;
+use async_openai::config::{AzureConfig, Config, OpenAIConfig};
 use async_openai::error::OpenAIError;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -29,15 +34,34 @@ use crate::level::Level;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloudModel {
     pub id: String,
+    /// Azure OpenAI: the deployment that serves it (the URL names the deployment, not the model).
+    pub deployment: Option<String>,
     pub prices: Prices,
     /// Chat, or embeddings (`POST /embeddings`, priced by input tokens).
     pub kind: ModelKind,
+}
+
+/// The wire format a cloud speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudApi {
+    /// Any OpenAI-compatible API: `POST {base_url}/chat/completions`, `Authorization: Bearer`.
+    OpenAi,
+    /// Azure OpenAI: `POST {base_url}/openai/deployments/{deployment}/chat/completions?api-version=...`,
+    /// the key in `api-key`.
+    Azure { api_version: String },
+    /// Anthropic's Messages API: `POST {base_url}/messages`, the key in `x-api-key`, the version in
+    /// `anthropic-version`; `max_tokens` is required there, so requests without one get `default_max_tokens`.
+    Anthropic {
+        version: String,
+        default_max_tokens: u32,
+    },
 }
 
 /// A cloud backend's settings.
 #[derive(Clone)]
 pub struct CloudConfig {
     pub name: String,
+    pub api: CloudApi,
     /// Base URL of the API, up to and including `/v1`.
     pub base_url: String,
     /// The key, read from the configured environment variable (none for keyless local stand-ins).
@@ -57,6 +81,7 @@ impl std::fmt::Debug for CloudConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CloudConfig")
             .field("name", &self.name)
+            .field("api", &self.api)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("models", &self.models)
@@ -67,10 +92,16 @@ impl std::fmt::Debug for CloudConfig {
     }
 }
 
-/// An OpenAI-compatible API.
+/// An async-openai client, whichever configuration (OpenAI-compatible, or one Azure deployment).
+type OpenAiClient = Client<Arc<dyn Config>>;
+
+/// A cloud API.
 pub struct CloudBackend {
     config: CloudConfig,
-    client: Client<OpenAIConfig>,
+    /// OpenAI-compatible and Azure: the client of each model (Azure: its deployment's).
+    clients: HashMap<String, OpenAiClient>,
+    /// Anthropic: the HTTP client (with trace propagation).
+    http: reqwest::Client,
     in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -103,21 +134,55 @@ impl CloudBackend {
                 name: config.name.clone(),
                 source,
             })?;
-        let mut openai = OpenAIConfig::new().with_api_base(config.base_url.trim_end_matches('/'));
-        if let Some(key) = &config.api_key {
-            openai = openai.with_api_key(key.clone());
-        } else {
-            openai = openai.with_api_key("");
-        }
+        let key = config.api_key.clone().unwrap_or_default();
+        let base = config.base_url.trim_end_matches('/');
         // async-openai's default executor retries 429, 5xx and connection errors on its own (three times,
         // ignoring our deadline); the plain service leaves every retry to `dispatch_inner`.
-        let client = Client::with_config(openai)
-            .with_http_client(http.clone())
-            .with_http_service(Traced { http });
+        let client = |c: Arc<dyn Config>| {
+            Client::with_config(c)
+                .with_http_client(http.clone())
+                .with_http_service(Traced { http: http.clone() })
+        };
+        let clients = match &config.api {
+            CloudApi::OpenAi => {
+                let shared = client(Arc::new(
+                    OpenAIConfig::new().with_api_base(base).with_api_key(key),
+                ));
+                config
+                    .models
+                    .iter()
+                    .map(|m| (m.id.clone(), shared.clone()))
+                    .collect()
+            }
+            CloudApi::Azure { api_version } => config
+                .models
+                .iter()
+                .map(|m| {
+                    let azure = AzureConfig::new()
+                        .with_api_base(base)
+                        .with_api_key(key.clone())
+                        .with_api_version(api_version.clone())
+                        .with_deployment_id(m.deployment.clone().unwrap_or_else(|| m.id.clone()));
+                    (m.id.clone(), client(Arc::new(azure)))
+                })
+                .collect(),
+            CloudApi::Anthropic { .. } => HashMap::new(),
+        };
         Ok(Self {
             config,
-            client,
+            clients,
+            http,
             in_flight: Default::default(),
+        })
+    }
+
+    /// The client for a model (every configured model has one, but Anthropic's, which need none).
+    fn client(&self, model: &str) -> Result<&OpenAiClient, Attempt> {
+        self.clients.get(model).ok_or_else(|| {
+            Attempt::Fatal(BackendError::Failed(format!(
+                "cloud backend {} has no client for the model {model}",
+                self.config.name
+            )))
         })
     }
 
@@ -139,29 +204,43 @@ impl CloudBackend {
         Value::Object(body)
     }
 
+    /// An error status from the provider: retried when waiting may help, else the client's to see.
+    fn status_error(
+        &self,
+        status: u16,
+        message: &str,
+        code: Option<String>,
+        param: Option<String>,
+    ) -> Attempt {
+        let name = &self.config.name;
+        let said = format!("cloud backend {name} answered {status}: {message}");
+        match status {
+            429 => Attempt::Retry(BackendError::Full(said)),
+            500..=599 => Attempt::Retry(BackendError::Failed(said)),
+            // The provider's message may quote the key ("Incorrect API key provided: sk-...");
+            // it goes to neither the client nor the log.
+            401 | 403 => Attempt::Fatal(BackendError::Failed(format!(
+                "cloud backend {name} refused the gateway's credentials ({status}); check its api_key_env"
+            ))),
+            408 => Attempt::Retry(BackendError::Timeout(said)),
+            _ => Attempt::Fatal(BackendError::Upstream {
+                status,
+                message: format!("cloud backend {name}: {message}"),
+                code,
+                param,
+            }),
+        }
+    }
+
     fn error_of(&self, error: OpenAIError) -> Attempt {
         let name = &self.config.name;
         match error {
-            OpenAIError::ApiError(e) => {
-                let status = e.status_code.as_u16();
-                let message = format!("cloud backend {name} answered {status}: {}", e.api_error.message);
-                match status {
-                    429 => Attempt::Retry(BackendError::Full(message)),
-                    500..=599 => Attempt::Retry(BackendError::Failed(message)),
-                    // The provider's message may quote the key ("Incorrect API key provided: sk-...");
-                    // it goes to neither the client nor the log.
-                    401 | 403 => Attempt::Fatal(BackendError::Failed(format!(
-                        "cloud backend {name} refused the gateway's credentials ({status}); check its api_key_env"
-                    ))),
-                    408 => Attempt::Retry(BackendError::Timeout(message)),
-                    _ => Attempt::Fatal(BackendError::Upstream {
-                        status,
-                        message: format!("cloud backend {name}: {}", e.api_error.message),
-                        code: e.api_error.code.clone(),
-                        param: e.api_error.param.clone(),
-                    }),
-                }
-            }
+            OpenAIError::ApiError(e) => self.status_error(
+                e.status_code.as_u16(),
+                &e.api_error.message,
+                e.api_error.code.clone(),
+                e.api_error.param.clone(),
+            ),
             OpenAIError::Reqwest(e) if e.is_timeout() => {
                 Attempt::Retry(BackendError::Timeout(format!("cloud backend {name}: {e}")))
             }
@@ -181,7 +260,11 @@ impl CloudBackend {
         let span = tracing::trace_span!(
             target: sluice_telemetry::TARGET,
             "chat",
-            otel.name = "POST /chat/completions",
+            otel.name = if matches!(self.config.api, CloudApi::Anthropic { .. }) {
+                "POST /messages"
+            } else {
+                "POST /chat/completions"
+            },
             otel.kind = "client",
             http.request.method = "POST",
             sluice.backend = %self.config.name,
@@ -198,6 +281,9 @@ impl CloudBackend {
         span: &tracing::Span,
     ) -> Result<Dispatched, Attempt> {
         let until = deadline.min(Instant::now() + self.config.timeout);
+        if let CloudApi::Anthropic { .. } = self.config.api {
+            return self.anthropic_attempt(request, (until, deadline), span).await;
+        }
         let body = Self::upstream_body(request);
         let limit = until.saturating_duration_since(Instant::now());
         let timed_out = || {
@@ -207,7 +293,7 @@ impl CloudBackend {
                 limit.as_secs_f64()
             )))
         };
-        let chat = self.client.chat();
+        let chat = self.client(&request.model)?.chat();
         if !request.stream {
             let completion: Value = match tokio::time::timeout_at(until, chat.create_byot(body)).await {
                 Err(_) => return Err(timed_out()),
@@ -259,7 +345,8 @@ impl CloudBackend {
             Ok(Some(Err(e))) => return Err(self.error_of(e)),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        let events = chunk_events(
+        let upstream: stream::UpstreamStream = upstream.map(|c| c.map_err(|e| e.to_string())).boxed();
+        let events = stream::chunk_events(
             self.config.name.clone(),
             first,
             upstream,
@@ -359,118 +446,6 @@ impl tower::Service<async_openai::middleware::HttpRequestFactory> for Traced {
     }
 }
 
-type UpstreamStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, OpenAIError>> + Send>>;
-
-/// The upstream chunks as [`ChatEvent::Chunk`]s, then [`ChatEvent::Finished`] with the finish reason and
-/// the usage the provider reported (zero when it reported none). The usage asked for on the gateway's
-/// behalf is taken out of the chunks: the usage-only chunk is not passed on, and the others lose their
-/// `usage` field, so that the wire layer alone decides what the client sees of it.
-fn chunk_events(
-    name: String,
-    first: Value,
-    upstream: UpstreamStream,
-    idle: Duration,
-    deadline: Instant,
-) -> super::EventStream {
-    struct State {
-        name: String,
-        pending: Option<Value>,
-        upstream: UpstreamStream,
-        finish_reason: Option<String>,
-        usage: Option<Usage>,
-        done: bool,
-        idle: Duration,
-        deadline: Instant,
-    }
-    let state = State {
-        name,
-        pending: Some(first),
-        upstream,
-        finish_reason: None,
-        usage: None,
-        done: false,
-        idle,
-        deadline,
-    };
-    futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            let next = match s.pending.take() {
-                Some(v) => Ok(Some(Ok(v))),
-                None => {
-                    tokio::time::timeout_at(s.deadline.min(Instant::now() + s.idle), s.upstream.next()).await
-                }
-            };
-            let item = match next {
-                Err(_) => {
-                    s.done = true;
-                    Err(BackendError::Timeout(format!(
-                        "cloud backend {} stopped sending mid-answer",
-                        s.name
-                    )))
-                }
-                Ok(None) => {
-                    s.done = true;
-                    match s.finish_reason.take() {
-                        Some(finish_reason) => Ok(ChatEvent::Finished {
-                            finish_reason,
-                            usage: s.usage.unwrap_or_default(),
-                        }),
-                        None => Err(BackendError::Interrupted(format!(
-                            "cloud backend {} ended the stream without a finish reason",
-                            s.name
-                        ))),
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    s.done = true;
-                    Err(BackendError::Interrupted(format!(
-                        "cloud backend {} failed mid-answer: {e}",
-                        s.name
-                    )))
-                }
-                Ok(Some(Ok(mut chunk))) => {
-                    if let Some(error) = chunk.get("error") {
-                        s.done = true;
-                        let message = error
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("unknown error");
-                        Err(BackendError::Interrupted(format!(
-                            "cloud backend {} failed mid-answer: {message}",
-                            s.name
-                        )))
-                    } else {
-                        if let Some(reason) =
-                            chunk.pointer("/choices/0/finish_reason").and_then(Value::as_str)
-                        {
-                            s.finish_reason = Some(reason.to_owned());
-                        }
-                        if let Some(usage) = chunk.get("usage").and_then(Usage::from_openai) {
-                            s.usage = Some(usage);
-                        }
-                        let usage_only = chunk
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .is_some_and(Vec::is_empty);
-                        if usage_only {
-                            continue;
-                        }
-                        if let Value::Object(o) = &mut chunk {
-                            o.remove("usage");
-                        }
-                        Ok(ChatEvent::Chunk(chunk))
-                    }
-                }
-            };
-            return Some((item, s));
-        }
-    })
-    .boxed()
-}
-
 impl Backend for CloudBackend {
     fn name(&self) -> &str {
         &self.config.name
@@ -547,6 +522,8 @@ impl Backend for CloudBackend {
     }
 }
 
+mod anthropic;
 mod embed;
+mod stream;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use sluice_config::{ConfigError, Locator};
 
 use super::fields::{check_name, level, seconds};
 use super::raw::{RawCloud, RawCost};
-use crate::backend::cloud::{CloudConfig, CloudModel};
+use crate::backend::cloud::{CloudApi, CloudConfig, CloudModel};
 use crate::backend::{ModelKind, Prices};
 use crate::level::Level;
 
@@ -71,10 +71,48 @@ pub(super) fn cloud(
         .name
         .ok_or_else(|| at.error(&format!("clouds[{i}]"), "`name` is required"))?;
     check_name(at, &key("name"), &name)?;
+    let api = match raw.api.as_deref() {
+        None | Some("openai") => {
+            if raw.api_version.is_some() {
+                return Err(at.error(&key("api_version"), "is for `api: azure` and `api: anthropic`"));
+            }
+            CloudApi::OpenAi
+        }
+        Some("azure") => CloudApi::Azure {
+            api_version: raw.api_version.clone().ok_or_else(|| {
+                at.error(
+                    &key("api_version"),
+                    "is required for `api: azure` (the api-version of your resource, e.g. 2024-10-21)",
+                )
+            })?,
+        },
+        Some("anthropic") => CloudApi::Anthropic {
+            version: raw.api_version.clone().unwrap_or_else(|| "2023-06-01".to_owned()),
+            default_max_tokens: match raw.default_max_tokens {
+                None => 4096,
+                Some(n @ 1..=1_000_000) => n,
+                Some(_) => return Err(at.error(&key("default_max_tokens"), "must be 1 to 1000000")),
+            },
+        },
+        Some(other) => {
+            return Err(at.error(
+                &key("api"),
+                format!("{other:?} is not a cloud API: openai, azure or anthropic"),
+            ));
+        }
+    };
+    if raw.default_max_tokens.is_some() && !matches!(api, CloudApi::Anthropic { .. }) {
+        return Err(at.error(&key("default_max_tokens"), "is for `api: anthropic`"));
+    }
+    let example = match api {
+        CloudApi::OpenAi => "https://api.openai.com/v1",
+        CloudApi::Azure { .. } => "https://RESOURCE.openai.azure.com",
+        CloudApi::Anthropic { .. } => "https://api.anthropic.com/v1",
+    };
     let base_url = raw.base_url.ok_or_else(|| {
         at.error(
             &format!("clouds[{i}]"),
-            "`base_url` is required (e.g. https://api.openai.com/v1)",
+            format!("`base_url` is required (e.g. {example})"),
         )
     })?;
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
@@ -145,13 +183,36 @@ pub(super) fn cloud(
         if models.iter().any(|x: &CloudModel| x.id == id) {
             return Err(at.error(&mkey("id"), format!("the model {id:?} is listed twice")));
         }
-        models.push(CloudModel { id, prices, kind });
+        let deployment = match (&api, m.deployment) {
+            (CloudApi::Azure { .. }, d) => {
+                let d = d.unwrap_or_else(|| id.clone());
+                if d.is_empty() || !d.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                    return Err(at.error(
+                        &mkey("deployment"),
+                        format!("{d:?} is not a deployment name (letters, digits, - _ .)"),
+                    ));
+                }
+                Some(d)
+            }
+            (_, Some(_)) => return Err(at.error(&mkey("deployment"), "is for `api: azure`")),
+            (_, None) => None,
+        };
+        if kind == ModelKind::Embedding && matches!(api, CloudApi::Anthropic { .. }) {
+            return Err(at.error(&mkey("kind"), "Anthropic's API serves no embeddings"));
+        }
+        models.push(CloudModel {
+            id,
+            deployment,
+            prices,
+            kind,
+        });
     }
     if models.is_empty() {
         return Err(at.error(&key("models"), "list at least one model with its prices"));
     }
     Ok(CloudConfig {
         name,
+        api,
         base_url,
         api_key,
         models,

@@ -200,6 +200,12 @@ pub struct RawBreaker {
 #[serde(deny_unknown_fields)]
 pub struct RawCloud {
     pub name: Option<String>,
+    /// `openai` (the default: any OpenAI-compatible API), `azure` (Azure OpenAI) or `anthropic`.
+    pub api: Option<String>,
+    /// Azure: the `api-version` query parameter (required); Anthropic: the `anthropic-version` header.
+    pub api_version: Option<String>,
+    /// Anthropic: `max_tokens` of requests that set none (the Messages API requires one).
+    pub default_max_tokens: Option<u32>,
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub clearance: Option<String>,
@@ -214,6 +220,8 @@ pub struct RawCloud {
 #[serde(deny_unknown_fields)]
 pub struct RawCloudModel {
     pub id: Option<String>,
+    /// Azure: the deployment that serves the model [default: the id].
+    pub deployment: Option<String>,
     /// `chat` (the default) or `embedding`.
     pub kind: Option<String>,
     pub input_usd_per_mtok: Option<f64>,

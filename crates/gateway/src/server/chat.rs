@@ -34,6 +34,7 @@ use crate::intake;
 use crate::recognise::{self, Busy};
 use crate::redact::proof::{Proving, explain_outcome, fall_back, redact_and_prove};
 use crate::shed::PermitSlot;
+use crate::wire::messages::MessageShape;
 use crate::wire::responses::ResponseShape;
 use crate::wire::{self, Shape};
 
@@ -47,11 +48,13 @@ pub(super) fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> 
     response
 }
 
-/// Which API the client called: chat completions, or the Responses API translated into them
-/// (`api::responses`), whose answers the wire layer writes in their own shapes.
+/// Which API the client called: chat completions, or the Responses API or the Anthropic Messages API
+/// translated into them (`api::responses`, `api::messages`), whose answers the wire layer writes in
+/// their own shapes.
 pub(super) enum Surface {
     Chat,
     Responses(ResponseOptions),
+    Messages,
 }
 
 pub(super) async fn completions(
@@ -221,8 +224,10 @@ pub(super) async fn serve(
             prompt_estimate: intake.prompt_tokens,
         })
         .map(|mut r| {
-            if let Surface::Responses(_) = surface {
-                r.endpoint = Some("responses".to_owned());
+            match surface {
+                Surface::Chat => {}
+                Surface::Responses(_) => r.endpoint = Some("responses".to_owned()),
+                Surface::Messages => r.endpoint = Some("messages".to_owned()),
             }
             r
         });
@@ -321,6 +326,25 @@ pub(super) async fn serve(
         events = crate::redact::answer::restore(events, s.mapping.clone());
     }
     let suffix = decision_id.trim_start_matches("dec_");
+    if let Surface::Messages = surface {
+        let shape = MessageShape {
+            id: format!("msg_{suffix}"),
+            model: started.target.model.clone(),
+            input_estimate: intake.prompt_tokens,
+        };
+        return if intake.request.stream {
+            let permit = permit.map(|axum::Extension(p)| p);
+            respond(
+                &routing,
+                wire::messages::stream(events, shape, Box::new(ledger), deadline, permit),
+            )
+        } else {
+            respond(
+                &routing,
+                wire::messages::collect(events, shape, &mut ledger, deadline).await,
+            )
+        };
+    }
     if let Surface::Responses(options) = surface {
         let shape = ResponseShape {
             id: format!("resp_{suffix}"),

@@ -11,6 +11,7 @@ mod embeddings;
 mod ids;
 mod limited;
 mod listen;
+mod messages;
 mod models;
 mod responses;
 mod router;

@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use super::app::App;
 use super::ids::{RequestId, new_id};
-use super::{admin, chat, embeddings, models, responses, traced};
+use super::{admin, chat, embeddings, messages, models, responses, traced};
 use crate::error::ApiError;
 use crate::headers::X_REQUEST_ID;
 use crate::shed::{PermitSlot, hold_until_body_ends};
@@ -28,10 +28,12 @@ use crate::shed::{PermitSlot, hold_until_body_ends};
 const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Builds the public router. Layers, outermost first; each request passes them in this order:
-/// 1. `SetSensitiveRequestHeaders`: marks `Authorization` so that no layer below logs it.
+/// 1. `SetSensitiveRequestHeaders`: marks `Authorization` and `x-api-key` so that no layer below logs them.
 /// 2. `Trace`: a span per request (method, path), with the status and latency at the end.
 /// 3. `request_id`: reads or makes the id, adds [`RequestId`] to the extensions (read by the handlers)
 ///    and `x-request-id` to every response, errors included.
+/// 3b. `anthropic_errors`: on `/v1/messages`, every error (the layers' below included) in Anthropic's
+///    error shape, and the id also as `request-id`, where the Anthropic SDKs look for it.
 /// 4. `trace_request`: with tracing on, the request's span (continuing the client's `traceparent`), open
 ///    until the response body ends; the steps below record on it and open their spans under it.
 /// 5. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
@@ -46,6 +48,7 @@ pub fn public_router(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/responses", post(responses::create))
+        .route("/v1/messages", post(messages::create))
         .route("/v1/models", get(models::list))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
     let open = Router::new()
@@ -58,9 +61,13 @@ pub fn public_router(app: Arc<App>) -> Router {
         .with_state(app.clone())
         .layer(
             ServiceBuilder::new()
-                .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::HeaderName::from_static(X_API_KEY),
+                ]))
                 .layer(TraceLayer::new_for_http())
                 .layer(middleware::from_fn(request_id))
+                .layer(middleware::from_fn(anthropic_errors))
                 .layer(middleware::from_fn(traced::trace_request))
                 .layer(middleware::from_fn_with_state(app, shed_load))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -154,12 +161,17 @@ async fn shed_load(State(app): State<Arc<App>>, mut request: Request, next: Next
     hold_until_body_ends(response, slot)
 }
 
+/// The header the Anthropic SDKs send their key in; taken as `Authorization: Bearer` is.
+const X_API_KEY: &str = "x-api-key";
+
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    match app.keys.authenticate(header) {
+    let headers = request.headers();
+    let authenticated = match (headers.get(header::AUTHORIZATION), headers.get(X_API_KEY)) {
+        (Some(bearer), _) => app.keys.authenticate(Some(bearer.as_bytes())),
+        (None, Some(key)) => app.keys.authenticate_key(key.as_bytes()),
+        (None, None) => app.keys.authenticate(None),
+    };
+    match authenticated {
         Ok(tenant) => {
             request.extensions_mut().insert(tenant);
             next.run(request).await
@@ -169,6 +181,43 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             ApiError::unauthorized(failure.message()).into_response()
         }
     }
+}
+
+/// Most bytes of an error body rewritten into Anthropic's shape; a larger one is not an error of ours.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// On `/v1/messages`: OpenAI-shaped error bodies (every error of this gateway) rewritten into
+/// Anthropic's shape, whichever layer answered; the request id also as `request-id`.
+async fn anthropic_errors(request: Request, next: Next) -> Response {
+    if request.uri().path() != "/v1/messages" {
+        return next.run(request).await;
+    }
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| HeaderValue::from_str(&id.0).ok());
+    let mut response = next.run(request).await;
+    if let Some(id) = id {
+        response.headers_mut().insert("request-id", id);
+    }
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = response.status();
+    if !(json && (status.is_client_error() || status.is_server_error())) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_LIMIT).await else {
+        return ApiError::internal("An error answer could not be read back.").into_response();
+    };
+    let rewritten = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) if v.get("error").is_some() => crate::error::anthropic_body(status.as_u16(), &v).to_string(),
+        _ => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(rewritten))
 }
 
 async fn fallback(request: Request) -> Response {

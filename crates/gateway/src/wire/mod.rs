@@ -7,6 +7,7 @@
 
 pub mod embeddings;
 pub mod json;
+pub mod messages;
 pub mod responses;
 pub mod sse;
 

@@ -29,8 +29,9 @@ impl CloudBackend {
         let until = deadline.min(Instant::now() + self.config.timeout);
         let mut body = request.body.clone();
         body.insert("encoding_format".into(), Value::String("float".into()));
+        let client = self.client(&request.model)?;
         let answer: Value =
-            match tokio::time::timeout_at(until, self.client.embeddings().create_byot(Value::Object(body)))
+            match tokio::time::timeout_at(until, client.embeddings().create_byot(Value::Object(body)))
                 .instrument(span)
                 .await
             {

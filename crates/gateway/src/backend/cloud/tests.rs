@@ -21,11 +21,13 @@ async fn sim(config: SimConfig) -> (Sim, String) {
 fn backend(base_url: &str, max_retries: u32, timeout: Duration) -> CloudBackend {
     CloudBackend::new(CloudConfig {
         name: "sim".into(),
+        api: CloudApi::OpenAi,
         base_url: base_url.into(),
         api_key: Some("sk-upstream".into()),
         models: vec![CloudModel {
             kind: Default::default(),
             id: "gpt-4o-mini".into(),
+            deployment: None,
             prices: Prices {
                 input_usd_per_mtok: 0.15,
                 output_usd_per_mtok: 0.6,
