@@ -41,7 +41,8 @@ pub enum Command {
     /// Replay a recorded trace (the audit log, or a JSONL of requests) against a candidate configuration
     /// and fleet: where requests would go, what they would cost, time to first token, what changes.
     Simulate(SimulateArgs),
-    /// An OpenAI-compatible cloud simulator (latency, token rate, errors, prices), for demos and tests.
+    /// A cloud simulator speaking OpenAI's, Anthropic's and Azure OpenAI's APIs (latency, token rate,
+    /// errors, prices), for demos and tests.
     SimCloud(crate::commands::sim_cloud::SimCloudArgs),
     /// Print the SHA-256 of an API key, as `key_sha256` in the gateway configuration wants it.
     HashKey {

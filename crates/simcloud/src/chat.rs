@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: validation, the simulated answer, and the non-streamed response.
+//! `POST /v1/chat/completions`: validation, the simulated answer, and the non-streamed response. The answer
+//! and the script's steps serve the other chat dialects too (Azure OpenAI, Anthropic Messages).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
@@ -24,8 +25,18 @@ const FILLER: [&str; 11] = [
     " length.",
 ];
 
+/// Whose rules a request follows where the APIs differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// OpenAI (and Azure OpenAI): a token limit sets the answer's length; tool calls are `call_sim_N`.
+    OpenAi,
+    /// Anthropic: a token limit only cuts the answer of default length; tool calls are `toolu_sim_N`.
+    Anthropic,
+}
+
 /// A validated chat request: only what the answer depends on.
 pub(crate) struct ChatRequest {
+    pub dialect: Dialect,
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
@@ -44,9 +55,20 @@ pub(crate) struct ChatRequest {
 const ECHO_TOKEN_BYTES: usize = 3;
 
 pub(crate) struct ToolPlan {
-    name: String,
+    pub name: String,
     /// The tool's required parameter names.
-    required: Vec<String>,
+    pub required: Vec<String>,
+}
+
+/// Why a text answer ends where it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TextEnd {
+    /// It is whole: its default length, or an echo.
+    Complete,
+    /// The request's token limit cut it.
+    Limit,
+    /// Cut before this stop sequence.
+    Stop(String),
 }
 
 /// The answer, before it is rendered as a body or a stream.
@@ -55,7 +77,7 @@ pub(crate) enum Answer {
         text: String,
         /// Byte offset where each token ends, in order; the last is `text.len()`.
         ends: Vec<usize>,
-        finish_reason: &'static str,
+        end: TextEnd,
     },
     Tool {
         id: String,
@@ -70,40 +92,39 @@ impl Answer {
             return Self::echo(sim, request);
         }
         if let Some(tool) = &request.tool {
-            return Self::tool_call(sim, tool, "sim");
+            return Self::tool_call(sim, request, tool, "sim");
         }
-        let limit = request
-            .max_tokens
-            .unwrap_or(sim.config.answer_tokens)
-            .min(MAX_ANSWER_TOKENS);
-        let (mut text, mut ends) = answer_text(&request.model, limit);
+        let default = sim.config.answer_tokens;
+        let (limit, limited) = match (request.max_tokens, request.dialect) {
+            (None, _) => (default, false),
+            (Some(max), Dialect::OpenAi) => (max, true),
+            (Some(max), Dialect::Anthropic) => (max.min(default), max < default),
+        };
+        let (mut text, mut ends) = answer_text(&request.model, limit.min(MAX_ANSWER_TOKENS));
+        // The first match wins; of two starting at once, the shorter (it is complete first).
         let cut = request
             .stop
             .iter()
-            .filter_map(|stop| text.find(stop.as_str()))
+            .filter_map(|stop| text.find(stop.as_str()).map(|at| (at, stop.len(), stop)))
             .min();
-        let finish_reason = match cut {
-            Some(cut) => {
+        let end = match cut {
+            Some((cut, _, stop)) => {
                 text.truncate(cut);
                 let kept = ends.partition_point(|&end| end < cut);
                 ends.truncate(kept);
                 if cut > ends.last().copied().unwrap_or(0) {
                     ends.push(cut);
                 }
-                "stop"
+                TextEnd::Stop(stop.clone())
             }
-            None if request.max_tokens.is_some() => "length",
-            None => "stop",
+            None if limited => TextEnd::Limit,
+            None => TextEnd::Complete,
         };
-        Self::Text {
-            text,
-            ends,
-            finish_reason,
-        }
+        Self::Text { text, ends, end }
     }
 
     /// A call of `tool` with `value` for each of its required parameters.
-    fn tool_call(sim: &Inner, tool: &ToolPlan, value: &str) -> Self {
+    fn tool_call(sim: &Inner, request: &ChatRequest, tool: &ToolPlan, value: &str) -> Self {
         let n = sim.tool_calls.fetch_add(1, Ordering::Relaxed) + 1;
         let mut arguments = String::from("{");
         for (i, name) in tool.required.iter().enumerate() {
@@ -115,8 +136,12 @@ impl Answer {
             push_json_str(&mut arguments, value);
         }
         arguments.push('}');
+        let prefix = match request.dialect {
+            Dialect::OpenAi => "call_sim_",
+            Dialect::Anthropic => "toolu_sim_",
+        };
         Self::Tool {
-            id: format!("call_sim_{n}"),
+            id: format!("{prefix}{n}"),
             name: tool.name.clone(),
             arguments,
         }
@@ -127,7 +152,7 @@ impl Answer {
     fn echo(sim: &Inner, request: &ChatRequest) -> Self {
         let text = &request.last_text;
         if let Some(tool) = &request.tool {
-            return Self::tool_call(sim, tool, text);
+            return Self::tool_call(sim, request, tool, text);
         }
         let mut ends = Vec::with_capacity(text.len() / ECHO_TOKEN_BYTES + 1);
         let mut at = 0;
@@ -141,7 +166,7 @@ impl Answer {
         Self::Text {
             text: text.clone(),
             ends,
-            finish_reason: "stop",
+            end: TextEnd::Complete,
         }
     }
 
@@ -155,9 +180,13 @@ impl Answer {
         u32::try_from(tokens).unwrap_or(u32::MAX)
     }
 
+    /// OpenAI's `finish_reason`.
     pub fn finish_reason(&self) -> &'static str {
         match self {
-            Self::Text { finish_reason, .. } => finish_reason,
+            Self::Text {
+                end: TextEnd::Limit, ..
+            } => "length",
+            Self::Text { .. } => "stop",
             Self::Tool { .. } => "tool_calls",
         }
     }
@@ -185,11 +214,12 @@ pub(crate) fn answer_text(model: &str, tokens: u32) -> (String, Vec<usize>) {
 
 pub(crate) async fn handle(
     State(ctx): State<Ctx>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let guard = InFlight::new(&ctx.sim.inner);
-    let response = match answer(&ctx, &headers, body, guard).await {
+    let response = match answer(&ctx, &uri, &headers, body, guard).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -199,23 +229,28 @@ pub(crate) async fn handle(
 
 async fn answer(
     ctx: &Ctx,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     guard: InFlight,
 ) -> Result<Response, SimError> {
     let sim = &ctx.sim.inner;
-    let body = body?;
-    let parsed = serde_json::from_slice::<Value>(&body);
-    if parsed.is_ok() {
-        sim.record(headers, body);
-    }
+    let value = sim.read_body(uri, headers, body)?;
     sim.authorize(headers)?;
-    let value = parsed.map_err(|e| SimError::InvalidJson(e.to_string()))?;
-    let request = parse(&value, sim)?;
-    drop(value);
+    let request = parse(&value?, sim)?;
+    respond(ctx, request, guard).await
+}
 
-    let mut stall = None;
-    let mut echo = sim.config.echo;
+/// What the script (or the error rate) leaves for an answer that goes ahead.
+pub(crate) struct Go {
+    /// Events to send before a stream stalls (a body that is not streamed hangs instead).
+    pub stall: Option<usize>,
+    pub echo: bool,
+}
+
+/// Takes the next script step and plays its delay, hang or error; without a step, rolls the error rate.
+pub(crate) async fn take_step(ctx: &Ctx) -> Result<Go, SimError> {
+    let sim = &ctx.sim.inner;
     match sim.pop_step() {
         Some(step) => {
             if let Some(ms) = step.delay_ms {
@@ -231,13 +266,23 @@ async fn answer(
                     message: step.message.unwrap_or_else(|| "scripted error".to_owned()),
                 });
             }
-            stall = step.stall_after_chunks;
-            echo = step.echo;
+            Ok(Go {
+                stall: step.stall_after_chunks.map(|n| n as usize),
+                echo: step.echo,
+            })
         }
-        None if sim.roll_error() => return Err(SimError::Injected),
-        None => {}
+        None if sim.roll_error() => Err(SimError::Injected),
+        None => Ok(Go {
+            stall: None,
+            echo: sim.config.echo,
+        }),
     }
+}
 
+/// Answers a validated request in OpenAI's format, as the script says.
+pub(crate) async fn respond(ctx: &Ctx, request: ChatRequest, guard: InFlight) -> Result<Response, SimError> {
+    let sim = &ctx.sim.inner;
+    let Go { stall, echo } = take_step(ctx).await?;
     let start = Instant::now();
     let answer = Answer::build(sim, &request, echo);
     let id = format!(
@@ -253,7 +298,7 @@ async fn answer(
             include_usage: request.include_usage,
             prompt_tokens: request.prompt_tokens,
             answer,
-            stall: stall.map(|n| n as usize),
+            stall,
             first_at: (!sim.config.ttft.is_zero()).then(|| later(start, sim.config.ttft)),
             interval: sim.interval,
         };
@@ -322,7 +367,7 @@ fn completion_body(id: &str, created: u64, request: &ChatRequest, answer: &Answe
 }
 
 /// Checks the body and keeps what the answer needs. Optional fields that are `null` count as absent.
-fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
+pub(crate) fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
     let Value::Object(body) = body else {
         return Err(SimError::InvalidRequest {
             param: None,
@@ -413,6 +458,7 @@ fn parse(body: &Value, sim: &Inner) -> Result<ChatRequest, SimError> {
         Some(_) => {}
     }
     Ok(ChatRequest {
+        dialect: Dialect::OpenAi,
         model: model.clone(),
         stream,
         include_usage,
@@ -461,7 +507,7 @@ fn tool_plan(body: &Map<String, Value>, last_role: &str) -> Result<Option<ToolPl
 }
 
 /// A field, with `null` read as absent.
-fn field<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     object.get(key).filter(|v| !v.is_null())
 }
 

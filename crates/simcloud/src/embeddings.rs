@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -34,11 +34,12 @@ enum Input {
 
 pub(crate) async fn handle(
     State(ctx): State<Ctx>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let _guard = InFlight::new(&ctx.sim.inner);
-    let response = match answer(&ctx, &headers, body).await {
+    let response = match answer(&ctx, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -160,17 +161,19 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn answer(
     ctx: &Ctx,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SimError> {
     let sim = &ctx.sim.inner;
-    let body = body?;
-    let parsed = serde_json::from_slice::<Value>(&body);
-    if parsed.is_ok() {
-        sim.record(headers, body);
-    }
+    let value = sim.read_body(uri, headers, body)?;
     sim.authorize(headers)?;
-    let value = parsed.map_err(|e| SimError::InvalidJson(e.to_string()))?;
+    respond(ctx, value?).await
+}
+
+/// Answers a parsed request body, recorded and authorized, as the script says.
+pub(crate) async fn respond(ctx: &Ctx, value: Value) -> Result<Response, SimError> {
+    let sim = &ctx.sim.inner;
     let model_id = match value.get("model") {
         None | Some(Value::Null) => return Err(SimError::missing("model")),
         Some(Value::String(m)) => m.clone(),

@@ -1,5 +1,7 @@
 //! Every error the simulator answers with, mapped to HTTP in one place: an OpenAI-shaped body
-//! `{"error": {"message", "type", "param", "code"}}`.
+//! `{"error": {"message", "type", "param", "code"}}`, Azure OpenAI's own `{"error": {"code", "message"}}` for
+//! the errors only Azure answers, or, on `POST /v1/messages`, Anthropic's
+//! `{"type": "error", "error": {"type", "message"}}` ([`SimError::into_anthropic`]).
 
 use axum::extract::rejection::BytesRejection;
 use axum::http::header::RETRY_AFTER;
@@ -43,6 +45,33 @@ pub(crate) enum SimError {
     UnknownUrl { method: String, path: String },
     #[error("Internal simulator error: {0}")]
     Internal(String),
+    /// Anthropic: `x-api-key` missing or wrong.
+    #[error("{}", if *provided { "invalid x-api-key" } else { "x-api-key header is required" })]
+    AnthropicKey { provided: bool },
+    /// Anthropic: no `anthropic-version` header.
+    #[error("anthropic-version: header is required")]
+    MissingVersion,
+    /// Azure: `api-key` missing or wrong.
+    #[error(
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key \
+         for an active subscription and use a correct regional API endpoint for your resource."
+    )]
+    AzureKey,
+    /// Azure: a request without `api-version`.
+    #[error("Resource not found")]
+    AzureNotFound,
+    #[error(
+        "The API deployment for this resource does not exist. If you created the deployment within the last \
+         5 minutes, please wait a moment and try again."
+    )]
+    DeploymentNotFound,
+    /// Azure: a deployment of the wrong kind for the route (an embedding model asked for a chat completion).
+    #[error(
+        "The {operation} operation does not work with the specified model, {model}. Please choose different \
+         model and try again. You can learn more about which models can be used with each operation here: \
+         https://go.microsoft.com/fwlink/?linkid=2197993."
+    )]
+    OperationNotSupported { operation: &'static str, model: String },
 }
 
 impl SimError {
@@ -67,6 +96,17 @@ impl SimError {
             param: Some(param.to_owned()),
             code: "invalid_value",
             message,
+        }
+    }
+
+    /// Azure's `code` for the errors only Azure answers, which have its own body shape.
+    fn azure_code(&self) -> Option<&'static str> {
+        match self {
+            Self::AzureKey => Some("401"),
+            Self::AzureNotFound => Some("404"),
+            Self::DeploymentNotFound => Some("DeploymentNotFound"),
+            Self::OperationNotSupported { .. } => Some("OperationNotSupported"),
+            _ => None,
         }
     }
 
@@ -124,7 +164,54 @@ impl SimError {
                 None,
                 Some("sim_internal"),
             ),
+            Self::AnthropicKey { .. } => (StatusCode::UNAUTHORIZED, INVALID, None, Some("invalid_api_key")),
+            Self::MissingVersion => (StatusCode::BAD_REQUEST, INVALID, None, Some("missing_version")),
+            Self::AzureKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("401")),
+            Self::AzureNotFound | Self::DeploymentNotFound => (StatusCode::NOT_FOUND, INVALID, None, None),
+            Self::OperationNotSupported { .. } => (StatusCode::BAD_REQUEST, INVALID, None, None),
         }
+    }
+
+    /// The error as Anthropic's Messages API answers it: `{"type": "error", "error": {"type", "message"}}`,
+    /// the type following the status (400 `invalid_request_error`, 401 `authentication_error`, 403
+    /// `permission_error`, 404 `not_found_error`, 413 `request_too_large`, 429 `rate_limit_error`, 529
+    /// `overloaded_error`, any other 5xx `api_error`).
+    pub fn into_anthropic(self) -> Response {
+        let (status, ..) = self.parts();
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let message = match &self {
+            Self::ModelNotFound(model) => format!("model: {model}"),
+            Self::InvalidJson(e) => format!("The request body is not valid JSON: {e}"),
+            other => other.to_string(),
+        };
+        let body = serde_json::json!({
+            "type": "error",
+            "error": { "type": kind, "message": message },
+        });
+        self.with_retry_after(json_response(status, body.to_string()))
+    }
+
+    /// Adds `Retry-After` to the response of a scripted error that asked for it.
+    fn with_retry_after(self, mut response: Response) -> Response {
+        if let Self::Scripted {
+            retry_after: Some(seconds),
+            ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -140,24 +227,19 @@ impl From<BytesRejection> for SimError {
 impl IntoResponse for SimError {
     fn into_response(self) -> Response {
         let (status, kind, param, code) = self.parts();
-        let body = serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "type": kind,
-                "param": param,
-                "code": code,
-            }
-        });
-        let mut response = json_response(status, body.to_string());
-        if let Self::Scripted {
-            retry_after: Some(seconds),
-            ..
-        } = self
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        let body = match self.azure_code() {
+            Some(code) => serde_json::json!({
+                "error": { "code": code, "message": self.to_string() }
+            }),
+            None => serde_json::json!({
+                "error": {
+                    "message": self.to_string(),
+                    "type": kind,
+                    "param": param,
+                    "code": code,
+                }
+            }),
+        };
+        self.with_retry_after(json_response(status, body.to_string()))
     }
 }

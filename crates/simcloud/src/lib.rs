@@ -1,9 +1,17 @@
-//! An OpenAI-compatible cloud simulator: `GET /v1/models`, `POST /v1/chat/completions` (streamed and not,
-//! with tool calls) and `POST /v1/embeddings` (float or base64 vectors, see [`embeddings`]), plus unauthenticated test controls under `/sim/` that record the requests that arrived
-//! and script what the next answers do. It stands in for a cloud API in demos, integration tests and load
-//! tests (`sluice sim-cloud`). It owns only its in-memory state; it must never reach the network beyond its
-//! own listener, read files, link another Sluice crate, or hold a lock across an await. It must never face
-//! real users either: `/sim/requests` hands out the `Authorization` headers it received.
+//! A cloud simulator that speaks three wire formats over the same models, script, recordings and token
+//! rules:
+//!
+//! - **OpenAI**: `GET /v1/models`, `POST /v1/chat/completions` (streamed and not, with tool calls) and
+//!   `POST /v1/embeddings` (float or base64 vectors, see [`embeddings`]);
+//! - **Anthropic**: `POST /v1/messages` (streamed and not, with tool use, see [`anthropic`]);
+//! - **Azure OpenAI**: `POST /openai/deployments/{deployment}/chat/completions?api-version=V` and
+//!   `POST /openai/deployments/{deployment}/embeddings?api-version=V` (see [`azure`]);
+//!
+//! plus unauthenticated test controls under `/sim/` that record the requests that arrived and script what
+//! the next answers do. It stands in for a cloud API in demos, integration tests and load tests (`sluice
+//! sim-cloud`). It owns only its in-memory state; it must never reach the network beyond its own listener,
+//! read files, link another Sluice crate, or hold a lock across an await. It must never face real users
+//! either: `/sim/requests` hands out the keys it received (`Authorization`, `x-api-key`, `api-key`).
 //!
 //! # Answers and tokens
 //!
@@ -11,28 +19,46 @@
 //!
 //! - **Prompt tokens** are the characters (Unicode scalar values) of all message text, divided by 4 and
 //!   rounded up, and at least 1. Message text is a string `content`, or the `text` of each part of an array
-//!   `content`; roles, names and tool-call arguments do not count.
+//!   `content`; roles, names and tool-call arguments do not count. On `/v1/messages` it is the `system` text
+//!   (a string or its text blocks), string contents, text blocks, and the text of `tool_result` blocks
+//!   (their string content or text blocks); images, `tool_use` inputs and tool definitions do not count.
 //! - **Answer tokens** are words. The answer reads `This is a simulated answer from <model>.` and then cycles
 //!   through `It repeats these filler words until the answer reaches its length.`; the first token is
 //!   `This`, and every later token is one word with its leading space (` is`, ` a`, ...). It is cut to N
 //!   tokens, N being `max_completion_tokens`, else `max_tokens`, else [`SimConfig::answer_tokens`]. The
 //!   finish reason is `length` when the request set the limit and `stop` otherwise.
+//!   On `/v1/messages`, where `max_tokens` is required, the answer has its default length
+//!   ([`SimConfig::answer_tokens`]) and `max_tokens` only cuts it: it has min(answer_tokens, max_tokens)
+//!   tokens, and `stop_reason` is `max_tokens` exactly when `max_tokens` is below `answer_tokens`, else
+//!   `end_turn`.
 //! - **Stop sequences** (`stop`, a string or an array) cut the answer before the first match; the finish
-//!   reason is then `stop`, and a word cut in the middle still counts as one token.
+//!   reason is then `stop`, and a word cut in the middle still counts as one token. On `/v1/messages`,
+//!   `stop_sequences` cut the same way; `stop_reason` is then `stop_sequence` and `stop_sequence` the
+//!   matched string (of two matching at once, the shorter).
 //! - **Tool calls**: when `tools` is a non-empty array, `tool_choice` is not `"none"` and the last message
 //!   comes from the user, the answer is one call to the first tool with every `required` parameter set to
 //!   `"sim"`. Its completion tokens are the characters of the function name and arguments divided by 4,
-//!   rounded up, and at least 1.
+//!   rounded up, and at least 1. On `/v1/messages` the same holds with Anthropic's names: tool_choice
+//!   `{"type": "none"}` answers text, `{"type": "tool", "name": N}` calls tool N, a last user message made of
+//!   `tool_result` blocks only answers text, and the answer is one `tool_use` block (`id` `toolu_sim_N`,
+//!   `input` every `required` property of `input_schema` set to `"sim"`) with `stop_reason` `tool_use`.
+//! - **Echo** (the script step `{"echo": true}`, or [`SimConfig::echo`]): the answer is the last message's
+//!   text as received (on `/v1/messages`, its text blocks and tool results' text), in tokens of three bytes,
+//!   whatever the limit.
 //!
-//! Streamed answers send one chunk per token, paced at [`SimConfig::tokens_per_second`] after
-//! [`SimConfig::ttft`].
+//! Streamed answers send one chunk (on `/v1/messages`, one `content_block_delta` event) per token, paced at
+//! [`SimConfig::tokens_per_second`] after [`SimConfig::ttft`].
 //!
 //! # Order of checks on a chat request
 //!
-//! The body is read and, if it is JSON, recorded; then the API key is checked (401), the request validated
-//! (400, or 404 for an unknown model), and one script step popped. A step decides the outcome on its own;
-//! only a request that found no step rolls the dice of [`SimConfig::error_rate`].
+//! The body is read and, if it is JSON, recorded (with its path and query); then the API key is checked
+//! (401), the request validated (400, or 404 for an unknown model), and one script step popped. A step
+//! decides the outcome on its own; only a request that found no step rolls the dice of
+//! [`SimConfig::error_rate`]. `/v1/messages` checks `anthropic-version` (400) after the key, and Azure's
+//! routes check `api-version` (404) before the key and the deployment (404) after it.
 
+mod anthropic;
+mod azure;
 mod chat;
 mod embeddings;
 mod error;
@@ -106,15 +132,19 @@ pub struct SimConfig {
     pub ttft: Duration,
     /// Pacing of streamed tokens after the first; 0 sends them as fast as the client reads.
     pub tokens_per_second: f64,
-    /// Probability (0..=1) that an unscripted chat request is answered with a 500, code `sim_error`.
+    /// Probability (0..=1) that an unscripted chat request (`/v1/chat/completions`, `/v1/messages`, Azure's
+    /// chat completions) is answered with a 500, code `sim_error` (`api_error` on `/v1/messages`).
     pub error_rate: f64,
-    /// Answer length in tokens when the request sets no `max_completion_tokens` or `max_tokens`.
+    /// Answer length in tokens when the request sets no `max_completion_tokens` or `max_tokens`; on
+    /// `/v1/messages`, the length that `max_tokens` may only cut.
     pub answer_tokens: u32,
-    /// When set, `/v1` requests need `Authorization: Bearer <key>` (401 `invalid_api_key` otherwise).
+    /// When set, OpenAI's `/v1` routes need `Authorization: Bearer <key>` (401 `invalid_api_key` otherwise),
+    /// `/v1/messages` needs `x-api-key: <key>` and Azure's routes need `api-key: <key>` (a `Bearer` token is
+    /// refused on those two).
     pub api_key: Option<String>,
     /// Seed of the error-rate draws, so a run's failures repeat for the same order of requests.
     pub seed: u64,
-    /// Most chat requests kept for `GET /sim/requests`; the oldest go first. 0 records nothing.
+    /// Most requests kept for `GET /sim/requests`; the oldest go first. 0 records nothing.
     pub record_limit: usize,
     /// Every unscripted answer echoes the request (as the script step `{"echo": true}` does).
     pub echo: bool,
@@ -213,8 +243,9 @@ impl Sim {
     /// Builds the stack. From the outside in:
     ///
     /// 1. `DefaultBodyLimit` raises axum's body cap to `MAX_BODY_BYTES` for the `Bytes` extractors below.
-    /// 2. The routes. `/v1` handlers check the API key themselves (`authorize`), after recording, so a test
-    ///    can see what a refused request carried; `/sim` is unauthenticated by design.
+    /// 2. The routes. The API handlers (OpenAI's `/v1`, Anthropic's `/v1/messages`, Azure's
+    ///    `/openai/deployments`) check the API key themselves (`authorize`, `check_key_header`), after
+    ///    recording, so a test can see what a refused request carried; `/sim` is unauthenticated by design.
     fn router_with(&self, closing: watch::Receiver<bool>) -> Router {
         let ctx = Ctx {
             sim: self.clone(),
@@ -224,6 +255,15 @@ impl Sim {
             .route("/v1/models", get(list_models))
             .route("/v1/chat/completions", post(chat::handle))
             .route("/v1/embeddings", post(embeddings::handle))
+            .route("/v1/messages", post(anthropic::handle))
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(azure::chat),
+            )
+            .route(
+                "/openai/deployments/{deployment}/embeddings",
+                post(azure::embeddings),
+            )
             .route("/sim/requests", get(list_requests).delete(clear_requests))
             .route("/sim/script", post(add_script).delete(clear_script))
             .route("/sim/in-flight", get(in_flight))
@@ -232,7 +272,8 @@ impl Sim {
             .with_state(ctx)
     }
 
-    /// The chat requests recorded so far, oldest first (what `GET /sim/requests` returns).
+    /// The requests recorded so far (chat, embeddings and messages, on every API), oldest first (what
+    /// `GET /sim/requests` returns).
     pub fn recorded(&self) -> Vec<RecordedRequest> {
         // Copy out under the lock (cheap: bodies are shared bytes), parse after releasing it.
         let records: Vec<Record> = lock(&self.inner.records).iter().cloned().collect();
@@ -244,7 +285,8 @@ impl Sim {
         lock(&self.inner.records).clear();
     }
 
-    /// Appends steps to the script; each chat request takes the first step left (`POST /sim/script`).
+    /// Appends steps to the script; each chat, messages or embeddings request takes the first step left
+    /// (`POST /sim/script`).
     pub fn push_script(&self, steps: Vec<ScriptStep>) {
         let mut script = lock(&self.inner.script);
         script.extend(steps);
@@ -291,13 +333,31 @@ impl Inner {
         draw < self.error_rate
     }
 
-    fn record(&self, headers: &HeaderMap, body: Bytes) {
+    /// Reads a request's body and records the request if the body is JSON. The outer error (the body could
+    /// not be read) comes first; the inner one (not JSON) after the key is checked, so a refused request is
+    /// still recorded.
+    fn read_body(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Result<serde_json::Value, SimError>, SimError> {
+        let body = body?;
+        let parsed = serde_json::from_slice::<serde_json::Value>(&body);
+        if parsed.is_ok() {
+            self.record(uri, headers, body);
+        }
+        Ok(parsed.map_err(|e| SimError::InvalidJson(e.to_string())))
+    }
+
+    fn record(&self, uri: &Uri, headers: &HeaderMap, body: Bytes) {
         let limit = self.config.record_limit;
         if limit == 0 {
             return;
         }
         let record = Record {
             seq: self.record_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            uri: uri.clone(),
             body,
             headers: Record::capture(headers),
         };
@@ -320,6 +380,18 @@ impl Inner {
             Some(given) if given == key => Ok(()),
             Some(_) => Err(SimError::InvalidApiKey { provided: true }),
             None => Err(SimError::InvalidApiKey { provided: false }),
+        }
+    }
+
+    /// The key check of the routes that take it in a header of its own (`x-api-key`, `api-key`):
+    /// `Ok(())` without a configured key or with the right one, else whether one was given.
+    fn check_key_header(&self, headers: &HeaderMap, name: &str) -> Result<(), bool> {
+        let Some(key) = &self.config.api_key else {
+            return Ok(());
+        };
+        match headers.get(name) {
+            Some(given) if given.as_bytes() == key.as_bytes() => Ok(()),
+            given => Err(given.is_some()),
         }
     }
 

@@ -80,6 +80,17 @@ pub(crate) fn response(plan: Plan, closing: watch::Receiver<bool>, guard: InFlig
         .into_response()
 }
 
+/// Waits for token `index`'s turn: `index` gaps of `interval` after `from`, when the first token went.
+pub(crate) async fn pace(interval: Option<Duration>, from: Option<Instant>, index: usize) {
+    let (Some(interval), Some(from)) = (interval, from) else {
+        return;
+    };
+    let Some(offset) = u32::try_from(index).ok().and_then(|i| interval.checked_mul(i)) else {
+        return;
+    };
+    tokio::time::sleep_until(crate::chat::later(from, offset)).await;
+}
+
 /// Events in order: the role chunk, the answer's chunks, the finish chunk, the usage chunk when asked for,
 /// then `[DONE]`.
 async fn next_event(mut state: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
@@ -129,13 +140,7 @@ async fn next_event(mut state: State) -> Option<(Result<Bytes, std::io::Error>, 
 impl State {
     /// Waits for token `index`'s turn at the configured rate.
     async fn pace(&self, index: usize) {
-        let (Some(interval), Some(from)) = (self.plan.interval, self.paced_from) else {
-            return;
-        };
-        let Some(offset) = u32::try_from(index).ok().and_then(|i| interval.checked_mul(i)) else {
-            return;
-        };
-        tokio::time::sleep_until(crate::chat::later(from, offset)).await;
+        pace(self.plan.interval, self.paced_from, index).await;
     }
 
     fn body_chunk(&self, index: usize) -> Bytes {

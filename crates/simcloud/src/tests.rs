@@ -11,6 +11,9 @@ use tower::ServiceExt;
 use crate::chat::push_json_str;
 use crate::{RecordedRequest, ScriptStep, Sim, SimConfig, SimModel};
 
+mod anthropic;
+mod azure;
+
 const ANSWER_16: &str =
     "This is a simulated answer from gpt-4o-mini. It repeats these filler words until the answer reaches";
 
@@ -710,6 +713,7 @@ async fn records_requests_oldest_first_within_the_limit() {
         .into_iter()
         .map(|n| RecordedRequest {
             seq: n,
+            path: "/v1/chat/completions".to_owned(),
             body: hello(json!({"max_tokens": n})),
             authorization: Some("Bearer sk-test".into()),
             headers: [

@@ -9,11 +9,19 @@ use sluice_simcloud::{Sim, SimConfig, SimModel};
 
 use super::Failure;
 
-/// The test controls, shown by `--help`.
+/// The routes and the test controls, shown by `--help`.
 const CONTROLS_HELP: &str = "\
-Test controls (unauthenticated; for demos and tests only, as GET /sim/requests shows the Authorization
-headers received):
-  GET /sim/requests       the chat and embeddings requests received, oldest first; DELETE clears them
+Routes (the same models, script, recordings and token counts on each):
+  OpenAI     GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings
+             (key: Authorization: Bearer KEY)
+  Anthropic  POST /v1/messages (key: x-api-key: KEY; anthropic-version header required)
+  Azure      POST /openai/deployments/DEPLOYMENT/chat/completions?api-version=V,
+             POST /openai/deployments/DEPLOYMENT/embeddings?api-version=V
+             (key: api-key: KEY; the deployment is a served model id)
+
+Test controls (unauthenticated; for demos and tests only, as GET /sim/requests shows the keys received):
+  GET /sim/requests       the requests received on every route, with their path, oldest first; DELETE
+                          clears them
   POST /sim/script        queue outcomes for the next requests, one step each, e.g.
                           {\"steps\": [{\"status\": 429, \"retry_after_seconds\": 1}, {\"hang\": true},
                           {\"stall_after_chunks\": 3}, {\"delay_ms\": 500}, {\"echo\": true}, {}]};
@@ -24,7 +32,8 @@ headers received):
 /// Most tokens an answer may have; the simulator refuses longer limits in requests too.
 const MAX_ANSWER_TOKENS: u32 = 65_536;
 
-/// An OpenAI-compatible stand-in for a cloud API, for demos, tests and load tests.
+/// A stand-in for a cloud API (OpenAI, Anthropic Messages and Azure OpenAI wire formats), for demos, tests
+/// and load tests.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = CONTROLS_HELP)]
 pub struct SimCloudArgs {
@@ -45,20 +54,21 @@ pub struct SimCloudArgs {
     /// Pace streamed tokens at this rate; 0 sends them as fast as the client reads [default: 0].
     #[arg(long, value_name = "N")]
     pub tokens_per_second: Option<f64>,
-    /// Fraction of chat requests answered with HTTP 500 (code sim_error), 0 to 1 [default: 0].
+    /// Fraction of chat requests (any API) answered with HTTP 500 (code sim_error), 0 to 1 [default: 0].
     #[arg(long, value_name = "P")]
     pub error_rate: Option<f64>,
-    /// Answer length in tokens (words) when a request sets no max_completion_tokens or max_tokens, 1 to
-    /// 65536 [default: 16].
+    /// Answer length in tokens (words) when a request sets no max_completion_tokens or max_tokens (on
+    /// /v1/messages, max_tokens only cuts it), 1 to 65536 [default: 16].
     #[arg(long, value_name = "N")]
     pub answer_tokens: Option<u32>,
-    /// Require `Authorization: Bearer KEY` on /v1 routes [default: no key].
+    /// Require this key: `Authorization: Bearer KEY` on the OpenAI routes, `x-api-key: KEY` on
+    /// /v1/messages, `api-key: KEY` on Azure's /openai/deployments routes [default: no key].
     #[arg(long, value_name = "KEY", env = "SLUICE_SIM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Seed of the --error-rate draws: the same seed fails the same requests in the same order [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Most chat requests kept for GET /sim/requests, the oldest dropped first; 0 records none
+    /// Most requests kept for GET /sim/requests, the oldest dropped first; 0 records none
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     pub record_limit: Option<usize>,
