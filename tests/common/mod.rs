@@ -507,6 +507,25 @@ fn run_sdk(mut command: Command, scenario: &str, log: &str) -> serde_json::Value
         .unwrap_or_else(|e| panic!("scenario {scenario} printed no JSON ({e}): {stdout}"))
 }
 
+/// The official Anthropic Python SDK version the tests drive `/v1/messages` with.
+pub const ANTHROPIC_SDK: &str = "anthropic==2.17.0";
+
+/// Runs a scenario of tests/sdk/anthropic_client.py (the Anthropic SDK, and the OpenAI SDK beside it)
+/// against `gateway` and returns the JSON it printed last. Installs the SDK when it is missing.
+pub fn anthropic_sdk(gateway: &Gateway, scenario: &str) -> serde_json::Value {
+    ensure_openai_sdk();
+    ensure_python_packages(&[(ANTHROPIC_SDK, "anthropic", "anthropic.__version__")]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/anthropic_client.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .arg(scenario)
+        .env("SLUICE_BASE_URL", gateway.base_url())
+        .env("SLUICE_API_KEY", TEST_KEY)
+        .env("LOCAL_MODEL", DEMO_MODEL_ID);
+    run_sdk(command, scenario, &gateway.log())
+}
+
 /// The command that runs a scenario, for tests that read its output as it comes.
 pub fn sdk_command(gateway: &Gateway, scenario: &str) -> Command {
     sdk_command_at(&gateway.base_url(), scenario)

@@ -98,7 +98,7 @@ fn request_spans_are_named_after_exactly_the_public_routes() {
 }
 
 #[test]
-fn every_error_answer_is_openai_shaped_and_every_operation_has_an_id() {
+fn every_error_answer_is_openai_or_anthropic_shaped_and_every_operation_has_an_id() {
     let doc: Value = serde_json::from_str(DOC).unwrap();
     let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -109,8 +109,14 @@ fn every_error_answer_is_openai_shaped_and_every_operation_has_an_id() {
             assert!(ids.insert(id.to_owned()), "{id} twice");
             for (status, answer) in op["responses"].as_object().unwrap() {
                 if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
+                    // The Anthropic Messages API answers in Anthropic's error shape.
+                    let shape = if path == "/v1/messages" {
+                        "#/components/schemas/AnthropicError"
+                    } else {
+                        "#/components/schemas/Error"
+                    };
                     assert_eq!(
-                        answer["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+                        answer["content"]["application/json"]["schema"]["$ref"], shape,
                         "{method} {path} {status}"
                     );
                 }

@@ -3,7 +3,8 @@
 //! `system` becomes a system message first, content blocks become content parts (text, images),
 //! `tool_use` blocks become an assistant's tool calls, `tool_result` blocks become tool messages,
 //! `tools` and `tool_choice` become functions, `stop_sequences` become `stop`, `metadata.user_id` becomes
-//! `user`. What has no equivalent (`top_k`, extended thinking, documents, server tools, more than four
+//! `user`; `cache_control` (a prompt-caching hint, which changes nothing of the answer) is accepted
+//! wherever Anthropic's API takes it. What has no equivalent (`top_k`, extended thinking, documents, server tools, more than four
 //! stop sequences) is refused with the field named, never dropped.
 
 use serde_json::{Map, Value, json};
@@ -13,7 +14,8 @@ use super::{
 };
 
 /// Fields read here; anything else is refused rather than silently dropped.
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
+    "cache_control",
     "model",
     "messages",
     "max_tokens",
@@ -37,13 +39,10 @@ fn missing(param: &str) -> InvalidRequest {
     InvalidRequest::new("missing_required_parameter", format!("`{param}` is required.")).with_param(param)
 }
 
-/// The keys of a block other than `allowed`, refused by name (`cache_control` is a hint that changes
-/// nothing of the answer, so it is accepted everywhere).
+/// The keys of a block other than `allowed`, refused by name (`cache_control`, a prompt-caching hint that
+/// changes nothing of the answer, is allowed where Anthropic's API allows it: on blocks and tools).
 fn only(param: &str, block: &Map<String, Value>, allowed: &[&str]) -> Result<(), InvalidRequest> {
-    match block
-        .keys()
-        .find(|k| !allowed.contains(&k.as_str()) && k.as_str() != "cache_control")
-    {
+    match block.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(unsupported(
             &format!("{param}.{k}"),
             format!("`{param}.{k}` is not served here; leave it out"),
@@ -62,7 +61,7 @@ fn string<'a>(block: &'a Map<String, Value>, param: &str, key: &str) -> Result<&
 
 /// An `image` block as a chat image part (base64 sources become data URLs).
 fn image(param: &str, block: &Map<String, Value>) -> Result<Value, InvalidRequest> {
-    only(param, block, &["type", "source"])?;
+    only(param, block, &["type", "source", "cache_control"])?;
     let source_param = format!("{param}.source");
     let Some(Value::Object(source)) = block.get("source") else {
         return Err(missing(&source_param));
@@ -106,7 +105,7 @@ fn tool_result_text(param: &str, content: Option<&Value>) -> Result<String, Inva
                         format!("`{at}`: tool results are served as text blocks only"),
                     ));
                 }
-                only(&at, b, &["type", "text", "citations"])?;
+                only(&at, b, &["type", "text", "citations", "cache_control"])?;
                 texts.push(string(b, &at, "text")?.to_owned());
             }
             Ok(texts.join("\n"))
@@ -164,12 +163,12 @@ fn message(i: usize, m: &Value, out: &mut Vec<Value>) -> Result<(), InvalidReque
         };
         match (b.get("type").and_then(Value::as_str), role) {
             (Some("text"), _) => {
-                only(&at, b, &["type", "text", "citations"])?;
+                only(&at, b, &["type", "text", "citations", "cache_control"])?;
                 parts.push(json!({"type": "text", "text": string(b, &at, "text")?}));
             }
             (Some("image"), "user") => parts.push(image(&at, b)?),
             (Some("tool_use"), "assistant") => {
-                only(&at, b, &["type", "id", "name", "input"])?;
+                only(&at, b, &["type", "id", "name", "input", "cache_control"])?;
                 let input = match b.get("input") {
                     Some(v @ Value::Object(_)) => v.to_string(),
                     None => return Err(missing(&format!("{at}.input"))),
@@ -182,7 +181,11 @@ fn message(i: usize, m: &Value, out: &mut Vec<Value>) -> Result<(), InvalidReque
                 }));
             }
             (Some("tool_result"), "user") => {
-                only(&at, b, &["type", "tool_use_id", "content", "is_error"])?;
+                only(
+                    &at,
+                    b,
+                    &["type", "tool_use_id", "content", "is_error", "cache_control"],
+                )?;
                 let id = string(b, &at, "tool_use_id")?;
                 let mut text = tool_result_text(&at, b.get("content"))?;
                 match b.get("is_error") {
@@ -244,7 +247,7 @@ fn system(value: &Value) -> Result<String, InvalidRequest> {
                         format!("`{at}` must be a text block."),
                     ));
                 }
-                only(&at, b, &["type", "text", "citations"])?;
+                only(&at, b, &["type", "text", "citations", "cache_control"])?;
                 texts.push(string(b, &at, "text")?.to_owned());
             }
             Ok(texts.join("\n"))
@@ -275,7 +278,11 @@ fn tools(value: &Value) -> Result<Vec<Value>, InvalidRequest> {
                 ));
             }
         }
-        only(&at, t, &["type", "name", "description", "input_schema"])?;
+        only(
+            &at,
+            t,
+            &["type", "name", "description", "input_schema", "cache_control"],
+        )?;
         let name = string(t, &at, "name")?;
         if name.is_empty() {
             return Err(bad_value(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::backend::cloud::CloudApi;
 use crate::backend::local::worker_uri;
 use crate::level::Level;
 
@@ -402,4 +403,45 @@ fn connection_limits_have_defaults_and_are_checked_with_their_key() {
         assert_eq!(e.key, key, "{e}");
         assert_eq!(e.line, Some(10), "{e}");
     }
+}
+
+#[test]
+fn azure_and_anthropic_clouds_are_read_and_checked() {
+    let with = |cloud: &str| {
+        validate(&format!(
+            "allow_unauthenticated: true\nclouds:\n  - name: c\n{cloud}    models:\n      - id: m\n        deployment: dep-1\n        input_usd_per_mtok: 1\n        output_usd_per_mtok: 2\n"
+        ))
+    };
+    let azure =
+        with("    api: azure\n    api_version: \"2024-10-21\"\n    base_url: https://r.openai.azure.com\n")
+            .expect("azure");
+    assert_eq!(
+        azure.clouds[0].api,
+        CloudApi::Azure {
+            api_version: "2024-10-21".into()
+        }
+    );
+    assert_eq!(azure.clouds[0].models[0].deployment.as_deref(), Some("dep-1"));
+    let e = with("    api: azure\n    base_url: https://r.openai.azure.com\n").unwrap_err();
+    assert_eq!(e.key, "clouds[0].api_version", "{e}");
+    let e = with("    api: anthropic\n    base_url: https://api.anthropic.com/v1\n").unwrap_err();
+    assert_eq!(e.key, "clouds[0].models[0].deployment", "{e}");
+    let e = with("    api: bedrock\n    base_url: https://x\n").unwrap_err();
+    assert_eq!(e.key, "clouds[0].api", "{e}");
+    let anthropic = validate(
+        "allow_unauthenticated: true\nclouds:\n  - name: c\n    api: anthropic\n    base_url: https://api.anthropic.com/v1\n    models:\n      - { id: claude, input_usd_per_mtok: 3, output_usd_per_mtok: 15 }\n",
+    )
+    .expect("anthropic");
+    assert_eq!(
+        anthropic.clouds[0].api,
+        CloudApi::Anthropic {
+            version: "2023-06-01".into(),
+            default_max_tokens: 4096
+        }
+    );
+    let e = validate(
+        "allow_unauthenticated: true\nclouds:\n  - name: c\n    api: anthropic\n    base_url: https://api.anthropic.com/v1\n    models:\n      - { id: e, kind: embedding, input_usd_per_mtok: 3 }\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "clouds[0].models[0].kind", "{e}");
 }

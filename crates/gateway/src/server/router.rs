@@ -32,15 +32,15 @@ const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
 /// 2. `Trace`: a span per request (method, path), with the status and latency at the end.
 /// 3. `request_id`: reads or makes the id, adds [`RequestId`] to the extensions (read by the handlers)
 ///    and `x-request-id` to every response, errors included.
-/// 3b. `anthropic_errors`: on `/v1/messages`, every error (the layers' below included) in Anthropic's
+/// 4. `anthropic_errors`: on `/v1/messages`, every error (the layers' below included) in Anthropic's
 ///    error shape, and the id also as `request-id`, where the Anthropic SDKs look for it.
-/// 4. `trace_request`: with tracing on, the request's span (continuing the client's `traceparent`), open
+/// 5. `trace_request`: with tracing on, the request's span (continuing the client's `traceparent`), open
 ///    until the response body ends; the steps below record on it and open their spans under it.
-/// 5. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
+/// 6. `shed_load`: takes one of `max_in_flight` permits or answers 429 with `Retry-After`; the permit
 ///    lives in the response body, so a stream counts until its last byte.
-/// 6. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
+/// 7. `Timeout` (with `HandleError`): a response must start within the request timeout plus a backstop
 ///    margin (504); the handler's own deadline normally answers first.
-/// 7. Routes. `/v1/*` sit behind `authenticate`, which adds [`crate::auth::Tenant`] (read by the handlers);
+/// 8. Routes. `/v1/*` sit behind `authenticate`, which adds [`crate::auth::Tenant`] (read by the handlers);
 ///    `/healthz` and `/readyz` do not. `DefaultBodyLimit` caps bodies; the handler maps the 413.
 pub fn public_router(app: Arc<App>) -> Router {
     let limits = app.config.limits;

@@ -21,6 +21,7 @@ const ROUTES: &[&str] = &[
     "/v1/embeddings",
     "/v1/models",
     "/v1/responses",
+    "/v1/messages",
     "/healthz",
     "/readyz",
 ];
