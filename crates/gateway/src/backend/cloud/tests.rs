@@ -258,3 +258,62 @@ async fn prices_and_models_come_from_the_configuration() {
     assert!(b.serves("gpt-4o-mini") && !b.serves("gpt-4o"));
     assert_eq!(b.models()[0].prices.unwrap().output_usd_per_mtok, 0.6);
 }
+
+fn anthropic(base_url: &str, max_retries: u32) -> CloudBackend {
+    let mut b = backend(base_url, max_retries, Duration::from_secs(5));
+    b.config.api = CloudApi::Anthropic {
+        version: "2023-06-01".into(),
+        default_max_tokens: 7,
+    };
+    b
+}
+
+#[tokio::test]
+async fn anthropics_overloaded_is_retried_its_refusals_are_not_and_its_key_never_shows() {
+    let (sim, url) = sim(SimConfig {
+        api_key: Some("sk-upstream".into()),
+        ..SimConfig::default()
+    })
+    .await;
+    let b = anthropic(&url, 2);
+    // 529 (overloaded), then an answer: retried, and the answer read back as OpenAI's.
+    sim.push_script(vec![ScriptStep::error(529), ScriptStep::normal()]);
+    let got = events(b.dispatch(&request(""), &context(5.0)).await.unwrap()).await;
+    assert_eq!(
+        got.last(),
+        Some(&Ok(ChatEvent::Finished {
+            finish_reason: "length".into(),
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 7
+            }
+        })),
+        "{got:?}"
+    );
+    let seen = sim.recorded();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|q| q.path == "/v1/messages"));
+    assert_eq!(
+        seen[1].headers.get("x-api-key").map(String::as_str),
+        Some("sk-upstream")
+    );
+    assert_eq!(seen[1].body["max_tokens"], 7, "the default max_tokens");
+    // A 400 is the client's to see, not retried.
+    sim.clear_recorded();
+    sim.push_script(vec![ScriptStep::error(400).with_message("bad thing")]);
+    let e = b.dispatch(&request(""), &context(5.0)).await.unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Upstream { status: 400, message, code: Some(c), .. } if message.contains("bad thing") && c == "invalid_request_error"),
+        "{e:?}"
+    );
+    assert_eq!(sim.recorded().len(), 1);
+    // Wrong credentials: said, without the provider's message.
+    let mut wrong = anthropic(&url, 2);
+    wrong.config.api_key = Some("sk-wrong".into());
+    let e = wrong.dispatch(&request(""), &context(5.0)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("refused the gateway's credentials (401)"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("sk-"), "{e}");
+}
