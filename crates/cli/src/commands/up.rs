@@ -569,7 +569,10 @@ fn print_banner(
          curl -si {base}/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\": \"auto\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Name a primary colour.\"}}]}}'\n\n  \
          python3 -c \"from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='{key}'); \
-         print(c.chat.completions.create(model='{local}', max_tokens=64, messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n"
+         print(c.chat.completions.create(model='{local}', max_tokens=64, messages=[{{'role': 'user', 'content': 'What color is the sky on a clear day?'}}]).choices[0].message.content)\"\n\n  \
+         # the Anthropic Messages API (Anthropic SDKs: base_url without /v1, the same key)\n  \
+         curl -si {base}/messages -H 'x-api-key: {key}' -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\": \"{local}\", \"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of Japan?\"}}]}}'\n"
     ));
     if let Some(e) = embedding {
         out.push_str(&format!(
