@@ -200,8 +200,24 @@ async fn the_messages_api_is_served_locally_and_by_both_kinds_of_cloud() {
         assert!(models.contains(&id), "{id} not in {models:?}");
     }
 
-    // What reached the stand-in: Anthropic's wire format on /v1/messages with the key in x-api-key, and
-    // OpenAI's on /v1/chat/completions; never the card number.
+    // Passed on as it came, Anthropic's own answer comes back as it is: the stop sequence it hit.
+    let cached = &r["claude_cached"];
+    assert_eq!(cached["stop_reason"], "stop_sequence", "{cached}");
+    assert_eq!(cached["stop_sequence"], "simulated");
+    assert_eq!(texts(&cached["content"]), "This is a ");
+    let types: Vec<&str> = claude_stream["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let mut expected = vec!["message_start", "content_block_start"];
+    expected.extend(std::iter::repeat_n("content_block_delta", 5));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(types, expected);
+
+    // What reached the stand-in: on /v1/messages, the client's own bodies (its string content, its caching
+    // hint) with the key in x-api-key; OpenAI's format on /v1/chat/completions; never the card number.
     let received = sim.requests();
     assert!(
         !serde_json::to_string(&received).unwrap().contains("4111"),
@@ -209,30 +225,35 @@ async fn the_messages_api_is_served_locally_and_by_both_kinds_of_cloud() {
     );
     let at = |path: &str| received.iter().filter(|q| q["path"] == path).collect::<Vec<_>>();
     let anthropic = at("/v1/messages");
-    assert_eq!(anthropic.len(), 6, "{received:?}");
+    assert_eq!(anthropic.len(), 7, "{received:?}");
     for q in &anthropic {
         assert_eq!(q["headers"]["x-api-key"], SIM_KEY, "{q}");
         assert_eq!(q["headers"]["anthropic-version"], "2023-06-01");
         assert!(q["authorization"].is_null(), "{q}");
     }
-    assert_eq!(anthropic[0]["body"]["system"], "Be brief.");
-    assert_eq!(anthropic[0]["body"]["stop_sequences"], json!(["zzz"]));
     assert_eq!(
-        anthropic[0]["body"]["messages"],
-        json!([{"role": "user", "content": [{"type": "text", "text": "Hello"}]}])
+        anthropic[0]["body"],
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "system": "Be brief.", "stop_sequences": ["zzz"],
+               "messages": [{"role": "user", "content": "Hello"}]})
     );
+    assert_eq!(anthropic[2]["body"]["stream"], true);
     assert_eq!(anthropic[3]["body"]["tool_choice"], json!({"type": "any"}));
     assert_eq!(
-        anthropic[3]["body"]["tools"][0]["input_schema"]["required"],
-        json!(["city"])
+        anthropic[3]["body"]["tools"][0],
+        json!({"name": "get_weather", "description": "The weather in a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}})
     );
     assert_eq!(
         anthropic[5]["body"]["messages"],
         json!([
-            {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {"role": "user", "content": "Weather in Oslo?"},
             {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "4 C, rain"}]},
         ])
+    );
+    assert_eq!(
+        anthropic[6]["body"]["system"],
+        json!([{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
     );
     let openai_chat = at("/v1/chat/completions");
     assert_eq!(openai_chat.len(), 3, "{received:?}");
@@ -240,7 +261,13 @@ async fn the_messages_api_is_served_locally_and_by_both_kinds_of_cloud() {
     assert_eq!(openai_chat[0]["body"]["max_tokens"], 5);
 
     // Priced at each model's list price, to the picodollar.
-    let claude_keys = ["claude", "claude_whole", "claude_tool", "claude_tool_result"];
+    let claude_keys = [
+        "claude",
+        "claude_whole",
+        "claude_tool",
+        "claude_tool_result",
+        "claude_cached",
+    ];
     let claude_streams = ["claude_stream", "claude_tool_stream"];
     let claude_pico: u64 = claude_keys
         .iter()

@@ -50,7 +50,7 @@ def block(b):
 def message_of(raw):
     m = raw.parse()
     return {"headers": headers_of(raw), "id": m.id, "type": m.type, "role": m.role, "model": m.model,
-            "content": [block(b) for b in m.content], "stop_reason": m.stop_reason,
+            "content": [block(b) for b in m.content], "stop_reason": m.stop_reason, "stop_sequence": m.stop_sequence,
             "usage": {"input_tokens": m.usage.input_tokens, "output_tokens": m.usage.output_tokens}}
 
 
@@ -127,6 +127,9 @@ def messages():
                                        messages=[{"role": "user", "content": "Weather in Oslo?"}]),
         "claude_tool_result": create(c, model="claude-sonnet-4-5", max_tokens=5, tools=[WEATHER],
                                      messages=tool_turns),
+        "claude_cached": create(c, model="claude-sonnet-4-5", max_tokens=64, stop_sequences=["simulated"],
+                                system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+                                messages=[{"role": "user", "content": "Hello"}]),
         "card": create(c, model="claude-sonnet-4-5", max_tokens=8,
                        messages=[{"role": "user", "content": f"Is {CARD} a valid number?"}]),
         "models": [{"id": m.id, "display_name": m.display_name} for m in c.models.list()],

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 pub mod embeddings;
 pub mod messages;
+pub mod native;
 pub mod responses;
 
 /// Why a body is not a chat request this gateway accepts: a stable snake_case `code`, a message that
@@ -105,6 +106,8 @@ pub struct ChatRequest {
     /// The request declares tools.
     pub has_tools: bool,
     pub user: Option<String>,
+    /// The client's own request when it came in another API's format (see [`native::Native`]).
+    pub native: Option<std::sync::Arc<native::Native>>,
 }
 
 impl ChatRequest {
@@ -329,6 +332,7 @@ fn check(body: Map<String, Value>) -> Result<ChatRequest, InvalidRequest> {
         has_tools,
         user,
         body,
+        native: None,
     })
 }
 

@@ -41,13 +41,44 @@ fn missing(param: &str) -> InvalidRequest {
 
 /// The keys of a block other than `allowed`, refused by name (`cache_control`, a prompt-caching hint that
 /// changes nothing of the answer, is allowed where Anthropic's API allows it: on blocks and tools).
+///
+/// Every string the client's body holds must reach the chat translation (which is what is scanned), since
+/// that body may be passed on as it came (`api::native`): so `cache_control` must be exactly a caching hint,
+/// and `citations` (which quote text) are refused.
 fn only(param: &str, block: &Map<String, Value>, allowed: &[&str]) -> Result<(), InvalidRequest> {
-    match block.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(unsupported(
+    if let Some(k) = block.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(unsupported(
             &format!("{param}.{k}"),
             format!("`{param}.{k}` is not served here; leave it out"),
-        )),
-        None => Ok(()),
+        ));
+    }
+    if block.get("citations").is_some_and(|c| !c.is_null()) {
+        return Err(unsupported(
+            &format!("{param}.citations"),
+            format!("`{param}.citations` is not served here; leave it out"),
+        ));
+    }
+    match block.get("cache_control") {
+        None | Some(Value::Null) => Ok(()),
+        Some(c) => cache_control(&format!("{param}.cache_control"), c),
+    }
+}
+
+/// A prompt-caching hint: `{"type": "ephemeral"}`, with `ttl` `5m` or `1h`.
+fn cache_control(param: &str, c: &Value) -> Result<(), InvalidRequest> {
+    let valid = c.as_object().is_some_and(|c| {
+        c.get("type").and_then(Value::as_str) == Some("ephemeral")
+            && c.keys().all(|k| k == "type" || k == "ttl")
+            && c.get("ttl")
+                .is_none_or(|t| matches!(t.as_str(), Some("5m" | "1h")))
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(bad_value(
+            param,
+            format!("`{param}` must be {{\"type\": \"ephemeral\"}}, with `ttl` 5m or 1h."),
+        ))
     }
 }
 
@@ -347,8 +378,8 @@ fn number(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, InvalidRe
     }
 }
 
-/// Translates a Messages request into a chat completions body.
-pub fn to_chat_body(bytes: &[u8]) -> Result<Vec<u8>, InvalidRequest> {
+/// Translates a Messages request into a chat completions body; returns it with the client's body.
+pub fn to_chat_body(bytes: &[u8]) -> Result<(Vec<u8>, Map<String, Value>), InvalidRequest> {
     let body = json_object(bytes)?;
     let model = model_of(&body)?;
     if let Some(key) = body.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -468,7 +499,11 @@ pub fn to_chat_body(bytes: &[u8]) -> Result<Vec<u8>, InvalidRequest> {
         None | Some(Value::Null) => {}
         Some(c) => tool_choice(c, &mut chat)?,
     }
-    Ok(chat.to_string().into_bytes())
+    match body.get("cache_control") {
+        None | Some(Value::Null) => {}
+        Some(c) => cache_control("cache_control", c)?,
+    }
+    Ok((chat.to_string().into_bytes(), body))
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ pub enum ChatEvent {
     Chunk(Value),
     /// A whole OpenAI `chat.completion` from an OpenAI-compatible backend (not streamed), as it came.
     Completion(Value),
+    /// The answer in the API the client called, as the backend sent it (a request passed on in its own
+    /// format, see [`crate::api::native::Native`]): Anthropic's `message` (`kind` "message") or one of its stream
+    /// events (`kind` the event's name). Only the wire layer of that API reads them.
+    Native { kind: String, data: Value },
     /// The end: why generation stopped and what it used. Always the last event of a good answer.
     Finished { finish_reason: String, usage: Usage },
 }

@@ -77,6 +77,11 @@ impl Restoring {
                 restore_completion(&self.mapping, &mut c);
                 vec![Ok(ChatEvent::Completion(c))]
             }
+            // A redacted request is never passed on in its own format (`api::native`), so no answer in
+            // one can come back; were one to, its placeholders could not be put back.
+            Ok(ChatEvent::Native { .. }) => vec![Err(BackendError::Failed(
+                "an answer in the client's own format cannot have its redacted values put back".into(),
+            ))],
             Ok(finished @ ChatEvent::Finished { .. }) => {
                 let mut out = Vec::with_capacity(2);
                 let rest = self.text.finish();

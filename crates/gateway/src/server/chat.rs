@@ -54,7 +54,8 @@ pub(super) fn respond(routing: &RoutingHeaders, response: impl IntoResponse) -> 
 pub(super) enum Surface {
     Chat,
     Responses(ResponseOptions),
-    Messages,
+    /// With the client's own body, which a backend speaking the Messages API is sent as it came.
+    Messages(serde_json::Map<String, serde_json::Value>),
 }
 
 pub(super) async fn completions(
@@ -75,7 +76,7 @@ pub(super) async fn serve(
     permit: Option<axum::Extension<PermitSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    surface: Surface,
+    mut surface: Surface,
 ) -> Response {
     let arrived = Instant::now();
     let accounts = &app.accounts;
@@ -98,6 +99,10 @@ pub(super) async fn serve(
             return respond(&routing, *refused.error);
         }
     };
+
+    if let Surface::Messages(native) = &mut surface {
+        intake.request.keep_native(std::mem::take(native));
+    }
 
     // Policy, and the personal-data model when its answer can change where the request may go.
     let http_headers = HttpHeaders(&headers);
@@ -227,7 +232,7 @@ pub(super) async fn serve(
             match surface {
                 Surface::Chat => {}
                 Surface::Responses(_) => r.endpoint = Some("responses".to_owned()),
-                Surface::Messages => r.endpoint = Some("messages".to_owned()),
+                Surface::Messages(_) => r.endpoint = Some("messages".to_owned()),
             }
             r
         });
@@ -326,7 +331,7 @@ pub(super) async fn serve(
         events = crate::redact::answer::restore(events, s.mapping.clone());
     }
     let suffix = decision_id.trim_start_matches("dec_");
-    if let Surface::Messages = surface {
+    if let Surface::Messages(_) = surface {
         let shape = MessageShape {
             id: format!("msg_{suffix}"),
             model: started.target.model.clone(),

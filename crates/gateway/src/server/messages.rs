@@ -40,15 +40,15 @@ pub(super) async fn create(
         return respond(&RoutingHeaders::default(), error);
     }
     // A body that could not be read is intake's to answer, as for chat.
-    let body = match body {
+    let (body, native) = match body {
         Ok(bytes) => match crate::api::messages::to_chat_body(&bytes) {
-            Ok(chat) => Ok(Bytes::from(chat)),
+            Ok((chat, native)) => (Ok(Bytes::from(chat)), native),
             Err(invalid) => {
                 app.accounts.rejected("invalid_request");
                 return respond(&RoutingHeaders::default(), ApiError::from(invalid));
             }
         },
-        Err(rejection) => Err(rejection),
+        Err(rejection) => (Err(rejection), Default::default()),
     };
     serve(
         app,
@@ -56,7 +56,7 @@ pub(super) async fn create(
         permit,
         headers,
         body,
-        Surface::Messages,
+        Surface::Messages(native),
     )
     .await
 }

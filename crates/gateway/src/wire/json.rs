@@ -25,6 +25,8 @@ pub async fn collect(
                 text.push_str(&t);
             }
             Ok(ChatEvent::Chunk(_)) => ledger.token(),
+            // Only a request in another API's format gets answers in it, and not through this shape.
+            Ok(ChatEvent::Native { .. }) => {}
             Ok(ChatEvent::Completion(v)) => {
                 ledger.token();
                 completion = Some(v);

@@ -4,6 +4,8 @@
 //! `content_block_stop`, then `message_delta` with the stop reason and the usage, and `message_stop`),
 //! each framed as `event: TYPE` and `data: JSON`. An answer that breaks off after it started ends with an
 //! `error` event, which the SDKs raise. Stop reasons: `end_turn`, `max_tokens`, `tool_use`, `refusal`.
+//! An answer that came in this API's own format (a request passed on as it came to Anthropic's API) is
+//! written as it came: the message, or each event.
 
 use std::collections::VecDeque;
 
@@ -130,6 +132,7 @@ pub async fn collect(
         Tool(u64, String, String, String),
     }
     let mut blocks: Vec<Block> = Vec::new();
+    let mut native: Option<Value> = None;
     let fail = |ledger: &mut dyn Meter, e: BackendError| {
         let error = ApiError::from(&e);
         ledger.failed(error.status.as_u16(), error.code, e.member_fault());
@@ -140,7 +143,18 @@ pub async fn collect(
             Ok(ChatEvent::Text(t)) => vec![Piece::Text(t)],
             Ok(ChatEvent::Chunk(c)) => c.pointer("/choices/0/delta").map(pieces).unwrap_or_default(),
             Ok(ChatEvent::Completion(c)) => c.pointer("/choices/0/message").map(pieces).unwrap_or_default(),
+            Ok(ChatEvent::Native { kind, data }) => {
+                if kind == "message" {
+                    ledger.token();
+                    native = Some(data);
+                }
+                Vec::new()
+            }
             Ok(ChatEvent::Finished { finish_reason, usage }) => {
+                if let Some(message) = native {
+                    ledger.finished(usage);
+                    return axum::Json(message).into_response();
+                }
                 let mut content = Vec::new();
                 for b in blocks {
                     content.push(match b {
@@ -208,6 +222,8 @@ struct EventWriter {
     ledger: Box<dyn Meter>,
     deadline: Instant,
     started: bool,
+    /// The answer comes in this API's own events, passed on as they are.
+    native: bool,
     /// The block being written and its index.
     open: Option<(usize, Open)>,
     blocks: usize,
@@ -298,9 +314,23 @@ impl EventWriter {
             Ok(ChatEvent::Text(t)) => vec![Piece::Text(t)],
             Ok(ChatEvent::Chunk(c)) => c.pointer("/choices/0/delta").map(pieces).unwrap_or_default(),
             Ok(ChatEvent::Completion(c)) => c.pointer("/choices/0/message").map(pieces).unwrap_or_default(),
+            Ok(ChatEvent::Native { kind, data }) => {
+                if kind == "content_block_delta" {
+                    self.ledger.token();
+                }
+                self.started = true;
+                self.native = true;
+                self.queue
+                    .push_back(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")));
+                return;
+            }
             Ok(ChatEvent::Finished { finish_reason, usage }) => {
                 self.done = true;
                 self.ledger.finished(usage);
+                if self.native {
+                    // The native events carried their own ending.
+                    return;
+                }
                 self.start();
                 self.close();
                 self.emit(
@@ -362,6 +392,7 @@ pub fn stream(
         ledger,
         deadline,
         started: false,
+        native: false,
         open: None,
         blocks: 0,
         done: false,

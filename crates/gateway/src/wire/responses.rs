@@ -138,7 +138,7 @@ pub async fn collect(
                 ledger.token();
                 text.push_str(&t);
             }
-            Ok(ChatEvent::Chunk(_) | ChatEvent::Completion(_)) => {}
+            Ok(ChatEvent::Chunk(_) | ChatEvent::Completion(_) | ChatEvent::Native { .. }) => {}
             Ok(ChatEvent::Finished { finish_reason, usage }) => {
                 ledger.finished(usage);
                 let body = shape.response(Some((&text, usage, finish_reason == "length")));
@@ -207,7 +207,7 @@ impl EventWriter {
                     json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": t, "logprobs": []}),
                 );
             }
-            Ok(ChatEvent::Chunk(_) | ChatEvent::Completion(_)) => {}
+            Ok(ChatEvent::Chunk(_) | ChatEvent::Completion(_) | ChatEvent::Native { .. }) => {}
             Ok(ChatEvent::Finished { finish_reason, usage }) => {
                 self.done = true;
                 self.ledger.finished(usage);

@@ -101,7 +101,7 @@ impl SseWriter {
                 }
                 self.queue.push_back(frame(&c.to_string()));
             }
-            Ok(ChatEvent::Completion(_)) => {}
+            Ok(ChatEvent::Completion(_) | ChatEvent::Native { .. }) => {}
             Ok(ChatEvent::Finished { finish_reason, usage }) => {
                 self.done = true;
                 self.ledger.finished(usage);

@@ -3,7 +3,8 @@
 use super::*;
 
 fn translate(v: Value) -> Result<Value, InvalidRequest> {
-    to_chat_body(v.to_string().as_bytes()).map(|b| serde_json::from_slice(&b).expect("chat body is JSON"))
+    to_chat_body(v.to_string().as_bytes())
+        .map(|(b, _)| serde_json::from_slice(&b).expect("chat body is JSON"))
 }
 
 #[test]
@@ -87,6 +88,14 @@ fn what_has_no_equivalent_is_refused_by_name() {
     for (body, param) in [
         (ok(json!({"top_k": 5})), "top_k"),
         (
+            ok(json!({"cache_control": {"type": "ephemeral", "note": "secret"}})),
+            "cache_control",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": [{"cited_text": "y"}]}]}]}),
+            "messages[0].content[0].citations",
+        ),
+        (
             ok(json!({"thinking": {"type": "enabled", "budget_tokens": 1024}})),
             "thinking",
         ),
@@ -129,4 +138,26 @@ fn what_has_no_equivalent_is_refused_by_name() {
         let e = translate(body.clone()).expect_err(&body.to_string());
         assert_eq!(e.param.as_deref(), Some(param), "{body}: {e:?}");
     }
+}
+
+#[test]
+fn the_clients_own_body_stands_for_the_request_only_while_it_is_unchanged() {
+    let client = json!({"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],
+                        "system": [{"type": "text", "text": "S", "cache_control": {"type": "ephemeral"}}]});
+    let (chat, native) = to_chat_body(client.to_string().as_bytes()).expect("valid");
+    let mut request = crate::api::parse_chat_request(&chat).expect("chat");
+    request.keep_native(native);
+    assert_eq!(request.native_body().map(Value::Object), Some(client.clone()));
+    // Another model (a substitute, a virtual model's member): the client's body, naming it.
+    let other = request.with_model("claude-2");
+    assert_eq!(other.native_body().expect("still native")["model"], "claude-2");
+    // A rewritten body (a redacted one) is no longer what the client sent: it goes as its translation.
+    let mut rewritten = request.clone();
+    rewritten.body.insert(
+        "messages".into(),
+        json!([{"role": "user", "content": "<PERSON_1>"}]),
+    );
+    assert_eq!(rewritten.native_body(), None);
+    let reparsed = crate::api::parse_chat_request(&chat).expect("chat");
+    assert_eq!(reparsed.native_body(), None);
 }

@@ -10,8 +10,11 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::{Attempt, CloudApi, CloudBackend, stream, with_in_flight};
+
+mod events;
 use crate::api::ChatRequest;
-use crate::backend::{BackendError, ChatEvent, Dispatched, Usage};
+use crate::backend::{BackendError, ChatEvent, Dispatched};
+pub(super) use events::{ChunkWriter, completion, native_events};
 
 /// Chat fields that have no equivalent there unless at their neutral value.
 fn unsupported(body: &Map<String, Value>) -> Option<&'static str> {
@@ -217,178 +220,6 @@ pub(super) fn request_body(request: &ChatRequest, default_max_tokens: u32) -> Re
     Ok(out)
 }
 
-/// The OpenAI finish reason of an Anthropic stop reason.
-fn finish_reason(stop_reason: &str) -> &'static str {
-    match stop_reason {
-        "max_tokens" | "model_context_window_exceeded" => "length",
-        "tool_use" => "tool_calls",
-        "refusal" => "content_filter",
-        _ => "stop",
-    }
-}
-
-fn usage(u: Option<&Value>) -> Usage {
-    let n = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        prompt_tokens: n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens"),
-        completion_tokens: n("output_tokens"),
-    }
-}
-
-/// A whole Anthropic message as an OpenAI chat completion, with its finish reason and usage.
-pub(super) fn completion(message: &Value, created: u64) -> Result<(Value, String, Usage), String> {
-    let Some(stop) = message.get("stop_reason").and_then(Value::as_str) else {
-        return Err("an answer without stop_reason".into());
-    };
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for block in message
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
-            Some("tool_use") => calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or_default(),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or_default(),
-                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            })),
-            _ => {}
-        }
-    }
-    let finish = finish_reason(stop).to_owned();
-    let u = usage(message.get("usage"));
-    let mut msg = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
-    if !calls.is_empty() {
-        msg["tool_calls"] = Value::Array(calls);
-    }
-    let body = json!({
-        "id": message.get("id").cloned().unwrap_or_default(),
-        "object": "chat.completion",
-        "created": created,
-        "model": message.get("model").cloned().unwrap_or_default(),
-        "choices": [{"index": 0, "message": msg, "logprobs": null, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-        },
-    });
-    Ok((body, finish, u))
-}
-
-/// Reads the Messages API's events and writes them as OpenAI chunks: a role chunk at `message_start`,
-/// text deltas, tool calls (their start, then their JSON arguments piece by piece), the finish reason at
-/// `message_delta`, then a usage-only chunk.
-#[derive(Default)]
-pub(super) struct ChunkWriter {
-    id: Value,
-    model: Value,
-    created: u64,
-    input: Option<Value>,
-    /// Tool calls started, and the block index of each (the OpenAI index is the position).
-    tools: Vec<u64>,
-}
-
-impl ChunkWriter {
-    pub(super) fn new(created: u64) -> Self {
-        Self {
-            created,
-            ..Self::default()
-        }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
-    }
-
-    /// The chunks of one event (none for most), or the error an `error` event carries.
-    pub(super) fn event(&mut self, kind: &str, data: &Value) -> Result<Vec<Value>, String> {
-        Ok(match kind {
-            "message_start" => {
-                let m = data.get("message").unwrap_or(&Value::Null);
-                self.id = m.get("id").cloned().unwrap_or_default();
-                self.model = m.get("model").cloned().unwrap_or_default();
-                self.input = m.get("usage").cloned();
-                vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
-            }
-            "content_block_start" => {
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
-                    return Ok(Vec::new());
-                }
-                let index = self.tools.len();
-                self.tools
-                    .push(data.get("index").and_then(Value::as_u64).unwrap_or(0));
-                vec![self.chunk(
-                    json!({"tool_calls": [{
-                        "index": index, "id": block.get("id"), "type": "function",
-                        "function": {"name": block.get("name"), "arguments": ""},
-                    }]}),
-                    None,
-                )]
-            }
-            "content_block_delta" => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => vec![self.chunk(json!({"content": delta.get("text")}), None)],
-                    Some("input_json_delta") => {
-                        let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let Some(index) = self.tools.iter().position(|b| *b == block) else {
-                            return Ok(Vec::new());
-                        };
-                        vec![self.chunk(
-                            json!({"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json")}}]}),
-                            None,
-                        )]
-                    }
-                    _ => Vec::new(),
-                }
-            }
-            "message_delta" => {
-                let stop = data
-                    .pointer("/delta/stop_reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("end_turn");
-                // Counts on message_delta are totals; input counts there, when given, replace message_start's.
-                let mut counts = self.input.clone().unwrap_or_else(|| json!({}));
-                if let (Some(Value::Object(late)), Value::Object(c)) = (data.get("usage"), &mut counts) {
-                    for (k, v) in late {
-                        if !v.is_null() {
-                            c.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-                let u = usage(Some(&counts));
-                let mut usage_chunk = self.chunk(json!({}), None);
-                usage_chunk["choices"] = json!([]);
-                usage_chunk["usage"] = json!({
-                    "prompt_tokens": u.prompt_tokens,
-                    "completion_tokens": u.completion_tokens,
-                    "total_tokens": u.prompt_tokens + u.completion_tokens,
-                });
-                vec![self.chunk(json!({}), Some(finish_reason(stop))), usage_chunk]
-            }
-            "error" => {
-                let message = data
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error");
-                return Err(message.to_owned());
-            }
-            _ => Vec::new(),
-        })
-    }
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -413,14 +244,19 @@ impl CloudBackend {
                 "cloud backend {name} does not speak Anthropic's API"
             ))));
         };
-        let body = request_body(request, *default_max_tokens).map_err(|what| {
-            Attempt::Fatal(BackendError::Rejected {
-                message: format!(
-                    "The cloud backend {name} (Anthropic's API) cannot take {what}; leave it out or ask for another model."
-                ),
-                code: "unsupported_parameter",
-            })
-        })?;
+        // A request that came in this API's format goes as it came, and its answer comes back as it is.
+        let native = request.native_body();
+        let body = match &native {
+            Some(b) => Value::Object(b.clone()),
+            None => request_body(request, *default_max_tokens).map_err(|what| {
+                Attempt::Fatal(BackendError::Rejected {
+                    message: format!(
+                        "The cloud backend {name} (Anthropic's API) cannot take {what}; leave it out or ask for another model."
+                    ),
+                    code: "unsupported_parameter",
+                })
+            })?,
+        };
         let url = format!("{}/messages", self.config.base_url.trim_end_matches('/'));
         let mut call = self
             .http
@@ -485,37 +321,38 @@ impl CloudBackend {
                 Ok(Ok(v)) => v,
             };
             let (completion, finish_reason, usage) = completion(&message, unix_now()).map_err(bad)?;
-            let events = futures_util::stream::iter([
-                Ok(ChatEvent::Completion(completion)),
-                Ok(ChatEvent::Finished { finish_reason, usage }),
-            ]);
+            let answer = match native {
+                Some(_) => ChatEvent::Native {
+                    kind: "message".into(),
+                    data: message,
+                },
+                None => ChatEvent::Completion(completion),
+            };
+            let events =
+                futures_util::stream::iter([Ok(answer), Ok(ChatEvent::Finished { finish_reason, usage })]);
             return Ok(Dispatched {
                 served_by: name.as_str().into(),
                 events: with_in_flight(events.boxed(), &self.in_flight, span.clone()),
             });
         }
-        let mut writer = ChunkWriter::new(unix_now());
-        let mut upstream: stream::UpstreamStream = response
+        let mut sse: events::SseStream = response
             .bytes_stream()
             .eventsource()
-            .flat_map(move |e| {
-                let chunks = match e {
-                    Err(e) => vec![Err(e.to_string())],
-                    Ok(e) => match serde_json::from_str::<Value>(&e.data) {
-                        Err(_) if e.event == "ping" => Vec::new(),
-                        Err(_) => vec![Err(format!("an event that is not JSON ({})", e.event))],
-                        Ok(data) => match writer.event(&e.event, &data) {
-                            Ok(chunks) => chunks.into_iter().map(Ok).collect(),
-                            Err(m) => vec![Err(m)],
-                        },
-                    },
-                };
-                futures_util::stream::iter(chunks)
+            .filter_map(|e| {
+                futures_util::future::ready(match e {
+                    Err(e) => Some(Err(e.to_string())),
+                    Ok(e) if e.event == "ping" => None,
+                    Ok(e) => Some(
+                        serde_json::from_str::<Value>(&e.data)
+                            .map(|data| (e.event.clone(), data))
+                            .map_err(|_| format!("an event that is not JSON ({})", e.event)),
+                    ),
+                })
             })
             .boxed();
-        // The first chunk (message_start's) proves the answer has started; until then a failure may be
+        // The first event (message_start) proves the answer has started; until then a failure may be
         // retried.
-        let first = match tokio::time::timeout_at(until, upstream.next()).await {
+        let first = match tokio::time::timeout_at(until, sse.next()).await {
             Err(_) => return Err(timed_out()),
             Ok(None) => {
                 return Err(Attempt::Retry(BackendError::Failed(format!(
@@ -527,9 +364,41 @@ impl CloudBackend {
                     "cloud backend {name}: {e}"
                 ))));
             }
-            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Ok(event))) => event,
         };
-        let events = stream::chunk_events(name.clone(), first, upstream, self.config.timeout, deadline);
+        if first.0 == "error" {
+            let message = first
+                .1
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(Attempt::Retry(BackendError::Failed(format!(
+                "cloud backend {name} failed: {message}"
+            ))));
+        }
+        let events = if native.is_some() {
+            native_events(name.clone(), first, sse, self.config.timeout, deadline)
+        } else {
+            let mut writer = ChunkWriter::new(unix_now());
+            let chunks = |writer: &mut ChunkWriter, e: Result<(String, Value), String>| match e {
+                Err(e) => vec![Err(e)],
+                Ok((kind, data)) => match writer.event(&kind, &data) {
+                    Ok(chunks) => chunks.into_iter().map(Ok).collect(),
+                    Err(m) => vec![Err(m)],
+                },
+            };
+            let mut opening = chunks(&mut writer, Ok(first)).into_iter();
+            let Some(Ok(first)) = opening.next() else {
+                return Err(Attempt::Fatal(BackendError::Failed(format!(
+                    "cloud backend {name} began its answer with something other than message_start"
+                ))));
+            };
+            let rest: Vec<_> = opening.collect();
+            let upstream: stream::UpstreamStream = futures_util::stream::iter(rest)
+                .chain(sse.flat_map(move |e| futures_util::stream::iter(chunks(&mut writer, e))))
+                .boxed();
+            stream::chunk_events(name.clone(), first, upstream, self.config.timeout, deadline)
+        };
         Ok(Dispatched {
             served_by: name.as_str().into(),
             events: with_in_flight(events, &self.in_flight, span.clone()),
