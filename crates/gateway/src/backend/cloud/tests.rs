@@ -317,3 +317,48 @@ async fn anthropics_overloaded_is_retried_its_refusals_are_not_and_its_key_never
     );
     assert!(!e.to_string().contains("sk-"), "{e}");
 }
+
+#[tokio::test]
+async fn azure_deployments_get_their_url_version_and_key_and_failures_are_retried() {
+    let (sim, url) = sim(SimConfig {
+        api_key: Some("sk-upstream".into()),
+        ..SimConfig::default()
+    })
+    .await;
+    let root = url.trim_end_matches("/v1").to_owned();
+    let mut config = backend(&root, 2, Duration::from_secs(5)).config.clone();
+    config.api = CloudApi::Azure {
+        api_version: "2024-10-21".into(),
+    };
+    config.models[0].id = "mini".into();
+    config.models[0].deployment = Some("gpt-4o-mini".into());
+    let b = CloudBackend::new(config.clone()).unwrap();
+    sim.push_script(vec![ScriptStep::error(429), ScriptStep::normal()]);
+    let r = request(r#","max_tokens":2"#).with_model("mini");
+    let got = events(b.dispatch(&r, &context(5.0)).await.unwrap()).await;
+    assert!(
+        matches!(got.last(), Some(Ok(ChatEvent::Finished { .. }))),
+        "{got:?}"
+    );
+    let seen = sim.recorded();
+    assert_eq!(seen.len(), 2, "the 429 is retried");
+    assert!(
+        seen.iter()
+            .all(|q| q.path == "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21")
+    );
+    assert_eq!(
+        seen[1].headers.get("api-key").map(String::as_str),
+        Some("sk-upstream")
+    );
+    assert_eq!(seen[1].authorization, None);
+    // A deployment the resource does not have: Azure's 404, the client's to see, not retried.
+    config.models[0].deployment = Some("gone".into());
+    let b = CloudBackend::new(config).unwrap();
+    sim.clear_recorded();
+    let e = b.dispatch(&r, &context(5.0)).await.unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Upstream { status: 404, code: Some(c), .. } if c == "DeploymentNotFound"),
+        "{e:?}"
+    );
+    assert_eq!(sim.recorded().len(), 1);
+}
