@@ -72,6 +72,7 @@ pub struct LlamaWeights {
     eps: f32,
     feed_forward: usize,
     max_positions: usize,
+    kv_format: KvFormat,
     device: Device,
 }
 
@@ -273,10 +274,88 @@ pub struct KvCache {
     len: usize,
 }
 
-#[derive(Debug, Default, Clone)]
+/// How the KV cache holds its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvFormat {
+    /// Half precision, as llama.cpp keeps its cache by default: half the memory per token. Keys and values
+    /// are rounded once, when they are stored; attention itself runs in f32.
+    #[default]
+    F16,
+    /// Single precision: exactly the values the projections made (what candle's reference keeps).
+    F32,
+}
+
+impl KvFormat {
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct LayerCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: KvStore,
+    v: KvStore,
+}
+
+impl LayerCache {
+    fn new(format: KvFormat) -> Self {
+        let store = match format {
+            KvFormat::F16 => KvStore::F16(Vec::new()),
+            KvFormat::F32 => KvStore::F32(Vec::new()),
+        };
+        Self {
+            k: store.clone(),
+            v: store,
+        }
+    }
+}
+
+/// Keys or values of one layer.
+#[derive(Debug, Clone)]
+enum KvStore {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvStore {
+    fn push(&mut self, xs: &[f32]) {
+        match self {
+            Self::F32(v) => v.extend_from_slice(xs),
+            Self::F16(v) => {
+                use half::slice::HalfFloatSliceExt as _;
+                let start = v.len();
+                v.resize(start + xs.len(), f16::ZERO);
+                v[start..].convert_from_f32_slice(xs);
+            }
+        }
+    }
+
+    /// Values `range` as f32: borrowed when stored so, else widened into `buf` (at least as long).
+    fn read<'a>(&'a self, range: std::ops::Range<usize>, buf: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Self::F32(v) => &v[range],
+            Self::F16(v) => {
+                use half::slice::HalfFloatSliceExt as _;
+                let out = &mut buf[..range.len()];
+                v[range].convert_to_f32_slice(out);
+                out
+            }
+        }
+    }
+
+    /// The first `n` values as f32.
+    fn prefix(&self, n: usize) -> Cow<'_, [f32]> {
+        match self {
+            Self::F32(v) => Cow::Borrowed(&v[..n]),
+            Self::F16(v) => {
+                use half::slice::HalfFloatSliceExt as _;
+                Cow::Owned(v[..n].to_f32_vec())
+            }
+        }
+    }
 }
 
 impl KvCache {
@@ -515,6 +594,7 @@ impl LlamaWeights {
             eps,
             feed_forward,
             max_positions,
+            kv_format: KvFormat::default(),
             device: device.clone(),
         })
     }
@@ -524,9 +604,18 @@ impl LlamaWeights {
         self.max_positions
     }
 
-    /// Bytes of KV cache one position of one sequence takes (keys and values, every layer, f32).
+    /// Bytes of KV cache one position of one sequence takes (keys and values, every layer).
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.layers.len() * 2 * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()
+        self.layers.len() * 2 * self.n_kv_head * self.head_dim * self.kv_format.bytes()
+    }
+
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv_format
+    }
+
+    /// How caches made from now on hold their numbers (a cache keeps the format it was started with).
+    pub fn set_kv_format(&mut self, format: KvFormat) {
+        self.kv_format = format;
     }
 
     /// Runs every item's tokens through the model in one pass, appending to each item's cache. Returns, per
@@ -547,7 +636,9 @@ impl LlamaWeights {
             }
         }
         for item in items.iter_mut() {
-            item.cache.layers.resize(self.layers.len(), LayerCache::default());
+            item.cache
+                .layers
+                .resize(self.layers.len(), LayerCache::new(self.kv_format));
         }
         let total = tokens.len();
         let (q_dim, kv_dim) = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim);
@@ -578,8 +669,8 @@ impl LlamaWeights {
                     let (k, v) = kv.split_at_mut(kv_dim);
                     self.rope(q, start + t);
                     self.rope(k, start + t);
-                    cache.k.extend_from_slice(k);
-                    cache.v.extend_from_slice(v);
+                    cache.k.push(k);
+                    cache.v.push(v);
                 }
                 let (out, tail) = std::mem::take(&mut rest).split_at_mut(n * q_dim);
                 rest = tail;
@@ -658,31 +749,43 @@ impl LlamaWeights {
         }
     }
 
-    /// Attention of one query row (`[head][head_dim]`) over the first `len` cached positions.
+    /// Attention of one query row (`[head][head_dim]`) over the first `len` cached positions. The query
+    /// heads that share a key head are done together, so each cached row is read (and widened from f16)
+    /// once per key head.
     fn attend_one(&self, q: &[f32], cache: &LayerCache, len: usize, out: &mut [f32]) {
         let (d, kvh) = (self.head_dim, self.n_kv_head);
         let group = self.n_head / kvh;
         let scale = 1.0 / (d as f32).sqrt();
-        let mut scores = vec![0f32; len];
-        for (head, (qh, oh)) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-            let g = head / group;
-            let mut max = f32::NEG_INFINITY;
-            for (p, score) in scores.iter_mut().enumerate() {
-                let k = &cache.k[(p * kvh + g) * d..(p * kvh + g + 1) * d];
-                *score = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*score);
+        let mut scores = vec![0f32; group * len];
+        let mut row = vec![0f32; d];
+        for g in 0..kvh {
+            let heads = &q[g * group * d..(g + 1) * group * d];
+            for p in 0..len {
+                let k = cache.k.read((p * kvh + g) * d..(p * kvh + g + 1) * d, &mut row);
+                for (h, qh) in heads.chunks_exact(d).enumerate() {
+                    scores[h * len + p] = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
             }
-            let mut sum = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
+            for head_scores in scores.chunks_exact_mut(len) {
+                let max = head_scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+                let mut sum = 0.0;
+                for score in head_scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    sum += *score;
+                }
+                for score in head_scores.iter_mut() {
+                    *score /= sum;
+                }
             }
-            oh.fill(0.0);
-            for (p, score) in scores.iter().enumerate() {
-                let w = score / sum;
-                let v = &cache.v[(p * kvh + g) * d..(p * kvh + g + 1) * d];
-                for (o, x) in oh.iter_mut().zip(v) {
-                    *o += w * x;
+            let outs = &mut out[g * group * d..(g + 1) * group * d];
+            outs.fill(0.0);
+            for p in 0..len {
+                let v = cache.v.read((p * kvh + g) * d..(p * kvh + g + 1) * d, &mut row);
+                for (h, oh) in outs.chunks_exact_mut(d).enumerate() {
+                    let w = scores[h * len + p];
+                    for (o, x) in oh.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
                 }
             }
         }
@@ -707,10 +810,10 @@ impl LlamaWeights {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((kvh, group * n, d))?;
-        let k = Tensor::from_slice(&cache.k[..len * kvh * d], (len, kvh, d), dev)?
+        let k = Tensor::from_slice(&cache.k.prefix(len * kvh * d), (len, kvh, d), dev)?
             .transpose(0, 1)?
             .contiguous()?;
-        let v = Tensor::from_slice(&cache.v[..len * kvh * d], (len, kvh, d), dev)?
+        let v = Tensor::from_slice(&cache.v.prefix(len * kvh * d), (len, kvh, d), dev)?
             .transpose(0, 1)?
             .contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;

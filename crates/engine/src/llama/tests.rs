@@ -19,9 +19,32 @@ fn tiny_path() -> &'static PathBuf {
     })
 }
 
+/// The model with an f32 cache, as the reference keeps it, so that logits can be held to it closely.
 fn ours(path: &Path) -> LlamaWeights {
+    let mut model = ours_f16(path);
+    model.set_kv_format(KvFormat::F32);
+    model
+}
+
+/// The model as it loads, with its default f16 cache.
+fn ours_f16(path: &Path) -> LlamaWeights {
     let (content, mut reader) = gguf::open(path).expect("open");
     LlamaWeights::load(&content, &mut reader, &Device::Cpu, 1024, WeightFormat::Native).expect("load")
+}
+
+#[test]
+fn an_f16_cache_is_the_default_and_takes_half_the_memory() {
+    let path = tiny_path();
+    let (wide, half) = (ours(path), ours_f16(path));
+    assert_eq!(half.kv_format(), KvFormat::F16);
+    assert_eq!(half.kv_bytes_per_token() * 2, wide.kv_bytes_per_token());
+    // (Random weights make a chaotic model, whose greedy tokens any rounding can change: the demo model's
+    // tests hold the f16 cache to the f32 one.)
+    let mut cache = KvCache::default();
+    one(&half, &mut cache, &[3, 4, 5]);
+    assert!(
+        matches!(cache.layers[0].k, KvStore::F16(ref v) if v.len() == 3 * half.n_kv_head * half.head_dim)
+    );
 }
 
 fn reference(path: &Path) -> ModelWeights {
