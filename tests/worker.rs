@@ -37,6 +37,16 @@ async fn serves_the_demo_model_and_describes_itself() {
         (model.context_length, model.slots, model.max_waiting),
         (8192, 3, 5)
     );
+    // SmolLM2: 30 layers x 2 (keys, values) x 3 KV heads x 64 x 2 bytes (f16).
+    assert_eq!(
+        (model.kv_bytes_per_token, model.kv_cache_format.as_str()),
+        (23040, "f16")
+    );
+    assert!(
+        model.max_kv_tokens >= 1 && model.max_kv_tokens <= 3 * 8192,
+        "{}",
+        model.max_kv_tokens
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 //! prompt; decode tokens/s for one stream (128 tokens, greedy, end of turn banned); aggregate decode tokens/s
 //! with 4 and 8 concurrent streams (all tokens / wall time); peak RSS of this process with 8 slots; and,
 //! so that speed is never read without quality, perplexity on the same tokens of a fixed English text.
-//! `SLUICE_WEIGHT_FORMAT` (auto, throughput, native) picks the engine's weight format.
+//! `SLUICE_WEIGHT_FORMAT` (auto, throughput, native) picks the engine's weight format, `SLUICE_KV_FORMAT=f32` an f32
+//! KV cache instead of f16, and `SLUICE_INT8_KERNEL=avx2` the AVX2 int8 kernel on a CPU with AVX-512 VNNI.
 
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +39,12 @@ fn main() -> BenchResult<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let path = sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?;
     let load_start = Instant::now();
-    let model = Arc::new(Model::load(&path, "bench", DeviceSpec::Cpu, weight_format())?);
+    let mut model = Model::load(&path, "bench", DeviceSpec::Cpu, weight_format())?;
+    // `SLUICE_KV_FORMAT=f32` measures the cache as it was before f16 became the default.
+    if std::env::var("SLUICE_KV_FORMAT").is_ok_and(|f| f == "f32") {
+        model.set_kv_format(sluice_engine::KvFormat::F32);
+    }
+    let model = Arc::new(model);
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let paragraph = "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a lamp, a \
@@ -115,8 +121,10 @@ fn main() -> BenchResult<()> {
     let ttft = median(&mut ttft);
     let decode_tps = median(&mut decode);
     println!(
-        "\nSluice engine ({:?} weights) vs llama.cpp, SmolLM2-135M-Instruct Q4_1, {} threads",
+        "\nSluice engine ({:?} weights, {:?} KV cache, {} int8 kernel) vs llama.cpp, SmolLM2-135M-Instruct Q4_1, {} threads",
         weight_format(),
+        model.kv_format(),
+        sluice_engine::kernels::kernel_name(),
         threads()
     );
     println!(

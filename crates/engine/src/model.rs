@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::error::LoadError;
 use crate::gguf::{self, GgufMetadata};
-use crate::llama::{BatchItem, KvCache, LlamaWeights, WeightFormat};
+use crate::llama::{BatchItem, KvCache, KvFormat, LlamaWeights, WeightFormat};
 use crate::template::{CHATML_TEMPLATE, ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -93,6 +93,16 @@ pub struct Model {
 }
 
 impl Model {
+    pub fn kv_format(&self) -> KvFormat {
+        self.weights.kv_format()
+    }
+
+    /// How KV caches made from now on hold their numbers (f16 unless set; see [`KvFormat`]).
+    pub fn set_kv_format(&mut self, format: KvFormat) {
+        self.weights.set_kv_format(format);
+        self.description.kv_bytes_per_token = self.weights.kv_bytes_per_token();
+    }
+
     /// Loads a llama-family GGUF file.
     pub fn load(path: &Path, id: &str, device: DeviceSpec, weights: WeightFormat) -> Result<Self, LoadError> {
         let (content, mut reader) = gguf::open(path)?;

@@ -124,6 +124,9 @@ pub struct LoadSnapshot {
     pub slots: usize,
     pub max_waiting: usize,
     pub kv_cache_usage_ratio: f64,
+    /// Positions the KV caches hold now, and the most they may hold (`max_kv_tokens`, else slots x context).
+    pub kv_cache_tokens: usize,
+    pub kv_cache_budget_tokens: usize,
     pub prompt_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
     pub estimated_queue_wait_seconds: f64,
@@ -646,6 +649,8 @@ impl Scheduler {
             slots: config.slots,
             max_waiting: config.max_waiting,
             kv_cache_usage_ratio: kv_tokens as f64 / (config.slots * context).max(1) as f64,
+            kv_cache_tokens: kv_tokens,
+            kv_cache_budget_tokens: config.max_kv_tokens.unwrap_or(config.slots * context),
             prompt_tokens_per_second: rate(pt, ps),
             decode_tokens_per_second: rate(dt, ds),
             estimated_queue_wait_seconds,

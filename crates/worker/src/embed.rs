@@ -25,6 +25,7 @@ pub fn model_info(embedder: &Embedder) -> v1::ModelInfo {
         parameters: d.parameters,
         kind: v1::ModelKind::Embedding as i32,
         dimensions: model.dimensions as u32,
+        ..v1::ModelInfo::default()
     }
 }
 

@@ -114,7 +114,7 @@ pub async fn run(
                 }),
                 false => load_engine(&config).map(|engine| {
                     let d = &engine.model().description;
-                    tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, max_kv_tokens = ?config.max_kv_tokens, "model loaded; serving");
+                    tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, kv_cache = ?engine.model().kv_format(), max_kv_tokens = ?engine.config().max_kv_tokens, "model loaded; serving");
                     state.set_engine(Arc::new(engine));
                 }),
             };
@@ -207,13 +207,39 @@ fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
     };
     tracing::info!(path = %path.display(), device = %config.device, "loading model");
     let model = Model::load(&path, &config.model_id, config.device, config.weight_format)?;
+    let d = &model.description;
+    let max_kv_tokens = config.max_kv_tokens.or_else(|| {
+        kv_budget(
+            available_memory_bytes()?,
+            d.kv_bytes_per_token,
+            config.slots * d.context_length,
+        )
+    });
     let engine_config = EngineConfig {
         slots: config.slots,
         max_waiting: config.max_waiting,
         prefill_chunk: config.prefill_chunk,
-        max_kv_tokens: config.max_kv_tokens,
+        max_kv_tokens,
     };
     Engine::start(Arc::new(model), engine_config).map_err(WorkerError::Engine)
+}
+
+/// Share of the node's available memory the KV caches may take when the operator sets no `max_kv_tokens`.
+const KV_MEMORY_SHARE: f64 = 0.5;
+
+/// The default KV budget: as many positions as half the available memory holds, when that is less than
+/// every slot's whole context (`all_slots`); otherwise no limit is needed.
+fn kv_budget(available_bytes: u64, bytes_per_token: usize, all_slots: usize) -> Option<usize> {
+    let fits = (available_bytes as f64 * KV_MEMORY_SHARE / bytes_per_token.max(1) as f64) as usize;
+    (fits < all_slots).then_some(fits.max(1))
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux), in bytes.
+fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Resets a connection may have pending before it is closed (h2's own default, set here so that it stays).
@@ -320,5 +346,20 @@ fn device_info(device: DeviceSpec) -> v1::Device {
             memory_bytes: 0,
             ordinal: n as u32,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_kv_budget_is_half_the_available_memory_when_that_binds() {
+        // 1 GiB available, 23,040 bytes a position: half of it holds 23,301 positions.
+        assert_eq!(kv_budget(1 << 30, 23_040, 4 * 8192), Some(23_301));
+        // Room for every slot's whole context: no limit needed.
+        assert_eq!(kv_budget(24 << 30, 23_040, 4 * 8192), None);
+        assert_eq!(kv_budget(0, 23_040, 4 * 8192), Some(1));
+        assert!(available_memory_bytes().is_some_and(|b| b > 0));
     }
 }

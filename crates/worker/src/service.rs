@@ -244,6 +244,12 @@ impl v1::worker_server::Worker for WorkerService {
                     parameters: d.parameters,
                     kind: v1::ModelKind::Chat as i32,
                     dimensions: 0,
+                    kv_bytes_per_token: d.kv_bytes_per_token as u32,
+                    kv_cache_format: match engine.model().kv_format() {
+                        sluice_engine::KvFormat::F16 => "f16".into(),
+                        sluice_engine::KvFormat::F32 => "f32".into(),
+                    },
+                    max_kv_tokens: config.max_kv_tokens.unwrap_or(config.slots * d.context_length) as u64,
                 }
             }
             (None, Some(embedder)) => crate::embed::model_info(embedder),

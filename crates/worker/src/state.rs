@@ -196,6 +196,8 @@ impl WorkerState {
             prompt_tokens_total: l.prompt_tokens_total,
             generation_tokens_total: l.generation_tokens_total,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            kv_cache_tokens: l.kv_cache_tokens as u64,
+            kv_cache_budget_tokens: l.kv_cache_budget_tokens as u64,
             device_utilization: None,
             power_watts: None,
         }
