@@ -267,8 +267,14 @@ fn run_llama_cpp(
             &threads().to_string(),
         ])
         .args(["--repeat", &REPEAT.to_string()])
-        .output()
-        .ok()?;
+        .output();
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("llama.cpp benchmark: cannot run {python}: {e}");
+            return None;
+        }
+    };
     let _ = std::fs::remove_file(&ids);
     if !output.status.success() {
         eprintln!(
