@@ -41,6 +41,8 @@ pub struct Q8Rows {
     m: usize,
     quants: Vec<[i8; BLOCK]>,
     scales: Vec<f32>,
+    /// Each block's sum as rounded (`scale * sum of quants`), for weights with an offset (Q4_1's `min`).
+    sums: Vec<f32>,
 }
 
 impl Q8Matrix {
@@ -87,29 +89,7 @@ impl Q8Matrix {
             return Vec::new();
         }
         let a = Q8Rows::quantize(x, m, self.k);
-        // Each group of weight rows writes its own slice of a (rows x m) buffer, transposed at the end.
-        let mut transposed = vec![0f32; self.rows * m];
-        let groups: Vec<Mutex<&mut [f32]>> = transposed.chunks_mut(ROW_GROUP * m).map(Mutex::new).collect();
-        candle_core::utils::barrier_pool().execute_chunked(groups.len(), |range| {
-            for g in range {
-                let mut out = groups[g]
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                self.rows_into(&a, g * ROW_GROUP, &mut out);
-            }
-        });
-        drop(groups);
-        if m == 1 {
-            // One row (a single stream's decode step): the (rows x 1) buffer is already the answer.
-            return transposed;
-        }
-        let mut out = vec![0f32; m * self.rows];
-        for (j, column) in transposed.chunks_exact(m).enumerate() {
-            for (i, v) in column.iter().enumerate() {
-                out[i * self.rows + j] = *v;
-            }
-        }
-        out
+        by_row_groups(self.rows, m, |first, out| self.rows_into(&a, first, out))
     }
 
     /// Weight rows `first..` (as many as `out` holds) against every activation row; `out` is `[row][m]`.
@@ -128,6 +108,33 @@ impl Q8Matrix {
     }
 }
 
+/// Runs `rows_into(first, out)` for groups of `ROW_GROUP` weight rows over candle's thread pool, each
+/// writing its own slice of a (rows x m) buffer, and returns the product row-major (m x rows).
+fn by_row_groups(rows: usize, m: usize, rows_into: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut transposed = vec![0f32; rows * m];
+    let groups: Vec<Mutex<&mut [f32]>> = transposed.chunks_mut(ROW_GROUP * m).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(groups.len(), |range| {
+        for g in range {
+            let mut out = groups[g]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            rows_into(g * ROW_GROUP, &mut out);
+        }
+    });
+    drop(groups);
+    if m == 1 {
+        // One row (a single stream's decode step): the (rows x 1) buffer is already the answer.
+        return transposed;
+    }
+    let mut out = vec![0f32; m * rows];
+    for (j, column) in transposed.chunks_exact(m).enumerate() {
+        for (i, v) in column.iter().enumerate() {
+            out[i * rows + j] = *v;
+        }
+    }
+    out
+}
+
 /// `dst[t] = sum over blocks b of w_scale[b] * x_scale[row t, b] * dot(w[b], x[row t, b])`, for the
 /// activation rows `first..first + dst.len()`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -144,7 +151,11 @@ fn tile_dot(w_quants: &[[i8; BLOCK]], w_scales: &[f32], a: &Q8Rows, first: usize
 pub fn kernel_name() -> &'static str {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     {
-        if vnni::available() { "avx512-vnni" } else { "avx2" }
+        match (vnni::available(), q4::Q4Matrix::available()) {
+            (true, true) => "avx512-vnni (q4_1 and q8_0)",
+            (true, false) => "avx512-vnni (q8_0)",
+            _ => "avx2",
+        }
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
     {
@@ -428,6 +439,7 @@ impl Q8Rows {
         let kb = k / BLOCK;
         let mut quants = Vec::with_capacity(m * kb);
         let mut scales = Vec::with_capacity(m * kb);
+        let mut sums = Vec::with_capacity(m * kb);
         for block in x[..m * k].chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             let scale = amax / 127.0;
@@ -437,12 +449,22 @@ impl Q8Rows {
                 *d = (v * inv).round() as i8;
             }
             // GGML stores the scale as f16; use the same rounding so results match its kernels.
-            scales.push(half::f16::from_f32(scale).to_f32());
+            let scale = half::f16::from_f32(scale).to_f32();
+            scales.push(scale);
+            sums.push(scale * q.iter().map(|v| i32::from(*v)).sum::<i32>() as f32);
             quants.push(q);
         }
-        Self { m, quants, scales }
+        Self {
+            m,
+            quants,
+            scales,
+            sums,
+        }
     }
 }
+
+mod q4;
+pub use q4::{Q4Matrix, matmul_reference_q4};
 
 /// The definition: dequantize both sides and multiply in f64.
 #[doc(hidden)]

@@ -17,17 +17,18 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use crate::kernels::Q8Matrix;
+use crate::kernels::{Q4Matrix, Q8Matrix};
 use half::f16;
 
 /// How layer weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored, except Q4_1 layer weights on CPU, which are re-quantized to Q8_0 at load: candle 0.11 has
-    /// no SIMD kernel for Q4_1 on x86 (its dot product is scalar code). Q8_0's grid (255 levels per block of
-    /// 32) is about 8 times finer than Q4_1's (16 levels); measured on the demo model, perplexity stays
-    /// within 1.5% of llama.cpp's. Q8_0 weights then run on Sluice's own kernel ([`crate::kernels`]), which
-    /// reuses each weight block across the streams of a round.
+    /// As stored, with Sluice's own kernels ([`crate::kernels`], which reuse each weight block across the
+    /// streams of a round) on CPU: on CPUs with AVX-512 VNNI, Q4_1 layer weights stay Q4_1 (4 bits a weight,
+    /// read at 20 bytes a block) on the Q4_1 kernel; elsewhere they are re-quantized to Q8_0 at load, since
+    /// candle 0.11 has no SIMD kernel for Q4_1 on x86 (its dot product is scalar code). Q8_0's grid (255
+    /// levels per block of 32) is about 8 times finer than Q4_1's (16 levels); measured on the demo model,
+    /// perplexity stays within 1.5% of llama.cpp's either way.
     #[default]
     Auto,
     /// Q4_1 re-quantized as in `Auto`, and Q8_0 weights padded to an input width candle's VNNI kernel
@@ -110,6 +111,8 @@ enum Kernel {
     Candle(QMatMul),
     /// Our Q8_0 kernel, which reuses weights across the rows of a batch (see [`crate::kernels`]).
     Q8(Q8Matrix),
+    /// Our Q4_1 kernel on AVX-512 VNNI: the weights as stored (see [`crate::kernels::Q4Matrix`]).
+    Q4(Q4Matrix),
 }
 
 /// The block size candle's repacked x86 kernels need the input width to be a multiple of.
@@ -138,8 +141,19 @@ impl Linear {
             && !k.is_multiple_of(REPACK_K)
             && rows.is_multiple_of(16)
             && q8_0_repack_kernel();
-        let own =
-            format == WeightFormat::Auto && weight.dtype() == GgmlDType::Q8_0 && weight.device().is_cpu();
+        let own = format == WeightFormat::Auto && weight.device().is_cpu();
+        if own
+            && weight.dtype() == GgmlDType::Q4_1
+            && Q4Matrix::available()
+            && let Some(matrix) = Q4Matrix::from_ggml(&weight.data()?, rows, k)
+        {
+            return Ok(Self {
+                kernel: Kernel::Q4(matrix),
+                k,
+                padded_k: k,
+            });
+        }
+        let own = own && weight.dtype() == GgmlDType::Q8_0;
         if own && let Some(matrix) = Q8Matrix::from_ggml(&weight.data()?, rows, k) {
             return Ok(Self {
                 kernel: Kernel::Q8(matrix),
@@ -183,6 +197,13 @@ impl Linear {
                 }
                 Ok(matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m))
             }
+            Kernel::Q4(matrix) => {
+                let (m, k) = x.dims2()?;
+                if k != matrix.k() {
+                    candle_core::bail!("a {k}-wide input for a matrix {} wide", matrix.k());
+                }
+                Ok(matrix.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m))
+            }
             Kernel::Candle(matmul) => {
                 let y = if self.padded_k == self.k {
                     matmul.forward(x)?
@@ -197,6 +218,10 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kernel {
             Kernel::Q8(matrix) => {
+                let (m, _) = x.dims2()?;
+                Tensor::from_vec(self.forward_vec(x)?, (m, matrix.rows()), x.device())
+            }
+            Kernel::Q4(matrix) => {
                 let (m, _) = x.dims2()?;
                 Tensor::from_vec(self.forward_vec(x)?, (m, matrix.rows()), x.device())
             }
@@ -540,7 +565,10 @@ impl LlamaWeights {
             .dequantize(device)?;
         let mut layers = Vec::with_capacity(n_layer);
         let mut feed_forward = 0;
-        let repack = format != WeightFormat::Native && device.is_cpu();
+        // Q4_1 layer weights stay as stored where Sluice's Q4_1 kernel runs (`auto` on AVX-512 VNNI);
+        // elsewhere they become Q8_0 (see `WeightFormat::Auto`).
+        let keep_q4 = format == WeightFormat::Auto && Q4Matrix::available();
+        let repack = format != WeightFormat::Native && device.is_cpu() && !keep_q4;
         for i in 0..n_layer {
             let mut t = |suffix: &str| -> Result<QTensor> {
                 let q = content.tensor(reader, &format!("blk.{i}.{suffix}"), device)?;
