@@ -284,23 +284,11 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
+    use super::super::tests::{quantized, values};
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     fn matrix(rows: usize, k: usize, seed: u64) -> (Q4Matrix, QTensor) {
-        let w = Tensor::from_vec(values(rows * k, seed), (rows, k), &Device::Cpu).expect("w");
-        let q = QTensor::quantize(&w, GgmlDType::Q4_1).expect("quantize");
+        let q = quantized(rows, k, seed, GgmlDType::Q4_1);
         let m = Q4Matrix::from_ggml(&q.data().expect("bytes"), rows, k).expect("q4 matrix");
         (m, q)
     }

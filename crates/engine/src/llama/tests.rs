@@ -2,6 +2,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
+use candle_core::Module;
+use candle_core::quantized::QMatMul;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::*;
