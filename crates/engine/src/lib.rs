@@ -24,7 +24,7 @@ pub mod tokenizer;
 pub use embed::batch::{EmbedConfig, EmbedRequest, Embedded, Embedder};
 pub use embed::{EmbeddingModel, Input as EmbedInput, is_embedding_folder};
 pub use error::{LoadError, RunError, SubmitError};
-pub use llama::{KvFormat, WeightFormat};
+pub use llama::{ForwardPath, KvFormat, WeightFormat};
 pub use model::{DeviceSpec, Model, ModelDescription};
 pub use sampler::SamplingParams;
 pub use scheduler::{

@@ -73,6 +73,19 @@ pub struct LlamaWeights {
     max_positions: usize,
     kv_format: KvFormat,
     device: Device,
+    path: ForwardPath,
+    /// The RoPE tables on the device, for the tensor path (made on first use).
+    rope_tensors: std::sync::OnceLock<(Tensor, Tensor)>,
+}
+
+/// What a forward pass gives back for a sequence that asked for its next step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The logits after its last token.
+    Logits(Vec<f32>),
+    /// The argmax token after its last token (asked for with `greedy`, and computed where the logits are:
+    /// on a GPU, only this id crosses to the host).
+    Token(u32),
 }
 
 #[derive(Debug)]
@@ -89,6 +102,7 @@ struct Layer {
 
 mod kv;
 mod linear;
+mod tensor;
 
 #[cfg(test)]
 use kv::KvStore;
@@ -97,6 +111,7 @@ pub use kv::{KvCache, KvFormat};
 #[cfg(test)]
 use linear::q8_0_repack_kernel;
 use linear::{Linear, Projection};
+pub use tensor::ForwardPath;
 
 /// One sequence's share of a forward pass: `tokens` continue the sequence held in `cache`.
 #[derive(Debug)]
@@ -128,6 +143,10 @@ impl Embedding {
             }
             _ => return Ok(Self::Dense(tensor.dequantize(device)?)),
         };
+        // On a GPU the table lives there whole, so a lookup never leaves the device.
+        if !device.is_cpu() {
+            return Ok(Self::Dense(tensor.dequantize(device)?));
+        }
         if !hidden.is_multiple_of(block) {
             return Ok(Self::Dense(tensor.dequantize(device)?));
         }
@@ -322,6 +341,8 @@ impl LlamaWeights {
             max_positions,
             kv_format: KvFormat::default(),
             device: device.clone(),
+            path: tensor::default_path(device),
+            rope_tensors: std::sync::OnceLock::new(),
         })
     }
 
@@ -344,9 +365,39 @@ impl LlamaWeights {
         self.kv_format = format;
     }
 
+    /// Which forward pass runs: [`ForwardPath::Host`] on the CPU, [`ForwardPath::Tensors`] elsewhere,
+    /// unless set.
+    pub fn forward_path(&self) -> ForwardPath {
+        self.path
+    }
+
+    /// Chooses the forward pass (the tensor path runs on any device; the host path needs the CPU). A
+    /// sequence's cache belongs to the path that started it.
+    pub fn set_forward_path(&mut self, path: ForwardPath) -> Result<()> {
+        if path == ForwardPath::Host && !self.device.is_cpu() {
+            candle_core::bail!("the host forward pass runs on the CPU only");
+        }
+        self.path = path;
+        Ok(())
+    }
+
     /// Runs every item's tokens through the model in one pass, appending to each item's cache. Returns, per
     /// item, the logits after its last token when the item asked for them.
     pub fn forward(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        Ok(self
+            .forward_next(items, &[])?
+            .into_iter()
+            .map(|next| match next {
+                Some(Next::Logits(logits)) => Some(logits),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// As [`Self::forward`], where `greedy[i]` (missing: false) lets item `i` have its argmax token
+    /// instead of its logits when that saves copying the logits off the device (the tensor path; the host
+    /// path always gives logits).
+    pub fn forward_next(&self, items: &mut [BatchItem<'_>], greedy: &[bool]) -> Result<Vec<Option<Next>>> {
         let tokens: Vec<u32> = items.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         if tokens.is_empty() {
             return Ok(items.iter().map(|_| None).collect());
@@ -360,7 +411,25 @@ impl LlamaWeights {
                     self.max_positions
                 );
             }
+            let (host, tensors) = (!item.cache.layers.is_empty(), !item.cache.tensors.is_empty());
+            let theirs = match self.path {
+                ForwardPath::Host => tensors,
+                ForwardPath::Tensors => host,
+            };
+            if theirs {
+                candle_core::bail!("a sequence's cache was started by the other forward pass");
+            }
         }
+        if self.path == ForwardPath::Tensors {
+            let greedy: Vec<bool> = (0..items.len())
+                .map(|i| greedy.get(i).copied().unwrap_or(false))
+                .collect();
+            return self.forward_tensors(items, &tokens, &greedy);
+        }
+        self.forward_host(items, &tokens)
+    }
+
+    fn forward_host(&self, items: &mut [BatchItem<'_>], tokens: &[u32]) -> Result<Vec<Option<Next>>> {
         for item in items.iter_mut() {
             item.cache
                 .layers
@@ -369,7 +438,7 @@ impl LlamaWeights {
         let total = tokens.len();
         let (q_dim, kv_dim) = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim);
         let width = q_dim + 2 * kv_dim;
-        let mut x = self.embedding.lookup(&tokens, &self.device)?;
+        let mut x = self.embedding.lookup(tokens, &self.device)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.eps)?;
             let mut qkv = layer.qkv.forward(&normed)?;
@@ -456,7 +525,13 @@ impl LlamaWeights {
         .into_iter();
         Ok(items
             .iter()
-            .map(|item| if item.logits { logits.next() } else { None })
+            .map(|item| {
+                if item.logits {
+                    logits.next().map(Next::Logits)
+                } else {
+                    None
+                }
+            })
             .collect())
     }
 

@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::error::LoadError;
 use crate::gguf::{self, GgufMetadata};
-use crate::llama::{BatchItem, KvCache, KvFormat, LlamaWeights, WeightFormat};
+use crate::llama::{BatchItem, ForwardPath, KvCache, KvFormat, LlamaWeights, Next, WeightFormat};
 use crate::template::{CHATML_TEMPLATE, ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -203,6 +203,27 @@ impl Model {
     /// Runs one forward pass over every item (continuous batching; see [`crate::llama`]).
     pub fn forward(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>, String> {
         self.weights.forward(items).map_err(|e| e.to_string())
+    }
+
+    /// As [`Self::forward`], with the argmax token instead of the logits for the items `greedy` marks,
+    /// where the pass can compute it on the device (see [`LlamaWeights::forward_next`]).
+    pub fn forward_next(
+        &self,
+        items: &mut [BatchItem<'_>],
+        greedy: &[bool],
+    ) -> Result<Vec<Option<Next>>, String> {
+        self.weights
+            .forward_next(items, greedy)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn forward_path(&self) -> ForwardPath {
+        self.weights.forward_path()
+    }
+
+    /// Chooses the forward pass (see [`ForwardPath`]); before any sequence starts.
+    pub fn set_forward_path(&mut self, path: ForwardPath) -> Result<(), String> {
+        self.weights.set_forward_path(path).map_err(|e| e.to_string())
     }
 
     /// An empty KV cache for a new sequence.

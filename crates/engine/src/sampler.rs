@@ -68,6 +68,11 @@ impl Sampler {
         }
     }
 
+    /// Whether this sampler takes the most likely token (so a pass may hand it over instead of logits).
+    pub fn is_greedy(&self) -> bool {
+        self.params.is_greedy()
+    }
+
     /// Picks the next token. `banned` tokens (the end of turn, when a request ignores it) are never picked.
     pub fn sample(&mut self, logits: &[f32], banned: &[u32]) -> u32 {
         if self.params.is_greedy() {

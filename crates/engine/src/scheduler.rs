@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{RunError, SubmitError};
-use crate::llama::{BatchItem, KvCache};
+use crate::llama::{BatchItem, KvCache, Next};
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::template::Message;
@@ -679,6 +679,7 @@ impl Scheduler {
         let chunk = shared.config.prefill_chunk;
         let mut items = Vec::new();
         let mut owners = Vec::new();
+        let mut greedy = Vec::new();
         let (mut prompt_tokens, mut decode_tokens) = (0usize, 0usize);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if outcomes[i].is_some() {
@@ -709,13 +710,15 @@ impl Scheduler {
                 logits,
             });
             owners.push(i);
+            // A banned token (the end of turn, ignored) needs the logits: the argmax might be that token.
+            greedy.push(active.sampler.is_greedy() && !active.job.ignore_eos);
         }
         if items.is_empty() {
             return outcomes;
         }
         let planned: Vec<usize> = items.iter().map(|item| item.tokens.len()).collect();
         let started = Instant::now();
-        let results = shared.model.forward(&mut items);
+        let results = shared.model.forward_next(&mut items, &greedy);
         drop(items);
         let seconds = started.elapsed().as_secs_f64();
         let total = (prompt_tokens + decode_tokens).max(1) as f64;
@@ -745,7 +748,7 @@ impl Scheduler {
                 active.prefill_seconds += seconds * n as f64 / total;
             }
             outcomes[i] = Some(match logits {
-                Some(logits) => advance(&shared, active, &logits, round),
+                Some(next) => advance(&shared, active, next, round),
                 None if prefill => Step::Continue,
                 None => Step::Done(Some(model_error("the model returned no logits".into()))),
             });
@@ -773,7 +776,7 @@ fn model_error(error: String) -> Event {
 }
 
 /// Takes the next token from the logits after a request's last position, and streams what it adds.
-fn advance(shared: &Shared, active: &mut Active, logits: &[f32], round: &mut Round) -> Step {
+fn advance(shared: &Shared, active: &mut Active, next: Next, round: &mut Round) -> Step {
     let model = &shared.model;
     let prompt_len = active.job.prompt.len();
     let banned: &[u32] = if active.job.ignore_eos {
@@ -781,7 +784,10 @@ fn advance(shared: &Shared, active: &mut Active, logits: &[f32], round: &mut Rou
     } else {
         &[]
     };
-    let token = active.sampler.sample(logits, banned);
+    let token = match next {
+        Next::Token(token) => token,
+        Next::Logits(logits) => active.sampler.sample(&logits, banned),
+    };
     if active.first_token.is_none() {
         active.first_token = Some(Instant::now());
     }

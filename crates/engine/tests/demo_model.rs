@@ -256,3 +256,39 @@ async fn greedy_answer_names_tokyo() {
         "the short answer ends its turn: {text:?}"
     );
 }
+
+/// The GPU's forward pass (device tensors from end to end, the argmax on the device), run on the CPU
+/// device: the same answer as the CPU's own path, token for token.
+#[tokio::test]
+async fn the_tensor_path_answers_as_the_host_path_does() {
+    let answer = |path: sluice_engine::ForwardPath| async move {
+        let mut model = Model::load(&demo_model(), "m", DeviceSpec::Cpu, WeightFormat::Native).expect("load");
+        model.set_forward_path(path).expect("path");
+        assert_eq!(model.forward_path(), path);
+        let engine = Engine::start(Arc::new(model), EngineConfig::default()).expect("engine");
+        let mut events = engine
+            .submit(Request {
+                model: "m".into(),
+                messages: vec![Message::new("user", "What is the capital of Japan?")],
+                max_tokens: 24,
+                ..Request::default()
+            })
+            .expect("admitted");
+        let (mut text, mut finished) = (String::new(), None);
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Delta { text: t, .. } => text.push_str(&t),
+                Event::Finished(f) => finished = Some(f),
+                Event::Failed(e) => panic!("failed: {e}"),
+                Event::Started { .. } => {}
+            }
+        }
+        (text, finished.expect("finished"))
+    };
+    let (host, host_done) = answer(sluice_engine::ForwardPath::Host).await;
+    let (tensors, tensors_done) = answer(sluice_engine::ForwardPath::Tensors).await;
+    assert!(tensors.contains("Tokyo"), "{tensors:?}");
+    assert_eq!(tensors, host);
+    assert_eq!(tensors_done.reason, FinishReason::Stop);
+    assert_eq!(tensors_done.usage, host_done.usage);
+}

@@ -21,15 +21,17 @@ fn files() -> &'static (PathBuf, PathBuf) {
         let tokenizer =
             sluice_models::ensure(&cache, &sluice_models::NER_TOKENIZER).expect("fetch the tokenizer");
         let tensors = sluice_ner::convert(&std::fs::read(onnx).unwrap()).unwrap();
-        let weights = std::env::temp_dir().join(format!(
-            "sluice-recognise-test-{}.safetensors",
-            std::process::id()
-        ));
+        // One file in cargo's scratch folder for tests, replaced by each run (written beside it, then
+        // renamed, so concurrent runs never read half a file) instead of a new file in /tmp per run.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let weights = dir.join("sluice-recognise-test.safetensors");
+        let partial = dir.join(format!("sluice-recognise-test.{}.partial", std::process::id()));
         std::fs::write(
-            &weights,
+            &partial,
             sluice_ner::to_safetensors(&tensors, HashMap::new()).unwrap(),
         )
         .unwrap();
+        std::fs::rename(&partial, &weights).unwrap();
         (weights, tokenizer)
     })
 }

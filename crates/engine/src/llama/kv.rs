@@ -7,7 +7,10 @@ use half::f16;
 /// The keys and values of one sequence: per layer, `[position][kv_head][head_dim]`, appended in place.
 #[derive(Debug, Default)]
 pub struct KvCache {
+    /// The host path's cache.
     pub(super) layers: Vec<LayerCache>,
+    /// The tensor path's cache, on the model's device.
+    pub(super) tensors: Vec<super::tensor::TensorLayerCache>,
     pub(super) len: usize,
 }
 
@@ -108,6 +111,7 @@ impl KvCache {
     /// Forgets everything, keeping nothing allocated.
     pub fn clear(&mut self) {
         self.layers.clear();
+        self.tensors.clear();
         self.len = 0;
     }
 }

@@ -190,6 +190,18 @@ impl Projection {
         }
     }
 
+    /// `x` is `(tokens, in)`; the result is `(tokens, out)`, the parts side by side in each row, as a
+    /// tensor on `x`'s device.
+    pub(super) fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Fused(m) => m.forward(x),
+            Self::Separate(parts) => {
+                let outputs = parts.iter().map(|m| m.forward(x)).collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&outputs, 1)
+            }
+        }
+    }
+
     /// `x` is `(tokens, in)`; the result is row-major `(tokens, out)`, the parts side by side in each row.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
         match self {

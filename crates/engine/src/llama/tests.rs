@@ -322,3 +322,157 @@ fn weight_formats_parse_by_name() {
             .contains("throughput")
     );
 }
+
+/// The tiny model on the tensor path (the GPU's forward pass, here on the CPU device).
+fn ours_on_tensors(path: &Path, kv: KvFormat) -> LlamaWeights {
+    let mut model = ours_f16(path);
+    model.set_kv_format(kv);
+    model.set_forward_path(ForwardPath::Tensors).expect("tensor path");
+    model
+}
+
+#[test]
+fn the_tensor_path_matches_the_reference_on_prefill_chunks_and_decode() {
+    let path = tiny_path();
+    let model = ours_on_tensors(path, KvFormat::F32);
+    let mut reference = reference(path);
+    let prompt: Vec<u32> = (3..40).collect();
+    let mut cache = KvCache::default();
+    let mut items = [BatchItem {
+        tokens: &prompt[..20],
+        cache: &mut cache,
+        logits: false,
+    }];
+    assert_eq!(model.forward(&mut items).expect("first chunk"), vec![None]);
+    let got = one(&model, &mut cache, &prompt[20..]);
+    let want = reference_logits(&mut reference, &prompt, 0);
+    assert!(
+        max_abs_diff(&got, &want) < 1e-3,
+        "prefill differs by {}",
+        max_abs_diff(&got, &want)
+    );
+    assert!(cache.layers.is_empty(), "nothing in the host path's cache");
+    assert_eq!(cache.tensors.len(), model.layers.len());
+    // 300 positions: the device cache grows past its first allocation on the way.
+    decode_like_the_reference(
+        &model,
+        &mut cache,
+        &mut reference,
+        argmax(&want) as u32,
+        prompt.len(),
+        300 - prompt.len(),
+    );
+    assert_eq!(cache.len(), 300);
+    assert_eq!(cache.tensors[0].k.dims(), &[model.n_kv_head, 512, model.head_dim]);
+}
+
+#[test]
+fn the_tensor_path_batches_like_the_host_path_and_hands_over_greedy_tokens() {
+    let path = tiny_path();
+    let prompts: [Vec<u32>; 3] = [(3..30).collect(), (50..55).collect(), (100..140).collect()];
+    for kv in [KvFormat::F32, KvFormat::F16] {
+        let mut host = ours_f16(path);
+        host.set_kv_format(kv);
+        let tensors = ours_on_tensors(path, kv);
+        let mut host_caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::default()).collect();
+        fn batch<'a>(prompts: &'a [Vec<u32>], caches: &'a mut [KvCache]) -> Vec<BatchItem<'a>> {
+            prompts
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(p, cache)| BatchItem {
+                    tokens: p,
+                    cache,
+                    logits: true,
+                })
+                .collect()
+        }
+        let want = host
+            .forward(&mut batch(&prompts, &mut host_caches))
+            .expect("host");
+        // The middle sequence asks for its greedy token: it gets the id, the others their logits.
+        let got = tensors
+            .forward_next(&mut batch(&prompts, &mut caches), &[false, true, false])
+            .expect("tensors");
+        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+            let want = want.as_ref().expect("logits");
+            match got {
+                Some(Next::Logits(got)) if i != 1 => {
+                    let diff = max_abs_diff(got, want);
+                    assert!(diff < 1e-3, "{kv:?}: sequence {i} differs by {diff}");
+                }
+                Some(Next::Token(token)) if i == 1 => assert_eq!(*token as usize, argmax(want), "{kv:?}"),
+                other => panic!("{kv:?}: sequence {i} got {other:?}"),
+            }
+        }
+        // A mixed round: decode steps beside a new prompt.
+        let next = [7u32, 9];
+        let mut fresh = (KvCache::default(), KvCache::default());
+        let (a, b) = host_caches.split_at_mut(1);
+        let want = host
+            .forward(&mut [
+                BatchItem {
+                    tokens: &next[..1],
+                    cache: &mut a[0],
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: &prompts[1],
+                    cache: &mut fresh.0,
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: &next[1..],
+                    cache: &mut b[1],
+                    logits: true,
+                },
+            ])
+            .expect("host mixed");
+        let (a, b) = caches.split_at_mut(1);
+        let got = tensors
+            .forward(&mut [
+                BatchItem {
+                    tokens: &next[..1],
+                    cache: &mut a[0],
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: &prompts[1],
+                    cache: &mut fresh.1,
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: &next[1..],
+                    cache: &mut b[1],
+                    logits: true,
+                },
+            ])
+            .expect("tensors mixed");
+        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+            let diff = max_abs_diff(got.as_ref().expect("logits"), want.as_ref().expect("logits"));
+            assert!(diff < 1e-3, "{kv:?}: mixed item {i} differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn a_cache_stays_with_the_path_that_started_it() {
+    let path = tiny_path();
+    let host = ours(path);
+    let tensors = ours_on_tensors(path, KvFormat::F32);
+    let mut cache = KvCache::default();
+    one(&host, &mut cache, &[3, 4, 5]);
+    let mut items = [BatchItem {
+        tokens: &[6],
+        cache: &mut cache,
+        logits: true,
+    }];
+    let err = tensors
+        .forward(&mut items)
+        .expect_err("a host cache on the tensor path");
+    assert!(err.to_string().contains("other forward pass"), "{err}");
+    assert_eq!(cache.len(), 3);
+    cache.clear();
+    one(&tensors, &mut cache, &[3, 4, 5]);
+    assert_eq!(cache.len(), 3);
+}
