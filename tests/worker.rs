@@ -298,6 +298,32 @@ async fn watch_load_reports_at_once_on_change_and_every_second() {
     }
     assert!(saw_running, "a running request shows in the reports");
     job.await.expect("task").expect("answer");
+    // The device is sampled every 5 s; from the second sample on, reports carry the machine's CPU
+    // utilisation (from /proc/stat), and /metrics the same under the device's name. Power only where the
+    // RAPL counters are readable (never a made-up figure): whichever it is here, reports and metrics agree.
+    let until = Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        let r = reports.message().await.expect("stream").expect("report");
+        if r.device_utilization.is_some() || Instant::now() > until {
+            break r;
+        }
+    };
+    let utilization = report.device_utilization.expect("utilisation within 15 s");
+    assert!((0.0..=1.0).contains(&utilization), "{utilization}");
+    let metrics = worker.scrape();
+    assert!(
+        metrics.contains("sluice_worker_device_utilization_ratio{device=\"cpu\"}"),
+        "{metrics}"
+    );
+    let rapl = std::fs::read_dir("/sys/class/powercap").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| std::fs::read_to_string(e.path().join("energy_uj")).is_ok())
+    });
+    assert_eq!(report.power_watts.is_some(), rapl, "{report:?}");
+    assert_eq!(
+        metrics.contains("sluice_worker_device_power_watts{device=\"cpu\"}"),
+        rapl
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! engine does) and never routes: gateways decide which worker gets a request.
 
 pub mod config;
+pub mod device;
 pub mod embed;
 pub mod metrics;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The worker's Prometheus metrics (`sluice_worker_*`), in a registry owned by the caller.
 
 pub use prometheus::Registry;
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, Opts, TextEncoder};
+use prometheus::{Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, TextEncoder};
 use sluice_engine::LoadSnapshot;
 
 /// Every series the worker exports.
@@ -19,6 +19,10 @@ pub struct WorkerMetrics {
     pub requests_total: IntCounterVec,
     pub time_to_first_token_seconds: Histogram,
     pub inter_token_latency_seconds: Histogram,
+    /// The device's utilisation and power draw, by device (`cpu`, `cuda:0`): present only once the device
+    /// has reported them.
+    device_utilization_ratio: GaugeVec,
+    device_power_watts: GaugeVec,
 }
 
 impl WorkerMetrics {
@@ -51,7 +55,20 @@ impl WorkerMetrics {
             &["code"],
         )?;
         registry.register(Box::new(requests_total.clone()))?;
+        let by_device = |name: &str, help: &str| -> prometheus::Result<GaugeVec> {
+            let g = GaugeVec::new(Opts::new(format!("sluice_worker_{name}"), help), &["device"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
         Ok(Self {
+            device_utilization_ratio: by_device(
+                "device_utilization_ratio",
+                "Utilisation of the worker's device, 0 to 1 (the GPU's, or the whole machine's CPU time).",
+            )?,
+            device_power_watts: by_device(
+                "device_power_watts",
+                "Power drawn by the worker's device (the GPU's board power, or the CPU packages' RAPL reading).",
+            )?,
             requests_running: gauge("requests_running", "Requests in a slot now.")?,
             requests_waiting: gauge("requests_waiting", "Requests waiting for a slot now.")?,
             slots: gauge("slots", "Requests that can run at once.")?,
@@ -89,6 +106,16 @@ impl WorkerMetrics {
         advance(&self.prompt_tokens_total, load.prompt_tokens_total as f64);
         advance(&self.generation_tokens_total, load.generation_tokens_total as f64);
         advance(&self.busy_seconds_total, load.busy_seconds_total);
+    }
+
+    /// Copies the device's latest reading into its gauges (a value the device never gave stays absent).
+    pub fn observe_device(&self, device: &str, sample: crate::device::Sample) {
+        if let Some(u) = sample.utilization {
+            self.device_utilization_ratio.with_label_values(&[device]).set(u);
+        }
+        if let Some(w) = sample.power_watts {
+            self.device_power_watts.with_label_values(&[device]).set(w);
+        }
     }
 
     /// The text exposition of every series.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
-use sluice_engine::{DeviceSpec, EmbedConfig, Embedder, EmbeddingModel, Engine, EngineConfig, Model};
+use sluice_engine::{EmbedConfig, Embedder, EmbeddingModel, Engine, EngineConfig, Model};
 use sluice_proto::v1;
 use sluice_proto::v1::worker_server::WorkerServer;
 use tokio::net::TcpListener;
@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::config::{ModelSource, WorkerConfig};
+use crate::device::DeviceProbe;
 use crate::metrics::WorkerMetrics;
 use crate::service::{Phase, WorkerIdentity, WorkerService, WorkerState};
 
@@ -71,12 +72,13 @@ pub async fn run(
         source,
     })?;
 
+    let probe = DeviceProbe::new(config.device);
     let identity = WorkerIdentity {
         worker_id: config
             .worker_id
             .clone()
             .unwrap_or_else(|| format!("{}:{}", host_name(), grpc_addr.port())),
-        device: device_info(config.device),
+        device: probe.info(),
         model_id: config.model_id.clone(),
         slots: config.slots as u32,
         max_waiting: config.max_waiting as u32,
@@ -85,7 +87,8 @@ pub async fn run(
             false => v1::ModelKind::Chat,
         },
     };
-    let state = WorkerState::new(identity, metrics);
+    let state = WorkerState::new(identity, metrics, probe.clone());
+    crate::device::spawn_sampling(probe.clone());
 
     let metrics_addr = match config.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, state.clone()).await?),
@@ -112,7 +115,7 @@ pub async fn run(
                     tracing::info!(model = %m.description.id, dimensions = m.dimensions, max_tokens = m.max_tokens(), pooling = ?m.pooling, normalize = m.normalize, batch_requests = config.slots, "embedding model loaded; serving");
                     state.set_embedder(Arc::new(embedder));
                 }),
-                false => load_engine(&config).map(|engine| {
+                false => load_engine(&config, &probe).map(|engine| {
                     let d = &engine.model().description;
                     tracing::info!(model = %d.id, quantization = %d.quantization, context = d.context_length, slots = config.slots, kv_bytes_per_token = d.kv_bytes_per_token, kv_cache = ?engine.model().kv_format(), max_kv_tokens = ?engine.config().max_kv_tokens, "model loaded; serving");
                     state.set_engine(Arc::new(engine));
@@ -200,7 +203,7 @@ fn load_embedder(config: &WorkerConfig) -> Result<Embedder, WorkerError> {
     Embedder::start(Arc::new(model), embed_config).map_err(WorkerError::Engine)
 }
 
-fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
+fn load_engine(config: &WorkerConfig, device: &DeviceProbe) -> Result<Engine, WorkerError> {
     let path = match &config.model {
         ModelSource::File(path) => path.clone(),
         _ => sluice_models::ensure(&sluice_models::cache_dir(), &sluice_models::DEMO_MODEL)?,
@@ -210,7 +213,7 @@ fn load_engine(config: &WorkerConfig) -> Result<Engine, WorkerError> {
     let d = &model.description;
     let max_kv_tokens = config.max_kv_tokens.or_else(|| {
         kv_budget(
-            available_memory_bytes()?,
+            device.free_memory_bytes()?,
             d.kv_bytes_per_token,
             config.slots * d.context_length,
         )
@@ -232,14 +235,6 @@ const KV_MEMORY_SHARE: f64 = 0.5;
 fn kv_budget(available_bytes: u64, bytes_per_token: usize, all_slots: usize) -> Option<usize> {
     let fits = (available_bytes as f64 * KV_MEMORY_SHARE / bytes_per_token.max(1) as f64) as usize;
     (fits < all_slots).then_some(fits.max(1))
-}
-
-/// `MemAvailable` from /proc/meminfo (Linux), in bytes.
-fn available_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Resets a connection may have pending before it is closed (h2's own default, set here so that it stays).
@@ -286,6 +281,9 @@ async fn serve_metrics(addr: SocketAddr, state: Arc<WorkerState>) -> Result<Sock
                 if let Some(load) = state.load() {
                     state.metrics.observe_load(&load);
                 }
+                state
+                    .metrics
+                    .observe_device(&state.device.spec().to_string(), state.device.latest());
                 (
                     [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     state.metrics.encode(),
@@ -314,41 +312,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-fn device_info(device: DeviceSpec) -> v1::Device {
-    match device {
-        DeviceSpec::Cpu => {
-            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-            let name = cpuinfo
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("model name")
-                        .and_then(|r| r.split_once(':'))
-                        .map(|(_, v)| v.trim())
-                })
-                .unwrap_or("cpu")
-                .to_owned();
-            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-            let memory_kib: u64 = meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            v1::Device {
-                kind: "cpu".into(),
-                name,
-                memory_bytes: memory_kib * 1024,
-                ordinal: 0,
-            }
-        }
-        DeviceSpec::Cuda(n) => v1::Device {
-            kind: "cuda".into(),
-            name: format!("cuda:{n}"),
-            memory_bytes: 0,
-            ordinal: n as u32,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +323,6 @@ mod tests {
         // Room for every slot's whole context: no limit needed.
         assert_eq!(kv_budget(24 << 30, 23_040, 4 * 8192), None);
         assert_eq!(kv_budget(0, 23_040, 4 * 8192), Some(1));
-        assert!(available_memory_bytes().is_some_and(|b| b > 0));
+        assert!(crate::device::available_memory_bytes().is_some_and(|b| b > 0));
     }
 }

@@ -9,6 +9,7 @@ use sluice_engine::{Embedder, Engine, EngineState, LoadSnapshot};
 use sluice_proto::v1;
 use tokio::sync::watch;
 
+use crate::device::DeviceProbe;
 use crate::metrics::WorkerMetrics;
 
 /// Where the worker is in its life.
@@ -43,11 +44,13 @@ pub struct WorkerState {
     embedder: OnceLock<Arc<Embedder>>,
     phase: watch::Sender<Phase>,
     pub metrics: WorkerMetrics,
+    /// The device's latest utilisation and power, for the load reports.
+    pub device: Arc<DeviceProbe>,
     started: Instant,
 }
 
 impl WorkerState {
-    pub fn new(identity: WorkerIdentity, metrics: WorkerMetrics) -> Arc<Self> {
+    pub fn new(identity: WorkerIdentity, metrics: WorkerMetrics, device: Arc<DeviceProbe>) -> Arc<Self> {
         let (phase, _) = watch::channel(Phase::Starting);
         Arc::new(Self {
             identity,
@@ -55,6 +58,7 @@ impl WorkerState {
             embedder: OnceLock::new(),
             phase,
             metrics,
+            device,
             started: Instant::now(),
         })
     }
@@ -198,8 +202,8 @@ impl WorkerState {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             kv_cache_tokens: l.kv_cache_tokens as u64,
             kv_cache_budget_tokens: l.kv_cache_budget_tokens as u64,
-            device_utilization: None,
-            power_watts: None,
+            device_utilization: self.device.latest().utilization,
+            power_watts: self.device.latest().power_watts,
         }
     }
 }
