@@ -79,6 +79,9 @@ pub struct NodeCost {
     pub usd_per_kwh: f64,
     /// Operations, licences, support, space.
     pub overhead_usd_per_hour: f64,
+    /// Use the power the worker reports (its device's draw: the GPU's board power, or the CPU packages')
+    /// instead of `power_watts`, which stays the figure while the worker reports none.
+    pub measured_power: bool,
 }
 
 impl Default for NodeCost {
@@ -92,11 +95,23 @@ impl Default for NodeCost {
             pue: 1.4,
             usd_per_kwh: 0.12,
             overhead_usd_per_hour: 0.5,
+            measured_power: false,
         }
     }
 }
 
 impl NodeCost {
+    /// This cost with the node's measured draw in place of the configured one, when asked for and known.
+    pub fn with_measured_power(self, watts: Option<f64>) -> Self {
+        match (self.measured_power, watts) {
+            (true, Some(w)) if w.is_finite() && w >= 0.0 => Self {
+                power_watts: w,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     pub fn usd_per_hour(&self) -> f64 {
         self.capex_usd / (self.lifetime_years * HOURS_PER_YEAR)
             + self.power_watts / 1000.0 * self.pue * self.usd_per_kwh

@@ -441,14 +441,17 @@ impl Ledger {
                 if usage.prompt_tokens + usage.completion_tokens == 0 {
                     return (0, None);
                 }
-                let node = self.accounts.node_cost(&self.backend);
-                let throughput = self
+                let member = self
                     .backend_ref
                     .members()
                     .into_iter()
-                    .find(|s| s.name == self.backend)
-                    .and_then(|s| s.throughput)
-                    .unwrap_or_default();
+                    .find(|s| s.name == self.backend);
+                // The member's own figure carries its measured power where the node is charged so.
+                let node = member
+                    .as_ref()
+                    .and_then(|s| s.node.map(|(cost, _)| cost))
+                    .unwrap_or_else(|| self.accounts.node_cost(&self.backend));
+                let throughput = member.and_then(|s| s.throughput).unwrap_or_default();
                 let on_node = self.last_token.unwrap_or_else(Instant::now) - self.started;
                 let cost = crate::cost::local_charge(&node, throughput, usage, on_node);
                 m.cost.add(&["local", &self.backend], cost);

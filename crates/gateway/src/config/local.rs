@@ -175,6 +175,9 @@ fn node_cost(at: &Locator<'_>, key: &str, layers: &[Option<&RawNodeCost>]) -> Re
         set(l.pue, &mut c.pue);
         set(l.usd_per_kwh, &mut c.usd_per_kwh);
         set(l.overhead_usd_per_hour, &mut c.overhead_usd_per_hour);
+        if let Some(measured) = l.measured_power {
+            c.measured_power = measured;
+        }
     }
     let check = |field: &str, v: f64, ok: bool, want: &str| {
         if v.is_finite() && ok {

@@ -100,6 +100,9 @@ pub struct RawNodeCost {
     pub pue: Option<f64>,
     pub usd_per_kwh: Option<f64>,
     pub overhead_usd_per_hour: Option<f64>,
+    /// Charge the power the worker measures on its device instead of `power_watts` (which stays the figure
+    /// while none is reported).
+    pub measured_power: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -139,7 +139,7 @@ fn workers_can_come_from_kubernetes_alone() {
     let text = "\
 allow_unauthenticated: true
 local:
-  cost: { overhead_usd_per_hour: 2.0 }
+  cost: { overhead_usd_per_hour: 2.0, measured_power: true }
   kubernetes:
     service: sluice-workers
     namespace: inference
@@ -163,6 +163,11 @@ local:
             .node_cost_of("sluice-workers-7d9f-abcde")
             .overhead_usd_per_hour,
         2.0
+    );
+    assert!(local.node_cost_of("sluice-workers-7d9f-abcde").measured_power);
+    assert!(
+        !crate::cost::NodeCost::default().measured_power,
+        "configured power unless asked"
     );
     // The defaults: the port named grpc, the namespace of the credentials.
     let c = validate("allow_unauthenticated: true\nlocal:\n  kubernetes: { service: w }\n").unwrap();

@@ -83,7 +83,11 @@ async fn follow(worker: &Worker) -> Result<(), String> {
                 None => return Err("health watch ended".to_owned()),
             },
             l = load.next() => match l {
-                Some(Ok(report)) => worker.state().load = Some(report),
+                Some(Ok(report)) => {
+                    let mut s = worker.state();
+                    s.power.record(report.power_watts, tokio::time::Instant::now());
+                    s.load = Some(report);
+                }
                 Some(Err(s)) => return Err(describe(&s)),
                 None => return Err("load watch ended".to_owned()),
             },

@@ -30,6 +30,8 @@ struct Scripted {
     answer: Answer,
     running: u32,
     calls: Arc<AtomicUsize>,
+    /// Power draw its load reports carry (one report every 100 ms when set).
+    power: Option<f64>,
 }
 
 type Events = Pin<Box<dyn futures_util::Stream<Item = Result<v1::GenerateEvent, Status>> + Send>>;
@@ -102,6 +104,7 @@ impl WorkerRpc for Scripted {
         _: tonic::Request<v1::WatchLoadRequest>,
     ) -> Result<tonic::Response<Self::WatchLoadStream>, Status> {
         let (tx, rx) = mpsc::channel(1);
+        let power = self.power;
         let report = v1::LoadReport {
             state: v1::WorkerState::Ready as i32,
             requests_running: self.running,
@@ -109,10 +112,17 @@ impl WorkerRpc for Scripted {
             // Busy rates: 1,000 prompt tokens and 100 generated tokens a second.
             prompt_tokens_per_second: 1000.0,
             decode_tokens_per_second: 100.0,
+            power_watts: power,
             ..Default::default()
         };
         tokio::spawn(async move {
             let _ = tx.send(Ok(report)).await;
+            while power.is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(Ok(report)).await.is_err() {
+                    return;
+                }
+            }
             // Keep the watch open for as long as the gateway follows it.
             tx.closed().await;
         });
@@ -129,6 +139,10 @@ impl WorkerRpc for Scripted {
 
 /// Starts a scripted worker on a free port; returns its address and its `Generate` call count.
 async fn scripted(answer: Answer, running: u32) -> (String, Arc<AtomicUsize>) {
+    scripted_with_power(answer, running, None).await
+}
+
+async fn scripted_with_power(answer: Answer, running: u32, power: Option<f64>) -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -140,6 +154,7 @@ async fn scripted(answer: Answer, running: u32) -> (String, Arc<AtomicUsize>) {
         answer,
         running,
         calls: calls.clone(),
+        power,
     });
     tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -152,6 +167,10 @@ async fn scripted(answer: Answer, running: u32) -> (String, Arc<AtomicUsize>) {
 }
 
 fn pool(workers: &[(&str, &str)]) -> WorkerPool {
+    pool_costing(workers, crate::cost::NodeCost::default())
+}
+
+fn pool_costing(workers: &[(&str, &str)], cost: crate::cost::NodeCost) -> WorkerPool {
     WorkerPool::start(PoolConfig {
         name: "local".into(),
         workers: workers
@@ -159,7 +178,7 @@ fn pool(workers: &[(&str, &str)]) -> WorkerPool {
             .map(|(name, uri)| WorkerAddress {
                 name: (*name).into(),
                 uri: (*uri).into(),
-                cost: crate::cost::NodeCost::default(),
+                cost,
             })
             .collect(),
         tls: None,
@@ -312,6 +331,59 @@ async fn a_workers_model_is_priced_at_its_node_cost_over_its_token_rates() {
             decode_tokens_per_second: 100.0,
         })
     );
+}
+
+#[tokio::test]
+async fn a_node_charged_at_its_measured_power_uses_what_its_worker_reports() {
+    let (a, _) = scripted_with_power(Answer::Text, 0, Some(350.0)).await;
+    let configured = crate::cost::NodeCost::default();
+    let measured = crate::cost::NodeCost {
+        measured_power: true,
+        ..configured
+    };
+    for (cost, watts) in [(configured, 700.0), (measured, 350.0)] {
+        let pool = pool_costing(&[("a", &a)], cost);
+        wait_ready(&pool, 1).await;
+        // Several reports at 350 W: the stint's average and the current draw are both 350 W.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let member = pool.members().remove(0);
+        let (node, _) = member.node.expect("a worker's node");
+        assert!((node.power_watts - watts).abs() < 1e-9, "{node:?}");
+        let per_second = crate::cost::NodeCost {
+            power_watts: watts,
+            ..configured
+        }
+        .usd_per_hour()
+            / 3600.0;
+        let prices = pool.models().remove(0).prices.expect("priced");
+        assert!(
+            (prices.output_usd_per_mtok - per_second / 100.0 * 1e6).abs() < 1e-9,
+            "{prices:?} at {watts} W"
+        );
+    }
+    // A worker that reports no power keeps the configured figure even when measured power is asked for.
+    let (b, _) = scripted(Answer::Text, 0).await;
+    let pool = pool_costing(&[("b", &b)], measured);
+    wait_ready(&pool, 1).await;
+    let (node, _) = pool.members().remove(0).node.expect("node");
+    assert_eq!(node.power_watts, 700.0);
+}
+
+#[test]
+fn the_power_meter_averages_readings_over_the_time_each_held() {
+    use super::worker::PowerMeter;
+    let t0 = tokio::time::Instant::now();
+    let mut meter = PowerMeter::default();
+    assert_eq!(meter.average(), None);
+    meter.record(Some(300.0), t0);
+    assert_eq!((meter.current(), meter.average()), (Some(300.0), Some(300.0)));
+    meter.record(Some(500.0), t0 + Duration::from_secs(3));
+    meter.record(None, t0 + Duration::from_secs(4));
+    // 300 W for 3 s and 500 W for 1 s: 350 W on average; nothing reported now.
+    assert_eq!(meter.average(), Some(350.0));
+    assert_eq!(meter.current(), None);
+    meter.record(Some(100.0), t0 + Duration::from_secs(10));
+    assert_eq!(meter.average(), Some(350.0), "unreported time counts for nothing");
 }
 
 fn found(name: &str, uri: &str, state: sluice_discovery::EndpointState) -> sluice_discovery::Endpoint {

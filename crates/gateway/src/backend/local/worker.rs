@@ -29,6 +29,41 @@ pub(super) struct WorkerState {
     failures: u32,
     ejected_until: Option<Instant>,
     pub(super) last_error: Option<String>,
+    /// The energy the worker's device reported using (for nodes charged at their measured power).
+    pub(super) power: PowerMeter,
+}
+
+/// Integrates the power draw the load reports carry: each reading holds until the next one.
+#[derive(Debug, Default)]
+pub(super) struct PowerMeter {
+    joules: f64,
+    seconds: f64,
+    last: Option<(Instant, f64)>,
+}
+
+impl PowerMeter {
+    /// Takes a report's reading (`None`: the device reported no power this time).
+    pub(super) fn record(&mut self, watts: Option<f64>, now: Instant) {
+        if let Some((then, w)) = self.last {
+            let dt = now.saturating_duration_since(then).as_secs_f64();
+            self.joules += w * dt;
+            self.seconds += dt;
+        }
+        self.last = watts.filter(|w| w.is_finite() && *w >= 0.0).map(|w| (now, w));
+    }
+
+    /// The latest reading.
+    pub(super) fn current(&self) -> Option<f64> {
+        self.last.map(|(_, w)| w)
+    }
+
+    /// The average draw over the readings so far (the latest one until a second arrives).
+    pub(super) fn average(&self) -> Option<f64> {
+        match self.seconds > 0.0 {
+            true => Some(self.joules / self.seconds),
+            false => self.current(),
+        }
+    }
 }
 
 pub(super) struct Worker {
@@ -75,9 +110,11 @@ impl Worker {
         }
     }
 
-    /// What its node costs, and since when it is in the pool.
+    /// What its node costs (at its average measured draw, for nodes charged so), and since when it is in
+    /// the pool.
     pub(super) fn stint(&self) -> (crate::cost::NodeCost, std::time::Instant) {
-        (self.cost, self.joined)
+        let average = self.state().power.average();
+        (self.cost.with_measured_power(average), self.joined)
     }
 
     /// What a token costs on this node while it is busy: its hourly cost over its reported prefill and
@@ -85,7 +122,8 @@ impl Worker {
     pub(super) fn busy_prices(&self, s: &WorkerState) -> Option<Prices> {
         let l = s.load.as_ref()?;
         let (p, d) = (l.prompt_tokens_per_second, l.decode_tokens_per_second);
-        let per_second = self.cost.usd_per_hour() / 3600.0;
+        let cost = self.cost.with_measured_power(s.power.current());
+        let per_second = cost.usd_per_hour() / 3600.0;
         (p > 0.0 && d > 0.0 && p.is_finite() && d.is_finite()).then(|| Prices {
             input_usd_per_mtok: per_second / p * 1e6,
             output_usd_per_mtok: per_second / d * 1e6,
@@ -188,7 +226,7 @@ impl Worker {
                 decode_tokens_per_second: l.decode_tokens_per_second,
             }),
             source: if self.discovered { "kubernetes" } else { "config" },
-            node: Some((self.cost, self.joined)),
+            node: Some((self.cost.with_measured_power(s.power.average()), self.joined)),
         }
     }
 }
