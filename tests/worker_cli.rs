@@ -212,3 +212,74 @@ fn models_pull_ner_fetches_and_converts_the_personal_data_model() {
         "converted again although it was there"
     );
 }
+
+/// `scripts/gpu-check` as far as a machine without a GPU allows: the GPU's forward pass (device tensors
+/// end to end, the argmax on the device) on the CPU device, held to the CPU engine's greedy tokens, with
+/// its figures printed; and `sluice device-check` refusing a CUDA device in a build without CUDA.
+#[test]
+fn the_gpu_check_runs_the_gpus_forward_pass_on_the_cpu_and_refuses_cuda_without_it() {
+    common::ensure_demo_model();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gpu-check");
+    let out = Command::new(script)
+        .arg(sluice_bin())
+        .envs([
+            ("GPU_CHECK_DEVICE", "cpu"),
+            ("GPU_CHECK_FORWARD", "tensors"),
+            ("GPU_CHECK_STREAMS", "1,2"),
+            ("GPU_CHECK_TOKENS", "8"),
+            ("GPU_CHECK_STEPS", "16"),
+        ])
+        .env_remove("LLAMA_BENCH")
+        .output()
+        .expect("run scripts/gpu-check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(text.contains("(Tensors forward pass, F16 KV cache)"), "{text}");
+    let agreement = text
+        .lines()
+        .find_map(|l| l.strip_prefix("greedy tokens: "))
+        .expect("an agreement line");
+    let numbers: Vec<usize> = agreement
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "{agreement}");
+    // Up to 16 positions of each of three prompts (fewer where the CPU's answer ends sooner).
+    assert!((33..=48).contains(&numbers[1]), "{agreement}");
+    assert!(numbers[0] * 10 >= numbers[1] * 8, "{agreement}");
+    assert!(
+        text.contains("answer on cpu: \"The capital of Japan is Tokyo."),
+        "{text}"
+    );
+    for line in [
+        "prompt: ",
+        "decode, 1 stream: ",
+        "decode, 2 streams (all tokens over wall time): ",
+    ] {
+        let rate: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line:?} figure in {text}"));
+        assert!(rate > 0.0, "{line}{rate}");
+    }
+    assert!(
+        text.contains("PASS: cpu serves the model as the CPU engine does"),
+        "{text}"
+    );
+    assert!(text.contains("== llama.cpp: not run"), "{text}");
+
+    let (code, _, err) = run(&["device-check", "--device", "cuda:0"]);
+    if !cfg!(feature = "cuda") {
+        assert_eq!(code, Some(64), "{err}");
+        assert!(
+            err.contains("cuda:0 needs a build with the `cuda` feature"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(&["device-check", "--device", "gpu"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("unknown device \"gpu\""), "{err}");
+}

@@ -29,6 +29,9 @@ pub enum Command {
     Models(ModelsCommand),
     /// Stream an answer from a worker (an operator's check that a worker works).
     Chat(ChatArgs),
+    /// Check a device before it takes traffic: load a model on it, hold its greedy tokens to the CPU
+    /// engine's, and measure prompt and decode speed there (exit 1 when the tokens disagree).
+    DeviceCheck(DeviceCheckArgs),
     /// Check a gateway configuration and its routing.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -249,6 +252,32 @@ pub struct ScanArgs {
     /// Runs per size for --timing.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub runs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceCheckArgs {
+    /// The device to check: cuda:N, or cpu (with --forward tensors: the GPU's forward pass on the CPU).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// GGUF chat model [default: the demo model, smollm2-135m-instruct, fetched when missing].
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Weights in memory on the device: auto, throughput or native (see `sluice worker --help`).
+    #[arg(long, value_name = "FORMAT", default_value = "auto")]
+    pub weight_format: String,
+    /// Forward pass: host (the CPU's) or tensors (the GPU's, which also runs on the CPU) [default: the
+    /// device's own].
+    #[arg(long, value_name = "PATH")]
+    pub forward: Option<String>,
+    /// Concurrent streams to measure decode speed with, comma-separated.
+    #[arg(long, value_name = "N,N", value_delimiter = ',', default_value = "1,8")]
+    pub streams: Vec<usize>,
+    /// Tokens each measured stream generates.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub tokens: u32,
+    /// Greedy positions compared with the CPU engine, per prompt (three prompts).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub steps: usize,
 }
 
 /// Every flag overrides the same key of `--config`; unset flags and keys take the defaults shown.

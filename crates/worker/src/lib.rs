@@ -4,6 +4,7 @@
 //! This crate owns the worker's network surface and configuration. It never does model math itself (the
 //! engine does) and never routes: gateways decide which worker gets a request.
 
+pub mod check;
 pub mod config;
 pub mod device;
 pub mod embed;

@@ -2,6 +2,7 @@
 
 mod audit;
 mod chat;
+mod device_check;
 mod gateway;
 mod models;
 mod scan;
@@ -64,6 +65,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Worker(args) => worker::run(args).await,
         Command::Models(cmd) => models::run(cmd).await,
         Command::Chat(args) => chat::run(args).await,
+        Command::DeviceCheck(args) => device_check::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Policy(PolicyCommand::Check { file, deny_warnings }) => gateway::check(&file, deny_warnings),
         Command::Policy(PolicyCommand::Explain(args)) => gateway::explain(&args),

@@ -21,6 +21,20 @@ pub enum ForwardPath {
     Tensors,
 }
 
+impl std::str::FromStr for ForwardPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(Self::Host),
+            "tensors" => Ok(Self::Tensors),
+            _ => Err(format!(
+                "unknown forward pass {s:?}: expected \"host\" or \"tensors\""
+            )),
+        }
+    }
+}
+
 /// One layer's keys and values on the device: `[kv_head][position][head_dim]`, room for `capacity`
 /// positions, filled up to the sequence's length.
 #[derive(Debug, Clone)]
