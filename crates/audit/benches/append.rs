@@ -45,6 +45,7 @@ fn record(i: u64) -> Record {
         redactions: Default::default(),
         backend: Some("local".into()),
         fallbacks: Vec::new(),
+        fell_back: None,
         max_tokens: Some(256),
         stream: Some(true),
         ttft_ms: Some(184.312),

@@ -110,6 +110,11 @@ pub struct Record {
     /// in records written before it existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// Why a request for a cloud model was served by its local substitute (`cloud_unavailable`,
+    /// `cloud_rate_limited`, `over_budget`). Absent when it was not (and in records written before it
+    /// existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fell_back: Option<String>,
     /// The answer's length limit the client set (`max_completion_tokens`, else `max_tokens`). Absent when
     /// it set none (and in records written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]

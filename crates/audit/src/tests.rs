@@ -41,6 +41,7 @@ fn record(i: u64) -> Record {
         redactions: Default::default(),
         backend: Some("local".into()),
         fallbacks: Vec::new(),
+        fell_back: None,
         max_tokens: None,
         stream: None,
         ttft_ms: None,

@@ -225,6 +225,11 @@ pub struct UpArgs {
     /// `sluice sim-cloud` listen on by default; the API key comes from SLUICE_UP_KEY.
     #[arg(long)]
     pub print_config: bool,
+    /// Outage drill: treat every cloud as unreachable (nothing is sent to one), so that requests for the
+    /// cloud model are served by the local model where the policy's fallback allows it, and refused
+    /// otherwise.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// `sluice scan`: what the scanner, and the personal-data model, find in text.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use tracing::Instrument as _;
 
-use sluice_policy::{Decision, Excluded, Level, Route, Target};
+use sluice_policy::{Decision, Excluded, FallbackReason, Level, Route, Target};
 
 use futures_util::future::BoxFuture;
 
@@ -114,6 +114,8 @@ pub struct Started<A = Dispatched> {
     pub target: Target,
     /// Targets tried before, down or full.
     pub fallbacks: Vec<FailedTarget>,
+    /// The decision's fallback served it (its cloud targets could not), and why.
+    pub fell_back: Option<FallbackReason>,
 }
 
 impl<A> std::fmt::Debug for Started<A> {
@@ -178,86 +180,108 @@ pub async fn dispatch<J: Job>(
     let mut failures = Vec::new();
     let mut unsupported = None;
     let mut fatal = None;
-    for target in &decision.targets {
-        let Some(backend) = fleet.backends.get(target.backend).cloned() else {
-            tracing::error!(
-                decision_id,
-                "the routing policy chose a backend that does not exist"
+    let mut fell_back = None;
+    let mut targets: &[Target] = &decision.targets;
+    loop {
+        for target in targets {
+            let Some(backend) = fleet.backends.get(target.backend).cloned() else {
+                tracing::error!(
+                    decision_id,
+                    "the routing policy chose a backend that does not exist"
+                );
+                continue;
+            };
+            // The invariant, in the one place every request passes on its way to a backend: never to a
+            // backend cleared below the request's level, whatever the policy said.
+            if backend.clearance() < level {
+                tracing::error!(decision_id, backend = backend.name(), %level, clearance = %backend.clearance(), "the routing policy chose a backend cleared below the request; not sending");
+                blocked += 1;
+                continue;
+            }
+            considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
+            if let Err(u) = request.supported_by(backend.as_ref(), &target.model) {
+                unsupported.get_or_insert(u);
+                continue;
+            }
+            let sent = (target.model != request.model()).then(|| request.for_model(&target.model));
+            let sent_request = sent.as_ref().unwrap_or(request);
+            tracing::debug!(request_id = %context.request_id, decision_id, backend = backend.name(), model = %target.model, "dispatching");
+            let attempt = tracing::trace_span!(
+                target: sluice_telemetry::TARGET,
+                "dispatch",
+                otel.name = %format_args!("dispatch {}", backend.name()),
+                sluice.backend = backend.name(),
+                sluice.route = backend.route().as_str(),
+                sluice.model = %target.model,
+                sluice.attempt = i64::try_from(failures.len() + 1).unwrap_or(i64::MAX),
+                sluice.outcome = tracing::field::Empty,
             );
-            continue;
+            // Backends bound their own waits by the deadline; this holds whatever a backend does.
+            let result =
+                tokio::time::timeout_at(context.deadline, sent_request.send(backend.as_ref(), context))
+                    .instrument(attempt.clone())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(BackendError::Timeout(format!(
+                            "backend {} did not start the answer within the request timeout",
+                            backend.name()
+                        )))
+                    });
+            let failure = |error| FailedTarget {
+                backend: backend.name().to_owned(),
+                route: backend.route(),
+                model: target.model.clone(),
+                error,
+            };
+            attempt.record(
+                "sluice.outcome",
+                match &result {
+                    Ok(_) => "started",
+                    Err(e) if e.may_fall_back() => "fell_back",
+                    Err(_) => "failed",
+                },
+            );
+            match result {
+                Ok(dispatched) => {
+                    return Dispatch {
+                        result: Ok(Started {
+                            dispatched,
+                            backend: backend.clone(),
+                            target: target.clone(),
+                            fallbacks: failures,
+                            fell_back,
+                        }),
+                        blocked,
+                        considered,
+                    };
+                }
+                Err(e) if e.may_fall_back() => {
+                    tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
+                    failures.push(failure(e));
+                }
+                Err(e) => {
+                    tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend refused or failed");
+                    fatal = Some(failure(e));
+                    break;
+                }
+            }
+        }
+        // Once: the cloud could not serve, and the decision has a fallback for why.
+        let fallback = decision.fallback.as_deref().filter(|_| fell_back.is_none());
+        let Some((fallback, reason)) = fallback.and_then(|f| {
+            fallback_reason(&failures, fatal.as_ref())
+                .filter(|r| f.on.contains(r))
+                .map(|r| (f, r))
+        }) else {
+            break;
         };
-        // The invariant, in the one place every request passes on its way to a backend: never to a
-        // backend cleared below the request's level, whatever the policy said.
-        if backend.clearance() < level {
-            tracing::error!(decision_id, backend = backend.name(), %level, clearance = %backend.clearance(), "the routing policy chose a backend cleared below the request; not sending");
-            blocked += 1;
-            continue;
+        if tokio::time::Instant::now() >= context.deadline {
+            break;
         }
-        considered = Some((backend.route(), backend.name().to_owned(), target.model.clone()));
-        if let Err(u) = request.supported_by(backend.as_ref(), &target.model) {
-            unsupported.get_or_insert(u);
-            continue;
-        }
-        let sent = (target.model != request.model()).then(|| request.for_model(&target.model));
-        let sent_request = sent.as_ref().unwrap_or(request);
-        tracing::debug!(request_id = %context.request_id, decision_id, backend = backend.name(), model = %target.model, "dispatching");
-        let attempt = tracing::trace_span!(
-            target: sluice_telemetry::TARGET,
-            "dispatch",
-            otel.name = %format_args!("dispatch {}", backend.name()),
-            sluice.backend = backend.name(),
-            sluice.route = backend.route().as_str(),
-            sluice.model = %target.model,
-            sluice.attempt = i64::try_from(failures.len() + 1).unwrap_or(i64::MAX),
-            sluice.outcome = tracing::field::Empty,
-        );
-        // Backends bound their own waits by the deadline; this holds whatever a backend does.
-        let result = tokio::time::timeout_at(context.deadline, sent_request.send(backend.as_ref(), context))
-            .instrument(attempt.clone())
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::Timeout(format!(
-                    "backend {} did not start the answer within the request timeout",
-                    backend.name()
-                )))
-            });
-        let failure = |error| FailedTarget {
-            backend: backend.name().to_owned(),
-            route: backend.route(),
-            model: target.model.clone(),
-            error,
-        };
-        attempt.record(
-            "sluice.outcome",
-            match &result {
-                Ok(_) => "started",
-                Err(e) if e.may_fall_back() => "fell_back",
-                Err(_) => "failed",
-            },
-        );
-        match result {
-            Ok(dispatched) => {
-                return Dispatch {
-                    result: Ok(Started {
-                        dispatched,
-                        backend: backend.clone(),
-                        target: target.clone(),
-                        fallbacks: failures,
-                    }),
-                    blocked,
-                    considered,
-                };
-            }
-            Err(e) if e.may_fall_back() => {
-                tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend down or full; trying the next allowed one");
-                failures.push(failure(e));
-            }
-            Err(e) => {
-                tracing::info!(request_id = %context.request_id, decision_id, backend = backend.name(), error = %e, "backend refused or failed");
-                fatal = Some(failure(e));
-                break;
-            }
-        }
+        tracing::info!(request_id = %context.request_id, decision_id, reason = reason.as_str(), substitute = %fallback.model, "the cloud cannot serve; falling back to the local substitute");
+        failures.extend(fatal.take());
+        fell_back = Some(reason);
+        targets = &fallback.targets;
     }
     Dispatch {
         result: Err(Unserved {
@@ -271,4 +295,27 @@ pub async fn dispatch<J: Job>(
         blocked,
         considered,
     }
+}
+
+/// Why the tried targets' failures let a fallback serve: every target tried was a cloud that was down or
+/// gave no first byte in time (`cloud_unavailable`), or one at least answered 429 for as long as it was
+/// retried (`cloud_rate_limited`). A refusal of the request itself, or a failure after the answer
+/// started (never seen here), is no reason.
+fn fallback_reason(failures: &[FailedTarget], fatal: Option<&FailedTarget>) -> Option<FallbackReason> {
+    let tried: Vec<&FailedTarget> = failures.iter().chain(fatal).collect();
+    if tried.is_empty() || tried.iter().any(|f| f.route != Route::Cloud) {
+        return None;
+    }
+    let down = |e: &BackendError| matches!(e, BackendError::Unavailable(_) | BackendError::Timeout(_));
+    if tried.iter().any(|f| matches!(f.error, BackendError::Full(_)))
+        && tried
+            .iter()
+            .all(|f| down(&f.error) || matches!(f.error, BackendError::Full(_)))
+    {
+        return Some(FallbackReason::CloudRateLimited);
+    }
+    tried
+        .iter()
+        .all(|f| down(&f.error))
+        .then_some(FallbackReason::CloudUnavailable)
 }

@@ -16,6 +16,8 @@ pub const X_DECISION_ID: HeaderName = HeaderName::from_static("x-sluice-decision
 pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
 pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
 pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
+/// Why a local substitute served a request for a cloud model; `none` in a request forbids it.
+pub const X_FALLBACK: HeaderName = HeaderName::from_static("x-sluice-fallback");
 const REQUESTS_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-limit-requests"),
     HeaderName::from_static("x-ratelimit-remaining-requests"),
@@ -38,6 +40,8 @@ pub struct RoutingHeaders {
     /// The model that served (a substitute's, or a virtual model's member).
     pub model: Option<String>,
     pub substituted_for: Option<String>,
+    /// A fallback served it (`cloud_unavailable`, `cloud_rate_limited`, `over_budget`).
+    pub fallback: Option<&'static str>,
     /// The request went redacted: its cloud route is `redacted-cloud`.
     pub redacted: bool,
     /// The tenant's rate limits, as OpenAI's `x-ratelimit-*` headers give them.
@@ -82,6 +86,7 @@ impl RoutingHeaders {
         set(X_DECISION_ID, self.decision_id.as_deref());
         set(X_MODEL, self.model.as_deref());
         set(X_SUBSTITUTED_FOR, self.substituted_for.as_deref());
+        set(X_FALLBACK, self.fallback);
         for (h, names) in [
             (&self.ratelimit.requests, REQUESTS_HEADERS),
             (&self.ratelimit.tokens, TOKENS_HEADERS),

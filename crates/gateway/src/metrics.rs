@@ -33,6 +33,9 @@ pub struct GatewayMetrics {
     /// Labels: kind (a finding kind of the scanner). Counted once per request that has it.
     pub findings: IntCounterVec,
     pub redactions: IntCounterVec,
+    /// Requests for a cloud model served by its local substitute. Labels: reason (`cloud_unavailable`,
+    /// `cloud_rate_limited`, `over_budget`).
+    pub fallbacks: IntCounterVec,
     /// Requests whose content could not be scanned completely (treated as restricted).
     pub scans_incomplete: prometheus::IntCounter,
     /// What the personal-data model did per request. Labels: outcome (`ran`, `not_needed`,
@@ -225,6 +228,13 @@ impl GatewayMetrics {
             ),
             &["kind"],
         )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "sluice_fallbacks_total",
+                "Requests for a cloud model served by its local substitute (policy.fallbacks), by reason.",
+            ),
+            &["reason"],
+        )?;
         let scans_incomplete = prometheus::IntCounter::new(
             "sluice_scans_incomplete_total",
             "Requests too large to scan completely, treated as restricted.",
@@ -373,6 +383,7 @@ impl GatewayMetrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(redactions.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(scans_incomplete.clone()))?;
@@ -391,6 +402,7 @@ impl GatewayMetrics {
             tokens,
             decisions,
             redactions,
+            fallbacks,
             rejected,
             findings,
             scans_incomplete,

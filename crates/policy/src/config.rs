@@ -14,6 +14,7 @@ use crate::rules::{
 };
 
 mod actions;
+mod fallbacks;
 
 use actions::{Names, action};
 
@@ -33,6 +34,19 @@ pub struct RawPolicy {
     pub never_redact: Option<Vec<Kind>>,
     /// What a cloud-bound request gets once its tenant's cloud budget is spent, unless its rule says.
     pub over_budget: Option<RawOverBudget>,
+    /// Local substitutes for cloud models when the cloud cannot serve (see [`RawFallback`]).
+    pub fallbacks: Option<Vec<RawFallback>>,
+}
+
+/// `{model, to, on, tenant}`: requests for `model` are served by the local `to` when the cloud is
+/// unavailable, rate-limited or over budget (`on`, default all three).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    pub model: Option<OneOrMany<String>>,
+    pub tenant: Option<OneOrMany<String>>,
+    pub to: Option<RawSubstitute>,
+    pub on: Option<OneOrMany<crate::rules::FallbackReason>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,7 +146,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 }
 
 impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
+    pub(crate) fn into_vec(self) -> Vec<T> {
         match self {
             Self::One(v) => vec![v],
             Self::Many(v) => v,
@@ -397,6 +411,7 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
         .over_budget
         .and_then(|o| actions::over_budget(at, "policy.over_budget", o, &names, &mut errors))
         .unwrap_or_else(|| Action::Reject(OVER_BUDGET_REASON.to_owned()));
+    let fallbacks = fallbacks::validate(at, raw.fallbacks.unwrap_or_default(), &names, &mut errors);
     if errors.is_empty() {
         Ok(PolicyConfig {
             rules,
@@ -406,6 +421,7 @@ pub fn compile(raw: RawPolicy, at: &Locator<'_>, cx: Context<'_>) -> Result<Poli
             max_ttft_seconds: default_ttft,
             never_redact,
             over_budget,
+            fallbacks,
         })
     } else {
         Err(errors)

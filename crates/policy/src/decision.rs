@@ -43,6 +43,25 @@ pub struct Decision {
     pub redaction: Option<Redaction>,
     /// Why a `redact` rule could not redact the request, when this is its fallback.
     pub unredactable: Option<Box<String>>,
+    /// Where the request goes when its cloud targets cannot serve it (a `policy.fallbacks` entry).
+    pub fallback: Option<Box<Fallback>>,
+    /// The request is already served by its fallback, and why (over budget, or decided so by the
+    /// dispatcher after the cloud failed).
+    pub fell_back: Option<crate::rules::FallbackReason>,
+}
+
+/// A cloud request's way to a local substitute: the substitute's targets (local, cleared for the
+/// request), and the reasons it may be taken for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    pub targets: Vec<Target>,
+    /// The substitute.
+    pub model: String,
+    /// The model the client asked for.
+    pub requested: String,
+    pub on: Vec<crate::rules::FallbackReason>,
+    /// The fallback's own explanation (targets, exclusions).
+    pub reason: String,
 }
 
 impl Decision {

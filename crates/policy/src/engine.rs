@@ -105,17 +105,11 @@ impl Policy for PolicyEngine {
             Some(Action::Redact(r)) => self.redact(&on, r),
             action => self.act(&on, action),
         };
-        match decided {
-            Ok(d) if fleet.over_budget && d.reaches_cloud(fleet) => {
-                let action = rule
-                    .and_then(|r| r.over_budget.as_ref())
-                    .unwrap_or(&self.config.over_budget);
-                self.over_budget(&on, action)
-            }
-            decided => decided,
-        }
+        self.settle(&on, decided, rule.and_then(|r| r.over_budget.as_ref()))
     }
 }
+
+mod fallback;
 
 /// One request, as an action is carried out for it.
 struct On<'a, 'f> {
@@ -499,6 +493,8 @@ impl PolicyEngine {
             reason,
             redaction: None,
             unredactable: None,
+            fallback: None,
+            fell_back: None,
         })
     }
 }

@@ -21,7 +21,7 @@ pub mod fleet;
 pub mod lint;
 pub mod rules;
 
-pub use decision::{Decision, Excluded, Policy, Redaction, Refusal, RefusalReason, Target};
+pub use decision::{Decision, Excluded, Fallback, Policy, Redaction, Refusal, RefusalReason, Target};
 pub use engine::PolicyEngine;
 pub use explain::{
     Attempt, CombinedAt, Ended, Explanation, FindingAt, RedactionAt, TargetAt, explain, findings_at,
@@ -31,8 +31,8 @@ pub use facts::{
 };
 pub use fleet::{BackendView, FleetView, Load, ModelCard, ModelKind, Prices, Route};
 pub use rules::{
-    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, DEFAULT_OUTPUT_TOKENS, DEFAULT_RULE, HeaderTest, LevelSet,
-    OVER_BUDGET_REASON, Place, PolicyConfig, Redact, Rule, Strategy, VirtualMember, VirtualModel,
-    ever_redactable, is_header_name, is_plain_name,
+    Action, Conditions, DEFAULT_MAX_TTFT_SECONDS, DEFAULT_OUTPUT_TOKENS, DEFAULT_RULE, FALLBACK_HEADER,
+    FallbackReason, FallbackRule, HeaderTest, LevelSet, OVER_BUDGET_REASON, Place, PolicyConfig, Redact,
+    Rule, Strategy, VirtualMember, VirtualModel, ever_redactable, is_header_name, is_plain_name,
 };
 pub use sluice_sensitivity::Level;

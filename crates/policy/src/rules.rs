@@ -281,6 +281,48 @@ pub struct PolicyConfig {
     /// What a request bound for a cloud gets when its tenant's cloud budget is spent, unless its rule
     /// says: a rejection (429 `budget_exceeded`) or a way to the local workers (never a cloud).
     pub over_budget: Action,
+    /// Local substitutes for cloud models, for when the cloud cannot serve (first match wins).
+    pub fallbacks: Vec<FallbackRule>,
+}
+
+/// Why a request for a cloud model was served by a local substitute (`x-sluice-fallback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackReason {
+    /// The cloud's breaker is open, or it could not be reached, or it gave no first byte in time.
+    CloudUnavailable,
+    /// The cloud answered 429 for as long as the gateway retried.
+    CloudRateLimited,
+    /// The tenant's cloud budget for the period is spent.
+    OverBudget,
+}
+
+impl FallbackReason {
+    pub const ALL: [Self; 3] = [Self::CloudUnavailable, Self::CloudRateLimited, Self::OverBudget];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CloudUnavailable => "cloud_unavailable",
+            Self::CloudRateLimited => "cloud_rate_limited",
+            Self::OverBudget => "over_budget",
+        }
+    }
+}
+
+/// The request header with which a client forbids any fallback (`x-sluice-fallback: none`).
+pub const FALLBACK_HEADER: &str = "x-sluice-fallback";
+
+/// `policy.fallbacks[]`: for requests naming one of `models` (from one of `tenants`, when given), the
+/// local model `to` serves them when the cloud cannot, for the reasons in `on`. Only ever local backends
+/// cleared for the request: a fallback never relaxes the clearance invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackRule {
+    pub models: Vec<String>,
+    pub tenants: Option<Vec<String>>,
+    pub to: String,
+    /// The local backend to use; the local pool otherwise.
+    pub backend: Option<String>,
+    pub on: Vec<FallbackReason>,
 }
 
 impl Default for PolicyConfig {
@@ -293,11 +335,20 @@ impl Default for PolicyConfig {
             max_ttft_seconds: DEFAULT_MAX_TTFT_SECONDS,
             never_redact: Vec::new(),
             over_budget: Action::Reject(OVER_BUDGET_REASON.to_owned()),
+            fallbacks: Vec::new(),
         }
     }
 }
 
 impl PolicyConfig {
+    /// The fallback for a request naming `model` from `tenant`, if any.
+    pub fn fallback_for(&self, model: &str, tenant: &str) -> Option<&FallbackRule> {
+        self.fallbacks.iter().find(|f| {
+            f.models.iter().any(|m| m == model)
+                && f.tenants.as_ref().is_none_or(|t| t.iter().any(|x| x == tenant))
+        })
+    }
+
     pub fn virtual_model(&self, name: &str) -> Option<&VirtualModel> {
         self.models.iter().find(|m| m.name == name)
     }

@@ -42,6 +42,8 @@ models:
       - { backend: local, model: "{local}" }
       - { backend: "{cloud}", model: gpt-4o-mini }
 over_budget: { substitute: "{local}" }
+fallbacks:
+  - { model: gpt-4o-mini, to: "{local}", on: [cloud_unavailable, cloud_rate_limited] }
 rules:
   - name: contacts-redacted
     when: { min_level: confidential, model: gpt-4o-mini }
@@ -276,6 +278,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
                 worker: ready,
                 ner: ner_on,
                 limits: !args.no_limits,
+                offline: args.offline,
             },
         );
     }
@@ -346,6 +349,9 @@ fn config_yaml(c: &UpConfig<'_>) -> String {
     let mut y = String::new();
     let _ = writeln!(y, "listen: {}", q(&c.args.listen));
     let _ = writeln!(y, "admin_listen: {}", q(&c.args.admin_listen));
+    if c.args.offline {
+        y.push_str("offline: true\n");
+    }
     y.push_str("api_keys:\n  - tenant: default\n    key_env: SLUICE_UP_KEY\n");
     y.push_str("local:\n  workers:\n");
     for (i, a) in c.workers.iter().enumerate() {
@@ -463,6 +469,8 @@ struct Readiness {
     ner: bool,
     /// The demo key has limits.
     limits: bool,
+    /// The outage drill is on.
+    offline: bool,
 }
 
 fn print_banner(
@@ -476,6 +484,7 @@ fn print_banner(
         worker: ready,
         ner,
         limits,
+        offline,
     }: Readiness,
 ) {
     let base = format!("http://{}/v1", bound.public);
@@ -513,6 +522,17 @@ fn print_banner(
         );
     }
     out.push_str(&format!("  Cloud model      {cloud_line}\n"));
+    out.push_str(&format!(
+        "  Fallback         when the cloud is unavailable or rate-limited, requests for {CLOUD_MODEL} are served \
+         by {local} (x-sluice-fallback, x-sluice-substituted-for); a request with x-sluice-fallback: none \
+         is refused instead\n"
+    ));
+    if offline {
+        out.push_str(
+            "  OFFLINE          outage drill (--offline): every cloud is treated as unreachable and nothing is \
+             sent to one; see which requests keep working\n",
+        );
+    }
     if let (Some(e), Some(w)) = (embedding, embedding_worker) {
         out.push_str(&format!(
             "  Embeddings       {e} on a local worker ({w}; POST /v1/embeddings), and {CLOUD_EMBEDDING_MODEL} in the \

@@ -172,6 +172,11 @@ impl Accounting {
         );
     }
 
+    /// A request for a cloud model is served by its local substitute, for `reason`.
+    pub fn fell_back_to_local(&self, reason: sluice_policy::FallbackReason) {
+        self.metrics.fallbacks.with_label_values(&[reason.as_str()]).inc();
+    }
+
     /// The request was dispatched under `rule` to `route` (`redacted`: sent redacted to the cloud).
     pub fn dispatched(&self, rule: &str, route: Route, redacted: bool) {
         self.metrics
@@ -405,6 +410,13 @@ impl Ledger {
 
     /// The request was sent redacted, with these distinct values replaced, by kind: the audit record and
     /// the explanation say so (counts only, never the values).
+    /// Its local substitute serves a request for a cloud model, for `reason`.
+    pub fn fell_back(&mut self, reason: sluice_policy::FallbackReason) {
+        if let Some(record) = &mut self.audit {
+            record.fell_back = Some(reason.as_str().to_owned());
+        }
+    }
+
     pub fn redacted(&mut self, counts: &std::collections::BTreeMap<sluice_sensitivity::Kind, usize>) {
         self.redacted = true;
         if let Some(record) = &mut self.audit {

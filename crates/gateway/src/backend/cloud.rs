@@ -75,6 +75,9 @@ pub struct CloudConfig {
     pub max_retries: u32,
     /// First backoff; doubled each retry, with jitter, up to 8 s.
     pub retry_backoff: Duration,
+    pub breaker: BreakerConfig,
+    /// The outage drill: treated as unreachable, nothing sent.
+    pub offline: bool,
 }
 
 impl std::fmt::Debug for CloudConfig {
@@ -88,6 +91,8 @@ impl std::fmt::Debug for CloudConfig {
             .field("clearance", &self.clearance)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
+            .field("breaker", &self.breaker)
+            .field("offline", &self.offline)
             .finish()
     }
 }
@@ -103,6 +108,7 @@ pub struct CloudBackend {
     /// Anthropic: the HTTP client (with trace propagation).
     http: reqwest::Client,
     in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    health: Arc<Health>,
 }
 
 /// A failure to build the HTTP client.
@@ -168,11 +174,24 @@ impl CloudBackend {
                 .collect(),
             CloudApi::Anthropic { .. } => HashMap::new(),
         };
+        let health = Arc::new(Health::new(config.breaker.clone(), config.offline));
+        probe::spawn(&config, &health, &http);
         Ok(Self {
             config,
             clients,
             http,
             in_flight: Default::default(),
+            health,
+        })
+    }
+
+    /// Refuses at once while the breaker is open (or the gateway runs offline).
+    fn admit(&self) -> Result<(), BackendError> {
+        self.health.admit(Instant::now()).map_err(|why| {
+            BackendError::Unavailable(format!(
+                "cloud backend {} is unavailable: {why}",
+                self.config.name
+            ))
         })
     }
 
@@ -241,13 +260,7 @@ impl CloudBackend {
                 e.api_error.code.clone(),
                 e.api_error.param.clone(),
             ),
-            OpenAIError::Reqwest(e) if e.is_timeout() => {
-                Attempt::Retry(BackendError::Timeout(format!("cloud backend {name}: {e}")))
-            }
-            OpenAIError::Reqwest(e) => Attempt::Retry(BackendError::Unavailable(format!(
-                "cloud backend {name} is unreachable: {}",
-                with_causes(e.to_string(), &e)
-            ))),
+            OpenAIError::Reqwest(e) => transport_failure(name, &e),
             OpenAIError::JSONDeserialize(e, _) => Attempt::Fatal(BackendError::Failed(format!(
                 "cloud backend {name} answered with something that is not a chat completion: {e}"
             ))),
@@ -364,6 +377,7 @@ impl CloudBackend {
         request: &ChatRequest,
         context: &DispatchContext,
     ) -> Result<Dispatched, BackendError> {
+        self.admit()?;
         self.with_retries(context, || self.attempt(request, context.deadline))
             .await
     }
@@ -376,19 +390,32 @@ impl CloudBackend {
         A: std::future::Future<Output = Result<T, Attempt>>,
     {
         let mut retry = 0u32;
+        // The breaker counts the request's outcome: an answer or a refusal of the provider's own closes
+        // the count; a failure of the provider or the link that outlasts the retries adds to it.
+        let failed = |e: BackendError| {
+            self.health
+                .record(Outcome::Failed, Some(&e.to_string()), Instant::now());
+            e
+        };
         loop {
             match attempt().await {
-                Ok(d) => return Ok(d),
-                Err(Attempt::Fatal(e)) => return Err(e),
+                Ok(d) => {
+                    self.health.record(Outcome::Answered, None, Instant::now());
+                    return Ok(d);
+                }
+                Err(Attempt::Fatal(e)) => {
+                    self.health.record(Outcome::Answered, None, Instant::now());
+                    return Err(e);
+                }
                 Err(Attempt::Retry(e)) => {
                     if retry >= self.config.max_retries {
-                        return Err(e);
+                        return Err(failed(e));
                     }
                     let base = self.config.retry_backoff.as_secs_f64() * f64::from(1u32 << retry.min(10));
                     let jitter = rand::rng().random_range(0.8..1.2);
                     let wait = Duration::from_secs_f64((base * jitter).min(8.0));
                     if Instant::now() + wait >= context.deadline {
-                        return Err(e);
+                        return Err(failed(e));
                     }
                     retry += 1;
                     tracing::info!(backend = %self.config.name, request_id = %context.request_id, error = %e, retry, wait_ms = wait.as_millis() as u64, "retrying the cloud call");
@@ -484,15 +511,16 @@ impl Backend for CloudBackend {
     }
 
     fn ready(&self) -> bool {
-        true
+        self.health.up(Instant::now())
     }
 
     fn members(&self) -> Vec<MemberStatus> {
+        let now = Instant::now();
         vec![MemberStatus {
             name: self.config.name.clone(),
             address: self.config.base_url.clone(),
-            ready: true,
-            detail: "cloud API (no health probe)".to_owned(),
+            ready: self.health.up(now),
+            detail: format!("cloud API: {}", self.health.describe(now)),
             models: self.config.models.iter().map(|m| m.id.clone()).collect(),
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             running: None,
@@ -517,13 +545,51 @@ impl Backend for CloudBackend {
         request: &'a EmbeddingRequest,
         context: &'a DispatchContext,
     ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
-        self.with_retries(context, || self.embed_attempt(request, context.deadline))
-            .boxed()
+        async move {
+            self.admit()?;
+            self.with_retries(context, || self.embed_attempt(request, context.deadline))
+                .await
+        }
+        .boxed()
     }
+}
+
+/// A transport failure (no connection, no answer in time), retried. The client's message names what
+/// failed without reqwest's own message, which quotes the URL; the log keeps the whole chain.
+fn transport_failure(name: &str, e: &reqwest::Error) -> Attempt {
+    tracing::warn!(backend = name, error = %with_causes(e.to_string(), e), "cloud call failed");
+    if e.is_timeout() {
+        return Attempt::Retry(BackendError::Timeout(format!(
+            "cloud backend {name} did not answer in time"
+        )));
+    }
+    let mut innermost = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        innermost = Some(s.to_string());
+        source = s.source();
+    }
+    let reason = innermost
+        .filter(|c| !c.contains("://") && !c.contains("url"))
+        .unwrap_or_else(|| {
+            if e.is_connect() {
+                "cannot connect"
+            } else {
+                "transport error"
+            }
+            .to_owned()
+        });
+    Attempt::Retry(BackendError::Unavailable(format!(
+        "cloud backend {name} is unreachable: {reason}"
+    )))
 }
 
 mod anthropic;
 mod embed;
+mod health;
+mod probe;
 mod stream;
+
+pub use health::{BreakerConfig, Health, Outcome, ProbeConfig};
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sluice_config::{ConfigError, Locator};
 
 use super::fields::{check_name, level, seconds};
-use super::raw::{RawCloud, RawCost};
-use crate::backend::cloud::{CloudApi, CloudConfig, CloudModel};
+use super::raw::{RawCloud, RawCost, RawProbe};
+use crate::backend::cloud::{BreakerConfig, CloudApi, CloudConfig, CloudModel, ProbeConfig};
 use crate::backend::{ModelKind, Prices};
 use crate::level::Level;
 
@@ -210,6 +210,37 @@ pub(super) fn cloud(
     if models.is_empty() {
         return Err(at.error(&key("models"), "list at least one model with its prices"));
     }
+    let raw_breaker = raw.breaker.unwrap_or_default();
+    let failures = raw_breaker.failures.unwrap_or(3);
+    if failures == 0 {
+        return Err(at.error(&key("breaker.failures"), "must be at least 1"));
+    }
+    let cooldown = seconds(
+        at,
+        &key("breaker.cooldown_seconds"),
+        raw_breaker.cooldown_seconds,
+        30.0,
+    )?;
+    let probe = match raw.probe {
+        Some(RawProbe::Off) => None,
+        None => Some(ProbeConfig::default()),
+        Some(RawProbe::On {
+            path,
+            interval_seconds,
+        }) => {
+            let path = path.unwrap_or_else(|| ProbeConfig::default().path);
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(at.error(
+                    &key("probe.path"),
+                    format!("{path:?}: a path under base_url, starting with / (e.g. /models)"),
+                ));
+            }
+            Some(ProbeConfig {
+                path,
+                interval: seconds(at, &key("probe.interval_seconds"), interval_seconds, 10.0)?,
+            })
+        }
+    };
     Ok(CloudConfig {
         name,
         api,
@@ -221,5 +252,11 @@ pub(super) fn cloud(
         timeout,
         max_retries,
         retry_backoff,
+        breaker: BreakerConfig {
+            failures,
+            cooldown,
+            probe,
+        },
+        offline: false,
     })
 }

@@ -361,8 +361,11 @@ impl RawGatewayConfig {
 
         let local = self.local.map(|l| local_pool(&at, l)).transpose()?;
         let mut clouds = Vec::new();
+        let offline = self.offline.unwrap_or(false);
         for (i, c) in self.clouds.unwrap_or_default().into_iter().enumerate() {
-            clouds.push(cloud(&at, i, c, env)?);
+            let mut c = cloud(&at, i, c, env)?;
+            c.offline = offline;
+            clouds.push(c);
         }
         let mut names: Vec<&str> = clouds.iter().map(|c| c.name.as_str()).collect();
         if let Some(l) = &local {

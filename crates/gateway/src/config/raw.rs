@@ -26,6 +26,9 @@ pub struct RawGatewayConfig {
     pub allow_unauthenticated: Option<bool>,
     /// Air-gapped mode: no cloud backend may be configured; the gateway refuses to start with one.
     pub air_gapped: Option<bool>,
+    /// The outage drill: clouds stay configured, but every one is treated as unreachable and nothing is
+    /// sent to them (fallbacks serve what they cover; the rest is refused).
+    pub offline: Option<bool>,
     pub api_keys: Option<Vec<RawApiKey>>,
     pub limits: Option<RawLimits>,
     pub local: Option<RawLocal>,
@@ -216,7 +219,64 @@ pub struct RawCloud {
     pub connect_timeout_seconds: Option<f64>,
     pub max_retries: Option<u32>,
     pub retry_backoff_ms: Option<u64>,
+    /// Failed requests in a row that open the breaker, and how long it stays open before recovery is tried.
+    pub breaker: Option<RawBreaker>,
+    /// The recovery probe: `{path, interval_seconds}`, or `off` (a request is the trial).
+    pub probe: Option<RawProbe>,
     pub models: Option<Vec<RawCloudModel>>,
+}
+
+/// `probe: off`, or `probe: {path: /models, interval_seconds: 10}`.
+#[derive(Debug, Clone)]
+pub enum RawProbe {
+    Off,
+    On {
+        path: Option<String>,
+        interval_seconds: Option<f64>,
+    },
+}
+
+impl<'de> Deserialize<'de> for RawProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct On {
+            path: Option<String>,
+            interval_seconds: Option<f64>,
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawProbe;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("off, or {path, interval_seconds}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(RawProbe::Off),
+                    other => Err(E::custom(format!(
+                        "{other:?}: expected off, or {{path, interval_seconds}}"
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                match v {
+                    false => Ok(RawProbe::Off),
+                    true => Ok(RawProbe::On {
+                        path: None,
+                        interval_seconds: None,
+                    }),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let on = On::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawProbe::On {
+                    path: on.path,
+                    interval_seconds: on.interval_seconds,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

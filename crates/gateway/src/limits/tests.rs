@@ -296,6 +296,8 @@ fn a_request_reserves_its_most_at_the_dearest_target_its_budget_counts() {
         reason: String::new(),
         redaction: None,
         unredactable: None,
+        fallback: None,
+        fell_back: None,
     };
     let l = limits(10, 100_000, 1_000_000_000);
     // 1000 prompt tokens at 2 USD/M and 500 answer tokens at 8 USD/M: 0.006 USD.

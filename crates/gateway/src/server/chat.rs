@@ -305,6 +305,16 @@ pub(super) async fn serve(
     };
 
     // The backend answers; the wire layer writes it; its ledger records it.
+    let fell_back = started.fell_back.or(decision.fell_back);
+    if let Some(reason) = fell_back {
+        routing.fallback = Some(reason.as_str());
+        routing.substituted_for = decision
+            .fallback
+            .as_ref()
+            .map(|f| f.requested.clone())
+            .or_else(|| routing.substituted_for.take());
+        accounts.fell_back_to_local(reason);
+    }
     for f in &started.fallbacks {
         accounts.fell_back(&f.backend, f.error.member_fault());
     }
@@ -323,6 +333,9 @@ pub(super) async fn serve(
         audit,
     );
     ledger.hold(held);
+    if let Some(reason) = fell_back {
+        ledger.fell_back(reason);
+    }
     let mut events = started.dispatched.events;
     if let Some(s) = &redacted {
         routing.redacted = true;

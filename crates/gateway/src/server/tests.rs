@@ -993,6 +993,8 @@ impl Policy for Reckless {
             reason: String::new(),
             redaction: None,
             unredactable: None,
+            fallback: None,
+            fell_back: None,
         })
     }
 }

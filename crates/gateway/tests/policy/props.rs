@@ -141,8 +141,27 @@ prop_compose! {
 }
 
 prop_compose! {
+    fn fallback()(
+        models in prop::sample::subsequence(MODELS[..3].to_vec(), 1..=2),
+        to in prop::sample::select(MODELS.to_vec()),
+        backend in prop::option::of((0usize..5).prop_map(|i| format!("b{i}"))),
+        on in prop::sample::subsequence(FallbackReason::ALL.to_vec(), 1..=3),
+        tenants in prop::option::of(prop::sample::subsequence(vec!["acme".to_owned(), "legal".to_owned()], 1..=2)),
+    ) -> FallbackRule {
+        FallbackRule {
+            models: models.into_iter().map(str::to_owned).collect(),
+            tenants,
+            to: to.to_owned(),
+            backend,
+            on,
+        }
+    }
+}
+
+prop_compose! {
     fn policy_config()(
         rules in (0usize..5).prop_flat_map(|n| (0..n).map(rule).collect::<Vec<_>>()),
+        fallbacks in prop::collection::vec(fallback(), 0..3),
         members in prop::collection::vec(((0usize..5).prop_map(|i| format!("b{i}")), prop::sample::select(MODELS[..3].to_vec())), 1..4),
         floor in level(),
         max_ttft in 0.1f64..5.0,
@@ -160,6 +179,7 @@ prop_compose! {
             max_ttft_seconds: max_ttft,
             never_redact: Vec::new(),
             over_budget: Action::Reject("over".into()),
+            fallbacks,
         }
     }
 }
@@ -188,6 +208,7 @@ proptest! {
         prefer in prop::option::of(route()),
         prompt_tokens in 0u64..100_000,
         max_tokens in prop::option::of(1u32..4096),
+        no_fallback in any::<bool>(),
     ) {
         let mut body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
         if let Some(m) = max_tokens {
@@ -214,7 +235,11 @@ proptest! {
             combined,
             model: sluice_sensitivity::ModelPass::Off,
         };
-        let headers: Vec<(String, String)> = Vec::new();
+        let headers: Vec<(String, String)> = if no_fallback {
+            vec![("x-sluice-fallback".to_owned(), "none".to_owned())]
+        } else {
+            Vec::new()
+        };
         let tenant = if legal { "legal" } else { "acme" };
         let facts = RequestFacts {
             tenant,
@@ -263,6 +288,29 @@ proptest! {
                         b.clearance >= clear_for,
                         "{} cleared for {} got a {} request", b.name, b.clearance, clear_for
                     );
+                }
+                // A fallback's targets hold the invariant too, and are the organisation's own: only
+                // local backends cleared for the request, never for a redacted request, never when the
+                // client forbade it.
+                if let Some(f) = &d.fallback {
+                    prop_assert!(!no_fallback, "a fallback the client forbade");
+                    prop_assert!(d.redaction.is_none(), "a redacted request with a fallback");
+                    prop_assert!(!f.targets.is_empty());
+                    prop_assert!(!f.on.contains(&FallbackReason::OverBudget));
+                    for t in &f.targets {
+                        let b = &fleet.backends[t.backend];
+                        prop_assert!(b.route == Route::Local, "fallback to cloud backend {}", b.name);
+                        prop_assert!(
+                            b.clearance >= d.level,
+                            "fallback {} cleared for {} got a {} request", b.name, b.clearance, d.level
+                        );
+                    }
+                }
+                if d.fell_back.is_some() {
+                    prop_assert!(!no_fallback, "served by a fallback the client forbade");
+                    prop_assert_eq!(d.fell_back, Some(FallbackReason::OverBudget));
+                    prop_assert!(fleet.over_budget);
+                    prop_assert!(d.substituted_for.is_some());
                 }
                 // Over budget, nothing goes to a cloud, whatever the rule's over-budget action names.
                 if fleet.over_budget {

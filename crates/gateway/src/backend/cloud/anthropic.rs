@@ -282,17 +282,7 @@ impl CloudBackend {
         };
         let response = match tokio::time::timeout_at(until, self.http.execute(call)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(e)) if e.is_timeout() => {
-                return Err(Attempt::Retry(BackendError::Timeout(format!(
-                    "cloud backend {name}: {e}"
-                ))));
-            }
-            Ok(Err(e)) => {
-                return Err(Attempt::Retry(BackendError::Unavailable(format!(
-                    "cloud backend {name} is unreachable: {}",
-                    super::with_causes(e.to_string(), &e)
-                ))));
-            }
+            Ok(Err(e)) => return Err(super::transport_failure(name, &e)),
             Ok(Ok(r)) => r,
         };
         let status = response.status().as_u16();

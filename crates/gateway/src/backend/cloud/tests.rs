@@ -38,6 +38,11 @@ fn backend(base_url: &str, max_retries: u32, timeout: Duration) -> CloudBackend 
         timeout,
         max_retries,
         retry_backoff: Duration::from_millis(20),
+        breaker: BreakerConfig {
+            failures: 1000,
+            ..BreakerConfig::default()
+        },
+        offline: false,
     })
     .unwrap()
 }
