@@ -855,6 +855,34 @@ fn air_gapped_has_no_cloud_in_config_or_network_policy() {
     assert!(!r.notes.contains("OPENAI_API_KEY"), "{}", r.notes);
 }
 
+/// The outage drill and fallbacks to owned models reach the gateway's file, with each cloud's breaker and
+/// probe, and the file passes `sluice policy check`.
+#[test]
+fn the_outage_drill_and_fallbacks_reach_the_gateway() {
+    let r = render(json!({
+        "offline": true,
+        "gateway": {"policy": {"fallbacks": [
+            {"model": "gpt-4o-mini", "to": "smollm2-135m-instruct", "on": ["cloud_unavailable", "cloud_rate_limited"]}
+        ]}},
+    }))
+    .valid();
+    let (config, text) = r.gateway_config();
+    assert_eq!(config["offline"], true, "{text}");
+    assert_eq!(
+        config["policy"]["fallbacks"][0]["to"], "smollm2-135m-instruct",
+        "{text}"
+    );
+    assert_eq!(
+        config["clouds"][0]["breaker"],
+        json!({"failures": 3, "cooldown_seconds": 30})
+    );
+    assert_eq!(config["clouds"][0]["probe"]["path"], "/models");
+    assert_policy_check_passes(&r);
+    // Off by default.
+    let r = render(json!({})).valid();
+    assert!(r.gateway_config().0.get("offline").is_none());
+}
+
 /// The personal-data model is on by default, from the files the image carries (no fetch, no egress);
 /// `gateway.ner.enabled: false` leaves the section out, and its settings reach the gateway's file.
 #[test]

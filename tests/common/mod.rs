@@ -297,7 +297,12 @@ pub struct SimCloud {
 
 impl SimCloud {
     pub fn start(extra: &[&str]) -> Self {
-        let mut args = vec!["sim-cloud", "--listen", "127.0.0.1:0"];
+        Self::start_at("127.0.0.1:0", extra)
+    }
+
+    /// Starts one listening on `addr` (a port a test reuses across restarts).
+    pub fn start_at(addr: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["sim-cloud", "--listen", addr];
         args.extend_from_slice(extra);
         let (child, _log, line) = spawn_logged(&args, &[], "sim-cloud listening");
         Self {

@@ -596,7 +596,33 @@ def responses():
     }
 
 
-SCENARIOS = {f.__name__: f for f in [responses, embeddings, replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
+def outage():
+    """OUTAGE_COUNT requests for OUTAGE_MODEL (default the cloud model), one after another, each timed, with
+    OUTAGE_HEADERS (JSON) as extra headers: where each went, whether a fallback served it, or its error."""
+    c = client(timeout=30)
+    model = os.environ.get("OUTAGE_MODEL", CLOUD)
+    extra = json.loads(os.environ.get("OUTAGE_HEADERS", "{}"))
+    results = []
+    for _ in range(int(os.environ.get("OUTAGE_COUNT", "1"))):
+        started = time.monotonic()
+        try:
+            raw = c.chat.completions.with_raw_response.create(
+                model=model, messages=JAPAN, max_tokens=4, temperature=0, extra_headers=extra)
+            r = raw.parse()
+            h = raw.headers
+            results.append({"status": 200, "route": h.get("x-sluice-route"), "backend": h.get("x-sluice-backend"),
+                            "fallback": h.get("x-sluice-fallback"),
+                            "substituted_for": h.get("x-sluice-substituted-for"), "model": r.model,
+                            "content": r.choices[0].message.content, "seconds": time.monotonic() - started})
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            results.append({"status": e.status_code, "code": body.get("code"), "message": str(body.get("message")),
+                            "fallback": e.response.headers.get("x-sluice-fallback"),
+                            "seconds": time.monotonic() - started})
+    return {"results": results}
+
+
+SCENARIOS = {f.__name__: f for f in [outage, responses, embeddings, replay, traced, burst, basic, errors, tools, sensitive, policy, costs, disconnect, disconnect_cloud, killed, retry, local_once, up, hang, prose, redact, up_redact]}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]]()), flush=True)

@@ -202,6 +202,9 @@ always well-formed YAML. Chart-only keys of a cloud (cidrs, apiKey) are left out
 {{- $_ := set $local "cost" $g.local.cost }}
 {{- $cfg := dict "listen" (printf "0.0.0.0:%d" (int $g.ports.public)) "admin_listen" (printf "0.0.0.0:%d" (int $g.ports.admin)) }}
 {{- $_ := set $cfg "air_gapped" .Values.airGapped }}
+{{- if .Values.offline }}
+{{- $_ := set $cfg "offline" true }}
+{{- end }}
 {{- if $g.adminToken.enabled }}
 {{- $_ := set $cfg "admin_token_env" "SLUICE_ADMIN_TOKEN" }}
 {{- end }}

@@ -19,6 +19,8 @@ use sluice_sensitivity::{Scan, Scanner};
 
 #[path = "policy/budget.rs"]
 mod budget;
+#[path = "policy/fallbacks.rs"]
+mod fallbacks;
 #[path = "policy/props.rs"]
 mod props;
 #[path = "policy/redact.rs"]
