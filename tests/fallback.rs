@@ -19,7 +19,7 @@ const CLOUD_TIMEOUT: f64 = 1.0;
 const COOLDOWN: f64 = 2.0;
 const PROBE_INTERVAL: f64 = 0.5;
 
-fn config(worker: &Worker, port: u16) -> String {
+fn config(worker: &Worker, port: u16, audit: &std::path::Path) -> String {
     format!(
         "api_keys:\n  - tenant: acme\n    key_env: SLUICE_TEST_KEY\n\
          local:\n  workers:\n    - name: w0\n      address: {grpc}\n\
@@ -30,8 +30,10 @@ fn config(worker: &Worker, port: u16) -> String {
            probe: {{ path: /models, interval_seconds: {PROBE_INTERVAL} }}\n    models:\n      \
            - {{ id: gpt-4o-mini, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.60 }}\n      \
            - {{ id: gpt-4o, input_usd_per_mtok: 2.5, output_usd_per_mtok: 10.0 }}\n\
-         policy:\n  fallbacks:\n    - {{ model: gpt-4o-mini, to: {DEMO_MODEL_ID} }}\n",
+         policy:\n  fallbacks:\n    - {{ model: gpt-4o-mini, to: {DEMO_MODEL_ID} }}\n\
+         audit:\n  path: {audit}\n",
         grpc = worker.grpc,
+        audit = audit.display(),
     )
 }
 
@@ -126,8 +128,10 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
         .port();
     let addr = format!("127.0.0.1:{port}");
     let sim = SimCloud::start_at(&addr, &[]);
-    let gateway = Gateway::start_with(
-        &config(&worker, port),
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut gateway = Gateway::start_with(
+        &config(&worker, port, &audit),
         &[("SLUICE_TEST_KEY", TEST_KEY), ("SIM_KEY", "sk-up")],
     );
     gateway.wait_ready("local");
@@ -144,6 +148,22 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
         assert!(fell_back(r, "cloud_unavailable"), "{r}");
         assert!(r["content"].as_str().is_some_and(|c| !c.is_empty()), "{r}");
     }
+    // The decision's explanation says what happened.
+    let id = killed[0]["decision_id"].as_str().unwrap();
+    let (_, body) = http(gateway.admin, "GET", &format!("/admin/decisions/{id}"), None);
+    let explained: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        explained["ended"]["fell_back"], "cloud_unavailable",
+        "{explained}"
+    );
+    assert_eq!(explained["ended"]["backend"], "w0", "{explained}");
+    assert!(
+        explained["reason"]
+            .as_str()
+            .unwrap()
+            .contains("serves it locally"),
+        "{explained}"
+    );
     let member = cloud_member(&gateway);
     assert_eq!(member["ready"], false, "{member}");
     assert!(
@@ -246,4 +266,35 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
     assert_eq!(metric(&text, "sluice_backend_up{backend=\"sim\"}"), Some(1.0));
     let (status, _) = http(gateway.public, "GET", "/readyz", None);
     assert_eq!(status, 200);
+
+    // The audit log: each fallback with its reason, the substitute as the model served.
+    assert!(gateway.terminate().success());
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cases = [
+        (&killed, "cloud_unavailable"),
+        (&holed, "cloud_unavailable"),
+        (&limited, "cloud_rate_limited"),
+    ];
+    for (results, reason) in cases {
+        for r in results {
+            let rec = records
+                .iter()
+                .find(|rec| rec["decision_id"] == r["decision_id"])
+                .unwrap_or_else(|| panic!("no record for {r}"));
+            assert_eq!(rec["fell_back"], reason, "{rec}");
+            assert_eq!(rec["model"], "gpt-4o-mini", "{rec}");
+            assert_eq!(
+                (&rec["route"], &rec["backend"]),
+                (&Value::from("local"), &Value::from("w0")),
+                "{rec}"
+            );
+            assert_eq!(rec["served_model"], DEMO_MODEL_ID, "{rec}");
+        }
+    }
+    let fell_back = records.iter().filter(|r| !r["fell_back"].is_null()).count();
+    assert_eq!(fell_back, killed.len() + holed.len() + limited.len());
 }

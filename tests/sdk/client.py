@@ -613,6 +613,7 @@ def outage():
             results.append({"status": 200, "route": h.get("x-sluice-route"), "backend": h.get("x-sluice-backend"),
                             "fallback": h.get("x-sluice-fallback"),
                             "substituted_for": h.get("x-sluice-substituted-for"), "model": r.model,
+                            "decision_id": h.get("x-sluice-decision-id"),
                             "content": r.choices[0].message.content, "seconds": time.monotonic() - started})
         except openai.APIStatusError as e:
             body = e.body if isinstance(e.body, dict) else {}

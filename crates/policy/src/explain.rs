@@ -55,6 +55,9 @@ pub struct Ended {
     pub model: Option<String>,
     /// Backends tried first, in order, that were down or full.
     pub fallbacks: Vec<Attempt>,
+    /// Why the local substitute served a request for a cloud model (`policy.fallbacks`), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fell_back: Option<&'static str>,
     pub status: u16,
     /// `ok`, or the stable error code the client got.
     pub code: &'static str,

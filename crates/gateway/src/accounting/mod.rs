@@ -10,11 +10,12 @@ pub mod connections;
 pub mod decisions;
 mod limits;
 pub mod nodes;
+mod record;
+
+pub use record::RecordFields;
 
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
 
-use sha2::Digest as _;
 use sluice_policy::{Attempt, Ended, Explanation, Prices, Route};
 use sluice_sensitivity::Scan;
 use tokio::time::Instant;
@@ -195,45 +196,6 @@ impl Accounting {
         }
     }
 
-    /// The audit record of a decision, as far as it is known when it is made.
-    pub fn audit_record(&self, fields: RecordFields<'_>) -> Option<Box<sluice_audit::Record>> {
-        self.audit.get()?;
-        Some(Box::new(sluice_audit::Record {
-            time: sluice_audit::format_time(SystemTime::now()),
-            decision_id: fields.decision_id.to_owned(),
-            request_id: fields.request_id.to_owned(),
-            tenant: fields.tenant.to_owned(),
-            model: fields.model.to_owned(),
-            level: fields.level.as_str().to_owned(),
-            scan_level: Some(fields.scan.level.as_str().to_owned()),
-            scan_incomplete: !fields.scan.complete,
-            declared: fields.declared.map(|l| l.as_str().to_owned()),
-            prefer: fields.prefer.map(|r| r.as_str().to_owned()),
-            prompt_estimate: Some(fields.prompt_estimate),
-            findings: fields
-                .scan
-                .kinds()
-                .iter()
-                .map(|k| k.as_str().to_owned())
-                .collect(),
-            positions: positions(fields.scan, fields.request),
-            combined: fields.scan.combined.iter().map(|c| c.name.to_string()).collect(),
-            ner: (fields.scan.model != sluice_sensitivity::ModelPass::Off)
-                .then(|| fields.scan.model.as_str().to_owned()),
-            rule: fields.rule.map(str::to_owned),
-            redactions: Default::default(),
-            max_tokens: fields.max_tokens,
-            stream: Some(fields.stream),
-            prompt_sha256: self.hash_prompts.then(|| {
-                sha2::Sha256::digest(fields.body)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            }),
-            ..Default::default()
-        }))
-    }
-
     /// A request that no backend served and none was tried for (a refusal of the policy or of the
     /// dispatcher): its audit record, its decision's outcome, and `sluice_rejected_total` when `reason`.
     pub fn refused(
@@ -254,6 +216,7 @@ impl Accounting {
                 route: None,
                 model: None,
                 fallbacks: Vec::new(),
+                fell_back: None,
                 status,
                 code,
             },
@@ -264,48 +227,6 @@ impl Accounting {
             log.send(*record);
         }
     }
-}
-
-/// Where each finding of a scan is: kind, JSON path, byte range.
-fn positions(
-    scan: &Scan,
-    request: &serde_json::Map<String, serde_json::Value>,
-) -> Vec<sluice_audit::Position> {
-    if scan.findings.is_empty() {
-        return Vec::new();
-    }
-    let paths = sluice_policy::finding_paths(request, scan);
-    scan.findings
-        .iter()
-        .map(|f| sluice_audit::Position {
-            kind: f.kind.as_str().to_owned(),
-            field: paths.get(f.index).cloned().unwrap_or_default(),
-            start: f.range.start,
-            end: f.range.end,
-        })
-        .collect()
-}
-
-/// What an audit record says of a decision when it is made.
-#[derive(Debug)]
-pub struct RecordFields<'a> {
-    pub decision_id: &'a str,
-    pub request_id: &'a str,
-    pub tenant: &'a str,
-    pub model: &'a str,
-    pub level: sluice_policy::Level,
-    pub scan: &'a Scan,
-    pub rule: Option<&'a str>,
-    pub body: &'a [u8],
-    /// The parsed body, for the paths of the findings.
-    pub request: &'a serde_json::Map<String, serde_json::Value>,
-    /// The answer's length limit the client set, and whether it asked for a stream.
-    pub max_tokens: Option<u32>,
-    pub stream: bool,
-    /// The client's hints and the prompt's estimated size, as the policy saw them.
-    pub declared: Option<sluice_policy::Level>,
-    pub prefer: Option<sluice_policy::Route>,
-    pub prompt_estimate: u64,
 }
 
 /// Records one request when it ends, however it ends (a client that leaves mid-stream drops it, and is
@@ -340,6 +261,8 @@ pub struct Ledger {
     audit: Option<Box<sluice_audit::Record>>,
     /// The request went redacted (the `redacted-cloud` route).
     redacted: bool,
+    /// A fallback served it, and why.
+    fell_back: Option<sluice_policy::FallbackReason>,
     /// What the request reserved of its tenant's limits, settled to what it used when it ends.
     limits: Option<crate::limits::Held>,
 }
@@ -399,6 +322,7 @@ impl Ledger {
             status: 499,
             audit,
             redacted: false,
+            fell_back: None,
             limits: None,
         }
     }
@@ -412,6 +336,7 @@ impl Ledger {
     /// the explanation say so (counts only, never the values).
     /// Its local substitute serves a request for a cloud model, for `reason`.
     pub fn fell_back(&mut self, reason: sluice_policy::FallbackReason) {
+        self.fell_back = Some(reason);
         if let Some(record) = &mut self.audit {
             record.fell_back = Some(reason.as_str().to_owned());
         }
@@ -559,6 +484,7 @@ impl Drop for Ledger {
                 route: Some(route_named),
                 model: Some(self.served_model.clone()),
                 fallbacks,
+                fell_back: self.fell_back.map(sluice_policy::FallbackReason::as_str),
                 status: self.status,
                 code,
             },
