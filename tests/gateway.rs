@@ -531,6 +531,15 @@ async fn the_dashboard_shows_the_figures_in_a_real_browser() {
     assert!(dom.contains("<td>default</td><td>cloud</td><td>3</td>"), "{dom}");
     assert!(dom.contains("<td>default</td><td>local</td><td>1</td>"), "{dom}");
     assert!(dom.contains("<td>w0</td>"), "the node is listed:\n{dom}");
+    // Each backend member's state: the worker and the cloud (its breaker closed) are up.
+    assert_eq!(
+        summary["backends"],
+        json!([{"backend": "sim", "up": true}, {"backend": "w0", "up": true}]),
+        "{summary}"
+    );
+    assert!(dom.contains(r#"<td>sim</td><td class="good">up</td>"#), "{dom}");
+    assert!(dom.contains(r#"<td>w0</td><td class="good">up</td>"#), "{dom}");
+    assert_eq!(summary["fallbacks"], json!([]));
     // The tenant's cloud spend against its budget: every cloud request was acme's.
     assert!(
         dom.contains(&format!("<td>acme</td><td>${spend:.6}</td><td>$1.00 a day</td>")),

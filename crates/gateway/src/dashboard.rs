@@ -22,6 +22,22 @@ pub struct Summary {
     pub local: LocalSummary,
     pub routing: Vec<RoutingRow>,
     pub nodes: Vec<NodeRow>,
+    /// Every backend member and whether the gateway can use it now (a cloud's breaker open, a worker down).
+    pub backends: Vec<BackendRow>,
+    /// Requests for cloud models served by their local substitutes, by reason.
+    pub fallbacks: Vec<FallbackRow>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct BackendRow {
+    pub backend: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FallbackRow {
+    pub reason: String,
+    pub requests: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -125,8 +141,31 @@ pub fn summary(metrics: &GatewayMetrics, since_seconds: f64) -> Summary {
             }
         })
         .collect();
+    let mut backends = Vec::new();
+    for f in metrics.registry.gather() {
+        if f.name() == "sluice_backend_up" {
+            for m in f.get_metric() {
+                let name = m.get_label().iter().find(|l| l.name() == "backend");
+                if let Some(l) = name {
+                    backends.push(BackendRow {
+                        backend: l.value().to_owned(),
+                        up: m.get_gauge().get_value() > 0.0,
+                    });
+                }
+            }
+        }
+    }
+    let fallbacks = by_label(metrics, "sluice_fallbacks_total", "reason")
+        .into_iter()
+        .map(|(k, requests)| FallbackRow {
+            reason: k[0].clone(),
+            requests,
+        })
+        .collect();
     Summary {
         since_seconds,
+        backends,
+        fallbacks,
         cloud: CloudSummary {
             spend_usd: usd(cloud_spend),
             tokens: cloud_tokens,
