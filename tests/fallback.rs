@@ -246,6 +246,26 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
     }
     // Its two 429s opened the breaker; the probe finds the cloud answering, and it serves again.
     until_the_cloud_serves(&gateway, Duration::from_secs_f64(COOLDOWN + PROBE_INTERVAL + 5.0));
+    // A stream that has started on the cloud is never continued elsewhere: when the cloud stalls after its
+    // first chunks, the stream ends with an error event, and no fallback serves it.
+    sim.script(r#"[{"stall_after_chunks": 3}]"#);
+    let (status, body) = http_with(
+        gateway.public,
+        "POST",
+        "/v1/chat/completions",
+        Some(r#"{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#),
+        &format!("Authorization: Bearer {TEST_KEY}\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""model":"gpt-4o-mini""#), "{body}");
+    assert!(
+        body.contains(r#""code":"backend_timeout""#) && body.contains("stopped sending mid-answer"),
+        "{body}"
+    );
+    assert!(
+        !body.contains(DEMO_MODEL_ID),
+        "continued on the local model: {body}"
+    );
     let recorded = sim.requests();
     assert!(
         recorded.iter().all(|r| r["body"]["model"] == "gpt-4o-mini"),

@@ -43,6 +43,7 @@ const GATEWAY_SERIES: &[&str] = &[
     "sluice_connections_closed_total",
     "sluice_trace_spans_exported_total",
     "sluice_trace_spans_dropped_total",
+    "sluice_fallbacks_total",
 ];
 
 /// The gateway's histograms (each is `_bucket`, `_sum` and `_count` series).
@@ -75,6 +76,8 @@ const CREATED_ON_EVENTS: &[&str] = &[
     "sluice_budget_limit_usd",
     "sluice_rate_limited_total",
     "sluice_limits_store_up",
+    // A cloud that cannot serve a request with a fallback (tests/fallback.rs reads it).
+    "sluice_fallbacks_total",
 ];
 
 fn repo() -> PathBuf {
