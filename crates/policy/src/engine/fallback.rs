@@ -24,6 +24,18 @@ impl PolicyEngine {
             .config
             .fallback_for(facts.model, facts.tenant)
             .filter(|_| !forbidden(on));
+        // Over budget, a redaction's own fallback may not reach a cloud either.
+        let decided = match decided {
+            Ok(mut d) if fleet.over_budget => {
+                if let Some(r) = d.redaction.as_mut()
+                    && matches!(&*r.fallback, Ok(f) if f.reaches_cloud(fleet))
+                {
+                    *r.fallback = self.over_budget(on, rule_over_budget.unwrap_or(&self.config.over_budget));
+                }
+                Ok(d)
+            }
+            other => other,
+        };
         match decided {
             Ok(d) if fleet.over_budget && d.reaches_cloud(fleet) => {
                 // The rule's own over-budget action first; then a fallback that covers budgets; then the
