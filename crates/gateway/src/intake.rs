@@ -13,7 +13,7 @@ use sluice_sensitivity::{Scan, Scanner};
 use crate::api::embeddings::{EmbeddingRequest, parse_embedding_request};
 use crate::api::{ChatRequest, parse_chat_request};
 use crate::error::ApiError;
-use crate::headers::{X_PREFER, X_SENSITIVITY};
+use crate::headers::{X_FALLBACK, X_PREFER, X_SENSITIVITY};
 
 /// Bodies up to this size are scanned on the runtime thread; larger ones on the blocking pool.
 pub const SCAN_INLINE_BYTES: usize = 64 << 10;
@@ -224,7 +224,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max_body_bytes: usize) -> Res
 }
 
 /// What a client may say about routing in its headers: the level it declares (`x-sluice-sensitivity`) and
-/// the route it prefers (`x-sluice-prefer`); a value that is neither is its error.
+/// the route it prefers (`x-sluice-prefer`); a value that is neither is its error. `x-sluice-fallback`, read
+/// by the policy, is checked here too: its one value is `none`, and a typo must not pass for consent.
 pub fn client_hints(headers: &HeaderMap) -> Result<(Option<Level>, Option<Route>), ApiError> {
     let declared = match headers.get(&X_SENSITIVITY) {
         None => None,
@@ -251,6 +252,16 @@ pub fn client_hints(headers: &HeaderMap) -> Result<(Option<Level>, Option<Route>
             ));
         }
     };
+    if headers
+        .get_all(&X_FALLBACK)
+        .iter()
+        .any(|v| v.to_str().map(str::trim).ok() != Some("none"))
+    {
+        return Err(ApiError::invalid(
+            "invalid_fallback",
+            "x-sluice-fallback must be none (it forbids serving the request with a local substitute).",
+        ));
+    }
     Ok((declared, prefer))
 }
 

@@ -1168,6 +1168,12 @@ async fn the_prefer_hint_must_be_local_or_cloud() {
         .headers_mut()
         .insert("x-sluice-prefer", HeaderValue::from_static("moon"));
     assert_eq!(error_of(&app, request).await.1, "invalid_prefer");
+    // x-sluice-fallback has one value, none.
+    let mut request = post(body);
+    request
+        .headers_mut()
+        .insert("x-sluice-fallback", HeaderValue::from_static("nope"));
+    assert_eq!(error_of(&app, request).await.1, "invalid_fallback");
     let mut request = post(body);
     request
         .headers_mut()
