@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::kernels::Q4Matrix;
+pub use crate::sampler::Pick;
 use half::f16;
 
 /// How layer weights are held in memory.
@@ -83,8 +84,8 @@ pub struct LlamaWeights {
 pub enum Next {
     /// The logits after its last token.
     Logits(Vec<f32>),
-    /// The argmax token after its last token (asked for with `greedy`, and computed where the logits are:
-    /// on a GPU, only this id crosses to the host).
+    /// The token chosen after its last token, where the logits are (asked for with a [`Pick`] other than
+    /// [`Pick::Logits`]: on a GPU, only this id crosses to the host).
     Token(u32),
 }
 
@@ -100,6 +101,7 @@ struct Layer {
     down: Linear,
 }
 
+mod draw;
 mod kv;
 mod linear;
 mod tensor;
@@ -394,10 +396,10 @@ impl LlamaWeights {
             .collect())
     }
 
-    /// As [`Self::forward`], where `greedy[i]` (missing: false) lets item `i` have its argmax token
-    /// instead of its logits when that saves copying the logits off the device (the tensor path; the host
-    /// path always gives logits).
-    pub fn forward_next(&self, items: &mut [BatchItem<'_>], greedy: &[bool]) -> Result<Vec<Option<Next>>> {
+    /// As [`Self::forward`], where `picks[i]` (missing: [`Pick::Logits`]) lets item `i` have its next
+    /// token chosen where the logits are, which saves copying them off the device (the tensor path; the
+    /// host path always gives logits, and so does the tensor path for a draw it cannot make exactly).
+    pub fn forward_next(&self, items: &mut [BatchItem<'_>], picks: &[Pick]) -> Result<Vec<Option<Next>>> {
         let tokens: Vec<u32> = items.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         if tokens.is_empty() {
             return Ok(items.iter().map(|_| None).collect());
@@ -421,10 +423,10 @@ impl LlamaWeights {
             }
         }
         if self.path == ForwardPath::Tensors {
-            let greedy: Vec<bool> = (0..items.len())
-                .map(|i| greedy.get(i).copied().unwrap_or(false))
+            let picks: Vec<Pick> = (0..items.len())
+                .map(|i| picks.get(i).copied().unwrap_or(Pick::Logits))
                 .collect();
-            return self.forward_tensors(items, &tokens, &greedy);
+            return self.forward_tensors(items, &tokens, &picks);
         }
         self.forward_host(items, &tokens)
     }

@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use crate::error::LoadError;
 use crate::gguf::{self, GgufMetadata};
-use crate::llama::{BatchItem, ForwardPath, KvCache, KvFormat, LlamaWeights, Next, WeightFormat};
+use crate::llama::{BatchItem, ForwardPath, KvCache, KvFormat, LlamaWeights, Next, Pick, WeightFormat};
 use crate::template::{CHATML_TEMPLATE, ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -205,16 +205,14 @@ impl Model {
         self.weights.forward(items).map_err(|e| e.to_string())
     }
 
-    /// As [`Self::forward`], with the argmax token instead of the logits for the items `greedy` marks,
-    /// where the pass can compute it on the device (see [`LlamaWeights::forward_next`]).
+    /// As [`Self::forward`], with the next token chosen where the logits are for the items whose
+    /// [`Pick`] asks for it, where the pass can (see [`LlamaWeights::forward_next`]).
     pub fn forward_next(
         &self,
         items: &mut [BatchItem<'_>],
-        greedy: &[bool],
+        picks: &[Pick],
     ) -> Result<Vec<Option<Next>>, String> {
-        self.weights
-            .forward_next(items, greedy)
-            .map_err(|e| e.to_string())
+        self.weights.forward_next(items, picks).map_err(|e| e.to_string())
     }
 
     pub fn forward_path(&self) -> ForwardPath {

@@ -47,6 +47,35 @@ impl SamplingParams {
     }
 }
 
+/// What a forward pass is asked to give back for a sequence's next step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pick {
+    /// The logits, for the host to sample from.
+    Logits,
+    /// The most likely token.
+    Greedy,
+    /// A token drawn where the logits are (see [`Draw`]).
+    Draw(Draw),
+}
+
+/// A draw the device makes for a request: its temperature, top-k and top-p, and one uniform number from
+/// the request's own seeded generator, which the device turns into a token by inverting the cumulative
+/// distribution (so a seed keeps its meaning, and only the token id comes back).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub inv_temperature: f32,
+    /// 0 keeps every token; at most [`DEVICE_CANDIDATES`].
+    pub top_k: u32,
+    /// In (0, 1]; 1 keeps every token.
+    pub top_p: f32,
+    /// In [0, 1).
+    pub uniform: f32,
+}
+
+/// The most candidates a device draw keeps in order: a top-k above it is sampled on the host, and so is a
+/// nucleus that reaches past it (the device says so and hands over the logits).
+pub const DEVICE_CANDIDATES: usize = 256;
+
 /// Per-request sampler state.
 #[derive(Debug)]
 pub struct Sampler {
@@ -68,9 +97,29 @@ impl Sampler {
         }
     }
 
-    /// Whether this sampler takes the most likely token (so a pass may hand it over instead of logits).
-    pub fn is_greedy(&self) -> bool {
-        self.params.is_greedy()
+    /// What to ask of a pass that can choose the token where the logits are. A request with `banned`
+    /// tokens needs its logits (the device does not know the ban), as does a top-k above
+    /// [`DEVICE_CANDIDATES`]. A draw takes one number from the request's generator; a pass that hands the
+    /// logits back after all leaves the choice to [`Self::sample`].
+    pub fn pick(&mut self, banned: bool) -> Pick {
+        if banned {
+            return Pick::Logits;
+        }
+        if self.params.is_greedy() {
+            return Pick::Greedy;
+        }
+        if self.params.top_k as usize > DEVICE_CANDIDATES {
+            return Pick::Logits;
+        }
+        Pick::Draw(Draw {
+            inv_temperature: 1.0 / self.params.temperature,
+            top_k: self.params.top_k,
+            top_p: match self.params.top_p {
+                p if p <= 0.0 || p >= 1.0 => 1.0,
+                p => p,
+            },
+            uniform: self.rng.random::<f32>(),
+        })
     }
 
     /// Picks the next token. `banned` tokens (the end of turn, when a request ignores it) are never picked.
@@ -206,6 +255,32 @@ mod tests {
         let mut s = Sampler::new(params(1.0, 1.0, 0, 11));
         let seen: std::collections::HashSet<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
         assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn a_pass_on_the_device_is_asked_for_what_it_can_choose() {
+        let mut greedy = Sampler::new(params(0.0, 1.0, 0, 1));
+        assert_eq!(greedy.pick(false), Pick::Greedy);
+        assert_eq!(greedy.pick(true), Pick::Logits);
+        // A draw carries the request's settings and a number from its seeded generator.
+        let mut a = Sampler::new(params(0.5, 0.9, 40, 7));
+        let mut b = Sampler::new(params(0.5, 0.9, 40, 7));
+        let (first, second) = (a.pick(false), b.pick(false));
+        assert_eq!(first, second);
+        let Pick::Draw(draw) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!((draw.inv_temperature, draw.top_k, draw.top_p), (2.0, 40, 0.9));
+        assert!((0.0..1.0).contains(&draw.uniform));
+        assert_ne!(a.pick(false), first, "the next step draws another number");
+        // top_p 0 means every token, as on the host; a top-k beyond the device's candidates stays on the host.
+        let Pick::Draw(draw) = Sampler::new(params(1.0, 0.0, 0, 1)).pick(false) else {
+            panic!("a draw")
+        };
+        assert_eq!(draw.top_p, 1.0);
+        let wide = DEVICE_CANDIDATES as u32 + 1;
+        assert_eq!(Sampler::new(params(1.0, 1.0, wide, 1)).pick(false), Pick::Logits);
+        assert_eq!(Sampler::new(params(0.0, 1.0, wide, 1)).pick(false), Pick::Greedy);
     }
 
     #[test]

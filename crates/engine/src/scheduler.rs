@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{RunError, SubmitError};
-use crate::llama::{BatchItem, KvCache, Next};
+use crate::llama::{BatchItem, ForwardPath, KvCache, Next};
 use crate::model::Model;
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{Pick, Sampler, SamplingParams};
 use crate::template::Message;
 use crate::text::TextStream;
 
@@ -679,14 +679,16 @@ impl Scheduler {
         let chunk = shared.config.prefill_chunk;
         let mut items = Vec::new();
         let mut owners = Vec::new();
-        let mut greedy = Vec::new();
+        let mut picks = Vec::new();
+        // The tensor path chooses tokens where the logits are; the host path always hands them over.
+        let on_device = shared.model.forward_path() == ForwardPath::Tensors;
         let (mut prompt_tokens, mut decode_tokens) = (0usize, 0usize);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if outcomes[i].is_some() {
                 continue;
             }
             let Slot { cache, active } = slot;
-            let Some(active) = active.as_ref() else { continue };
+            let Some(active) = active.as_mut() else { continue };
             let prompt_len = active.job.prompt.len();
             let (tokens, logits) = if active.prefilled < prompt_len {
                 let end = (active.prefilled + chunk).min(prompt_len);
@@ -710,15 +712,18 @@ impl Scheduler {
                 logits,
             });
             owners.push(i);
-            // A banned token (the end of turn, ignored) needs the logits: the argmax might be that token.
-            greedy.push(active.sampler.is_greedy() && !active.job.ignore_eos);
+            // A banned token (the end of turn, ignored) needs the logits: the device might choose it.
+            picks.push(match on_device && logits {
+                true => active.sampler.pick(active.job.ignore_eos),
+                false => Pick::Logits,
+            });
         }
         if items.is_empty() {
             return outcomes;
         }
         let planned: Vec<usize> = items.iter().map(|item| item.tokens.len()).collect();
         let started = Instant::now();
-        let results = shared.model.forward_next(&mut items, &greedy);
+        let results = shared.model.forward_next(&mut items, &picks);
         drop(items);
         let seconds = started.elapsed().as_secs_f64();
         let total = (prompt_tokens + decode_tokens).max(1) as f64;

@@ -6,8 +6,23 @@ use std::sync::Arc;
 use sluice_engine::gguf::{self, GgufMetadata};
 use sluice_engine::tokenizer::Tokenizer;
 use sluice_engine::{
-    DeviceSpec, Engine, EngineConfig, Event, FinishReason, Message, Model, Request, WeightFormat,
+    DeviceSpec, Engine, EngineConfig, Event, FinishReason, Finished, Message, Model, Request, WeightFormat,
 };
+
+/// The text and end of an answer's events.
+#[expect(clippy::expect_used, clippy::panic, reason = "test helper")]
+async fn answered(mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Finished) {
+    let (mut text, mut finished) = (String::new(), None);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Delta { text: t, .. } => text.push_str(&t),
+            Event::Finished(f) => finished = Some(f),
+            Event::Failed(e) => panic!("failed: {e}"),
+            Event::Started { .. } => {}
+        }
+    }
+    (text, finished.expect("finished"))
+}
 
 #[expect(clippy::expect_used, reason = "test helper")]
 fn demo_model() -> PathBuf {
@@ -230,7 +245,7 @@ async fn greedy_answer_names_tokyo() {
         .expect("load"),
     );
     let engine = Engine::start(model, EngineConfig::default()).expect("engine");
-    let mut events = engine
+    let events = engine
         .submit(Request {
             model: "smollm2-135m-instruct".into(),
             messages: vec![Message::new("user", "What is the capital of Japan?")],
@@ -238,18 +253,8 @@ async fn greedy_answer_names_tokyo() {
             ..Request::default()
         })
         .expect("admitted");
-    let mut text = String::new();
-    let mut finished = None;
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Delta { text: t, .. } => text.push_str(&t),
-            Event::Finished(f) => finished = Some(f),
-            Event::Failed(e) => panic!("failed: {e}"),
-            Event::Started { .. } => {}
-        }
-    }
+    let (text, finished) = answered(events).await;
     assert!(text.contains("Tokyo"), "{text:?}");
-    let finished = finished.expect("finished");
     assert_eq!(
         finished.reason,
         FinishReason::Stop,
@@ -266,7 +271,7 @@ async fn the_tensor_path_answers_as_the_host_path_does() {
         model.set_forward_path(path).expect("path");
         assert_eq!(model.forward_path(), path);
         let engine = Engine::start(Arc::new(model), EngineConfig::default()).expect("engine");
-        let mut events = engine
+        let events = engine
             .submit(Request {
                 model: "m".into(),
                 messages: vec![Message::new("user", "What is the capital of Japan?")],
@@ -274,16 +279,7 @@ async fn the_tensor_path_answers_as_the_host_path_does() {
                 ..Request::default()
             })
             .expect("admitted");
-        let (mut text, mut finished) = (String::new(), None);
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Delta { text: t, .. } => text.push_str(&t),
-                Event::Finished(f) => finished = Some(f),
-                Event::Failed(e) => panic!("failed: {e}"),
-                Event::Started { .. } => {}
-            }
-        }
-        (text, finished.expect("finished"))
+        answered(events).await
     };
     let (host, host_done) = answer(sluice_engine::ForwardPath::Host).await;
     let (tensors, tensors_done) = answer(sluice_engine::ForwardPath::Tensors).await;
@@ -291,6 +287,46 @@ async fn the_tensor_path_answers_as_the_host_path_does() {
     assert_eq!(tensors, host);
     assert_eq!(tensors_done.reason, FinishReason::Stop);
     assert_eq!(tensors_done.usage, host_done.usage);
+}
+
+/// Sampling with a temperature on the GPU's forward pass, run on the CPU device: each token is drawn where
+/// the logits are, from the request's seeded generator, so the same seed gives the same answer.
+#[tokio::test]
+async fn the_tensor_path_draws_seeded_samples_on_the_device() {
+    let mut model = Model::load(&demo_model(), "m", DeviceSpec::Cpu, WeightFormat::Native).expect("load");
+    model
+        .set_forward_path(sluice_engine::ForwardPath::Tensors)
+        .expect("path");
+    let engine = Engine::start(Arc::new(model), EngineConfig::default()).expect("engine");
+    let answer = |seed: u64, top_p: f32| {
+        let events = engine
+            .submit(Request {
+                model: "m".into(),
+                messages: vec![Message::new("user", "Write a sentence about the sea.")],
+                max_tokens: 24,
+                sampling: sluice_engine::SamplingParams {
+                    temperature: 0.9,
+                    top_p,
+                    top_k: 0,
+                    seed: Some(seed),
+                },
+                ..Request::default()
+            })
+            .expect("admitted");
+        async move {
+            let (text, finished) = answered(events).await;
+            (text, finished.usage.completion_tokens)
+        }
+    };
+    for top_p in [1.0, 0.9] {
+        let (first, tokens) = answer(7, top_p).await;
+        eprintln!("top_p {top_p}, seed 7: {first:?}");
+        assert!(tokens > 0 && !first.trim().is_empty(), "{first:?}");
+        assert_eq!(answer(7, top_p).await.0, first, "top_p {top_p}");
+        // Another seed, another answer (24 tokens drawn at 0.9: the same text would be a broken draw).
+        let others = [answer(8, top_p).await.0, answer(9, top_p).await.0];
+        assert!(others.iter().any(|o| *o != first), "{first:?} {others:?}");
+    }
 }
 
 /// Teacher-forced logits of the two forward passes on the demo model, with the same weights and kernels:

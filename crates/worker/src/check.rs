@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_engine::llama::{BatchItem, Next, argmax};
+use sluice_engine::llama::{BatchItem, Next, Pick, argmax};
 pub use sluice_engine::{DeviceSpec, ForwardPath, WeightFormat};
 use sluice_engine::{Engine, EngineConfig, Event, Finished, Message, Model, Request};
 
@@ -239,7 +239,11 @@ fn step(
         cache,
         logits: true,
     }];
-    match model.forward_next(&mut items, &[greedy])?.pop().flatten() {
+    let pick = match greedy {
+        true => Pick::Greedy,
+        false => Pick::Logits,
+    };
+    match model.forward_next(&mut items, &[pick])?.pop().flatten() {
         Some(Next::Token(token)) => Ok(token),
         Some(Next::Logits(logits)) => Ok(argmax(&logits) as u32),
         None => Err("the model returned nothing".into()),

@@ -1,15 +1,16 @@
 //! The forward pass in device tensors: every step of a layer (projections, RoPE, the KV cache, attention,
 //! the feed-forward) is a candle operation on the device the model was loaded on, so on a GPU nothing
-//! crosses to the host inside the pass. What comes back is, per sequence, the argmax token id (for greedy
-//! sampling, the argmax runs on the device too) or one row of logits (for sampling with a temperature).
+//! crosses to the host inside the pass. What comes back is, per sequence, the chosen token id (the argmax,
+//! or a draw with the request's temperature, top-k and top-p, made on the device: see [`super::draw`]) or,
+//! where the host must sample, one row of logits.
 //!
 //! This is the path for CUDA devices; on the CPU the host path in [`super`] is faster (it avoids candle's
 //! per-operation overhead for single-token attention), and this one runs there only when asked for
 //! ([`ForwardPath::Tensors`]), which is how the tests hold the two paths to each other without a GPU.
 
-use candle_core::{D, DType, Device, IndexOp as _, Result, Tensor};
+use candle_core::{DType, Device, IndexOp as _, Result, Tensor};
 
-use super::{BatchItem, LlamaWeights, Next};
+use super::{BatchItem, LlamaWeights, Next, Pick};
 
 /// Which implementation of the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,13 +102,13 @@ impl LlamaWeights {
         Ok(())
     }
 
-    /// The forward pass on device tensors. `greedy[i]` asks for item `i`'s argmax token instead of its
-    /// logits.
+    /// The forward pass on device tensors. `picks[i]` says what item `i` wants back: its logits or a
+    /// token chosen on the device.
     pub(super) fn forward_tensors(
         &self,
         items: &mut [BatchItem<'_>],
         tokens: &[u32],
-        greedy: &[bool],
+        picks: &[Pick],
     ) -> Result<Vec<Option<Next>>> {
         let dev = &self.device;
         let total = tokens.len();
@@ -217,24 +218,18 @@ impl LlamaWeights {
         let last = x.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         let logits = self.output.forward(&last)?.to_dtype(DType::F32)?;
-        let wanted: Vec<bool> = items
+        let wanted: Vec<Pick> = items
             .iter()
-            .zip(greedy)
+            .zip(picks)
             .filter(|(item, _)| item.logits)
-            .map(|(_, g)| *g)
+            .map(|(_, pick)| *pick)
             .collect();
-        let ids = match wanted.iter().any(|g| *g) {
-            true => logits
-                .argmax_keepdim(D::Minus1)?
-                .flatten_all()?
-                .to_vec1::<u32>()?,
-            false => Vec::new(),
-        };
+        let chosen = super::draw::choose(&logits, &wanted)?;
         let mut outputs = Vec::with_capacity(rows.len());
-        for (r, greedy) in wanted.iter().enumerate() {
-            outputs.push(match greedy {
-                true => Next::Token(ids[r]),
-                false => Next::Logits(logits.i(r)?.to_vec1::<f32>()?),
+        for (r, token) in chosen.into_iter().enumerate() {
+            outputs.push(match token {
+                Some(token) => Next::Token(token),
+                None => Next::Logits(logits.i(r)?.to_vec1::<f32>()?),
             });
         }
         let mut outputs = outputs.into_iter();

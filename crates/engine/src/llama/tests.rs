@@ -8,6 +8,7 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::*;
 use crate::gguf;
+use crate::sampler::Draw;
 use crate::testing::{TinyModel, write_tiny_gguf};
 
 fn tiny_path() -> &'static PathBuf {
@@ -390,18 +391,28 @@ fn the_tensor_path_batches_like_the_host_path_and_hands_over_greedy_tokens() {
         let want = host
             .forward(&mut batch(&prompts, &mut host_caches))
             .expect("host");
-        // The middle sequence asks for its greedy token: it gets the id, the others their logits.
+        // The middle sequence asks for its greedy token and the last for a draw of its most likely token
+        // (top-k of one): they get ids, the first its logits.
+        let top_one = Pick::Draw(Draw {
+            inv_temperature: 1.0 / 0.7,
+            top_k: 1,
+            top_p: 1.0,
+            uniform: 0.6,
+        });
         let got = tensors
-            .forward_next(&mut batch(&prompts, &mut caches), &[false, true, false])
+            .forward_next(
+                &mut batch(&prompts, &mut caches),
+                &[Pick::Logits, Pick::Greedy, top_one],
+            )
             .expect("tensors");
         for (i, (got, want)) in got.iter().zip(&want).enumerate() {
             let want = want.as_ref().expect("logits");
             match got {
-                Some(Next::Logits(got)) if i != 1 => {
+                Some(Next::Logits(got)) if i == 0 => {
                     let diff = max_abs_diff(got, want);
                     assert!(diff < 1e-3, "{kv:?}: sequence {i} differs by {diff}");
                 }
-                Some(Next::Token(token)) if i == 1 => assert_eq!(*token as usize, argmax(want), "{kv:?}"),
+                Some(Next::Token(token)) if i > 0 => assert_eq!(*token as usize, argmax(want), "{kv:?}"),
                 other => panic!("{kv:?}: sequence {i} got {other:?}"),
             }
         }
