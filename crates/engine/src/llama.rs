@@ -387,7 +387,7 @@ impl LlamaWeights {
     /// item, the logits after its last token when the item asked for them.
     pub fn forward(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         Ok(self
-            .forward_next(items, &[])?
+            .forward_next(items, &[], &[])?
             .into_iter()
             .map(|next| match next {
                 Some(Next::Logits(logits)) => Some(logits),
@@ -398,8 +398,14 @@ impl LlamaWeights {
 
     /// As [`Self::forward`], where `picks[i]` (missing: [`Pick::Logits`]) lets item `i` have its next
     /// token chosen where the logits are, which saves copying them off the device (the tensor path; the
-    /// host path always gives logits, and so does the tensor path for a draw it cannot make exactly).
-    pub fn forward_next(&self, items: &mut [BatchItem<'_>], picks: &[Pick]) -> Result<Vec<Option<Next>>> {
+    /// host path always gives logits, and so does the tensor path for a draw it cannot make exactly). A pick
+    /// that bans never chooses a token of `banned`.
+    pub fn forward_next(
+        &self,
+        items: &mut [BatchItem<'_>],
+        picks: &[Pick],
+        banned: &[u32],
+    ) -> Result<Vec<Option<Next>>> {
         let tokens: Vec<u32> = items.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         if tokens.is_empty() {
             return Ok(items.iter().map(|_| None).collect());
@@ -426,7 +432,7 @@ impl LlamaWeights {
             let picks: Vec<Pick> = (0..items.len())
                 .map(|i| picks.get(i).copied().unwrap_or(Pick::Logits))
                 .collect();
-            return self.forward_tensors(items, &tokens, &picks);
+            return self.forward_tensors(items, &tokens, &picks, banned);
         }
         self.forward_host(items, &tokens)
     }

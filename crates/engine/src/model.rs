@@ -206,13 +206,16 @@ impl Model {
     }
 
     /// As [`Self::forward`], with the next token chosen where the logits are for the items whose
-    /// [`Pick`] asks for it, where the pass can (see [`LlamaWeights::forward_next`]).
+    /// [`Pick`] asks for it, where the pass can (see [`LlamaWeights::forward_next`]); a pick that bans
+    /// never gets the end of generation.
     pub fn forward_next(
         &self,
         items: &mut [BatchItem<'_>],
         picks: &[Pick],
     ) -> Result<Vec<Option<Next>>, String> {
-        self.weights.forward_next(items, picks).map_err(|e| e.to_string())
+        self.weights
+            .forward_next(items, picks, &self.end_of_generation)
+            .map_err(|e| e.to_string())
     }
 
     pub fn forward_path(&self) -> ForwardPath {

@@ -52,8 +52,8 @@ impl SamplingParams {
 pub enum Pick {
     /// The logits, for the host to sample from.
     Logits,
-    /// The most likely token.
-    Greedy,
+    /// The most likely token (`banned`: other than the model's end of generation).
+    Greedy { banned: bool },
     /// A token drawn where the logits are (see [`Draw`]).
     Draw(Draw),
 }
@@ -70,6 +70,8 @@ pub struct Draw {
     pub top_p: f32,
     /// In [0, 1).
     pub uniform: f32,
+    /// Never the model's end of generation (a request that ignores it).
+    pub banned: bool,
 }
 
 /// The most candidates a device draw keeps in order: a top-k above it is sampled on the host, and so is a
@@ -97,16 +99,13 @@ impl Sampler {
         }
     }
 
-    /// What to ask of a pass that can choose the token where the logits are. A request with `banned`
-    /// tokens needs its logits (the device does not know the ban), as does a top-k above
-    /// [`DEVICE_CANDIDATES`]. A draw takes one number from the request's generator; a pass that hands the
-    /// logits back after all leaves the choice to [`Self::sample`].
+    /// What to ask of a pass that can choose the token where the logits are; `banned` when the request
+    /// ignores the end of generation. A top-k above [`DEVICE_CANDIDATES`] needs the logits. A draw takes
+    /// one number from the request's generator; a pass that hands the logits back after all leaves the
+    /// choice to [`Self::sample`].
     pub fn pick(&mut self, banned: bool) -> Pick {
-        if banned {
-            return Pick::Logits;
-        }
         if self.params.is_greedy() {
-            return Pick::Greedy;
+            return Pick::Greedy { banned };
         }
         if self.params.top_k as usize > DEVICE_CANDIDATES {
             return Pick::Logits;
@@ -119,6 +118,7 @@ impl Sampler {
                 p => p,
             },
             uniform: self.rng.random::<f32>(),
+            banned,
         })
     }
 
@@ -260,8 +260,8 @@ mod tests {
     #[test]
     fn a_pass_on_the_device_is_asked_for_what_it_can_choose() {
         let mut greedy = Sampler::new(params(0.0, 1.0, 0, 1));
-        assert_eq!(greedy.pick(false), Pick::Greedy);
-        assert_eq!(greedy.pick(true), Pick::Logits);
+        assert_eq!(greedy.pick(false), Pick::Greedy { banned: false });
+        assert_eq!(greedy.pick(true), Pick::Greedy { banned: true });
         // A draw carries the request's settings and a number from its seeded generator.
         let mut a = Sampler::new(params(0.5, 0.9, 40, 7));
         let mut b = Sampler::new(params(0.5, 0.9, 40, 7));
@@ -270,7 +270,14 @@ mod tests {
         let Pick::Draw(draw) = first else {
             panic!("{first:?}")
         };
-        assert_eq!((draw.inv_temperature, draw.top_k, draw.top_p), (2.0, 40, 0.9));
+        assert_eq!(
+            (draw.inv_temperature, draw.top_k, draw.top_p, draw.banned),
+            (2.0, 40, 0.9, false)
+        );
+        let Pick::Draw(draw) = Sampler::new(params(0.5, 0.9, 40, 7)).pick(true) else {
+            panic!("a draw")
+        };
+        assert!(draw.banned);
         assert!((0.0..1.0).contains(&draw.uniform));
         assert_ne!(a.pick(false), first, "the next step draws another number");
         // top_p 0 means every token, as on the host; a top-k beyond the device's candidates stays on the host.
@@ -280,7 +287,10 @@ mod tests {
         assert_eq!(draw.top_p, 1.0);
         let wide = DEVICE_CANDIDATES as u32 + 1;
         assert_eq!(Sampler::new(params(1.0, 1.0, wide, 1)).pick(false), Pick::Logits);
-        assert_eq!(Sampler::new(params(0.0, 1.0, wide, 1)).pick(false), Pick::Greedy);
+        assert_eq!(
+            Sampler::new(params(0.0, 1.0, wide, 1)).pick(false),
+            Pick::Greedy { banned: false }
+        );
     }
 
     #[test]

@@ -712,7 +712,6 @@ impl Scheduler {
                 logits,
             });
             owners.push(i);
-            // A banned token (the end of turn, ignored) needs the logits: the device might choose it.
             picks.push(match on_device && logits {
                 true => active.sampler.pick(active.job.ignore_eos),
                 false => Pick::Logits,

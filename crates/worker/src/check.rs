@@ -240,7 +240,7 @@ fn step(
         logits: true,
     }];
     let pick = match greedy {
-        true => Pick::Greedy,
+        true => Pick::Greedy { banned: false },
         false => Pick::Logits,
     };
     match model.forward_next(&mut items, &[pick])?.pop().flatten() {

@@ -20,20 +20,50 @@ const CHUNK: usize = 1024;
 
 /// The token chosen on the device for each row of `logits` (`(rows, vocab)`, f32) whose pick is not
 /// [`Pick::Logits`]; `None` for the rows the host must sample from their logits (asked for, or a nucleus
-/// too wide for the device's candidates). One copy to the host for all rows.
-pub(super) fn choose(logits: &Tensor, picks: &[Pick]) -> Result<Vec<Option<u32>>> {
+/// too wide for the device's candidates). A pick that bans never gets a token of `banned`. One copy to
+/// the host for all rows.
+pub(super) fn choose(logits: &Tensor, picks: &[Pick], banned: &[u32]) -> Result<Vec<Option<u32>>> {
     let dev = logits.device();
     let one = Tensor::ones(1, DType::F32, dev)?;
-    let argmax = match picks.iter().any(|p| matches!(p, Pick::Greedy)) {
-        true => Some(logits.argmax_keepdim(D::Minus1)?.to_dtype(DType::F32)?),
-        false => None,
+    let bans = |pick: &Pick| match pick {
+        Pick::Greedy { banned } => *banned,
+        Pick::Draw(draw) => draw.banned,
+        Pick::Logits => false,
     };
+    // The logits with the banned tokens' at -inf, for the rows that ban them.
+    let vocab = logits.dim(1)?;
+    let banned: Vec<u32> = banned.iter().copied().filter(|t| (*t as usize) < vocab).collect();
+    let barred = match !banned.is_empty() && picks.iter().any(bans) {
+        true => {
+            let bias = Tensor::zeros(vocab, DType::F32, dev)?.index_add(
+                &Tensor::new(banned.as_slice(), dev)?,
+                &Tensor::full(f32::NEG_INFINITY, banned.len(), dev)?,
+                0,
+            )?;
+            logits.broadcast_add(&bias)?
+        }
+        false => logits.clone(),
+    };
+    let argmax = |wanted: bool, of: &Tensor| -> Result<Option<Tensor>> {
+        match picks
+            .iter()
+            .any(|p| matches!(p, Pick::Greedy { banned } if *banned == wanted))
+        {
+            true => Ok(Some(of.argmax_keepdim(D::Minus1)?.to_dtype(DType::F32)?)),
+            false => Ok(None),
+        }
+    };
+    let (plain, barred_argmax) = (argmax(false, logits)?, argmax(true, &barred)?);
     // Per chosen row: the token, and 1 where the choice stands (0: sample on the host).
     let mut parts = Vec::new();
     for (r, pick) in picks.iter().enumerate() {
-        match (pick, &argmax) {
-            (Pick::Greedy, Some(ids)) => parts.push(Tensor::cat(&[ids.i(r)?, one.clone()], 0)?),
-            (Pick::Draw(draw), _) => parts.push(sample(&logits.i(r)?, draw)?),
+        let (rows, ids) = match bans(pick) {
+            true => (&barred, &barred_argmax),
+            false => (logits, &plain),
+        };
+        match (pick, ids) {
+            (Pick::Greedy { .. }, Some(ids)) => parts.push(Tensor::cat(&[ids.i(r)?, one.clone()], 0)?),
+            (Pick::Draw(draw), _) => parts.push(sample(&rows.i(r)?, draw)?),
             _ => {}
         }
     }

@@ -103,12 +103,13 @@ impl LlamaWeights {
     }
 
     /// The forward pass on device tensors. `picks[i]` says what item `i` wants back: its logits or a
-    /// token chosen on the device.
+    /// token chosen on the device (never one of `banned` where the pick says so).
     pub(super) fn forward_tensors(
         &self,
         items: &mut [BatchItem<'_>],
         tokens: &[u32],
         picks: &[Pick],
+        banned: &[u32],
     ) -> Result<Vec<Option<Next>>> {
         let dev = &self.device;
         let total = tokens.len();
@@ -224,7 +225,7 @@ impl LlamaWeights {
             .filter(|(item, _)| item.logits)
             .map(|(_, pick)| *pick)
             .collect();
-        let chosen = super::draw::choose(&logits, &wanted)?;
+        let chosen = super::draw::choose(&logits, &wanted, banned)?;
         let mut outputs = Vec::with_capacity(rows.len());
         for (r, token) in chosen.into_iter().enumerate() {
             outputs.push(match token {

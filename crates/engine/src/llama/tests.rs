@@ -398,11 +398,13 @@ fn the_tensor_path_batches_like_the_host_path_and_hands_over_greedy_tokens() {
             top_k: 1,
             top_p: 1.0,
             uniform: 0.6,
+            banned: false,
         });
         let got = tensors
             .forward_next(
                 &mut batch(&prompts, &mut caches),
-                &[Pick::Logits, Pick::Greedy, top_one],
+                &[Pick::Logits, Pick::Greedy { banned: false }, top_one],
+                &[],
             )
             .expect("tensors");
         for (i, (got, want)) in got.iter().zip(&want).enumerate() {

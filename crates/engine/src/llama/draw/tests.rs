@@ -25,12 +25,13 @@ fn draw(inv_temperature: f32, top_k: u32, top_p: f32, uniform: f32) -> Pick {
         top_k,
         top_p,
         uniform,
+        banned: false,
     })
 }
 
 fn device_choice(logits: &[f32], pick: Pick) -> Option<u32> {
     let t = Tensor::from_slice(logits, (1, logits.len()), &Device::Cpu).expect("tensor");
-    choose(&t, &[pick]).expect("choose")[0]
+    choose(&t, &[pick], &[]).expect("choose")[0]
 }
 
 /// The host's view: the kept tokens in the order the draw walks them, with their weights (f64).
@@ -144,10 +145,59 @@ fn each_row_gets_what_it_asked_for() {
             )
             .0 as u32
     };
-    let got = choose(&t, &[Pick::Logits, Pick::Greedy, draw(1.0, 1, 1.0, 0.3)]).expect("choose");
+    let greedy = Pick::Greedy { banned: false };
+    let got = choose(&t, &[Pick::Logits, greedy, draw(1.0, 1, 1.0, 0.3)], &[]).expect("choose");
     assert_eq!(got, vec![None, Some(argmax(&rows[1])), Some(argmax(&rows[2]))]);
     assert_eq!(
-        choose(&t, &[Pick::Logits, Pick::Logits, Pick::Logits]).expect("choose"),
+        choose(&t, &[Pick::Logits, Pick::Logits, Pick::Logits], &[]).expect("choose"),
         vec![None, None, None]
     );
+    // Banned tokens (a request that ignores the end of generation): the rows that ban them never get
+    // them, the others still may. Ids beyond the vocabulary are ignored.
+    let second = |row: &[f32]| {
+        let best = argmax(row);
+        let mut rest = row.to_vec();
+        rest[best as usize] = f32::NEG_INFINITY;
+        argmax(&rest)
+    };
+    let banned: Vec<u32> = vec![argmax(&rows[0]), argmax(&rows[1]), argmax(&rows[2]), 99_999];
+    let Pick::Draw(top_one) = draw(1.0, 1, 1.0, 0.3) else {
+        unreachable!()
+    };
+    let picks = [
+        Pick::Greedy { banned: true },
+        greedy,
+        Pick::Draw(Draw {
+            banned: true,
+            ..top_one
+        }),
+    ];
+    let got = choose(&t, &picks, &banned).expect("choose");
+    assert_eq!(
+        got,
+        vec![
+            Some(second(&rows[0])),
+            Some(argmax(&rows[1])),
+            Some(second(&rows[2]))
+        ]
+    );
+    // A whole-vocabulary draw at the middle of the banned token's share takes a neighbour instead.
+    let row = &rows[0];
+    let kept = kept(row, 1.0, 0, 1.0, false);
+    let total: f64 = kept.iter().map(|c| c.1).sum();
+    let best = argmax(row) as usize;
+    let before: f64 = kept[..best].iter().map(|c| c.1).sum();
+    let uniform = ((before + kept[best].1 / 2.0) / total) as f32;
+    let Pick::Draw(whole) = draw(1.0, 0, 1.0, uniform) else {
+        unreachable!()
+    };
+    assert_eq!(device_choice(row, Pick::Draw(whole)), Some(best as u32));
+    let t0 = Tensor::from_slice(row.as_slice(), (1, row.len()), &Device::Cpu).expect("tensor");
+    let barred = Pick::Draw(Draw {
+        banned: true,
+        ..whole
+    });
+    let got = choose(&t0, &[barred], &banned).expect("choose")[0].expect("drawn");
+    assert_ne!(got, best as u32);
+    assert!(got.abs_diff(best as u32) < 100, "{got} against {best}");
 }
