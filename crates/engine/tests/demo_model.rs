@@ -177,25 +177,59 @@ fn the_batched_forward_pass_matches_candles_llama_on_the_demo_model() {
 
 #[test]
 fn an_f16_cache_decodes_as_the_f32_one_does() {
-    use candle_core::Device;
-    use sluice_engine::llama::{BatchItem, KvCache, KvFormat, LlamaWeights, argmax, max_abs_diff};
+    use sluice_engine::llama::KvFormat;
 
-    let path = demo_model();
-    let model = Model::load(&path, "m", DeviceSpec::Cpu, WeightFormat::Auto).expect("load");
+    let (wide, half) = (
+        weights(|w| w.set_kv_format(KvFormat::F32)),
+        weights(|w| w.set_kv_format(KvFormat::F16)),
+    );
+    // 48 greedy steps, both caches fed the f32 cache's token: the greedy tokens agree but for near ties.
+    let (agree, largest) = teacher_forced(&wide, &half, 48);
+    eprintln!("f16 against f32 KV cache: {agree} of 48 greedy tokens the same");
+    // (46 with Q4_1 weights on AVX-512 VNNI, 48 with Q8_0 weights elsewhere.)
+    assert!(agree >= 44, "only {agree} of 48 greedy tokens the same");
+    eprintln!("f16 against f32 KV cache: largest logit difference over 48 tokens {largest}");
+    // The bound is this model's own noise: its logits move by up to about 1.1 between candle's prompt and
+    // decode kernels (see the test above); the greedy tokens are the check that matters, and the perplexity
+    // in docs/benchmarks.md.
+    assert!(largest < 2.0, "an f16 cache moved a logit by {largest}");
+}
+
+/// The demo model's weights on the CPU (`auto` format, 8,192 positions), set up by `configure`.
+#[expect(clippy::expect_used, reason = "test helper")]
+fn weights(
+    configure: impl FnOnce(&mut sluice_engine::llama::LlamaWeights),
+) -> sluice_engine::llama::LlamaWeights {
+    let (content, mut reader) = gguf::open(&demo_model()).expect("open");
+    let mut w = sluice_engine::llama::LlamaWeights::load(
+        &content,
+        &mut reader,
+        &candle_core::Device::Cpu,
+        8192,
+        WeightFormat::Auto,
+    )
+    .expect("load");
+    configure(&mut w);
+    w
+}
+
+/// Teacher-forced greedy decoding of the same prompt by two sets of weights, both fed `a`'s token at each
+/// of `steps` steps: how many greedy tokens agree, and the largest logit difference seen.
+#[expect(clippy::expect_used, reason = "test helper")]
+fn teacher_forced(
+    a: &sluice_engine::llama::LlamaWeights,
+    b: &sluice_engine::llama::LlamaWeights,
+    steps: usize,
+) -> (usize, f32) {
+    use sluice_engine::llama::{BatchItem, KvCache, LlamaWeights, argmax, max_abs_diff};
+
+    let model = Model::load(&demo_model(), "m", DeviceSpec::Cpu, WeightFormat::Auto).expect("load");
     let prompt = model
         .prompt_tokens(&[Message::new(
             "user",
             "Write a short note about rivers and the sea.",
         )])
         .expect("prompt");
-    let load = |format| {
-        let (content, mut reader) = gguf::open(&path).expect("open");
-        let mut w =
-            LlamaWeights::load(&content, &mut reader, &Device::Cpu, 8192, WeightFormat::Auto).expect("load");
-        w.set_kv_format(format);
-        w
-    };
-    let (wide, half) = (load(KvFormat::F32), load(KvFormat::F16));
     let step = |w: &LlamaWeights, cache: &mut KvCache, tokens: &[u32]| {
         let mut items = [BatchItem {
             tokens,
@@ -208,29 +242,17 @@ fn an_f16_cache_decodes_as_the_f32_one_does() {
             .flatten()
             .expect("logits")
     };
-    let (mut wide_cache, mut half_cache) = (KvCache::default(), KvCache::default());
-    let (mut a, mut b) = (
-        step(&wide, &mut wide_cache, &prompt),
-        step(&half, &mut half_cache, &prompt),
-    );
-    let mut largest = 0f32;
-    let mut agree = 0;
-    // 48 greedy steps, both caches fed the f32 cache's token: the greedy tokens agree but for near ties.
-    for _ in 0..48 {
-        largest = largest.max(max_abs_diff(&a, &b));
-        let (ta, tb) = (argmax(&a) as u32, argmax(&b) as u32);
+    let (mut a_cache, mut b_cache) = (KvCache::default(), KvCache::default());
+    let (mut la, mut lb) = (step(a, &mut a_cache, &prompt), step(b, &mut b_cache, &prompt));
+    let (mut largest, mut agree) = (0f32, 0);
+    for _ in 0..steps {
+        largest = largest.max(max_abs_diff(&la, &lb));
+        let (ta, tb) = (argmax(&la) as u32, argmax(&lb) as u32);
         agree += usize::from(ta == tb);
-        a = step(&wide, &mut wide_cache, &[ta]);
-        b = step(&half, &mut half_cache, &[ta]);
+        la = step(a, &mut a_cache, &[ta]);
+        lb = step(b, &mut b_cache, &[ta]);
     }
-    eprintln!("f16 against f32 KV cache: {agree} of 48 greedy tokens the same");
-    // (46 with Q4_1 weights on AVX-512 VNNI, 48 with Q8_0 weights elsewhere.)
-    assert!(agree >= 44, "only {agree} of 48 greedy tokens the same");
-    eprintln!("f16 against f32 KV cache: largest logit difference over 48 tokens {largest}");
-    // The bound is this model's own noise: its logits move by up to about 1.1 between candle's prompt and
-    // decode kernels (see the test above); the greedy tokens are the check that matters, and the perplexity
-    // in docs/benchmarks.md.
-    assert!(largest < 2.0, "an f16 cache moved a logit by {largest}");
+    (agree, largest)
 }
 
 #[tokio::test]
@@ -334,51 +356,11 @@ async fn the_tensor_path_draws_seeded_samples_on_the_device() {
 /// the int8 kernels' activation rounding (as between an f16 and an f32 cache above).
 #[test]
 fn the_tensor_paths_logits_follow_the_host_paths() {
-    use candle_core::Device;
     use sluice_engine::ForwardPath;
-    use sluice_engine::llama::{BatchItem, KvCache, LlamaWeights, argmax, max_abs_diff};
 
-    let path = demo_model();
-    let model = Model::load(&path, "m", DeviceSpec::Cpu, WeightFormat::Auto).expect("load");
-    let prompt = model
-        .prompt_tokens(&[Message::new(
-            "user",
-            "Write a short note about rivers and the sea.",
-        )])
-        .expect("prompt");
-    let load = |forward| {
-        let (content, mut reader) = gguf::open(&path).expect("open");
-        let mut w =
-            LlamaWeights::load(&content, &mut reader, &Device::Cpu, 8192, WeightFormat::Auto).expect("load");
-        w.set_forward_path(forward).expect("path");
-        w
-    };
-    let (host, tensors) = (load(ForwardPath::Host), load(ForwardPath::Tensors));
-    let step = |w: &LlamaWeights, cache: &mut KvCache, tokens: &[u32]| {
-        let mut items = [BatchItem {
-            tokens,
-            cache,
-            logits: true,
-        }];
-        w.forward(&mut items)
-            .expect("forward")
-            .pop()
-            .flatten()
-            .expect("logits")
-    };
-    let (mut host_cache, mut tensor_cache) = (KvCache::default(), KvCache::default());
-    let (mut a, mut b) = (
-        step(&host, &mut host_cache, &prompt),
-        step(&tensors, &mut tensor_cache, &prompt),
-    );
-    let (mut largest, mut agree) = (0f32, 0);
-    for _ in 0..48 {
-        largest = largest.max(max_abs_diff(&a, &b));
-        let (ta, tb) = (argmax(&a) as u32, argmax(&b) as u32);
-        agree += usize::from(ta == tb);
-        a = step(&host, &mut host_cache, &[ta]);
-        b = step(&tensors, &mut tensor_cache, &[ta]);
-    }
+    let host = weights(|w| w.set_forward_path(ForwardPath::Host).expect("path"));
+    let tensors = weights(|w| w.set_forward_path(ForwardPath::Tensors).expect("path"));
+    let (agree, largest) = teacher_forced(&host, &tensors, 48);
     eprintln!(
         "tensor against host path: {agree} of 48 greedy tokens the same, largest logit difference {largest}"
     );

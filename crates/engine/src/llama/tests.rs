@@ -421,45 +421,37 @@ fn the_tensor_path_batches_like_the_host_path_and_hands_over_greedy_tokens() {
         // A mixed round: decode steps beside a new prompt.
         let next = [7u32, 9];
         let mut fresh = (KvCache::default(), KvCache::default());
-        let (a, b) = host_caches.split_at_mut(1);
+        // Sequences 0 and 2 take one more token each, a fresh sequence takes the middle prompt.
+        fn mixed<'a>(
+            next: &'a [u32],
+            prompt: &'a [u32],
+            caches: &'a mut [KvCache],
+            fresh: &'a mut KvCache,
+        ) -> [BatchItem<'a>; 3] {
+            let (a, b) = caches.split_at_mut(1);
+            [
+                BatchItem {
+                    tokens: &next[..1],
+                    cache: &mut a[0],
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: prompt,
+                    cache: fresh,
+                    logits: true,
+                },
+                BatchItem {
+                    tokens: &next[1..],
+                    cache: &mut b[1],
+                    logits: true,
+                },
+            ]
+        }
         let want = host
-            .forward(&mut [
-                BatchItem {
-                    tokens: &next[..1],
-                    cache: &mut a[0],
-                    logits: true,
-                },
-                BatchItem {
-                    tokens: &prompts[1],
-                    cache: &mut fresh.0,
-                    logits: true,
-                },
-                BatchItem {
-                    tokens: &next[1..],
-                    cache: &mut b[1],
-                    logits: true,
-                },
-            ])
+            .forward(&mut mixed(&next, &prompts[1], &mut host_caches, &mut fresh.0))
             .expect("host mixed");
-        let (a, b) = caches.split_at_mut(1);
         let got = tensors
-            .forward(&mut [
-                BatchItem {
-                    tokens: &next[..1],
-                    cache: &mut a[0],
-                    logits: true,
-                },
-                BatchItem {
-                    tokens: &prompts[1],
-                    cache: &mut fresh.1,
-                    logits: true,
-                },
-                BatchItem {
-                    tokens: &next[1..],
-                    cache: &mut b[1],
-                    logits: true,
-                },
-            ])
+            .forward(&mut mixed(&next, &prompts[1], &mut caches, &mut fresh.1))
             .expect("tensors mixed");
         for (i, (got, want)) in got.iter().zip(&want).enumerate() {
             let diff = max_abs_diff(got.as_ref().expect("logits"), want.as_ref().expect("logits"));
