@@ -230,7 +230,8 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
     assert!(!gateway.log().contains("sk-up"), "the key in the log");
 
     // 429: the cloud is back but rate-limits. Once the probe has closed the breaker, the rate-limited
-    // requests are served locally with their own reason.
+    // requests are served locally with their own reason, and so is the one after their 429s opened the
+    // breaker (refused at once, as rate-limited).
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     held.join().unwrap();
     let sim = SimCloud::start_at(&addr, &[]);
@@ -240,11 +241,12 @@ fn requests_for_the_cloud_model_fall_back_to_the_local_one_while_the_cloud_is_aw
         assert!(Instant::now() < until, "the probe never closed the breaker");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let limited = requests(&gateway, "gpt-4o-mini", 2, "{}");
+    let limited = requests(&gateway, "gpt-4o-mini", 3, "{}");
     for r in &limited {
         assert!(fell_back(r, "cloud_rate_limited"), "{r}");
     }
-    // Its two 429s opened the breaker; the probe finds the cloud answering, and it serves again.
+    // Its two 429s opened the breaker; after the cooldown a request is the trial (a listing that answers
+    // would say nothing of the rate limit), finds the cloud answering, and it serves again.
     until_the_cloud_serves(&gateway, Duration::from_secs_f64(COOLDOWN + PROBE_INTERVAL + 5.0));
     // A stream that has started on the cloud is never continued elsewhere: when the cloud stalls after its
     // first chunks, the stream ends with an error event, and no fallback serves it.

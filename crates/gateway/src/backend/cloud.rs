@@ -187,11 +187,20 @@ impl CloudBackend {
 
     /// Refuses at once while the breaker is open (or the gateway runs offline).
     fn admit(&self) -> Result<(), BackendError> {
-        self.health.admit(Instant::now()).map_err(|why| {
-            BackendError::Unavailable(format!(
-                "cloud backend {} is unavailable: {why}",
-                self.config.name
-            ))
+        self.health.admit(Instant::now()).map_err(|refused| {
+            let message = format!(
+                "cloud backend {} is {}: {}",
+                self.config.name,
+                match refused.rate_limited {
+                    true => "rate-limited",
+                    false => "unavailable",
+                },
+                refused.why
+            );
+            match refused.rate_limited {
+                true => BackendError::Full(message),
+                false => BackendError::Unavailable(message),
+            }
         })
     }
 
@@ -393,8 +402,11 @@ impl CloudBackend {
         // The breaker counts the request's outcome: an answer or a refusal of the provider's own closes
         // the count; a failure of the provider or the link that outlasts the retries adds to it.
         let failed = |e: BackendError| {
-            self.health
-                .record(Outcome::Failed, Some(&e.to_string()), Instant::now());
+            let outcome = match e {
+                BackendError::Full(_) => Outcome::RateLimited,
+                _ => Outcome::Failed,
+            };
+            self.health.record(outcome, Some(&e.to_string()), Instant::now());
             e
         };
         loop {

@@ -7,10 +7,14 @@
 //!   provider is there) closes the count.
 //! - Open: requests are refused at once (`Unavailable`, which the dispatcher may fall back from), so no
 //!   request waits for a cloud that is down, whether its port refuses or its packets vanish.
+//!   While it is open because the provider kept answering 429, requests are refused as rate-limited
+//!   (`Full`), so a fallback for rate limits keeps serving them.
 //! - After `cooldown`: with a probe, the probe (`GET {base_url}{path}` with the backend's credentials,
 //!   every `interval`) closes the breaker on its first answer that is not 5xx or 429, so recovery is
-//!   noticed without sacrificing a user request; without one, the next request goes through as the trial
-//!   (half-open) and its outcome closes or reopens the breaker.
+//!   noticed without sacrificing a user request; without one, or when 429s opened it (a provider's
+//!   listing may answer while its completions are still limited), the next request goes through as the
+//!   trial (half-open) and its outcome closes or reopens the breaker. A trial that never reports (its
+//!   client went away, its deadline passed) is given up after another cooldown.
 //! - Offline (`offline: true`, `sluice up --offline`): every request is refused as if the cloud were down,
 //!   and nothing is sent: the air-gap drill.
 
@@ -62,8 +66,10 @@ struct State {
     failures: u32,
     /// Open until then (and after it, until a probe or a trial request succeeds).
     open_since: Option<Instant>,
-    /// A trial request is out (half-open without a probe).
-    trial: bool,
+    /// When the trial request went out (half-open without a probe), while it is out.
+    trial: Option<Instant>,
+    /// The failures that opened it were 429s.
+    rate_limited: bool,
     /// What the last counted failure was (for the operator; never sent to clients).
     last_error: Option<String>,
     /// Times the breaker opened.
@@ -77,6 +83,16 @@ pub enum Outcome {
     Answered,
     /// It or the link failed (see the module's list).
     Failed,
+    /// It kept answering 429 for as long as the request was retried.
+    RateLimited,
+}
+
+/// Why a request is not sent: the message (for the client: no address, no key), and whether 429s opened
+/// the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub why: String,
+    pub rate_limited: bool,
 }
 
 /// A cloud backend's breaker state.
@@ -108,25 +124,33 @@ impl Health {
         self.offline
     }
 
-    /// Whether a request may be sent now; why not (for the client: no address, no key) otherwise. Takes
-    /// the half-open trial when that is what lets it through.
-    pub fn admit(&self, now: Instant) -> Result<(), String> {
+    /// Whether a request may be sent now; why not otherwise. Takes the half-open trial when that is what
+    /// lets it through.
+    pub fn admit(&self, now: Instant) -> Result<(), Refused> {
         if self.offline {
-            return Err("the gateway runs offline: every cloud is treated as unreachable".to_owned());
+            return Err(Refused {
+                why: "the gateway runs offline: every cloud is treated as unreachable".to_owned(),
+                rate_limited: false,
+            });
         }
         let mut s = self.state();
         let Some(since) = s.open_since else {
             return Ok(());
         };
         let cooled = now.saturating_duration_since(since) >= self.config.cooldown;
-        if cooled && self.config.probe.is_none() && !s.trial {
-            s.trial = true;
+        if cooled && self.trial_free(&s, now) {
+            s.trial = Some(now);
             return Ok(());
         }
-        Err(format!(
-            "it failed {} times in a row; the gateway stops sending to it until it recovers ({})",
+        let probe = self.config.probe.as_ref().filter(|_| !s.rate_limited);
+        let why = format!(
+            "it {} {} times in a row; the gateway stops sending to it until it recovers ({})",
+            match s.rate_limited {
+                true => "answered 429 (rate limited)",
+                false => "failed",
+            },
             s.failures.max(self.config.failures),
-            match (&self.config.probe, cooled) {
+            match (probe, cooled) {
                 (Some(p), _) => format!("probed every {} s", p.interval.as_secs_f64()),
                 (None, false) => format!(
                     "tried again in {:.0} s",
@@ -138,7 +162,19 @@ impl Health {
                 ),
                 (None, true) => "a trial request is out".to_owned(),
             }
-        ))
+        );
+        Err(Refused {
+            why,
+            rate_limited: s.rate_limited,
+        })
+    }
+
+    /// Whether a request may be the half-open trial once the cooldown has passed: recovery is tried by a
+    /// request (no probe, or 429s opened it) and no trial is out, or the one out is a cooldown old.
+    fn trial_free(&self, s: &State, now: Instant) -> bool {
+        (self.config.probe.is_none() || s.rate_limited)
+            && s.trial
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.config.cooldown)
     }
 
     /// Whether it would admit a request now (no trial taken).
@@ -150,9 +186,7 @@ impl Health {
         match s.open_since {
             None => true,
             Some(since) => {
-                self.config.probe.is_none()
-                    && !s.trial
-                    && now.saturating_duration_since(since) >= self.config.cooldown
+                now.saturating_duration_since(since) >= self.config.cooldown && self.trial_free(&s, now)
             }
         }
     }
@@ -160,7 +194,7 @@ impl Health {
     /// Counts a request's outcome; `detail` says what failed (kept for the operator).
     pub fn record(&self, outcome: Outcome, detail: Option<&str>, now: Instant) {
         let mut s = self.state();
-        s.trial = false;
+        s.trial = None;
         match outcome {
             Outcome::Answered => {
                 if s.open_since.is_some() {
@@ -169,8 +203,9 @@ impl Health {
                 s.failures = 0;
                 s.open_since = None;
             }
-            Outcome::Failed => {
+            Outcome::Failed | Outcome::RateLimited => {
                 s.failures = s.failures.saturating_add(1);
+                s.rate_limited = outcome == Outcome::RateLimited;
                 s.last_error = detail.map(str::to_owned);
                 let reopen = s.open_since.is_some();
                 if reopen || s.failures >= self.config.failures {
@@ -183,11 +218,12 @@ impl Health {
         }
     }
 
-    /// Whether the probe should run now: open, cooled down, and a probe configured.
+    /// Whether the probe should run now: open (not by 429s), cooled down, and a probe configured.
     pub fn wants_probe(&self, now: Instant) -> bool {
         let s = self.state();
         !self.offline
             && self.config.probe.is_some()
+            && !s.rate_limited
             && s.open_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= self.config.cooldown)
     }
@@ -271,7 +307,7 @@ mod tests {
         h.record(Outcome::Failed, Some("refused"), t);
         assert!(h.admit(t).is_ok(), "one failure since the last answer");
         h.record(Outcome::Failed, Some("timed out"), t);
-        let why = h.admit(t).expect_err("open");
+        let why = h.admit(t).expect_err("open").why;
         assert!(why.contains("2 times in a row"), "{why}");
         assert!(!why.contains("timed out"), "the detail is the operator's: {why}");
         assert!(!h.up(t));
@@ -319,10 +355,49 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_that_never_reports_is_given_up_after_another_cooldown() {
+        let h = breaker(false);
+        let t = Instant::now();
+        h.record(Outcome::Failed, None, t);
+        h.record(Outcome::Failed, None, t);
+        let later = t + Duration::from_secs(11);
+        assert!(h.admit(later).is_ok(), "the trial");
+        // Its client went away: nothing is recorded.
+        assert!(h.admit(later + Duration::from_secs(9)).is_err() && !h.up(later + Duration::from_secs(9)));
+        let given_up = later + Duration::from_secs(10);
+        assert!(h.up(given_up));
+        assert!(h.admit(given_up).is_ok(), "a new trial");
+    }
+
+    #[test]
+    fn opened_by_429s_it_refuses_as_rate_limited_and_a_request_not_the_probe_is_the_trial() {
+        let h = breaker(true);
+        let t = Instant::now();
+        h.record(Outcome::RateLimited, Some("429"), t);
+        h.record(Outcome::RateLimited, Some("429"), t);
+        let refused = h.admit(t).expect_err("open");
+        assert!(refused.rate_limited, "{refused:?}");
+        assert!(refused.why.contains("answered 429"), "{}", refused.why);
+        let later = t + Duration::from_secs(11);
+        assert!(
+            !h.wants_probe(later),
+            "a listing that answers says nothing of the rate limit"
+        );
+        assert!(h.admit(later).is_ok(), "the trial");
+        h.record(Outcome::Failed, Some("refused"), later);
+        let refused = h.admit(later).expect_err("reopened");
+        assert!(
+            !refused.rate_limited,
+            "the last failures were not 429s: {refused:?}"
+        );
+        assert!(h.wants_probe(later + Duration::from_secs(11)));
+    }
+
+    #[test]
     fn offline_refuses_everything_and_never_probes() {
         let h = Health::new(BreakerConfig::default(), true);
         let t = Instant::now();
-        assert!(h.admit(t).expect_err("offline").contains("offline"));
+        assert!(h.admit(t).expect_err("offline").why.contains("offline"));
         assert!(!h.up(t) && !h.wants_probe(t + Duration::from_secs(3600)));
         assert!(h.describe(t).starts_with("offline"));
     }
