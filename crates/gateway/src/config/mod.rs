@@ -132,13 +132,7 @@ fn embedding_mix_warnings(
     config: &GatewayConfig,
     at: &Locator,
 ) -> Vec<ConfigError> {
-    let embeds = |model: &str| {
-        config
-            .clouds
-            .iter()
-            .flat_map(|c| &c.models)
-            .any(|m| m.id == model && m.kind == crate::backend::ModelKind::Embedding)
-    };
+    let embeds = |model: &str| embeds(&config.clouds, model);
     policy
         .models
         .iter()
@@ -157,6 +151,38 @@ fn embedding_mix_warnings(
                     ),
                 )
             })
+        })
+        .collect()
+}
+
+/// Whether a cloud lists `model` as an embedding model.
+fn embeds(clouds: &[CloudConfig], model: &str) -> bool {
+    clouds
+        .iter()
+        .flat_map(|c| &c.models)
+        .any(|m| m.id == model && m.kind == crate::backend::ModelKind::Embedding)
+}
+
+/// Fallbacks stand in for chat models: a local model's vectors are not a cloud embedding model's (another
+/// space, other dimensions), so an entry naming an embedding model is an error.
+fn embedding_fallback_errors(
+    policy: &sluice_policy::PolicyConfig,
+    clouds: &[CloudConfig],
+    at: &Locator,
+) -> Vec<ConfigError> {
+    policy
+        .fallbacks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| f.models.iter().map(move |m| (i, m)))
+        .filter(|(_, m)| embeds(clouds, m))
+        .map(|(i, m)| {
+            at.error(
+                &format!("policy.fallbacks[{i}].model"),
+                format!(
+                    "{m:?} is an embedding model: fallbacks stand in for chat models (a local model's vectors are not {m}'s, so embeddings never fall back)"
+                ),
+            )
         })
         .collect()
 }
@@ -222,7 +248,12 @@ impl RawGatewayConfig {
             scanner: &config.scanner,
             tenants: &tenants,
         };
-        match sluice_policy::config::compile(policy, &at, cx) {
+        match sluice_policy::config::compile(policy, &at, cx).and_then(|p| {
+            match embedding_fallback_errors(&p, &config.clouds, &at) {
+                errors if errors.is_empty() => Ok(p),
+                errors => Err(errors),
+            }
+        }) {
             Ok(p) => {
                 let mut warnings = sluice_policy::lint::lint(&p, &at, cx);
                 warnings.extend(scanner_warnings(&config, &at, own_combinations));
@@ -444,6 +475,12 @@ impl RawGatewayConfig {
         };
         let policy = sluice_policy::config::compile(self.policy.unwrap_or_default(), &at, cx)
             .map_err(|mut errors| errors.swap_remove(0))?;
+        if let Some(e) = embedding_fallback_errors(&policy, &clouds, &at)
+            .into_iter()
+            .next()
+        {
+            return Err(e);
+        }
         Ok(GatewayConfig {
             air_gapped: self.air_gapped.unwrap_or(false),
             audit,

@@ -450,3 +450,26 @@ fn azure_and_anthropic_clouds_are_read_and_checked() {
     .unwrap_err();
     assert_eq!(e.key, "clouds[0].models[0].kind", "{e}");
 }
+
+#[test]
+fn a_fallback_never_stands_in_for_an_embedding_model() {
+    let with_fallback = |model: &str| {
+        format!(
+            "{FULL}      - {{ id: text-embedding-3-small, kind: embedding, input_usd_per_mtok: 0.02 }}\npolicy:\n  fallbacks:\n    - {{ model: {model}, to: smollm2 }}\n"
+        )
+    };
+    assert!(validate(&with_fallback("gpt-4o-mini")).is_ok());
+    let text = with_fallback("text-embedding-3-small");
+    let e = validate(&text).expect_err("an embedding model's fallback");
+    assert_eq!(e.key, "policy.fallbacks[0].model", "{e}");
+    assert!(e.message.contains("is an embedding model"), "{e}");
+    // `policy check` reports it as an error too.
+    let report = RawGatewayConfig::from_yaml_str(&text).unwrap().check(
+        Some(Path::new("gateway.yaml")),
+        Some(&text),
+        &env,
+    );
+    assert!(report.config.is_none());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(report.errors[0].key, "policy.fallbacks[0].model");
+}

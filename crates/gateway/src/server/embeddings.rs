@@ -190,10 +190,6 @@ pub(super) async fn create(
             return respond(&routing, error);
         }
     };
-    // Fallbacks stand in for chat models: a local embedding model's vectors are not the cloud model's
-    // (another space, other dimensions), so an embeddings request never falls back after a cloud failure.
-    let mut decision = decision;
-    decision.fallback = None;
     let level: Level = decision.level.max(facts.level());
     routing.rule = Some(decision.rule.clone());
     routing.level = Some(level);
