@@ -332,8 +332,6 @@ impl Ledger {
         self.limits = held;
     }
 
-    /// The request was sent redacted, with these distinct values replaced, by kind: the audit record and
-    /// the explanation say so (counts only, never the values).
     /// Its local substitute serves a request for a cloud model, for `reason`.
     pub fn fell_back(&mut self, reason: sluice_policy::FallbackReason) {
         self.fell_back = Some(reason);
@@ -342,6 +340,8 @@ impl Ledger {
         }
     }
 
+    /// The request was sent redacted, with these distinct values replaced, by kind: the audit record and
+    /// the explanation say so (counts only, never the values).
     pub fn redacted(&mut self, counts: &std::collections::BTreeMap<sluice_sensitivity::Kind, usize>) {
         self.redacted = true;
         if let Some(record) = &mut self.audit {
