@@ -17,7 +17,7 @@ pub const X_MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
 pub const X_SUBSTITUTED_FOR: HeaderName = HeaderName::from_static("x-sluice-substituted-for");
 pub const X_PREFER: HeaderName = HeaderName::from_static("x-sluice-prefer");
 /// Why a local substitute served a request for a cloud model; `none` in a request forbids it.
-pub const X_FALLBACK: HeaderName = HeaderName::from_static("x-sluice-fallback");
+pub const X_FALLBACK: HeaderName = HeaderName::from_static(sluice_policy::FALLBACK_HEADER);
 const REQUESTS_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-limit-requests"),
     HeaderName::from_static("x-ratelimit-remaining-requests"),

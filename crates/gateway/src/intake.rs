@@ -225,7 +225,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, max_body_bytes: usize) -> Res
 
 /// What a client may say about routing in its headers: the level it declares (`x-sluice-sensitivity`) and
 /// the route it prefers (`x-sluice-prefer`); a value that is neither is its error. `x-sluice-fallback`, read
-/// by the policy, is checked here too: its one value is `none`, and a typo must not pass for consent.
+/// by the policy, is checked here too: its one value is `none` (in any case, as the policy reads it), and a
+/// typo must not pass for consent.
 pub fn client_hints(headers: &HeaderMap) -> Result<(Option<Level>, Option<Route>), ApiError> {
     let declared = match headers.get(&X_SENSITIVITY) {
         None => None,
@@ -255,7 +256,7 @@ pub fn client_hints(headers: &HeaderMap) -> Result<(Option<Level>, Option<Route>
     if headers
         .get_all(&X_FALLBACK)
         .iter()
-        .any(|v| v.to_str().map(str::trim).ok() != Some("none"))
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"none"))
     {
         return Err(ApiError::invalid(
             "invalid_fallback",

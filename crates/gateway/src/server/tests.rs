@@ -1174,10 +1174,14 @@ async fn the_prefer_hint_must_be_local_or_cloud() {
         .headers_mut()
         .insert("x-sluice-fallback", HeaderValue::from_static("nope"));
     assert_eq!(error_of(&app, request).await.1, "invalid_fallback");
+    // `none` in any case and with spaces around it, as the policy reads it, is accepted.
     let mut request = post(body);
     request
         .headers_mut()
         .insert("x-sluice-prefer", HeaderValue::from_static("cloud"));
+    request
+        .headers_mut()
+        .insert("x-sluice-fallback", HeaderValue::from_static(" None "));
     let (status, headers, _) = send(&app, request).await;
     assert_eq!(
         (status, &headers["x-sluice-backend"]),
