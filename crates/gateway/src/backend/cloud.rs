@@ -18,7 +18,6 @@ use async_openai::config::{AzureConfig, Config, OpenAIConfig};
 use async_openai::error::OpenAIError;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use rand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -182,25 +181,6 @@ impl CloudBackend {
             http,
             in_flight: Default::default(),
             health,
-        })
-    }
-
-    /// Refuses at once while the breaker is open (or the gateway runs offline).
-    fn admit(&self) -> Result<(), BackendError> {
-        self.health.admit(Instant::now()).map_err(|refused| {
-            let message = format!(
-                "cloud backend {} is {}: {}",
-                self.config.name,
-                match refused.rate_limited {
-                    true => "rate-limited",
-                    false => "unavailable",
-                },
-                refused.why
-            );
-            match refused.rate_limited {
-                true => BackendError::Full(message),
-                false => BackendError::Unavailable(message),
-            }
         })
     }
 
@@ -390,52 +370,6 @@ impl CloudBackend {
         self.with_retries(context, || self.attempt(request, context.deadline))
             .await
     }
-
-    /// Runs attempts until one succeeds, one fails for good, the retries are spent, or the next wait
-    /// would pass the deadline; waits back off exponentially with jitter.
-    async fn with_retries<T, F, A>(&self, context: &DispatchContext, attempt: F) -> Result<T, BackendError>
-    where
-        F: Fn() -> A,
-        A: std::future::Future<Output = Result<T, Attempt>>,
-    {
-        let mut retry = 0u32;
-        // The breaker counts the request's outcome: an answer or a refusal of the provider's own closes
-        // the count; a failure of the provider or the link that outlasts the retries adds to it.
-        let failed = |e: BackendError| {
-            let outcome = match e {
-                BackendError::Full(_) => Outcome::RateLimited,
-                _ => Outcome::Failed,
-            };
-            self.health.record(outcome, Some(&e.to_string()), Instant::now());
-            e
-        };
-        loop {
-            match attempt().await {
-                Ok(d) => {
-                    self.health.record(Outcome::Answered, None, Instant::now());
-                    return Ok(d);
-                }
-                Err(Attempt::Fatal(e)) => {
-                    self.health.record(Outcome::Answered, None, Instant::now());
-                    return Err(e);
-                }
-                Err(Attempt::Retry(e)) => {
-                    if retry >= self.config.max_retries {
-                        return Err(failed(e));
-                    }
-                    let base = self.config.retry_backoff.as_secs_f64() * f64::from(1u32 << retry.min(10));
-                    let jitter = rand::rng().random_range(0.8..1.2);
-                    let wait = Duration::from_secs_f64((base * jitter).min(8.0));
-                    if Instant::now() + wait >= context.deadline {
-                        return Err(failed(e));
-                    }
-                    retry += 1;
-                    tracing::info!(backend = %self.config.name, request_id = %context.request_id, error = %e, retry, wait_ms = wait.as_millis() as u64, "retrying the cloud call");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
 }
 
 /// Counts the answer in `in_flight`, and keeps the call's span open, while its stream lives.
@@ -566,42 +500,14 @@ impl Backend for CloudBackend {
     }
 }
 
-/// A transport failure (no connection, no answer in time), retried. The client's message names what
-/// failed without reqwest's own message, which quotes the URL; the log keeps the whole chain.
-fn transport_failure(name: &str, e: &reqwest::Error) -> Attempt {
-    tracing::warn!(backend = name, error = %with_causes(e.to_string(), e), "cloud call failed");
-    if e.is_timeout() {
-        return Attempt::Retry(BackendError::Timeout(format!(
-            "cloud backend {name} did not answer in time"
-        )));
-    }
-    let mut innermost = None;
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        innermost = Some(s.to_string());
-        source = s.source();
-    }
-    let reason = innermost
-        .filter(|c| !c.contains("://") && !c.contains("url"))
-        .unwrap_or_else(|| {
-            if e.is_connect() {
-                "cannot connect"
-            } else {
-                "transport error"
-            }
-            .to_owned()
-        });
-    Attempt::Retry(BackendError::Unavailable(format!(
-        "cloud backend {name} is unreachable: {reason}"
-    )))
-}
-
 mod anthropic;
 mod embed;
 mod health;
 mod probe;
+mod retry;
 mod stream;
 
 pub use health::{BreakerConfig, Health, Outcome, ProbeConfig};
+use retry::transport_failure;
 #[cfg(test)]
 mod tests;
